@@ -1,0 +1,55 @@
+package provider
+
+import (
+	"testing"
+
+	"google.golang.org/grpc/codes"
+)
+
+type testObject struct {
+	ObjectName  string `json:"objectName"`
+	ObjectAlias string `json:"objectAlias,omitempty"`
+}
+
+func TestDecodeObjects(t *testing.T) {
+	azureStyle := "array:\n  - |\n    objectName: a\n    objectAlias: x\n  - |\n    objectName: b\n"
+	plain := "- objectName: a\n  objectAlias: x\n- objectName: b\n"
+	for name, in := range map[string]string{"azure": azureStyle, "plain": plain} {
+		var got []testObject
+		if err := DecodeObjects(in, &got); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(got) != 2 || got[0].ObjectName != "a" || got[0].ObjectAlias != "x" || got[1].ObjectName != "b" {
+			t.Fatalf("%s: got %+v", name, got)
+		}
+	}
+}
+
+func TestDecodeObjectsRejects(t *testing.T) {
+	for name, in := range map[string]string{
+		"empty":         "  ",
+		"unknown field": "- objectName: a\n  objectNmae: b\n",
+		"not a list":    "objectName: a\n",
+		"bad item":      "array:\n  - |\n    objectName: [\n",
+		"bad yaml":      "- objectName: a\n - x: [",
+	} {
+		var got []testObject
+		err := DecodeObjects(in, &got)
+		if CodeOf(err) != codes.InvalidArgument {
+			t.Errorf("%s: want InvalidArgument, got %v", name, err)
+		}
+	}
+}
+
+func FuzzDecodeObjects(f *testing.F) {
+	f.Add("array:\n  - |\n    objectName: a\n")
+	f.Add("- objectName: a\n")
+	f.Add("array: []\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		var got []testObject
+		err := DecodeObjects(in, &got)
+		if err != nil && CodeOf(err) != codes.InvalidArgument {
+			t.Fatalf("error with code %v: %v", CodeOf(err), err)
+		}
+	})
+}

@@ -1,0 +1,91 @@
+// Package provider is the contract between the driver and the secret backends.
+//
+// The driver resolves a SecretProviderClass, builds a Request from the pod's
+// identity and the class parameters, and asks a Provider for the complete set
+// of files. Backends live in sub-packages (provider/fake, provider/azure,
+// provider/kubernetes, provider/plugin) and never import the driver.
+package provider
+
+import (
+	"context"
+	"os"
+	"time"
+)
+
+// Pod identifies the workload a volume is published for. Backends must scope
+// every read to this identity: Namespace bounds what may be read at all.
+type Pod struct {
+	Namespace      string
+	Name           string
+	UID            string
+	ServiceAccount string
+}
+
+// Token is a service-account token that kubelet minted for one audience
+// (CSIDriver spec.tokenRequests). It is a credential: never log it.
+type Token struct {
+	Token               string    `json:"token"`
+	ExpirationTimestamp time.Time `json:"expirationTimestamp"`
+}
+
+// ObjectVersion is the version of one object as last mounted. IDs are chosen
+// by the backend and are stable for the same object spec.
+type ObjectVersion struct {
+	ID      string
+	Version string
+}
+
+// Request asks a backend for the files of one volume.
+type Request struct {
+	Pod Pod
+	// Class is the SecretProviderClass name, for messages and per-class
+	// behaviour (such as fake fault injection). Never an authorization input.
+	Class string
+	// Tokens are keyed by audience, exactly as kubelet passes them in
+	// csi.storage.k8s.io/serviceAccount.tokens.
+	Tokens map[string]Token
+	// Parameters are the class's spec.parameters. Volume attributes never
+	// override them.
+	Parameters map[string]string
+	// Secrets is the data of the volume's nodePublishSecretRef, if any.
+	Secrets map[string]string
+	// TargetPath is where the volume will be mounted. Backends must not
+	// write there: the driver writes the returned files itself.
+	TargetPath string
+	// DefaultMode is the mode for files whose object sets none.
+	DefaultMode os.FileMode
+	// CurrentVersions are the versions mounted now (empty on first publish).
+	CurrentVersions []ObjectVersion
+}
+
+// File is one file of a volume. Path is relative and slash-separated; the
+// driver validates it before writing.
+type File struct {
+	Path     string
+	Mode     os.FileMode
+	Contents []byte
+}
+
+// Result is the complete content of a volume: all files or an error, never a
+// partial set.
+type Result struct {
+	Files    []File
+	Versions []ObjectVersion
+}
+
+// Provider fetches the files of a volume from one backend.
+// Implementations must be safe for concurrent use.
+type Provider interface {
+	Fetch(ctx context.Context, req *Request) (*Result, error)
+}
+
+// Watcher is implemented by backends that learn of changes as they happen
+// (for example through a Kubernetes watch). The driver calls Watch after a
+// successful mount and stop when the last volume that needs it goes away.
+// changed may be called from any goroutine, more often than strictly needed.
+type Watcher interface {
+	Watch(req *Request, changed func()) (stop func(), err error)
+}
+
+// DefaultFileMode is used when neither the object nor the request sets a mode.
+const DefaultFileMode os.FileMode = 0o644
