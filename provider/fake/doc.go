@@ -11,9 +11,9 @@
 //	             (`array:` of YAML documents in strings) or as a plain YAML list.
 //	latency      Go duration (0s..10m) added to every Fetch; honours
 //	             cancellation of the request. Example: "250ms".
-//	failFirst    N: the first N Fetch calls for this class in this namespace
-//	             fail with failCode (counted per fake instance, that is per
-//	             driver process).
+//	failFirst    N: the first N Fetch calls with valid parameters for this
+//	             class in this namespace fail with failCode (counted per fake
+//	             instance, that is per driver process).
 //	failCode     gRPC code name for failFirst, such as Unavailable (default),
 //	             PermissionDenied, NotFound or DeadlineExceeded. Needs failFirst.
 //	deny         comma-separated service-account names whose pods get
@@ -51,6 +51,11 @@
 //	seed            optional string for generate.
 //	objectVersion   optional, same characters as objectName; changes the
 //	                generated value.
+//
+// String fields must be YAML strings: quote modes ("0644") and values that
+// YAML would read as numbers or booleans (0755, 1e3, yes, on). Such values
+// are rejected with a message saying so, never silently reinterpreted (an
+// unquoted 0644 is the number 420 to YAML). Unknown fields are errors.
 //
 // An object with neither value nor generate must be served by a data file,
 // or Fetch fails NotFound naming the object.

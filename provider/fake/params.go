@@ -46,7 +46,7 @@ type config struct {
 func parseConfig(params map[string]string, parse func(string) ([]object, error)) (*config, error) {
 	for k := range params {
 		if !knownParam(k) {
-			return nil, provider.InvalidArgument("unknown parameter %q for provider fake; known parameters: %s", k, strings.Join(knownParams(), ", "))
+			return nil, provider.InvalidArgument("unknown parameter %q for provider fake; known parameters: %s", truncate(k, 64), strings.Join(knownParams(), ", "))
 		}
 	}
 	objectsParam, ok := params[paramObjects]
@@ -91,7 +91,7 @@ func parseConfig(params map[string]string, parse func(string) ([]object, error))
 				continue
 			}
 			if !dnsSubdomain(sa) {
-				return nil, provider.InvalidArgument("parameter deny must be a comma-separated list of service-account names (lowercase DNS subdomains); %q is not one", sa)
+				return nil, provider.InvalidArgument("parameter deny must be a comma-separated list of service-account names (lowercase DNS subdomains); %q is not one", truncate(sa, 64))
 			}
 			cfg.deny[sa] = true
 		}
