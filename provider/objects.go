@@ -1,11 +1,11 @@
 package provider
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"reflect"
 	"regexp"
+	"sort"
 	"strings"
 
 	yaml "go.yaml.in/yaml/v3"
@@ -41,19 +41,79 @@ func DecodeObjects(param string, out any) error {
 	}
 	items := reflect.MakeSlice(slice.Elem().Type(), len(list.Content), len(list.Content))
 	for i, item := range list.Content {
-		// Each item is decoded on its own so errors name the object.
-		encoded, err := yaml.Marshal(item)
-		if err != nil {
-			return InvalidArgument("parameter objects: object %d: %s", i, cleanYAMLError(err))
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(encoded))
-		dec.KnownFields(true)
-		if err := dec.Decode(items.Index(i).Addr().Interface()); err != nil {
-			return InvalidArgument("parameter objects: object %d: %s", i, cleanYAMLError(err))
+		if err := decodeObject(item, items.Index(i).Addr().Interface()); err != nil {
+			return InvalidArgument("parameter objects: objects[%d]: %s", i, err)
 		}
 	}
 	slice.Elem().Set(items)
 	return nil
+}
+
+// decodeObject decodes one object map into out, naming the field at fault.
+func decodeObject(item *yaml.Node, out any) error {
+	if item.Kind != yaml.MappingNode {
+		return fmt.Errorf("must be a map of fields (objectName: ...), not %s", kindName(item))
+	}
+	known := yamlFields(reflect.TypeOf(out).Elem())
+	for j := 0; j+1 < len(item.Content); j += 2 {
+		key, value := item.Content[j], item.Content[j+1]
+		if _, ok := known[key.Value]; !ok {
+			names := make([]string, 0, len(known))
+			for k := range known {
+				names = append(names, k)
+			}
+			sort.Strings(names)
+			return fmt.Errorf("unknown field %q; known fields: %s", truncate(key.Value, 64), strings.Join(names, ", "))
+		}
+		pair := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Content: []*yaml.Node{key, value}}
+		if err := pair.Decode(out); err != nil {
+			return fmt.Errorf("field %s has the wrong type: got %s", key.Value, kindName(value))
+		}
+	}
+	return nil
+}
+
+// yamlFields lists the yaml names of a struct's fields.
+func yamlFields(t reflect.Type) map[string]struct{} {
+	names := map[string]struct{}{}
+	if t.Kind() != reflect.Struct {
+		return names
+	}
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if name != "" && name != "-" {
+			names[name] = struct{}{}
+		}
+	}
+	return names
+}
+
+// kindName describes a YAML value without quoting it (it may be a secret).
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a map"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	switch n.ShortTag() {
+	case "!!null":
+		return "empty"
+	case "!!bool":
+		return "true or false"
+	case "!!int", "!!float":
+		return "a number"
+	}
+	return "text"
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
 // objectList returns the sequence of object maps in either spelling.
@@ -72,14 +132,14 @@ func objectList(root *yaml.Node) (*yaml.Node, error) {
 		list := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
 		for i, item := range doc.Content[1].Content {
 			if item.Kind != yaml.ScalarNode {
-				return nil, InvalidArgument("parameter objects: array item %d must be a YAML document in a string (`- |`)", i)
+				return nil, InvalidArgument("parameter objects: objects[%d] must be a YAML document in a string (`- |`)", i)
 			}
 			var obj yaml.Node
 			if err := yaml.Unmarshal([]byte(item.Value), &obj); err != nil {
-				return nil, InvalidArgument("parameter objects: array item %d is not valid YAML: %s", i, cleanYAMLError(err))
+				return nil, InvalidArgument("parameter objects: objects[%d] is not valid YAML: %s", i, cleanYAMLError(err))
 			}
 			if len(obj.Content) != 1 || obj.Content[0].Kind != yaml.MappingNode {
-				return nil, InvalidArgument("parameter objects: array item %d must be a map of object fields", i)
+				return nil, InvalidArgument("parameter objects: objects[%d] must be a map of object fields", i)
 			}
 			list.Content = append(list.Content, obj.Content[0])
 		}

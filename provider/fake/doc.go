@@ -52,10 +52,9 @@
 //	objectVersion   optional, same characters as objectName; changes the
 //	                generated value.
 //
-// String fields must be YAML strings: quote modes ("0644") and values that
-// YAML would read as numbers or booleans (0755, 1e3, yes, on). Such values
-// are rejected with a message saying so, never silently reinterpreted (an
-// unquoted 0644 is the number 420 to YAML). Unknown fields are errors.
+// Scalars are taken as written, as the Azure provider does: an unquoted
+// `filePermission: 0640` is the mode 0640 and `value: yes` the text "yes".
+// Unknown fields are errors.
 //
 // An object with neither value nor generate must be served by a data file,
 // or Fetch fails NotFound naming the object.

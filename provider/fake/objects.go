@@ -3,7 +3,6 @@ package fake
 import (
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"os"
 	"strconv"
 	"strings"
@@ -22,16 +21,18 @@ const (
 )
 
 // objectSpec is one item of the `objects` parameter as written by the class
-// author. Pointers tell "absent" from "empty".
+// author. Pointers tell "absent" from "empty". Scalars are taken as written
+// (provider.DecodeObjects), so an unquoted `filePermission: 0644` is "0644",
+// as with the Azure provider.
 type objectSpec struct {
-	ObjectName     string
-	ObjectAlias    string
-	ObjectVersion  string
-	ObjectEncoding string
-	FilePermission string
-	Value          *string
-	Generate       *int64
-	Seed           *string
+	ObjectName     string  `yaml:"objectName"`
+	ObjectAlias    string  `yaml:"objectAlias"`
+	ObjectVersion  string  `yaml:"objectVersion"`
+	ObjectEncoding string  `yaml:"objectEncoding"`
+	FilePermission string  `yaml:"filePermission"`
+	Value          *string `yaml:"value"`
+	Generate       *string `yaml:"generate"`
+	Seed           *string `yaml:"seed"`
 }
 
 // object is a validated objectSpec.
@@ -50,10 +51,7 @@ type object struct {
 // parseObjects decodes and validates the `objects` parameter. Every error is
 // InvalidArgument and names the item and the field; none quotes a value.
 func parseObjects(param string) ([]object, error) {
-	// Items are decoded as raw JSON so that YAML's implicit typing cannot
-	// silently turn `filePermission: 0644` into "420" or `value: yes` into
-	// "true": decodeSpec insists on real strings.
-	var items []map[string]json.RawMessage
+	var items []objectSpec
 	if err := provider.DecodeObjects(param, &items); err != nil {
 		return nil, err
 	}
@@ -65,11 +63,7 @@ func parseObjects(param string) ([]object, error) {
 	}
 	objs := make([]object, 0, len(items))
 	paths := make(map[string]int, len(items))
-	for i, item := range items {
-		s, err := decodeSpec(i, item)
-		if err != nil {
-			return nil, err
-		}
+	for i, s := range items {
 		o, err := validateObject(i, s)
 		if err != nil {
 			return nil, err
@@ -136,10 +130,11 @@ func validateObject(i int, s objectSpec) (object, error) {
 		o.value, o.hasVal = v, true
 	}
 	if s.Generate != nil {
-		if *s.Generate < 1 || *s.Generate > maxGenerate {
+		n, err := strconv.Atoi(strings.TrimSpace(*s.Generate))
+		if err != nil || n < 1 || n > maxGenerate {
 			return o, provider.InvalidArgument("%s must be a number of bytes from 1 to %d", where("generate"), maxGenerate)
 		}
-		o.gen = int(*s.Generate)
+		o.gen = n
 		if s.Seed != nil {
 			o.seed = *s.Seed
 		}

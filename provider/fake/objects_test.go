@@ -107,7 +107,7 @@ func TestInvalidParameters(t *testing.T) {
 		{"objects empty", objects(" "), []string{"objects is empty"}},
 		{"objects empty list", objects("[]"), []string{"no objects"}},
 		{"objects empty array", objects("array: []"), []string{"no objects"}},
-		{"objects not a list", objects("objectName: a"), []string{"not a list"}},
+		{"objects not a list", objects("objectName: a"), []string{"must be a list"}},
 		{"unknown object field", objects("- {objectName: a, valeu: x}\n"), []string{"objects[0]", `"valeu"`, "known fields"}},
 		{"objectName missing", obj("value: x"), []string{"objects[1]", "objectName is required"}},
 		{"objectName with slash", obj("objectName: a/b, value: x"), []string{"objects[1]", "objectName"}},
@@ -136,16 +136,8 @@ func TestInvalidParameters(t *testing.T) {
 		{"filePermission setuid", obj("objectName: b, filePermission: '4755', value: x"), []string{"objects[1] (b)", "filePermission", "0777"}},
 		{"filePermission too long", obj("objectName: b, filePermission: '00644', value: x"), []string{"objects[1] (b)", "filePermission"}},
 		{"filePermission negative", obj("objectName: b, filePermission: '-644', value: x"), []string{"objects[1] (b)", "filePermission"}},
-		{"filePermission number", obj("objectName: b, filePermission: 644, value: x"), []string{"objects[1] (b)", "filePermission", "quoted"}},
-		{"filePermission YAML octal", obj("objectName: b, filePermission: 0644, value: x"), []string{"objects[1] (b)", "filePermission", "420"}},
-		{"filePermission YAML octal, azure form", objects("array:\n  - |\n    objectName: b\n    value: x\n    filePermission: 0640\n"),
-			[]string{"objects[0] (b)", "filePermission", "quoted"}},
-		{"value YAML boolean", obj("objectName: b, value: yes"), []string{"objects[1] (b)", "value", "boolean"}},
-		{"value number", obj("objectName: b, value: 0755"), []string{"objects[1] (b)", "value", "number"}},
-		{"value null", obj("objectName: b, value: "), []string{"objects[1] (b)", "value is empty"}},
-		{"value map", obj("objectName: b, value: {k: v}"), []string{"objects[1] (b)", "value", "map"}},
-		{"alias YAML boolean", obj("objectName: b, objectAlias: y, value: x"), []string{"objects[1] (b)", "objectAlias", "boolean"}},
-		{"item not a map", objects("- just-a-name\n"), []string{"not a list of objects"}},
+		{"value map", obj("objectName: b, value: {k: v}"), []string{"objects[1]", "value", "map"}},
+		{"item not a map", objects("- just-a-name\n"), []string{"objects[0]", "must be a map"}},
 		{"generate fraction", obj("objectName: b, generate: 1.5"), []string{"objects[1] (b)", "generate"}},
 		{"value and generate", obj("objectName: b, value: " + canary + ", generate: 3"), []string{"objects[1] (b)", "either value or generate"}},
 		{"seed without generate", obj("objectName: b, value: x, seed: s"), []string{"objects[1] (b)", "seed"}},
@@ -232,5 +224,14 @@ func TestCodeByName(t *testing.T) {
 		if _, ok := codeByName(name); ok {
 			t.Errorf("codeByName(%q) accepted", name)
 		}
+	}
+}
+
+// Scalars are taken as written, as the Azure provider does: an unquoted
+// 0640 is the mode 0640, not the YAML 1.1 number 416.
+func TestUnquotedScalarsAsWritten(t *testing.T) {
+	res := mustFetch(t, New(Options{}), request(objects("array:\n  - |\n    objectName: b\n    value: yes\n    filePermission: 0640\n")))
+	if len(res.Files) != 1 || res.Files[0].Mode != 0o640 || string(res.Files[0].Contents) != "yes" {
+		t.Fatalf("got %+v", res.Files)
 	}
 }

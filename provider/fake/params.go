@@ -164,3 +164,11 @@ func dnsSubdomain(s string) bool {
 	}
 	return true
 }
+
+// truncate shortens names echoed in errors.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
