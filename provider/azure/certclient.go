@@ -34,7 +34,7 @@ func newCertClient(vaultURL string, cred azcore.TokenCredential, co azcore.Clien
 	auth := runtime.NewBearerTokenPolicy(cred, nil, &policy.BearerTokenOptions{
 		AuthorizationHandler: policy.AuthorizationHandler{OnRequest: ch.onRequest, OnChallenge: ch.onChallenge},
 	})
-	c, err := azcore.NewClient("secretfs/azure.certificates", "v1", runtime.PipelineOptions{PerRetry: []policy.Policy{auth}}, &co)
+	c, err := azcore.NewClient("secretfs/azure.certificates", "v1.0.0", runtime.PipelineOptions{PerRetry: []policy.Policy{auth}}, &co)
 	if err != nil {
 		return nil, err
 	}
