@@ -199,8 +199,8 @@ func TestCertificateBackedSecretPFXAndPEMContentTypes(t *testing.T) {
 	stored := "-----BEGIN PRIVATE KEY-----\nstored as is\n-----END PRIVATE KEY-----\n" + mustPEMList(ca.root, ca.leaf)
 	e.vault.AddCertificate("pemcert", ca.leaf.Raw, stored, contentTypePEM)
 	res := e.fetch(t, e.spRequest(
-		"- objectName: pfx\n  objectType: secret\n  objectFormat: pfx\n  objectEncoding: base64\n  objectAlias: raw.pfx\n" +
-			"- objectName: pfx\n  objectType: secret\n  objectFormat: PFX\n  objectAlias: b64.pfx\n" +
+		"- objectName: pfx\n  objectType: secret\n  objectFormat: pfx\n  objectEncoding: base64\n  objectAlias: raw.pfx\n"+
+			"- objectName: pfx\n  objectType: secret\n  objectFormat: PFX\n  objectAlias: b64.pfx\n"+
 			"- objectName: pemcert\n  objectType: secret\n"))
 	files := fileMap(res)
 	raw, _ := base64.StdEncoding.DecodeString(pfx)

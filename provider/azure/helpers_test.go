@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"math/big"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,10 +54,7 @@ func newTestEnvWith(t testing.TB, fcfg fakeazure.Config, mod func(*Options)) *te
 	fake.AddClientSecret(spClient, spSecret)
 	fake.AddFederatedCredential(wiClient, "system:serviceaccount:team-a:app")
 	fake.AddManagedIdentity(miClient)
-	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
+	saKey := testSAKey(t)
 	jwks, _ := json.Marshal(map[string]any{"keys": []map[string]any{{
 		"kty": "RSA", "kid": "sa-key", "alg": "RS256", "use": "sig",
 		"n": base64.RawURLEncoding.EncodeToString(saKey.N.Bytes()),
@@ -77,6 +75,23 @@ func newTestEnvWith(t testing.TB, fcfg fakeazure.Config, mod func(*Options)) *te
 		mod(&opts)
 	}
 	return &testEnv{fake: fake, vault: fake.AddVault("kv-test"), p: New(opts), saKey: saKey}
+}
+
+var (
+	saKeyOnce sync.Once
+	saKeyVal  *rsa.PrivateKey
+)
+
+// testSAKey is the service-account issuer key, made once per test binary.
+func testSAKey(t testing.TB) *rsa.PrivateKey {
+	saKeyOnce.Do(func() {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			panic(err)
+		}
+		saKeyVal = k
+	})
+	return saKeyVal
 }
 
 // spRequest is a service-principal request for objects (plain YAML list).

@@ -156,12 +156,8 @@ func Start(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Close stops the server.
-func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return s.srv.Shutdown(ctx)
-}
+// Close stops the server and drops its connections.
+func (s *Server) Close() error { return s.srv.Close() }
 
 // TenantID is the served tenant.
 func (s *Server) TenantID() string { return s.cfg.TenantID }
@@ -366,4 +362,3 @@ func newTLSCert(suffix string) ([]byte, tls.Certificate, error) {
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
 	return caPEM, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
-

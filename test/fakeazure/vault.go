@@ -19,7 +19,7 @@ import (
 type Vault struct {
 	s       *Server
 	name    string
-	allowed map[string]bool // nil: every authenticated client
+	allowed map[string]bool                  // nil: every authenticated client
 	objects map[string]map[string][]*version // collection -> name -> versions (oldest first)
 }
 
