@@ -19,13 +19,17 @@ func baseParams() map[string]string {
 
 func TestParseConfigAccepts(t *testing.T) {
 	for name, mod := range map[string]func(p, s map[string]string){
-		"workload identity":         func(p, s map[string]string) {},
-		"deprecated tenantId":       func(p, s map[string]string) { delete(p, "tenantID"); p["tenantId"] = "t" },
-		"usePodIdentity false":      func(p, s map[string]string) { p["usePodIdentity"] = "false" },
-		"china cloud, any case":     func(p, s map[string]string) { p["cloudName"] = "azurechinacloud" },
-		"us gov cloud":              func(p, s map[string]string) { p["cloudName"] = "AzureUSGovernmentCloud" },
-		"system managed identity":   func(p, s map[string]string) { delete(p, "clientID"); p["useVMManagedIdentity"] = "true" },
-		"user managed identity":     func(p, s map[string]string) { delete(p, "clientID"); p["useVMManagedIdentity"] = "true"; p["userAssignedIdentityID"] = "u" },
+		"workload identity":       func(p, s map[string]string) {},
+		"deprecated tenantId":     func(p, s map[string]string) { delete(p, "tenantID"); p["tenantId"] = "t" },
+		"usePodIdentity false":    func(p, s map[string]string) { p["usePodIdentity"] = "false" },
+		"china cloud, any case":   func(p, s map[string]string) { p["cloudName"] = "azurechinacloud" },
+		"us gov cloud":            func(p, s map[string]string) { p["cloudName"] = "AzureUSGovernmentCloud" },
+		"system managed identity": func(p, s map[string]string) { delete(p, "clientID"); p["useVMManagedIdentity"] = "true" },
+		"user managed identity": func(p, s map[string]string) {
+			delete(p, "clientID")
+			p["useVMManagedIdentity"] = "true"
+			p["userAssignedIdentityID"] = "u"
+		},
 		"service principal":         func(p, s map[string]string) { delete(p, "clientID"); s["clientid"] = "c"; s["clientsecret"] = "x" },
 		"managed identity false+wi": func(p, s map[string]string) { p["useVMManagedIdentity"] = "false" },
 	} {
@@ -58,21 +62,43 @@ func TestParseConfigRejects(t *testing.T) {
 		"uami without mi":   {func(p, s map[string]string) { p["userAssignedIdentityID"] = "u" }, "userAssignedIdentityID"},
 		"no objects":        {func(p, s map[string]string) { delete(p, "objects") }, "objects"},
 		"empty array":       {func(p, s map[string]string) { p["objects"] = "array: []" }, "no objects"},
-		"unknown field":     {func(p, s map[string]string) { p["objects"] = "- objectName: a\n  objectType: secret\n  objectNotAfter: x\n" }, "objectNotAfter"},
-		"no type":           {func(p, s map[string]string) { p["objects"] = "- objectName: a\n" }, "objectType"},
-		"bad type":          {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: blob}" }, "blob"},
-		"bad name":          {func(p, s map[string]string) { p["objects"] = "- {objectName: a/b, objectType: secret}" }, "objectName"},
-		"bad version":       {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret, objectVersion: ../x}" }, "objectVersion"},
-		"pfx on key":        {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: key, objectFormat: pfx}" }, "pfx"},
-		"bad format":        {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret, objectFormat: der}" }, "objectFormat"},
-		"encoding on cert":  {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: cert, objectEncoding: hex}" }, "objectEncoding"},
-		"bad encoding":      {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret, objectEncoding: rot13}" }, "objectEncoding"},
-		"alias escapes":     {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret, objectAlias: ../etc}" }, "file name"},
-		"absolute alias":    {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret, objectAlias: /etc/x}" }, "file name"},
-		"bad permission":    {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret, filePermission: '0999'}" }, "filePermission"},
-		"negative history":  {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret, objectVersionHistory: -1}" }, "negative"},
-		"huge history":      {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret, objectVersionHistory: 5000}" }, "at most"},
-		"duplicate files":   {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: secret}\n- {objectName: a, objectType: key}" }, "both write"},
+		"unknown field": {func(p, s map[string]string) {
+			p["objects"] = "- objectName: a\n  objectType: secret\n  objectNotAfter: x\n"
+		}, "objectNotAfter"},
+		"no type":  {func(p, s map[string]string) { p["objects"] = "- objectName: a\n" }, "objectType"},
+		"bad type": {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: blob}" }, "blob"},
+		"bad name": {func(p, s map[string]string) { p["objects"] = "- {objectName: a/b, objectType: secret}" }, "objectName"},
+		"bad version": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret, objectVersion: ../x}"
+		}, "objectVersion"},
+		"pfx on key": {func(p, s map[string]string) { p["objects"] = "- {objectName: a, objectType: key, objectFormat: pfx}" }, "pfx"},
+		"bad format": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret, objectFormat: der}"
+		}, "objectFormat"},
+		"encoding on cert": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: cert, objectEncoding: hex}"
+		}, "objectEncoding"},
+		"bad encoding": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret, objectEncoding: rot13}"
+		}, "objectEncoding"},
+		"alias escapes": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret, objectAlias: ../etc}"
+		}, "file name"},
+		"absolute alias": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret, objectAlias: /etc/x}"
+		}, "file name"},
+		"bad permission": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret, filePermission: '0999'}"
+		}, "filePermission"},
+		"negative history": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret, objectVersionHistory: -1}"
+		}, "negative"},
+		"huge history": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret, objectVersionHistory: 5000}"
+		}, "at most"},
+		"duplicate files": {func(p, s map[string]string) {
+			p["objects"] = "- {objectName: a, objectType: secret}\n- {objectName: a, objectType: key}"
+		}, "both write"},
 	} {
 		p, s := baseParams(), map[string]string{}
 		tc.mod(p, s)
