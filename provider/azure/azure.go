@@ -23,10 +23,15 @@ package azure
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,6 +104,10 @@ func New(opts Options) *Provider {
 		opts.MaxCachedClients = 256
 	}
 	p := &Provider{opts: opts, cache: newClientCache(opts.MaxCachedClients), sems: map[string]chan struct{}{}}
+	if err := opts.validate(); err != nil {
+		p.initErr = err
+		return p
+	}
 	hc, err := newHTTPClient(&p.opts)
 	if err != nil {
 		p.initErr = err
@@ -107,6 +116,32 @@ func New(opts Options) *Provider {
 	}
 	return p
 }
+
+func (o *Options) validate() error {
+	if o.AuthorityHost != "" {
+		u, err := url.Parse(o.AuthorityHost)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("AuthorityHost %q is not an https URL", o.AuthorityHost)
+		}
+		if !strings.HasSuffix(o.AuthorityHost, "/") {
+			o.AuthorityHost += "/"
+		}
+	}
+	if o.VaultDNSSuffix != "" && !vaultSuffixRE.MatchString(o.VaultDNSSuffix) {
+		return fmt.Errorf("VaultDNSSuffix %q is not a DNS suffix", o.VaultDNSSuffix)
+	}
+	if o.VaultAddress != "" {
+		if o.VaultDNSSuffix == "" {
+			return errors.New("VaultAddress needs VaultDNSSuffix: it redirects hosts under that suffix")
+		}
+		if _, _, err := net.SplitHostPort(o.VaultAddress); err != nil {
+			return fmt.Errorf("VaultAddress %q is not host:port", o.VaultAddress)
+		}
+	}
+	return nil
+}
+
+var vaultSuffixRE = regexp.MustCompile(`^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$`)
 
 var _ provider.Provider = (*Provider)(nil)
 
@@ -437,6 +472,10 @@ func (f *fetcher) call(ctx context.Context, o *object, op func(context.Context) 
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			if errors.Is(ctx.Err(), context.Canceled) {
+				// A sibling object failed; report that, not this wait.
+				return f.mapError(ctx, o, ctx.Err(), attempts, start)
+			}
 			return throttledError(f.cfg, o, attempts, time.Since(start))
 		}
 	}

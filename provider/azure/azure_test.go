@@ -498,10 +498,16 @@ func TestEndpointsOnlyFromOptions(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument, "cloudEnvFileName")
 }
 
-func TestBadCAOption(t *testing.T) {
-	p := New(Options{ExtraCAPEM: []byte("not pem")})
-	_, err := p.Fetch(context.Background(), &provider.Request{})
-	wantCode(t, err, codes.Internal, "ExtraCAPEM")
+func TestBadOptions(t *testing.T) {
+	for want, o := range map[string]Options{
+		"ExtraCAPEM":     {ExtraCAPEM: []byte("not pem")},
+		"AuthorityHost":  {AuthorityHost: "http://login.example/"},
+		"VaultDNSSuffix": {VaultDNSSuffix: "vault..x"},
+		"VaultAddress":   {VaultAddress: "127.0.0.1:1"},
+	} {
+		_, err := New(o).Fetch(context.Background(), &provider.Request{})
+		wantCode(t, err, codes.Internal, want)
+	}
 }
 
 func TestMain(m *testing.M) {
@@ -510,4 +516,17 @@ func TestMain(m *testing.M) {
 		os.Unsetenv(k)
 	}
 	os.Exit(m.Run())
+}
+
+// VaultAddress is how a local cluster reaches the standalone fake: vault
+// names keep resolving to nothing, connections go to one loopback address.
+func TestVaultAddressOption(t *testing.T) {
+	var addr string
+	e := newTestEnv(t, func(o *Options) { o.DialContext = nil })
+	addr = e.fake.Addr
+	e.p = New(Options{VaultDNSSuffix: e.fake.VaultSuffix(), AuthorityHost: e.fake.AuthorityHost(), ExtraCAPEM: e.fake.CACertPEM, VaultAddress: addr, RetryBase: time.Millisecond})
+	e.vault.SetSecret("s", "via-address", "")
+	if got := string(e.fetch(t, e.spRequest("- objectName: s\n  objectType: secret\n")).Files[0].Contents); got != "via-address" {
+		t.Fatalf("got %q", got)
+	}
 }
