@@ -302,7 +302,9 @@ func TestWorkloadIdentityAssertionReadsNewestToken(t *testing.T) {
 }
 
 func TestManagedIdentity(t *testing.T) {
-	e := newTestEnv(t, nil)
+	// MSAL caches managed identity tokens process-wide by resource; a vault
+	// suffix of its own keeps tokens of earlier fakes (-count=N) out.
+	e := newTestEnvWith(t, fakeazure.Config{VaultSuffix: fmt.Sprintf("mi%d.azure.test", time.Now().UnixNano())}, nil)
 	t.Setenv("IDENTITY_ENDPOINT", e.fake.ManagedIdentityEndpoint())
 	t.Setenv("IDENTITY_HEADER", e.fake.IdentityHeader())
 	e.vault.SetSecret("s", "mi", "")
