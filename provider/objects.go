@@ -76,6 +76,9 @@ func decodeObject(item *yaml.Node, out any) error {
 // yamlFields lists the yaml names of a struct's fields.
 func yamlFields(t reflect.Type) map[string]struct{} {
 	names := map[string]struct{}{}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
 	if t.Kind() != reflect.Struct {
 		return names
 	}

@@ -68,3 +68,16 @@ func FuzzDecodeObjects(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeObjectsIntoPointers(t *testing.T) {
+	var got []*testObject
+	if err := DecodeObjects("- objectName: a\n  filePermission: 0600\n", &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].ObjectName != "a" || got[0].FilePermission != "0600" {
+		t.Fatalf("got %+v", got)
+	}
+	if err := DecodeObjects("- objectNam: a\n", &got); CodeOf(err) != codes.InvalidArgument {
+		t.Fatalf("unknown field through pointers: %v", err)
+	}
+}
