@@ -86,10 +86,13 @@ type Driver struct {
 	classes  ClassSource
 	resolve  func(string) (provider.Provider, error)
 	capBytes int64
+	// mountBytes is the tmpfs size: room for two generations (old and new
+	// during a swap) plus the metadata file.
+	mountBytes   int64
 	recoverUnder string
-	interval time.Duration
-	log      *slog.Logger
-	metrics  *metrics
+	interval     time.Duration
+	log          *slog.Logger
+	metrics      *metrics
 
 	// watchDebounce collects bursts of change notifications into one refresh.
 	watchDebounce time.Duration
@@ -151,6 +154,7 @@ func New(cfg Config) (*Driver, error) {
 		classes:       cfg.Classes,
 		resolve:       cfg.Providers,
 		capBytes:      cfg.TmpfsSize,
+		mountBytes:    2*cfg.TmpfsSize + 64<<10,
 		recoverUnder:  cfg.RecoverUnder,
 		interval:      cfg.RotationInterval,
 		log:           cfg.Logger,

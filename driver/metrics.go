@@ -14,8 +14,8 @@ type metrics struct {
 	ops      *prometheus.CounterVec   // operation, code
 	duration *prometheus.HistogramVec // operation
 	mounted  prometheus.Gauge
-	refresh  *prometheus.CounterVec   // trigger, result
-	fetches  *prometheus.CounterVec   // code
+	refresh  *prometheus.CounterVec // trigger, result
+	fetches  *prometheus.CounterVec // code
 	fetchDur prometheus.Histogram
 	watches  *prometheus.CounterVec // result
 }

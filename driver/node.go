@@ -146,7 +146,7 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 	if in.gid >= 0 {
 		mode = rootModeWithGroup
 	}
-	if err := tmpfs.Mount(in.target, tmpfs.Options{SizeBytes: d.mountSize(), Mode: mode, GID: in.gid}); err != nil {
+	if err := tmpfs.Mount(in.target, tmpfs.Options{SizeBytes: d.mountBytes, Mode: mode, GID: in.gid}); err != nil {
 		return status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
 	}
 	mounted = true
@@ -169,10 +169,6 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 		"pod", v.pod.Name, "class", v.class, "provider", v.provider, "files", len(files))
 	return nil
 }
-
-// mountSize is the tmpfs size: room for two generations (old and new during
-// a swap) plus the metadata file and directories.
-func (d *Driver) mountSize() int64 { return 2*d.capBytes + 64<<10 }
 
 var errTargetUnsafe = provider.InvalidArgument("target path is unsafe")
 

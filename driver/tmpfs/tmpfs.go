@@ -97,6 +97,9 @@ func IsMountPoint(target string) (bool, error) {
 // Unmount unmounts target if it is a mount point and removes the directory.
 // A missing target is fine.
 func Unmount(target string) error {
+	if _, err := os.Lstat(target); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	return mount.CleanupMountPoint(target, mounter, false)
 }
 
