@@ -1,0 +1,31 @@
+# Local cluster, images and end-to-end tests. Included by the top Makefile.
+#
+#   make k8s-bins      build etcd and Kubernetes v1.37.2 into the per-machine cache
+#   make image         the secretfs image as _output/images/secretfs.tar (no Docker)
+#   make cluster-up    a single-node cluster on loopback with secretfs deployed (root)
+#   make cluster-down  stop it and remove everything it left
+#   make e2e           cluster-up, the e2e tests, cluster-down (logs kept on failure)
+#   make e2e-kind      the e2e tests on a kind cluster (needs Docker and kind)
+
+.PHONY: k8s-bins image test-images cluster-up cluster-down e2e e2e-kind
+
+k8s-bins:
+	test/tools/build.sh
+
+image:
+	deploy/image/build.sh
+
+test-images:
+	test/image/build.sh
+
+cluster-up:
+	test/cluster/up.sh
+
+cluster-down:
+	test/cluster/down.sh
+
+e2e:
+	test/e2e/local.sh
+
+e2e-kind:
+	test/e2e/kind.sh

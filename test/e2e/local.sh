@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make e2e: start the local cluster, run the e2e tests against it, and stop
+# it again whatever happened. On failure the cluster's logs are kept and
+# their path printed.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+W=${SECRETFS_CLUSTER_DIR:-/tmp/secretfs-cluster}
+
+start=$SECONDS
+"$repo/test/cluster/up.sh"
+rc=$?
+if ((rc == 0)); then
+	echo "e2e: cluster up in $((SECONDS - start)) s; running tests" >&2
+	t0=$SECONDS
+	KUBECONFIG=$W/admin.kubeconfig go test -C "$repo" -tags e2e -count=1 -timeout 20m -v ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/
+	rc=$?
+	echo "e2e: tests took $((SECONDS - t0)) s (exit $rc)" >&2
+fi
+if ((rc != 0)); then
+	SECRETFS_KEEP_LOGS=1 "$repo/test/cluster/down.sh"
+else
+	"$repo/test/cluster/down.sh"
+fi
+exit $rc

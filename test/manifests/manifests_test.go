@@ -1,0 +1,216 @@
+package manifests
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"sigs.k8s.io/yaml"
+)
+
+const deployDir = "../../deploy"
+
+// docs returns the YAML documents of a manifest file.
+func docs(t *testing.T, name string) [][]byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(deployDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for doc := range strings.SplitSeq(string(data), "\n---\n") {
+		if strings.TrimSpace(doc) != "" {
+			out = append(out, []byte(doc))
+		}
+	}
+	return out
+}
+
+// decode strictly decodes the only document of name into out.
+func decode(t *testing.T, name string, out any) {
+	t.Helper()
+	d := docs(t, name)
+	if len(d) != 1 {
+		t.Fatalf("%s has %d documents, want 1", name, len(d))
+	}
+	if err := yaml.UnmarshalStrict(d[0], out); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+}
+
+func TestCSIDriver(t *testing.T) {
+	var d storagev1.CSIDriver
+	decode(t, "csidriver.yaml", &d)
+	if d.Name != "csi.secretfs.dev" {
+		t.Errorf("name %q", d.Name)
+	}
+	s := d.Spec
+	if s.AttachRequired == nil || *s.AttachRequired || s.PodInfoOnMount == nil || !*s.PodInfoOnMount ||
+		s.RequiresRepublish == nil || !*s.RequiresRepublish {
+		t.Errorf("attachRequired/podInfoOnMount/requiresRepublish = %v/%v/%v", s.AttachRequired, s.PodInfoOnMount, s.RequiresRepublish)
+	}
+	if !slices.Equal(s.VolumeLifecycleModes, []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral}) {
+		t.Errorf("volumeLifecycleModes %v, want only Ephemeral", s.VolumeLifecycleModes)
+	}
+	var audiences []string
+	for _, r := range s.TokenRequests {
+		audiences = append(audiences, r.Audience)
+	}
+	// The API server rejects duplicates; the backends look tokens up by these keys.
+	if !slices.Equal(audiences, []string{"", "api://AzureADTokenExchange"}) {
+		t.Errorf("token audiences %q", audiences)
+	}
+}
+
+func TestRBACHasNoSecretAccess(t *testing.T) {
+	var kinds []string
+	for _, doc := range docs(t, "rbac.yaml") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatal(err)
+		}
+		kinds = append(kinds, meta.Kind)
+		var obj any
+		switch meta.Kind {
+		case "ServiceAccount":
+			obj = &corev1.ServiceAccount{}
+		case "ClusterRoleBinding":
+			obj = &rbacv1.ClusterRoleBinding{}
+		case "ClusterRole":
+			role := &rbacv1.ClusterRole{}
+			obj = role
+			defer func() {
+				want := []rbacv1.PolicyRule{{APIGroups: []string{"secrets-store.csi.x-k8s.io"}, Resources: []string{"secretproviderclasses"}, Verbs: []string{"get", "list", "watch"}}}
+				if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Resources, want[0].Resources) ||
+					!slices.Equal(role.Rules[0].Verbs, want[0].Verbs) || !slices.Equal(role.Rules[0].APIGroups, want[0].APIGroups) {
+					t.Errorf("ClusterRole rules %+v, want exactly %+v", role.Rules, want)
+				}
+			}()
+		default:
+			t.Fatalf("unexpected kind %q in rbac.yaml", meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+			t.Fatalf("rbac.yaml %s: %v", meta.Kind, err)
+		}
+	}
+	if !slices.Equal(kinds, []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}) {
+		t.Errorf("rbac.yaml kinds %v", kinds)
+	}
+}
+
+func TestDaemonSet(t *testing.T) {
+	var ds appsv1.DaemonSet
+	decode(t, "daemonset.yaml", &ds)
+	spec := ds.Spec.Template.Spec
+	if spec.ServiceAccountName != "secretfs-node" {
+		t.Errorf("serviceAccountName %q", spec.ServiceAccountName)
+	}
+	if len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != corev1.TolerationOpExists || spec.Tolerations[0].Key != "" {
+		t.Errorf("tolerations %+v, want one that tolerates every taint", spec.Tolerations)
+	}
+	hostPaths := map[string]string{}
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil {
+			hostPaths[v.Name] = v.HostPath.Path
+		}
+	}
+	var driver *corev1.Container
+	for i := range spec.Containers {
+		if spec.Containers[i].Name == "driver" {
+			driver = &spec.Containers[i]
+		}
+	}
+	if driver == nil {
+		t.Fatal("no container named driver")
+	}
+	if driver.SecurityContext == nil || driver.SecurityContext.Privileged == nil || !*driver.SecurityContext.Privileged {
+		t.Error("driver container is not privileged: it cannot mount into pods' directories")
+	}
+	if driver.LivenessProbe == nil || driver.LivenessProbe.HTTPGet == nil || driver.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Error("driver has no /healthz liveness probe")
+	}
+	if driver.Resources.Requests.Memory().IsZero() || driver.Resources.Limits.Memory().IsZero() {
+		t.Error("driver has no memory request and limit")
+	}
+	for _, m := range driver.VolumeMounts {
+		hp, ok := hostPaths[m.Name]
+		if !ok {
+			continue
+		}
+		// kubelet passes host paths; the driver must see them at the same names.
+		if hp != m.MountPath {
+			t.Errorf("volume %s: host path %s mounted at %s; they must be equal", m.Name, hp, m.MountPath)
+		}
+		propagation := corev1.MountPropagationNone
+		if m.MountPropagation != nil {
+			propagation = *m.MountPropagation
+		}
+		if (m.Name == "pods-dir") != (propagation == corev1.MountPropagationBidirectional) {
+			t.Errorf("volume %s has propagation %s; only pods-dir is Bidirectional", m.Name, propagation)
+		}
+	}
+	args := strings.Join(driver.Args, " ")
+	for _, want := range []string{
+		"--endpoint=unix://" + hostPaths["plugin-dir"] + "/csi.sock",
+		"--registration-dir=$(REGISTRATION_DIR)",
+		"--node-id=$(NODE_NAME)",
+	} {
+		if !strings.Contains(args, want) {
+			t.Errorf("driver args %q lack %q", args, want)
+		}
+	}
+	if hostPaths["plugin-dir"] != "/var/lib/kubelet/plugins/csi.secretfs.dev" || hostPaths["registration-dir"] != "/var/lib/kubelet/plugins_registry" {
+		t.Errorf("host paths %v", hostPaths)
+	}
+}
+
+func TestChartCRDMatchesKustomize(t *testing.T) {
+	a, err := os.ReadFile(filepath.Join(deployDir, "crd.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(deployDir, "charts/secretfs/crds/secretproviderclasses.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Error("deploy/charts/secretfs/crds/secretproviderclasses.yaml differs from deploy/crd.yaml; copy it over")
+	}
+}
+
+// Every example and the CRD are valid YAML with apiVersion and kind.
+func TestAllManifestsParse(t *testing.T) {
+	err := filepath.WalkDir(deployDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".yaml") || strings.Contains(p, "/charts/secretfs/") && !strings.Contains(p, "/crds/") {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for doc := range strings.SplitSeq(string(data), "\n---\n") {
+			var meta struct {
+				APIVersion string `json:"apiVersion"`
+				Kind       string `json:"kind"`
+			}
+			if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+				t.Errorf("%s: %v", p, err)
+				continue
+			}
+			if meta.Kind == "" {
+				t.Errorf("%s: a document without kind", p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

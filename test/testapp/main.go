@@ -1,0 +1,220 @@
+// Command testapp is the app image of the end-to-end tests. Its subcommands
+// inspect a mounted volume from inside a pod and let a test change the fake
+// backend's data, so the tests need no shell in any image.
+//
+//	testapp sleep                 wait for SIGTERM
+//	testapp dump DIR              JSON of the files an app sees in DIR
+//	testapp fstype PATH           JSON of the filesystem at PATH (statfs)
+//	testapp write FILE VALUE      replace FILE atomically (temp file + rename)
+//	testapp find ROOT STRING      paths of regular files under ROOT containing STRING
+//	testapp mounts STRING         mount points (mountinfo) containing STRING
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fail("usage: testapp sleep|dump|fstype|write|find|mounts ...")
+	}
+	args := os.Args[2:]
+	var err error
+	switch cmd := os.Args[1]; cmd {
+	case "sleep":
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		<-sig
+	case "dump":
+		err = need(args, 1, func() error { return dump(args[0]) })
+	case "fstype":
+		err = need(args, 1, func() error { return fstype(args[0]) })
+	case "write":
+		err = need(args, 2, func() error { return write(args[0], args[1]) })
+	case "find":
+		err = need(args, 2, func() error { return find(args[0], args[1]) })
+	case "mounts":
+		err = need(args, 1, func() error { return mounts(args[0]) })
+	default:
+		err = fmt.Errorf("unknown subcommand %q", cmd)
+	}
+	if err != nil {
+		fail(err.Error())
+	}
+}
+
+func need(args []string, n int, f func() error) error {
+	if len(args) != n {
+		return fmt.Errorf("want %d arguments, got %d", n, len(args))
+	}
+	return f()
+}
+
+func fail(msg string) {
+	fmt.Fprintln(os.Stderr, "testapp:", msg)
+	os.Exit(1)
+}
+
+func printJSON(v any) error {
+	return json.NewEncoder(os.Stdout).Encode(v)
+}
+
+// File is what an application sees at one path: symbolic links followed.
+type File struct {
+	Mode    string `json:"mode"` // permission bits in octal, e.g. "0440"
+	Content string `json:"content"`
+}
+
+// dump walks DIR as an application would: names starting with ".." (the
+// atomic writer's internals) are skipped, symbolic links are followed.
+func dump(dir string) error {
+	files := map[string]File{}
+	var walk func(rel string) error
+	walk = func(rel string) error {
+		entries, err := os.ReadDir(filepath.Join(dir, rel))
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), "..") {
+				continue
+			}
+			p := filepath.Join(rel, e.Name())
+			st, err := os.Stat(filepath.Join(dir, p))
+			if err != nil {
+				return err
+			}
+			if st.IsDir() {
+				if err := walk(p); err != nil {
+					return err
+				}
+				continue
+			}
+			data, err := os.ReadFile(filepath.Join(dir, p))
+			if err != nil {
+				return err
+			}
+			files[filepath.ToSlash(p)] = File{Mode: fmt.Sprintf("%04o", st.Mode().Perm()), Content: string(data)}
+		}
+		return nil
+	}
+	if err := walk("."); err != nil {
+		return err
+	}
+	return printJSON(files)
+}
+
+// FS describes the filesystem at a path.
+type FS struct {
+	Type     string `json:"type"`
+	ReadOnly bool   `json:"readOnly"`
+	NoSUID   bool   `json:"nosuid"`
+	NoDev    bool   `json:"nodev"`
+	NoExec   bool   `json:"noexec"`
+	Size     uint64 `json:"size"`
+}
+
+func fstype(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return err
+	}
+	out := FS{
+		Type:     fmt.Sprintf("0x%x", st.Type),
+		ReadOnly: st.Flags&unix.ST_RDONLY != 0,
+		NoSUID:   st.Flags&unix.ST_NOSUID != 0,
+		NoDev:    st.Flags&unix.ST_NODEV != 0,
+		NoExec:   st.Flags&unix.ST_NOEXEC != 0,
+		Size:     st.Blocks * uint64(st.Bsize),
+	}
+	if st.Type == unix.TMPFS_MAGIC {
+		out.Type = "tmpfs"
+	}
+	return printJSON(out)
+}
+
+// write replaces file through a temporary file whose name starts with '.', so
+// a reader never sees half a value.
+func write(file, value string) error {
+	dir := filepath.Dir(file)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(value); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
+}
+
+// find prints every regular file under root whose content contains s,
+// without following symbolic links or leaving root's filesystem tree.
+func find(root, s string) error {
+	needle := []byte(s)
+	var found []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			// Pods' directories come and go while we walk.
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(data, needle) {
+			found = append(found, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if found == nil {
+		found = []string{}
+	}
+	return printJSON(found)
+}
+
+// mounts prints the mount points in this mount namespace containing s.
+func mounts(s string) error {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	found := []string{}
+	for line := range strings.Lines(string(data)) {
+		fields := strings.Fields(line)
+		if len(fields) > 4 && strings.Contains(fields[4], s) {
+			found = append(found, fields[4])
+		}
+	}
+	return printJSON(found)
+}
