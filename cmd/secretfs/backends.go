@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -12,6 +13,7 @@ import (
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/provider/azure"
 	"github.com/secretfs/secretfs/provider/fake"
+	"github.com/secretfs/secretfs/provider/plugin"
 )
 
 // backendFlags configure the built-in backends. Endpoints and data sources are
@@ -19,6 +21,10 @@ import (
 // able to point a backend (and the pod's token) somewhere else.
 type backendFlags struct {
 	fakeDataDir string
+
+	providerDirs    string
+	providerTimeout time.Duration
+	providerMaxMsg  quantityFlag
 
 	azureVaultSuffix   string
 	azureAuthorityHost string
@@ -30,6 +36,11 @@ type backendFlags struct {
 }
 
 func (b *backendFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&b.providerDirs, "provider-dir", "/var/run/secrets-store-csi-providers,/etc/kubernetes/secrets-store-csi-providers",
+		"comma-separated directories searched for <provider>.sock of external providers")
+	fs.DurationVar(&b.providerTimeout, "provider-timeout", plugin.DefaultTimeout, "deadline of one call to an external provider")
+	b.providerMaxMsg.bytes = plugin.DefaultMaxRecvMsgSize
+	fs.Var(&b.providerMaxMsg, "provider-max-message-size", "largest response accepted from an external provider")
 	fs.StringVar(&b.fakeDataDir, "fake-data-dir", "", "fake backend: files <dir>/<namespace>/<objectName> override values (for tests and demos)")
 	fs.StringVar(&b.azureVaultSuffix, "azure-vault-suffix", "", "azure: Key Vault DNS suffix replacing the cloud's (private or sovereign clouds)")
 	fs.StringVar(&b.azureAuthorityHost, "azure-authority-host", "", "azure: Entra ID authority host URL replacing the cloud's (https)")
@@ -66,17 +77,33 @@ func (b *backendFlags) builtins(_ *rest.Config, _ *slog.Logger) (map[string]prov
 	}, nil
 }
 
-// resolver returns the function the driver uses to find a class's provider.
+// resolver returns the function the driver uses to find a class's provider:
+// a built-in backend by name, or else an external provider's socket.
 func (b *backendFlags) resolver(cfg *rest.Config, log *slog.Logger) (func(string) (provider.Provider, error), func(), error) {
 	builtin, err := b.builtins(cfg, log)
 	if err != nil {
 		return nil, nil, err
 	}
+	external := plugin.New(plugin.Options{
+		SocketDirs:     splitList(b.providerDirs),
+		Timeout:        b.providerTimeout,
+		MaxRecvMsgSize: int(b.providerMaxMsg.bytes),
+	})
 	resolve := func(name string) (provider.Provider, error) {
 		if p, ok := builtin[name]; ok {
 			return p, nil
 		}
-		return nil, provider.InvalidArgument("unknown provider %q: built-in providers are fake, azure and kubernetes", name)
+		return external.Provider(name)
 	}
-	return resolve, func() {}, nil
+	return resolve, func() { _ = external.Close() }, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -23,8 +23,15 @@ func NewDirClassSource(dir string) ClassSource {
 	return &dirSource{dir: dir, files: map[string]*dirFile{}}
 }
 
+// NewFileClassSource returns a ClassSource that reads the classes of one
+// file, re-read when it changes (the local agent's --class).
+func NewFileClassSource(path string) ClassSource {
+	return &dirSource{dir: filepath.Dir(path), only: filepath.Base(path), files: map[string]*dirFile{}}
+}
+
 type dirSource struct {
-	dir string
+	dir  string
+	only string // when set, the one file of dir that is read
 
 	mu    sync.Mutex
 	files map[string]*dirFile
@@ -77,8 +84,11 @@ func (s *dirSource) refresh() ([]string, error) {
 	var names []string
 	for _, e := range entries {
 		n := e.Name()
+		if s.only != "" && n != s.only {
+			continue
+		}
 		ext := strings.ToLower(filepath.Ext(n))
-		if e.IsDir() || strings.HasPrefix(n, ".") || (ext != ".yaml" && ext != ".yml" && ext != ".json") {
+		if s.only == "" && (e.IsDir() || strings.HasPrefix(n, ".") || (ext != ".yaml" && ext != ".yml" && ext != ".json")) {
 			continue
 		}
 		fi, err := os.Stat(filepath.Join(s.dir, n))
@@ -154,4 +164,18 @@ func oneLine(err error) string {
 		s = s[:200] + "..."
 	}
 	return s
+}
+
+// ReadFile returns the SecretProviderClasses of one YAML file, checked.
+func ReadFile(path string) ([]*Class, error) {
+	classes, err := parseFile(path)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range classes {
+		if err := c.check(); err != nil {
+			return nil, err
+		}
+	}
+	return classes, nil
 }

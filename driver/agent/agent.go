@@ -1,0 +1,166 @@
+// Package agent is the local agent: it mounts one SecretProviderClass at a
+// directory outside Kubernetes, keeps it fresh, and unmounts it when stopped.
+// It drives an in-process driver through the same NodePublishVolume and
+// NodeUnpublishVolume calls kubelet makes, so it shares every check, the
+// tmpfs handling and the atomic writer with the node plugin.
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Config says what to mount where.
+type Config struct {
+	// ClassFile is a YAML file with one SecretProviderClass (or several, and
+	// ClassName picks one).
+	ClassFile string
+	ClassName string
+	// Target is the directory to mount at; its parent is created if needed.
+	Target string
+	// Interval is how often the content is refreshed.
+	Interval time.Duration
+	// ServiceAccount is the identity the backend sees (default "default").
+	ServiceAccount string
+	Providers      func(name string) (provider.Provider, error)
+	TmpfsSize      int64
+	Logger         *slog.Logger
+	// Mounted, when set, is called once the first mount succeeded.
+	Mounted func()
+}
+
+// ErrNotRoot is returned when the agent cannot mount because it is not root.
+var ErrNotRoot = errors.New("must run as root to mount a tmpfs")
+
+// Run mounts the class, refreshes it every Interval until ctx is done, then
+// unmounts it and removes the target. A failed first mount leaves nothing.
+func Run(ctx context.Context, cfg Config) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w (running as uid %d)", ErrNotRoot, os.Geteuid())
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = 2 * time.Minute
+	}
+	if cfg.ServiceAccount == "" {
+		cfg.ServiceAccount = "default"
+	}
+	cls, err := pickClass(cfg.ClassFile, cfg.ClassName)
+	if err != nil {
+		return err
+	}
+	target, err := filepath.Abs(cfg.Target)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	d, err := driver.New(driver.Config{
+		NodeID:           "local-" + host,
+		Classes:          class.NewFileClassSource(cfg.ClassFile),
+		Providers:        cfg.Providers,
+		TmpfsSize:        cfg.TmpfsSize,
+		RotationInterval: cfg.Interval,
+		Logger:           log,
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+
+	req := publishRequest(cls, target, cfg.ServiceAccount)
+	if _, err := d.NodePublishVolume(ctx, req); err != nil {
+		return fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, target, err)
+	}
+	log.Info("mounted", "class", cls.Name, "namespace", cls.Namespace, "target", target, "refresh", cfg.Interval)
+	if cfg.Mounted != nil {
+		cfg.Mounted()
+	}
+
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			// A republish refreshes the volume once its last fetch is older
+			// than the interval; a failure keeps the last good content.
+			if _, err := d.NodePublishVolume(ctx, req); err != nil && ctx.Err() == nil {
+				log.Warn("refresh failed; keeping the last good content", "error", err)
+			}
+		case <-ctx.Done():
+			stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := d.NodeUnpublishVolume(stop, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: target}); err != nil {
+				return fmt.Errorf("unmounting %s: %w", target, err)
+			}
+			log.Info("unmounted", "target", target)
+			return nil
+		}
+	}
+}
+
+// pickClass reads the class file and returns the class to mount.
+func pickClass(path, name string) (*class.Class, error) {
+	classes, err := class.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading class file %s: %w", path, err)
+	}
+	var found []*class.Class
+	for _, c := range classes {
+		if name == "" || c.Name == name {
+			found = append(found, c)
+		}
+	}
+	switch {
+	case len(found) == 1:
+		return found[0], nil
+	case len(found) == 0 && name != "":
+		return nil, fmt.Errorf("class file %s has no SecretProviderClass named %q", path, name)
+	case len(found) == 0:
+		return nil, fmt.Errorf("class file %s has no SecretProviderClass", path)
+	}
+	return nil, fmt.Errorf("class file %s has %d SecretProviderClasses: pick one by name", path, len(found))
+}
+
+// publishRequest is what kubelet would send for an inline volume of class
+// cls; the volume id is derived from the target so a restarted agent finds
+// its own mount again.
+func publishRequest(cls *class.Class, target, serviceAccount string) *csi.NodePublishVolumeRequest {
+	sum := sha256.Sum256([]byte(target))
+	id := "local-" + hex.EncodeToString(sum[:8])
+	return &csi.NodePublishVolumeRequest{
+		VolumeId:   id,
+		TargetPath: target,
+		Readonly:   true,
+		VolumeCapability: &csi.VolumeCapability{
+			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY},
+		},
+		VolumeContext: map[string]string{
+			driver.AttrClass:          cls.Name,
+			driver.AttrEphemeral:      "true",
+			driver.AttrPodName:        "local-agent",
+			driver.AttrPodNamespace:   cls.Namespace,
+			driver.AttrPodUID:         id,
+			driver.AttrServiceAccount: serviceAccount,
+		},
+	}
+}
