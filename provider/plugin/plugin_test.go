@@ -294,7 +294,7 @@ func TestOversizedResponse(t *testing.T) {
 	pr, _ := c.Provider("big")
 	_, err := pr.Fetch(context.Background(), &provider.Request{})
 	wantCode(t, err, codes.ResourceExhausted)
-	for _, s := range []string{`"big"`, "larger than", "1048576 bytes"} {
+	for _, s := range []string{`"big"`, "response of 2097", "at most 1048576 bytes"} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("error lacks %q: %v", s, err)
 		}
@@ -411,6 +411,19 @@ func TestMissingSocket(t *testing.T) {
 	os.WriteFile(sockPath(a, "vault"), nil, 0o600)
 	_, err = pr.Fetch(context.Background(), &provider.Request{})
 	wantCode(t, err, codes.Unavailable)
+
+	// Nor is the socket a crashed provider left behind.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sockPath(b, "vault"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	_, err = pr.Fetch(context.Background(), &provider.Request{})
+	wantCode(t, err, codes.Unavailable)
+	if !strings.Contains(err.Error(), sockPath(b, "vault")) || !strings.Contains(err.Error(), `"vault"`) {
+		t.Errorf("error should name the socket and the provider: %v", err)
+	}
 }
 
 func TestClosedClient(t *testing.T) {
