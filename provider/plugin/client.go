@@ -220,8 +220,13 @@ func (r *remote) callError(ctx context.Context, path string, start time.Time, er
 	case st.Code() == codes.Canceled && ctx.Err() != nil:
 		return provider.Errorf(codes.Canceled, "call to provider %q was canceled", r.name)
 	case st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "received message larger than max"):
-		return provider.Errorf(codes.ResourceExhausted, "provider %q returned a response larger than the driver accepts (%s); the limit is %d bytes: mount fewer or smaller objects, or raise the driver's provider message size limit",
-			r.name, strings.TrimPrefix(st.Message(), "grpc: "), r.c.opts.MaxRecvMsgSize)
+		size := "larger than the driver accepts"
+		var got, limit int
+		if _, err := fmt.Sscanf(st.Message(), "grpc: received message larger than max (%d vs. %d)", &got, &limit); err == nil {
+			size = fmt.Sprintf("of %d bytes", got)
+		}
+		return provider.Errorf(codes.ResourceExhausted, "provider %q returned a response %s; the driver accepts at most %d bytes: mount fewer or smaller objects, or raise the driver's provider message size limit",
+			r.name, size, r.c.opts.MaxRecvMsgSize)
 	case st.Code() == codes.Unavailable:
 		return provider.Unavailable("provider %q at %s is unavailable: %s", r.name, path, clip(st.Message()))
 	}

@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 
 	pb "github.com/secretfs/secretfs/proto/v1alpha1"
 	"github.com/secretfs/secretfs/provider"
@@ -30,8 +31,11 @@ func TestRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	exp := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
 	var got *provider.Request
-	p := &funcProvider{fetch: func(_ context.Context, req *provider.Request) (*provider.Result, error) {
+	var authority []string
+	p := &funcProvider{fetch: func(ctx context.Context, req *provider.Request) (*provider.Result, error) {
 		got = req
+		md, _ := metadata.FromIncomingContext(ctx)
+		authority = md.Get(":authority")
 		return &provider.Result{
 			Files: []provider.File{
 				{Path: "db/password", Mode: 0o600, Contents: []byte("hunter2")},
@@ -73,6 +77,9 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	if !reflect.DeepEqual(authority, []string{"localhost"}) {
+		t.Errorf(":authority %q, want localhost", authority)
+	}
 	want := *req
 	want.Parameters = map[string]string{"roleName": "web", "objects": "- objectName: db\n"}
 	if !reflect.DeepEqual(got, &want) {
@@ -287,7 +294,7 @@ func TestOversizedResponse(t *testing.T) {
 	pr, _ := c.Provider("big")
 	_, err := pr.Fetch(context.Background(), &provider.Request{})
 	wantCode(t, err, codes.ResourceExhausted)
-	for _, s := range []string{`"big"`, "larger than", "1048576 bytes"} {
+	for _, s := range []string{`"big"`, "response of 2097", "at most 1048576 bytes"} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("error lacks %q: %v", s, err)
 		}
@@ -404,6 +411,19 @@ func TestMissingSocket(t *testing.T) {
 	os.WriteFile(sockPath(a, "vault"), nil, 0o600)
 	_, err = pr.Fetch(context.Background(), &provider.Request{})
 	wantCode(t, err, codes.Unavailable)
+
+	// Nor is the socket a crashed provider left behind.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sockPath(b, "vault"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	_, err = pr.Fetch(context.Background(), &provider.Request{})
+	wantCode(t, err, codes.Unavailable)
+	if !strings.Contains(err.Error(), sockPath(b, "vault")) || !strings.Contains(err.Error(), `"vault"`) {
+		t.Errorf("error should name the socket and the provider: %v", err)
+	}
 }
 
 func TestClosedClient(t *testing.T) {
@@ -453,6 +473,33 @@ func TestConcurrentFetches(t *testing.T) {
 }
 
 func BenchmarkMountRoundTrip(b *testing.B) {
+	pr, req := benchSetup(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := pr.Fetch(context.Background(), req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkMountRoundTripParallel measures throughput of concurrent mounts
+// over one connection.
+func BenchmarkMountRoundTripParallel(b *testing.B) {
+	pr, req := benchSetup(b)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := pr.Fetch(context.Background(), req); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// benchSetup serves 5 objects of 1 KiB and returns a client for them and a
+// request shaped like a real one (a 900-byte token, an objects parameter).
+func benchSetup(b *testing.B) (provider.Provider, *provider.Request) {
 	dir := b.TempDir()
 	files := make([]provider.File, 5)
 	for i := range files {
@@ -460,7 +507,7 @@ func BenchmarkMountRoundTrip(b *testing.B) {
 	}
 	serve(b, sockPath(dir, "bench"), staticProvider(files...))
 	c := New(Options{SocketDirs: []string{dir}})
-	defer c.Close()
+	b.Cleanup(func() { c.Close() })
 	pr, _ := c.Provider("bench")
 	req := &provider.Request{
 		Pod:        provider.Pod{Namespace: "ns", Name: "pod", UID: "uid", ServiceAccount: "sa"},
@@ -469,10 +516,5 @@ func BenchmarkMountRoundTrip(b *testing.B) {
 		Parameters: map[string]string{"objects": "- objectName: a\n- objectName: b\n", "keyvaultName": "kv"},
 		TargetPath: "/var/lib/kubelet/pods/uid/volumes/kubernetes.io~csi/v/mount",
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := pr.Fetch(context.Background(), req); err != nil {
-			b.Fatal(err)
-		}
-	}
+	return pr, req
 }

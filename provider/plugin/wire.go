@@ -152,7 +152,8 @@ func decodeMountRequest(m *pb.MountRequest) (*provider.Request, error) {
 }
 
 // decodePermission reads the JSON number upstream drivers send (420 for
-// 0644). An empty permission means the default mode.
+// 0644). An empty or zero permission means the default mode: upstream
+// drivers always send 420, and 0 would make every file unreadable.
 func decodePermission(s string) (os.FileMode, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -164,6 +165,9 @@ func decodePermission(s string) (os.FileMode, error) {
 	}
 	if mode&^0o777 != 0 {
 		return 0, provider.InvalidArgument("mount request permission %d is outside 0..511 (0777)", mode)
+	}
+	if mode == 0 {
+		return provider.DefaultFileMode, nil
 	}
 	return os.FileMode(mode), nil
 }
@@ -205,7 +209,8 @@ func (t *wireTime) UnmarshalJSON(b []byte) error {
 		return errBadTime
 	}
 	parsed, err := time.Parse(time.RFC3339, s)
-	if err != nil {
+	// Outside years 0-9999 in UTC, RFC 3339 cannot write the time back.
+	if err != nil || parsed.UTC().Year() < 0 || parsed.UTC().Year() > 9999 {
 		return errBadTime
 	}
 	*t = wireTime(parsed)
