@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -173,6 +174,9 @@ func apiError(err error, verb string, pod provider.Pod, secret string) error {
 		return provider.DeadlineExceeded("%s of %s: the API server did not answer in time", verb, what)
 	case errors.Is(err, context.Canceled):
 		return provider.Errorf(codes.Canceled, "%s of %s canceled", verb, what)
+	case strings.Contains(err.Error(), "client rate limiter"):
+		// client-go does not wrap the limiter's error; its text is stable.
+		return provider.Unavailable("%s of %s: too many requests from this node to the API server (client-side limit, see Options.QPS): retry later", verb, what)
 	case apierrors.IsNotFound(err):
 		return provider.NotFound("%s not found", what)
 	case apierrors.IsForbidden(err):

@@ -75,7 +75,7 @@ func TestParseObjectsRejects(t *testing.T) {
 func TestBuildResult(t *testing.T) {
 	pod := provider.Pod{Namespace: "ns", ServiceAccount: "sa"}
 	secrets := map[string]fetchedSecret{
-		"db": {secret: &corev1.Secret{Data: map[string][]byte{"user": []byte("u"), "pw": {0, 0xff, '\n'}}}},
+		"db":   {secret: &corev1.Secret{Data: map[string][]byte{"user": []byte("u"), "pw": {0, 0xff, '\n'}}}},
 		"gone": {err: provider.NotFound("Secret ns/gone not found")},
 	}
 	secrets["db"].secret.ResourceVersion = "7"

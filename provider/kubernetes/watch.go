@@ -38,12 +38,13 @@ type subscriber struct {
 }
 
 type sharedWatch struct {
-	p    *Provider
-	key  watchKey
-	pod  provider.Pod
-	wake chan struct{} // buffered(1): a fresher token arrived
-	done chan struct{} // closed when run returns
-	stop context.CancelFunc
+	p       *Provider
+	key     watchKey
+	pod     provider.Pod
+	wake    chan struct{} // buffered(1): a fresher token arrived
+	restart chan struct{} // buffered(1): the open stream's token left
+	done    chan struct{} // closed when run returns
+	stop    context.CancelFunc
 
 	mu       sync.Mutex
 	subs     map[uint64]*subscriber
@@ -60,7 +61,11 @@ type sharedWatch struct {
 
 // Watch subscribes changed to every Secret the class names. The first
 // volume of a (namespace, Secret, service account) opens one API watch with
-// the pod's token; later volumes share it. A service account that may get but
+// the pod's token; later volumes share it. The watch always connects with the
+// freshest token of a volume still subscribed: it reconnects when the volume
+// whose token it used stops (as the driver does after re-calling Watch with
+// a republish's fresh token), and a fresh token wakes a watch that was
+// refused at once. A service account that may get but
 // not watch a Secret makes Watch return PermissionDenied: the driver then
 // refreshes on republish only. stop releases the subscriptions; the last one
 // closes the API watch before stop returns.
@@ -126,7 +131,7 @@ func (p *Provider) subscribe(pod provider.Pod, secret string, token provider.Tok
 		ctx, cancel := context.WithCancel(context.Background())
 		w = &sharedWatch{
 			p: p, key: key, pod: pod, stop: cancel,
-			wake: make(chan struct{}, 1), done: make(chan struct{}),
+			wake: make(chan struct{}, 1), restart: make(chan struct{}, 1), done: make(chan struct{}),
 			subs: map[uint64]*subscriber{}, attempt: make(chan struct{}),
 		}
 		if mountedKnown {
@@ -169,8 +174,18 @@ func (p *Provider) subscribe(pod provider.Pod, secret string, token provider.Tok
 func (p *Provider) unsubscribe(w *sharedWatch, id uint64) {
 	p.mu.Lock()
 	w.mu.Lock()
+	sub := w.subs[id]
 	delete(w.subs, id)
 	last := len(w.subs) == 0
+	// The open stream stays authenticated only by tokens of volumes that
+	// are still here: when its volume leaves (or the driver replaces it with
+	// a fresher token on republish), reconnect with a current token.
+	if !last && sub != nil && w.state == stateOpen && sub.token.Token == w.inUse {
+		select {
+		case w.restart <- struct{}{}:
+		default:
+		}
+	}
 	w.mu.Unlock()
 	if last && p.watches[w.key] == w {
 		delete(p.watches, w.key)
@@ -251,6 +266,10 @@ func (w *sharedWatch) run(ctx context.Context) {
 	log := w.p.opts.Logger.With("namespace", w.key.namespace, "secret", w.key.secret, "serviceAccount", w.key.serviceAccount)
 	backoff := minBackoff
 	for ctx.Err() == nil {
+		select { // a restart asked for before this connection is moot
+		case <-w.restart:
+		default:
+		}
 		token := w.freshestToken()
 		stream, err := w.open(ctx, token)
 		var wait time.Duration
@@ -258,9 +277,9 @@ func (w *sharedWatch) run(ctx context.Context) {
 		case err == nil:
 			w.finishAttempt(stateOpen, token)
 			started := time.Now()
-			gone := w.consume(ctx, stream, log)
-			if gone {
-				continue // resume point expired: restart from current state at once
+			switch w.consume(ctx, stream, log) {
+			case streamGone, streamRestart:
+				continue // reconnect at once: from current state, or with a current token
 			}
 			if time.Since(started) > 10*time.Second {
 				backoff = minBackoff
@@ -313,11 +332,18 @@ func (w *sharedWatch) open(ctx context.Context, token string) (watch.Interface, 
 	})
 }
 
-// consume reads events until the stream ends. It reports whether the resume
-// point expired (410 Gone).
+type streamEnd int
+
+const (
+	streamEnded   streamEnd = iota // closed by the server or an error
+	streamGone                     // the resume point expired (410 Gone)
+	streamRestart                  // its token's volume left
+)
+
+// consume reads events until the stream ends, and says why it ended.
 func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log interface {
 	Debug(string, ...any)
-}) (gone bool) {
+}) streamEnd {
 	w.p.streams.Add(1)
 	defer w.p.streams.Add(-1)
 	defer stream.Stop()
@@ -326,11 +352,13 @@ func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log i
 		var ok bool
 		select {
 		case <-ctx.Done():
-			return false
+			return streamEnded
+		case <-w.restart:
+			return streamRestart
 		case ev, ok = <-stream.ResultChan():
 		}
 		if !ok {
-			return false
+			return streamEnded
 		}
 		switch ev.Type {
 		case watch.Added, watch.Modified:
@@ -349,10 +377,10 @@ func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log i
 			status := apierrors.FromObject(ev.Object)
 			if apierrors.IsGone(status) || apierrors.IsResourceExpired(status) {
 				w.forgetResumePoint()
-				return true
+				return streamGone
 			}
 			log.Debug("watch stream error", "code", codeOfStatus(status))
-			return false
+			return streamEnded
 		}
 	}
 }

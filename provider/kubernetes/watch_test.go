@@ -81,9 +81,11 @@ func TestWatchRotation(t *testing.T) {
 	f.eventually("changed after delete", func() bool { return a.get() >= 4 })
 
 	stopA()
-	if f.p.OpenWatches() != 1 {
-		t.Errorf("watch closed while volume B still uses it")
+	if f.p.sharedWatches() != 1 {
+		t.Errorf("watch dropped while volume B still uses it")
 	}
+	// A's token opened the stream, so it reconnects with B's.
+	f.eventually("the watch to stay open for B", func() bool { return f.p.OpenWatches() == 1 })
 	stopB()
 	stopB() // idempotent
 	if n := f.p.OpenWatches(); n != 0 || f.p.sharedWatches() != 0 {
@@ -246,4 +248,44 @@ func TestRotationLatency(t *testing.T) {
 	slices.Sort(lat)
 	t.Logf("rotation latency over %d updates (update call start -> changed): p50 %v, p99 %v, max %v",
 		updates, lat[len(lat)/2], lat[len(lat)*99/100], lat[len(lat)-1])
+}
+
+func TestWatchReconnectsWithCurrentToken(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"get", "watch"}, "db")
+	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("v0")})
+
+	var old, fresh counter
+	oldReq := f.mount("app", "- secretName: db\n")
+	stopOld, err := f.p.Watch(oldReq, old.changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.eventually("the watch to open", func() bool { return f.p.OpenWatches() == 1 })
+	// Republish with a fresh token: the driver watches again, then stops the
+	// old subscription. The stream must not stay on the old volume's token.
+	freshReq := f.mount("app", "- secretName: db\n")
+	stopFresh, err := f.p.Watch(freshReq, fresh.changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopFresh()
+	if _, watches := f.log.counts(); watches != 1 {
+		t.Errorf("a healthy watch was reopened when a volume joined (%d requests)", watches)
+	}
+	stopOld()
+	f.eventually("a second watch request", func() bool { _, w := f.log.counts(); return w == 2 })
+	f.log.mu.Lock()
+	used := slices.Clone(f.log.watchTokens)
+	f.log.mu.Unlock()
+	if used[0] != oldReq.Tokens[""].Token || used[1] != freshReq.Tokens[""].Token {
+		t.Errorf("watch tokens: want the old volume's, then the fresh volume's")
+	}
+	f.eventually("the watch to reopen", func() bool { return f.p.OpenWatches() == 1 })
+	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("v1")})
+	f.eventually("the fresh volume notified", func() bool { return fresh.get() >= 1 })
+	if old.get() != 0 {
+		t.Errorf("a stopped subscription was notified")
+	}
 }
