@@ -18,6 +18,21 @@
 // namespace. Once mounted, a Secret is watched (one API watch per Secret and
 // service account on the node, shared by all volumes) and changes are
 // reported to the driver within seconds.
+//
+// Cluster setup. The CSIDriver must ask kubelet for the pod's token for the
+// API server itself:
+//
+//	spec:
+//	  podInfoOnMount: true
+//	  requiresRepublish: true
+//	  tokenRequests:
+//	  - audience: ""   # kubelet requests no audiences, so the token gets the
+//	                   # API server's own (--api-audiences, default its issuer);
+//	                   # it arrives under the key "" in serviceAccount.tokens
+//
+// and each pod's service account needs a Role in its namespace with
+// apiGroups [""], resources [secrets], verbs [get, watch] and resourceNames
+// of the Secrets it mounts (without watch, changes arrive on republish only).
 package kubernetes
 
 import (
