@@ -1,0 +1,147 @@
+package kubernetes
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// object is one item of the `objects` class parameter.
+type object struct {
+	// SecretName is a Secret in the pod's own namespace.
+	SecretName string `yaml:"secretName"`
+	// Key selects one key of the Secret; empty means every key.
+	Key string `yaml:"key"`
+	// Path is the file name for one key (default: the key). For all keys it
+	// is a directory prefix (default: none, files named after the keys at the
+	// top of the volume).
+	Path string `yaml:"path"`
+	// FilePermission is an octal mode such as "0400".
+	FilePermission string `yaml:"filePermission"`
+	// Optional makes a missing Secret or key an empty result, not an error.
+	Optional bool `yaml:"optional"`
+}
+
+// spec is a validated object with its mode resolved.
+type spec struct {
+	object
+	mode os.FileMode
+}
+
+// parseObjects decodes and validates the `objects` parameter.
+func parseObjects(param string, defaultMode os.FileMode) ([]spec, error) {
+	var objs []object
+	if err := provider.DecodeObjects(param, &objs); err != nil {
+		return nil, err
+	}
+	if len(objs) == 0 {
+		return nil, provider.InvalidArgument("parameter objects lists no Secret: add at least one item with secretName")
+	}
+	if defaultMode == 0 {
+		defaultMode = provider.DefaultFileMode
+	}
+	specs := make([]spec, 0, len(objs))
+	for i, o := range objs {
+		s, err := validateObject(o, defaultMode)
+		if err != nil {
+			return nil, provider.InvalidArgument("parameter objects, item %d: %v", i, err)
+		}
+		specs = append(specs, s)
+	}
+	return specs, nil
+}
+
+func validateObject(o object, defaultMode os.FileMode) (spec, error) {
+	s := spec{object: o, mode: defaultMode}
+	if o.SecretName == "" {
+		return s, fmt.Errorf("secretName is required")
+	}
+	if msgs := validation.IsDNS1123Subdomain(o.SecretName); len(msgs) > 0 {
+		return s, fmt.Errorf("secretName %q is not a valid Secret name: %s", clip(o.SecretName), strings.Join(msgs, "; "))
+	}
+	if o.Key != "" {
+		if msgs := validation.IsConfigMapKey(o.Key); len(msgs) > 0 {
+			return s, fmt.Errorf("key %q is not a valid Secret key: %s", clip(o.Key), strings.Join(msgs, "; "))
+		}
+	}
+	if o.Path != "" {
+		if err := validatePath(o.Path); err != nil {
+			return s, err
+		}
+	}
+	if o.FilePermission != "" {
+		m, err := strconv.ParseUint(o.FilePermission, 8, 32)
+		if err != nil || m > 0o777 {
+			return s, fmt.Errorf("filePermission %q is not an octal file mode between 0000 and 0777", clip(o.FilePermission))
+		}
+		s.mode = os.FileMode(m)
+	}
+	return s, nil
+}
+
+// validatePath accepts a relative, clean, slash-separated path whose
+// elements do not start with ".." (reserved by the atomic writer).
+func validatePath(p string) error {
+	if strings.HasPrefix(p, "/") {
+		return fmt.Errorf("path %q must be relative", clip(p))
+	}
+	if len(p) > 4096 {
+		return fmt.Errorf("path is longer than 4096 bytes")
+	}
+	if path.Clean(p) != p {
+		return fmt.Errorf("path %q is not clean: no empty, '.' or '..' elements and no trailing slash", clip(p))
+	}
+	for _, elem := range strings.Split(p, "/") {
+		if strings.HasPrefix(elem, "..") {
+			return fmt.Errorf("path %q has an element starting with '..'", clip(p))
+		}
+		if strings.ContainsRune(elem, 0) {
+			return fmt.Errorf("path has a NUL byte")
+		}
+		if len(elem) > 255 {
+			return fmt.Errorf("path has an element longer than 255 bytes")
+		}
+	}
+	return nil
+}
+
+// filePath is where key of the Secret is written for this object.
+func (s spec) filePath(key string) string {
+	if s.Key != "" {
+		if s.Path != "" {
+			return s.Path
+		}
+		return s.Key
+	}
+	if s.Path != "" {
+		return s.Path + "/" + key
+	}
+	return key
+}
+
+// secretNames returns the distinct Secret names, in first-seen order.
+func secretNames(specs []spec) []string {
+	seen := make(map[string]bool, len(specs))
+	var names []string
+	for _, s := range specs {
+		if !seen[s.SecretName] {
+			seen[s.SecretName] = true
+			names = append(names, s.SecretName)
+		}
+	}
+	return names
+}
+
+// clip keeps user input in messages short.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}

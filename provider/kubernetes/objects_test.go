@@ -1,0 +1,143 @@
+package kubernetes
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+func TestParseObjectsSpellings(t *testing.T) {
+	plain := "- secretName: db\n  key: password\n  path: creds/pw\n  filePermission: \"0400\"\n- secretName: tls\n  optional: true\n"
+	azure := "array:\n  - |\n    secretName: db\n    key: password\n    path: creds/pw\n    filePermission: \"0400\"\n  - |\n    secretName: tls\n    optional: true\n"
+	for name, in := range map[string]string{"plain": plain, "azure": azure} {
+		specs, err := parseObjects(in, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(specs) != 2 {
+			t.Fatalf("%s: got %d objects", name, len(specs))
+		}
+		if s := specs[0]; s.SecretName != "db" || s.Key != "password" || s.filePath("password") != "creds/pw" || s.mode != 0o400 {
+			t.Errorf("%s: first object %+v", name, s)
+		}
+		if s := specs[1]; !s.Optional || s.mode != provider.DefaultFileMode || s.filePath("ca.crt") != "ca.crt" {
+			t.Errorf("%s: second object %+v", name, s)
+		}
+	}
+}
+
+func TestParseObjectsDefaults(t *testing.T) {
+	specs, err := parseObjects("- secretName: a\n  key: k\n- secretName: b\n  path: dir\n", 0o440)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := specs[0].filePath("k"); got != "k" {
+		t.Errorf("key without path: file %q, want the key", got)
+	}
+	if got := specs[1].filePath("x.pem"); got != "dir/x.pem" {
+		t.Errorf("all keys with path: file %q, want dir/x.pem", got)
+	}
+	if specs[0].mode != 0o440 {
+		t.Errorf("mode %o, want the request default 0440", specs[0].mode)
+	}
+}
+
+func TestParseObjectsRejects(t *testing.T) {
+	for name, in := range map[string]string{
+		"empty list":        "[]",
+		"no secretName":     "- key: a\n",
+		"upper-case name":   "- secretName: DB\n",
+		"name with slash":   "- secretName: a/b\n",
+		"key with slash":    "- secretName: a\n  key: x/y\n",
+		"key dot-dot":       "- secretName: a\n  key: ..\n",
+		"absolute path":     "- secretName: a\n  path: /etc/passwd\n",
+		"escaping path":     "- secretName: a\n  path: x/../../y\n",
+		"reserved path":     "- secretName: a\n  path: ..data\n",
+		"unclean path":      "- secretName: a\n  path: a//b\n",
+		"mode not octal":    "- secretName: a\n  filePermission: \"0999\"\n",
+		"mode too big":      "- secretName: a\n  filePermission: \"01777\"\n",
+		"namespace field":   "- secretName: a\n  namespace: kube-system\n",
+		"unknown field":     "- secretName: a\n  keys: b\n",
+		"optional not bool": "- secretName: a\n  optional: maybe\n",
+	} {
+		_, err := parseObjects(in, 0)
+		if provider.CodeOf(err) != codes.InvalidArgument {
+			t.Errorf("%s: want InvalidArgument, got %v", name, err)
+		}
+	}
+}
+
+func TestBuildResult(t *testing.T) {
+	pod := provider.Pod{Namespace: "ns", ServiceAccount: "sa"}
+	secrets := map[string]fetchedSecret{
+		"db":   {secret: &corev1.Secret{Data: map[string][]byte{"user": []byte("u"), "pw": {0, 0xff, '\n'}}}},
+		"gone": {err: provider.NotFound("Secret ns/gone not found")},
+	}
+	secrets["db"].secret.ResourceVersion = "7"
+	parse := func(in string) []spec {
+		specs, err := parseObjects(in, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return specs
+	}
+
+	res, err := buildResult(pod, parse("- secretName: db\n  path: d\n  filePermission: \"0400\"\n- secretName: gone\n  optional: true\n- secretName: db\n  key: nokey\n  optional: true\n"), secrets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Files) != 2 || res.Files[0].Path != "d/pw" || string(res.Files[0].Contents) != "\x00\xff\n" || res.Files[0].Mode != os.FileMode(0o400) || res.Files[1].Path != "d/user" {
+		t.Errorf("files %+v", res.Files)
+	}
+	if len(res.Versions) != 2 || res.Versions[0] != (provider.ObjectVersion{ID: "secret/db", Version: "7"}) || res.Versions[1] != (provider.ObjectVersion{ID: "secret/gone"}) {
+		t.Errorf("versions %+v", res.Versions)
+	}
+
+	_, err = buildResult(pod, parse("- secretName: db\n  key: nokey\n"), secrets)
+	if provider.CodeOf(err) != codes.NotFound || !strings.Contains(err.Error(), `no key "nokey"`) || !strings.Contains(err.Error(), "pw, user") {
+		t.Errorf("missing key: %v", err)
+	}
+	_, err = buildResult(pod, parse("- secretName: gone\n"), secrets)
+	if provider.CodeOf(err) != codes.NotFound {
+		t.Errorf("missing secret: %v", err)
+	}
+	_, err = buildResult(pod, parse("- secretName: db\n- secretName: db\n  key: pw\n"), secrets)
+	if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `file "pw"`) {
+		t.Errorf("collision: %v", err)
+	}
+}
+
+func FuzzParseObjects(f *testing.F) {
+	f.Add("- secretName: db\n  key: password\n  path: creds/pw\n  filePermission: \"0400\"\n  optional: true\n")
+	f.Add("array:\n  - |\n    secretName: db\n    key: .dockerconfigjson\n")
+	f.Add("- secretName: a\n  path: x/../y\n")
+	f.Add("- secretName: a.b-c\n  filePermission: \"777\"\n")
+	f.Add("[]")
+	f.Fuzz(func(t *testing.T, in string) {
+		specs, err := parseObjects(in, 0)
+		if err != nil {
+			if provider.CodeOf(err) != codes.InvalidArgument {
+				t.Fatalf("error with code %v: %v", provider.CodeOf(err), err)
+			}
+			return
+		}
+		for _, s := range specs {
+			for _, key := range []string{"k", s.Key} {
+				if key == "" {
+					continue
+				}
+				if err := validatePath(s.filePath(key)); err != nil {
+					t.Fatalf("accepted object writes an invalid path: %v", err)
+				}
+			}
+			if s.mode&^0o777 != 0 {
+				t.Fatalf("mode %o has bits beyond 0777", s.mode)
+			}
+		}
+	})
+}

@@ -1,0 +1,220 @@
+// Package kubernetes is the `provider: kubernetes` backend: it mounts
+// Kubernetes Secrets of the pod's own namespace, read with the pod's own
+// service-account token, so the API server's RBAC decides what a pod may
+// mount. The driver's identity is never used; it needs no access to Secrets.
+//
+// Class parameters:
+//
+//	objects: |
+//	  - secretName: db          # a Secret in the pod's namespace (required)
+//	    key: password           # one key; empty: every key of the Secret
+//	    path: db/password       # file name (default: the key); for every key
+//	                            # a directory prefix (default: none)
+//	    filePermission: "0400"  # octal (default: the volume's default mode)
+//	    optional: true          # a missing Secret or key is skipped
+//
+// The Azure provider's spelling (`array:` of YAML strings) is accepted too.
+// There is no namespace field: Secrets are always read from the pod's
+// namespace. Once mounted, a Secret is watched (one API watch per Secret and
+// service account on the node, shared by all volumes) and changes are
+// reported to the driver within seconds.
+//
+// Cluster setup. The CSIDriver must ask kubelet for the pod's token for the
+// API server itself:
+//
+//	spec:
+//	  podInfoOnMount: true
+//	  requiresRepublish: true
+//	  tokenRequests:
+//	  - audience: ""   # kubelet requests no audiences, so the token gets the
+//	                   # API server's own (--api-audiences, default its issuer);
+//	                   # it arrives under the key "" in serviceAccount.tokens
+//
+// and each pod's service account needs a Role in its namespace with
+// apiGroups [""], resources [secrets], verbs [get, watch] and resourceNames
+// of the Secrets it mounts (without watch, changes arrive on republish only).
+package kubernetes
+
+import (
+	"context"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Provider implements provider.Provider and provider.Watcher.
+type Provider struct {
+	opts   Options
+	client corev1client.CoreV1Interface
+	now    func() time.Time
+
+	streams atomic.Int64 // open API watch streams
+
+	mu       sync.Mutex
+	watches  map[watchKey]*sharedWatch
+	loggedNo map[watchKey]bool // keys whose watch was forbidden, logged once
+}
+
+var (
+	_ provider.Provider = (*Provider)(nil)
+	_ provider.Watcher  = (*Provider)(nil)
+)
+
+// New returns a Provider for the API server in opts.
+func New(opts Options) (*Provider, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	client, err := newClient(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Provider{
+		opts:     opts,
+		client:   client,
+		now:      time.Now,
+		watches:  make(map[watchKey]*sharedWatch),
+		loggedNo: make(map[watchKey]bool),
+	}, nil
+}
+
+// fetchedSecret is the outcome of one GET.
+type fetchedSecret struct {
+	secret *corev1.Secret // nil when not found
+	err    error
+}
+
+// Fetch reads every Secret named in the class with one GET each, as the pod,
+// and returns all files or an error.
+func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.Result, error) {
+	if req.Pod.Namespace == "" {
+		return nil, provider.InvalidArgument("the pod's namespace is unknown: the CSIDriver csi.secretfs.dev needs podInfoOnMount: true")
+	}
+	specs, err := parseObjects(req.Parameters["objects"], req.DefaultMode)
+	if err != nil {
+		return nil, err
+	}
+	token, err := p.podToken(req)
+	if err != nil {
+		return nil, err
+	}
+	secrets := p.getAll(ctx, token, req.Pod, secretNames(specs))
+	return buildResult(req.Pod, specs, secrets)
+}
+
+// getAll GETs the named Secrets concurrently (a class rarely names many).
+func (p *Provider) getAll(ctx context.Context, token string, pod provider.Pod, names []string) map[string]fetchedSecret {
+	ctx, cancel := context.WithTimeout(withToken(ctx, token), p.opts.RequestTimeout)
+	defer cancel()
+	out := make(map[string]fetchedSecret, len(names))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Go(func() {
+			s, err := p.client.Secrets(pod.Namespace).Get(ctx, name, metav1.GetOptions{})
+			f := fetchedSecret{secret: s}
+			if err != nil {
+				f = fetchedSecret{err: apiError(err, "get", pod, name)}
+			}
+			mu.Lock()
+			out[name] = f
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+// buildResult maps the fetched Secrets to files, applying optional, and
+// rejects two objects that write the same path.
+func buildResult(pod provider.Pod, specs []spec, secrets map[string]fetchedSecret) (*provider.Result, error) {
+	res := &provider.Result{}
+	owner := map[string]string{} // path -> what wrote it, for collision messages
+	add := func(p string, mode os.FileMode, data []byte, from string) error {
+		if prev, dup := owner[p]; dup {
+			return provider.InvalidArgument("parameter objects: %s and %s both write file %q: give one a different path", prev, from, p)
+		}
+		owner[p] = from
+		res.Files = append(res.Files, provider.File{Path: p, Mode: mode, Contents: data})
+		return nil
+	}
+	for _, s := range specs {
+		f := secrets[s.SecretName]
+		if f.err != nil {
+			if s.Optional && provider.CodeOf(f.err) == codes.NotFound {
+				continue
+			}
+			return nil, f.err
+		}
+		what := "Secret " + pod.Namespace + "/" + s.SecretName
+		if s.Key != "" {
+			data, ok := f.secret.Data[s.Key]
+			if !ok {
+				if s.Optional {
+					continue
+				}
+				return nil, provider.NotFound("%s has no key %q (it has: %s)", what, s.Key, keyList(f.secret))
+			}
+			if err := add(s.filePath(s.Key), s.mode, data, what+" key "+s.Key); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		for _, key := range sortedKeys(f.secret) {
+			if err := add(s.filePath(key), s.mode, f.secret.Data[key], what+" key "+key); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for _, name := range sortedNames(secrets) {
+		v := provider.ObjectVersion{ID: versionID(name)}
+		if s := secrets[name].secret; s != nil {
+			v.Version = s.ResourceVersion
+		}
+		res.Versions = append(res.Versions, v)
+	}
+	return res, nil
+}
+
+// versionID is the stable ID of a Secret in Result.Versions.
+func versionID(secret string) string { return "secret/" + secret }
+
+func sortedKeys(s *corev1.Secret) []string {
+	keys := make([]string, 0, len(s.Data))
+	for k := range s.Data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func sortedNames(m map[string]fetchedSecret) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// keyList names a Secret's keys (never values) for a missing-key message.
+func keyList(s *corev1.Secret) string {
+	keys := sortedKeys(s)
+	if len(keys) == 0 {
+		return "no keys"
+	}
+	if len(keys) > 20 {
+		keys = append(keys[:20], "...")
+	}
+	return strings.Join(keys, ", ")
+}
