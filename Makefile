@@ -11,12 +11,17 @@ PKGS      := ./...
 .PHONY: all build demo test unit sanity fuzz lint bench deps clean help
 all: build
 
+include proto/proto.mk
+include test/cluster/cluster.mk
+
 help:
 	@echo "make demo    build and run the driver with the fake backend on a real tmpfs"
 	@echo "make test    lint, unit, integration, csi-sanity and e2e tests (root)"
 	@echo "make fuzz    run every fuzz target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make sanity  csi-sanity against the driver"
 	@echo "make bench   benchmarks and the load harness"
+	@echo "make e2e     start a real single-node cluster, run the e2e suite, stop it"
+	@echo "make proto   regenerate the provider protocol's Go code"
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/secretfs ./cmd/secretfs
@@ -24,7 +29,9 @@ build:
 demo: build
 	@$(GO) run ./test/demo -secretfs $(BIN)/secretfs
 
-test: lint unit
+# The unit and integration tests need etcd and kube-apiserver (built once per
+# machine by k8s-bins); e2e needs the whole local cluster.
+test: lint verify-proto k8s-bins unit e2e
 
 unit:
 	$(GO) test -count=1 $(PKGS)
@@ -50,7 +57,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
 # Debian packages the tests need; idempotent.
-APT_PACKAGES := openssl
+APT_PACKAGES := openssl containerd runc containernetworking-plugins busybox-static protobuf-compiler iproute2
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -8,11 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"k8s.io/client-go/rest"
 
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/provider/azure"
 	"github.com/secretfs/secretfs/provider/fake"
+	"github.com/secretfs/secretfs/provider/kubernetes"
 	"github.com/secretfs/secretfs/provider/plugin"
 )
 
@@ -33,6 +36,9 @@ type backendFlags struct {
 	azureConcurrency   int
 	azureThrottle      time.Duration
 	azurePEMChain      bool
+
+	kubeAudience string
+	kubeQPS      float64
 }
 
 func (b *backendFlags) register(fs *flag.FlagSet) {
@@ -49,13 +55,12 @@ func (b *backendFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&b.azureConcurrency, "azure-max-concurrent-per-vault", 8, "azure: in-flight Key Vault requests per vault")
 	fs.DurationVar(&b.azureThrottle, "azure-throttle-budget", 60*time.Second, "azure: how long one object may retry HTTP 429 before the mount fails Unavailable")
 	fs.BoolVar(&b.azurePEMChain, "azure-construct-pem-chain", true, "azure: order PEM certificate chains leaf to root")
+	fs.StringVar(&b.kubeAudience, "kubernetes-audience", "", `kubernetes: audience of the CSIDriver tokenRequests item whose pod token reads Secrets ("" = the API server's own)`)
+	fs.Float64Var(&b.kubeQPS, "kubernetes-qps", 50, "kubernetes: requests per second to the API server for all pods together")
 }
 
-// needsAPI reports whether a built-in backend needs the API server.
-func (b *backendFlags) needsAPI() bool { return false }
-
 // builtins constructs the in-process backends by provider name.
-func (b *backendFlags) builtins(_ *rest.Config, _ *slog.Logger) (map[string]provider.Provider, error) {
+func (b *backendFlags) builtins(cfg *rest.Config, log *slog.Logger) (map[string]provider.Provider, error) {
 	azureOpts := azure.Options{
 		VaultDNSSuffix:          b.azureVaultSuffix,
 		AuthorityHost:           b.azureAuthorityHost,
@@ -72,9 +77,35 @@ func (b *backendFlags) builtins(_ *rest.Config, _ *slog.Logger) (map[string]prov
 		azureOpts.ExtraCAPEM = pem
 	}
 	return map[string]provider.Provider{
-		"fake":  fake.New(fake.Options{DataDir: b.fakeDataDir}),
-		"azure": azure.New(azureOpts),
+		"fake":       fake.New(fake.Options{DataDir: b.fakeDataDir}),
+		"azure":      azure.New(azureOpts),
+		"kubernetes": b.kubernetes(cfg, log),
 	}, nil
+}
+
+// kubernetes builds the Kubernetes backend. It only borrows the API server's
+// address and CA from cfg: Secrets are read with each pod's own token. Without
+// an API server (the local agent) every fetch says how to configure one.
+func (b *backendFlags) kubernetes(cfg *rest.Config, log *slog.Logger) provider.Provider {
+	var opts kubernetes.Options
+	if cfg != nil {
+		opts = kubernetes.OptionsFromConfig(cfg)
+	}
+	opts.Audience, opts.Logger = b.kubeAudience, log
+	opts.QPS, opts.Burst = float32(b.kubeQPS), int(2*b.kubeQPS)
+	p, err := kubernetes.New(opts)
+	if err != nil {
+		return unconfigured{fmt.Sprintf("the kubernetes provider is not configured on this node: %v", err)}
+	}
+	return p
+}
+
+// unconfigured is a backend that could not be set up; it fails every fetch
+// with the reason, so pods see it in their events.
+type unconfigured struct{ reason string }
+
+func (u unconfigured) Fetch(context.Context, *provider.Request) (*provider.Result, error) {
+	return nil, provider.Errorf(codes.FailedPrecondition, "%s", u.reason)
 }
 
 // resolver returns the function the driver uses to find a class's provider:

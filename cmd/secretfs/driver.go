@@ -54,12 +54,11 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	var restConfig *rest.Config
-	if *classDir == "" || backends.needsAPI() {
-		restConfig, err = loadRESTConfig(*kubeconfig)
-		if err != nil {
-			return fail(stderr, fs, 1, "%v", err)
-		}
+	// The API server is needed for classes unless they come from files; the
+	// kubernetes backend uses its address when there is one.
+	restConfig, err := loadRESTConfig(*kubeconfig)
+	if err != nil && *classDir == "" {
+		return fail(stderr, fs, 1, "%v", err)
 	}
 	var classes driver.ClassSource
 	if *classDir != "" {

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// A bad flag or argument is one line on stderr and exit code 2.
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "Usage"},
+		{[]string{"nope"}, `unknown command "nope"`},
+		{[]string{"driver", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"driver", "--tmpfs-size", "lots"}, "not a size like 8Mi"},
+		{[]string{"driver", "--tmpfs-size", "-1Mi"}, "must be positive"},
+		{[]string{"driver", "--log-format", "xml", "--class-dir", "."}, "-log-format must be text or json"},
+		{[]string{"driver", "--node-id", "", "--class-dir", "."}, "-node-id is required"},
+		{[]string{"driver", "extra"}, `unexpected argument "extra"`},
+		{[]string{"mount"}, "-class and -target are required"},
+		{[]string{"provider", "--endpoint", "unix:///tmp/x.sock"}, "-backend and -endpoint are required"},
+		{[]string{"provider", "--backend", "vault", "--endpoint", "unix:///tmp/x.sock"}, `-backend "vault" is not a built-in backend`},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(tc.args, &stdout, &stderr)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2", tc.args, code)
+		}
+		msg := stderr.String()
+		if !strings.Contains(msg, tc.want) {
+			t.Errorf("%v: stderr %q does not contain %q", tc.args, msg, tc.want)
+		}
+		if tc.args != nil && strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+			t.Errorf("%v: error is not one line: %q", tc.args, msg)
+		}
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"driver", "-h"}, {"mount", "-h"}, {"provider", "-h"}, {"version"}} {
+		var stdout bytes.Buffer
+		if code := run(args, &stdout, io.Discard); code != 0 || stdout.Len() == 0 {
+			t.Errorf("%v: exit %d, output %q", args, code, stdout.String())
+		}
+	}
+}
+
+// The local agent, run by someone other than root, says why in one line.
+func TestMountNotRoot(t *testing.T) {
+	if os.Getenv("SECRETFS_TEST_MOUNT_AS_NOBODY") == "1" {
+		os.Exit(run([]string{"mount", "--class", os.Args[len(os.Args)-2], "--target", os.Args[len(os.Args)-1]}, os.Stdout, os.Stderr))
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to start a process as another user")
+	}
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Dir(dir)} { // nobody must reach the binary
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "secretfs.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	class := filepath.Join(dir, "class.yaml")
+	if err := os.WriteFile(class, []byte("apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {name: c}\nspec: {provider: fake, parameters: {objects: '- {objectName: a, value: b}'}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestMountNotRoot$", class, filepath.Join(dir, "target"))
+	cmd.Env = append(os.Environ(), "SECRETFS_TEST_MOUNT_AS_NOBODY=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	exit, ok := err.(*exec.ExitError)
+	if !ok || exit.ExitCode() != 1 {
+		t.Fatalf("want exit 1, got %v (stderr %q)", err, stderr.String())
+	}
+	msg := strings.TrimSpace(stderr.String())
+	if strings.Contains(msg, "\n") || !strings.Contains(msg, "must run as root") || !strings.Contains(msg, "uid 65534") {
+		t.Fatalf("want one line saying root is needed, got %q", msg)
+	}
+}
