@@ -170,6 +170,7 @@ wait_for kube-apiserver 60 kubectl_admin get --raw /readyz
 start kube-controller-manager "$BIN/kube-controller-manager" \
 	--kubeconfig "$W/controller-manager.kubeconfig" --bind-address 127.0.0.1 --secure-port 0 \
 	--leader-elect=false --root-ca-file "$PKI/ca.crt" --service-account-private-key-file "$PKI/sa.key" \
+	--use-service-account-credentials \
 	--profiling=false
 start kube-scheduler "$BIN/kube-scheduler" \
 	--kubeconfig "$W/scheduler.kubeconfig" --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
