@@ -7,8 +7,10 @@ import (
 )
 
 type testObject struct {
-	ObjectName  string `json:"objectName"`
-	ObjectAlias string `json:"objectAlias,omitempty"`
+	ObjectName     string `yaml:"objectName"`
+	ObjectAlias    string `yaml:"objectAlias"`
+	FilePermission string `yaml:"filePermission"`
+	Optional       bool   `yaml:"optional"`
 }
 
 func TestDecodeObjects(t *testing.T) {
@@ -25,6 +27,17 @@ func TestDecodeObjects(t *testing.T) {
 	}
 }
 
+func TestDecodeObjectsKeepsScalarsAsWritten(t *testing.T) {
+	var got []testObject
+	in := "array:\n  - |\n    objectName: 0123\n    filePermission: 0644\n    optional: true\n"
+	if err := DecodeObjects(in, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got[0].FilePermission != "0644" || got[0].ObjectName != "0123" || !got[0].Optional {
+		t.Fatalf("got %+v", got[0])
+	}
+}
+
 func TestDecodeObjectsRejects(t *testing.T) {
 	for name, in := range map[string]string{
 		"empty":         "  ",
@@ -32,6 +45,8 @@ func TestDecodeObjectsRejects(t *testing.T) {
 		"not a list":    "objectName: a\n",
 		"bad item":      "array:\n  - |\n    objectName: [\n",
 		"bad yaml":      "- objectName: a\n - x: [",
+		"array of maps": "array:\n  - objectName: a\n",
+		"bad type":      "- optional: maybe\n",
 	} {
 		var got []testObject
 		err := DecodeObjects(in, &got)
@@ -52,4 +67,17 @@ func FuzzDecodeObjects(f *testing.F) {
 			t.Fatalf("error with code %v: %v", CodeOf(err), err)
 		}
 	})
+}
+
+func TestDecodeObjectsIntoPointers(t *testing.T) {
+	var got []*testObject
+	if err := DecodeObjects("- objectName: a\n  filePermission: 0600\n", &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].ObjectName != "a" || got[0].FilePermission != "0600" {
+		t.Fatalf("got %+v", got)
+	}
+	if err := DecodeObjects("- objectNam: a\n", &got); CodeOf(err) != codes.InvalidArgument {
+		t.Fatalf("unknown field through pointers: %v", err)
+	}
 }

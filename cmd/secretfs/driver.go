@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/secretfs/secretfs/driver"
+)
+
+func runDriver(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("driver", "Run the CSI node plugin: serve CSI Identity and Node on a unix socket.", stdout)
+	var (
+		endpoint    = fs.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
+		nodeID      = fs.String("node-id", hostname(), "node id reported to kubelet (the Kubernetes node name)")
+		driverName  = fs.String("driver-name", "csi.secretfs.dev", "CSI driver name")
+		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig for reading SecretProviderClasses (in-cluster config when empty)")
+		classDir    = fs.String("class-dir", "", "read SecretProviderClass YAML files from this directory instead of the API")
+		rotation    = fs.Duration("rotation-interval", 2*time.Minute, "refresh a volume on republish when its last fetch is older than this")
+		healthAddr  = fs.String("health-addr", ":9808", "address for /healthz (empty: off)")
+		metricsAddr = fs.String("metrics-addr", ":9809", "address for /metrics (empty: off)")
+		regDir      = fs.String("registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
+		tmpfsSize   = quantityFlag{bytes: 8 << 20}
+		logs        logFlags
+		backends    backendFlags
+	)
+	fs.Var(&tmpfsSize, "tmpfs-size", "size cap of each volume's tmpfs (a quantity, e.g. 8Mi)")
+	logs.register(fs)
+	backends.register(fs)
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	log, err := logs.logger(stderr)
+	if err != nil {
+		return fail(stderr, fs, 2, "%v", err)
+	}
+	if *nodeID == "" {
+		return fail(stderr, fs, 2, "-node-id is required (the Kubernetes node name)")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var restConfig *rest.Config
+	if *classDir == "" || backends.needsAPI() {
+		restConfig, err = loadRESTConfig(*kubeconfig)
+		if err != nil {
+			return fail(stderr, fs, 1, "%v", err)
+		}
+	}
+	var classes driver.ClassSource
+	if *classDir != "" {
+		classes = driver.NewDirClassSource(*classDir)
+	} else if classes, err = driver.NewAPIClassSource(ctx, restConfig); err != nil {
+		return fail(stderr, fs, 1, "watching SecretProviderClasses: %v", err)
+	}
+	providers, closeProviders, err := backends.resolver(restConfig, log)
+	if err != nil {
+		return fail(stderr, fs, 1, "%v", err)
+	}
+	defer closeProviders()
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d, err := driver.New(driver.Config{
+		DriverName:       *driverName,
+		NodeID:           *nodeID,
+		Classes:          classes,
+		Providers:        providers,
+		TmpfsSize:        tmpfsSize.bytes,
+		RotationInterval: *rotation,
+		Logger:           log,
+		Registerer:       registry,
+	})
+	if err != nil {
+		return fail(stderr, fs, 1, "%v", err)
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.Serve(ctx, *endpoint) })
+	if *healthAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/healthz", d.HealthHandler())
+		g.Go(func() error { return serveHTTP(ctx, *healthAddr, mux, log) })
+	}
+	if *metricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
+		g.Go(func() error { return serveHTTP(ctx, *metricsAddr, mux, log) })
+	}
+	if *regDir != "" {
+		g.Go(func() error { return registerWithKubelet(ctx, *regDir, *driverName, *endpoint, log) })
+	}
+	log.Info("secretfs driver starting", "version", versionString(), "driver", *driverName, "node", *nodeID, "endpoint", *endpoint)
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return fail(stderr, fs, 1, "%v", err)
+	}
+	return 0
+}
+
+func loadRESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, errors.New("not running in a cluster and no -kubeconfig given (or use -class-dir to read classes from files)")
+	}
+	return cfg, nil
+}
+
+// serveHTTP serves handler on addr until ctx is done.
+func serveHTTP(ctx context.Context, addr string, handler http.Handler, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	log.Info("serving HTTP", "addr", ln.Addr().String())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

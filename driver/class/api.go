@@ -1,0 +1,101 @@
+package class
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/secretfs/secretfs/provider"
+	"google.golang.org/grpc/codes"
+)
+
+// GVR is the resource the API source watches.
+var GVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: Resource}
+
+// resync only refreshes the informer's view; changes arrive by watch.
+const resync = 10 * time.Minute
+
+// syncWait bounds how long NewAPIClassSource waits for the first list, so a
+// slow or missing API server delays start-up but never blocks it.
+const syncWait = 10 * time.Second
+
+// NewAPIClassSource returns a ClassSource backed by a dynamic informer on
+// SecretProviderClasses: a publish reads the local cache, not the API server.
+// A class missing from the cache (just created, or the cache not synced yet)
+// is fetched with one direct GET. The informer stops when ctx is done.
+func NewAPIClassSource(ctx context.Context, cfg *rest.Config) (ClassSource, error) {
+	client, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+	}
+	return newAPISource(ctx, client), nil
+}
+
+func newAPISource(ctx context.Context, client dynamic.Interface) *apiSource {
+	factory := dynamicinformer.NewDynamicSharedInformerFactory(client, resync)
+	inf := factory.ForResource(GVR)
+	s := &apiSource{client: client, informer: inf.Informer(), lister: inf.Lister()}
+	factory.Start(ctx.Done())
+	waitCtx, cancel := context.WithTimeout(ctx, syncWait)
+	defer cancel()
+	cache.WaitForCacheSync(waitCtx.Done(), s.informer.HasSynced)
+	return s
+}
+
+type apiSource struct {
+	client   dynamic.Interface
+	informer cache.SharedIndexInformer
+	lister   cache.GenericLister
+}
+
+func (s *apiSource) Get(ctx context.Context, namespace, name string) (*Class, error) {
+	obj, err := s.lister.ByNamespace(namespace).Get(name)
+	if err != nil {
+		if !apierrors.IsNotFound(err) {
+			return nil, provider.Unavailable("reading SecretProviderClass cache: %v", err)
+		}
+		obj, err = s.client.Resource(GVR).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil, apiError(namespace, name, err)
+		}
+	}
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return nil, provider.Errorf(codes.Internal, "unexpected object type %T in SecretProviderClass cache", obj)
+	}
+	var o object
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &o); err != nil {
+		return nil, provider.InvalidArgument("SecretProviderClass %q in namespace %q is malformed: %v", name, namespace, err)
+	}
+	c := o.class()
+	c.Namespace = namespace
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func apiError(namespace, name string, err error) error {
+	switch {
+	case apierrors.IsNotFound(err):
+		return notFound(namespace, name, "")
+	case apierrors.IsForbidden(err):
+		return provider.PermissionDenied("the driver may not read SecretProviderClass %q in namespace %q: grant its service account get/list/watch on %s.%s", name, namespace, Resource, Group)
+	case apierrors.IsTimeout(err), apierrors.IsServerTimeout(err), apierrors.IsTooManyRequests(err):
+		return provider.Unavailable("reading SecretProviderClass %q in namespace %q: the API server is busy: %v", name, namespace, err)
+	}
+	if code := provider.CodeOf(err); code == codes.Canceled || code == codes.DeadlineExceeded {
+		return provider.Errorf(code, "reading SecretProviderClass %q in namespace %q: %v", name, namespace, err)
+	}
+	return provider.Unavailable("reading SecretProviderClass %q in namespace %q: %v", name, namespace, err)
+}

@@ -1,0 +1,167 @@
+package class
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+const twoClasses = `apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata:
+  name: app
+  namespace: team-a
+spec:
+  provider: azure
+  parameters:
+    keyvaultName: kv
+    objects: |
+      array:
+        - |
+          objectName: db
+  secretObjects:
+  - secretName: synced
+    type: Opaque
+    data:
+    - objectName: db
+      key: password
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: ignored
+---
+apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata:
+  name: nons
+spec:
+  provider: fake
+`
+
+func TestDirSource(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "classes.yaml")
+	if err := os.WriteFile(file, []byte(twoClasses), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not yaml ["), 0o644)
+	src := NewDirClassSource(dir)
+	ctx := context.Background()
+
+	c, err := src.Get(ctx, "team-a", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Provider != "azure" || c.Parameters["keyvaultName"] != "kv" || !strings.Contains(c.Parameters["objects"], "objectName: db") {
+		t.Fatalf("class %+v", c)
+	}
+	if len(c.SecretObjects) != 1 || c.SecretObjects[0].SecretName != "synced" || c.SecretObjects[0].Data[0].Key != "password" {
+		t.Fatalf("secretObjects %+v", c.SecretObjects)
+	}
+	if c, err := src.Get(ctx, "default", "nons"); err != nil || c.Provider != "fake" {
+		t.Fatalf("class without namespace: %+v %v", c, err)
+	}
+	// Only the pod's namespace counts.
+	_, err = src.Get(ctx, "team-b", "app")
+	if provider.CodeOf(err) != codes.NotFound || !strings.Contains(err.Error(), `"app"`) || !strings.Contains(err.Error(), `"team-b"`) {
+		t.Fatalf("want NotFound naming class and namespace, got %v", err)
+	}
+
+	// An edit is seen on the next lookup (mtime moves).
+	edited := strings.Replace(twoClasses, "provider: azure", "provider: kubernetes", 1)
+	os.WriteFile(file, []byte(edited), 0o644)
+	future := time.Now().Add(time.Minute)
+	os.Chtimes(file, future, future)
+	if c, _ := src.Get(ctx, "team-a", "app"); c == nil || c.Provider != "kubernetes" {
+		t.Fatalf("edit not seen: %+v", c)
+	}
+
+	// A broken file is named in the NotFound message.
+	os.WriteFile(filepath.Join(dir, "broken.yaml"), []byte("kind: [\n"), 0o644)
+	_, err = src.Get(ctx, "team-a", "missing")
+	if provider.CodeOf(err) != codes.NotFound || !strings.Contains(err.Error(), "broken.yaml") {
+		t.Fatalf("want NotFound naming broken.yaml, got %v", err)
+	}
+
+	// A removed file's classes disappear.
+	os.Remove(file)
+	if _, err := src.Get(ctx, "team-a", "app"); provider.CodeOf(err) != codes.NotFound {
+		t.Fatalf("removed class still found: %v", err)
+	}
+}
+
+func TestDirSourceClassWithoutProvider(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "c.yml"), []byte("apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {name: x, namespace: ns1}\nspec: {}\n"), 0o644)
+	_, err := NewDirClassSource(dir).Get(context.Background(), "ns1", "x")
+	if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spec.provider") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestDirSourceMissingDir(t *testing.T) {
+	_, err := NewDirClassSource(filepath.Join(t.TempDir(), "nope")).Get(context.Background(), "ns1", "x")
+	if provider.CodeOf(err) != codes.NotFound {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func spc(ns, name, prov string) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": Group + "/" + Version,
+		"kind":       Kind,
+		"metadata":   map[string]any{"name": name, "namespace": ns},
+		"spec":       map[string]any{"provider": prov, "parameters": map[string]any{"k": "v"}},
+	}}
+}
+
+// The informer path and the GET fallback, against client-go's fake dynamic
+// client (the real API server is exercised by the end-to-end tests).
+func TestAPISource(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	scheme := runtime.NewScheme()
+	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
+		map[schemaGVR]string{GVR: Kind + "List"}, spc("team-a", "app", "fake"))
+	src := newAPISource(ctx, client)
+
+	c, err := src.Get(ctx, "team-a", "app")
+	if err != nil || c.Provider != "fake" || c.Parameters["k"] != "v" || c.Namespace != "team-a" {
+		t.Fatalf("got %+v, %v", c, err)
+	}
+	gets := countGets(client)
+	if gets != 0 {
+		t.Fatalf("cached lookup made %d GETs", gets)
+	}
+	_, err = src.Get(ctx, "team-b", "app")
+	if provider.CodeOf(err) != codes.NotFound || !strings.Contains(err.Error(), `"team-b"`) {
+		t.Fatalf("want NotFound, got %v", err)
+	}
+	if countGets(client) != 1 {
+		t.Fatalf("miss should fall back to one GET, made %d", countGets(client))
+	}
+}
+
+type schemaGVR = schema.GroupVersionResource
+
+func countGets(c *dynamicfake.FakeDynamicClient) int {
+	n := 0
+	for _, a := range c.Actions() {
+		if a.GetVerb() == "get" {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,218 @@
+// Package driver is the secretfs CSI node plugin: the Identity and Node
+// services, the lifecycle of each volume (publish, refresh, unpublish), and
+// recovery of mounted volumes after a restart.
+//
+// A volume is a CSI ephemeral inline volume. On first publish the driver
+// looks up the pod's SecretProviderClass, asks the class's provider for the
+// files, mounts a fresh tmpfs at the target path and writes the files with an
+// atomic writer. Republishes (CSIDriver requiresRepublish) refresh the files
+// when the volume's own last fetch is older than Config.RotationInterval.
+// Nothing is ever written outside the tmpfs.
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/rest"
+
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Version is reported by GetPluginInfo; set with
+// -ldflags "-X github.com/secretfs/secretfs/driver.Version=v1.2.3".
+var Version = "dev"
+
+// Defaults for zero Config fields.
+const (
+	DefaultDriverName       = "csi.secretfs.dev"
+	DefaultTmpfsSize        = 8 << 20
+	DefaultRotationInterval = 2 * time.Minute
+)
+
+// Config configures a Driver.
+type Config struct {
+	DriverName string // default "csi.secretfs.dev"
+	NodeID     string // required
+	// Classes is where SecretProviderClasses come from.
+	Classes ClassSource
+	// Providers resolves a class's spec.provider; an unknown name returns an
+	// error, reported to kubelet as InvalidArgument naming the provider.
+	Providers func(name string) (provider.Provider, error)
+	// TmpfsSize caps the content of one volume in bytes (default 8 MiB). The
+	// tmpfs itself is mounted with twice that plus a little, so that the old
+	// and the new generation both fit while a rotation swaps them.
+	TmpfsSize        int64
+	RotationInterval time.Duration // default 2m
+	Logger           *slog.Logger  // default slog.Default()
+	// Registerer receives the driver's metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// RecoverUnder limits restart recovery to secretfs mounts below this
+	// directory (for example kubelet's root dir), so a driver and a local
+	// agent on one host never adopt each other's volumes. Empty: all.
+	RecoverUnder string
+}
+
+// Class is a SecretProviderClass; see package driver/class.
+type Class = class.Class
+
+// ClassSource looks SecretProviderClasses up; see package driver/class.
+type ClassSource = class.ClassSource
+
+// NewDirClassSource reads SecretProviderClass YAML files from dir.
+func NewDirClassSource(dir string) ClassSource { return class.NewDirClassSource(dir) }
+
+// NewAPIClassSource watches SecretProviderClasses through the Kubernetes API.
+func NewAPIClassSource(ctx context.Context, cfg *rest.Config) (ClassSource, error) {
+	return class.NewAPIClassSource(ctx, cfg)
+}
+
+// Driver is the CSI node plugin. It implements csi.IdentityServer and
+// csi.NodeServer, so an in-process caller can use it without a socket.
+type Driver struct {
+	csi.UnimplementedIdentityServer
+	csi.UnimplementedNodeServer
+
+	name     string
+	nodeID   string
+	classes  ClassSource
+	resolve  func(string) (provider.Provider, error)
+	capBytes int64
+	// mountBytes is the tmpfs size: room for two generations (old and new
+	// during a swap) plus the metadata file.
+	mountBytes   int64
+	recoverUnder string
+	interval     time.Duration
+	log          *slog.Logger
+	metrics      *metrics
+
+	// watchDebounce collects bursts of change notifications into one refresh.
+	watchDebounce time.Duration
+	// fetchTimeout bounds fetches that have no caller deadline (watch refreshes).
+	fetchTimeout time.Duration
+
+	locks keyLock
+
+	mu   sync.Mutex
+	vols map[string]*volume // by volume id
+
+	recovered atomic.Bool
+	serving   atomic.Bool
+	closed    atomic.Bool
+}
+
+var (
+	_ csi.IdentityServer = (*Driver)(nil)
+	_ csi.NodeServer     = (*Driver)(nil)
+)
+
+// New creates a Driver and recovers the volumes it mounted before a restart
+// from /proc/self/mountinfo and the metadata file in each tmpfs.
+func New(cfg Config) (*Driver, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("driver: NodeID is required")
+	}
+	if cfg.Classes == nil {
+		return nil, errors.New("driver: Classes is required")
+	}
+	if cfg.Providers == nil {
+		return nil, errors.New("driver: Providers is required")
+	}
+	if cfg.DriverName == "" {
+		cfg.DriverName = DefaultDriverName
+	}
+	if cfg.TmpfsSize == 0 {
+		cfg.TmpfsSize = DefaultTmpfsSize
+	}
+	if cfg.TmpfsSize < 4096 {
+		return nil, fmt.Errorf("driver: TmpfsSize %d is below one page (4096 bytes)", cfg.TmpfsSize)
+	}
+	if cfg.RotationInterval == 0 {
+		cfg.RotationInterval = DefaultRotationInterval
+	}
+	if cfg.RotationInterval < 0 {
+		return nil, fmt.Errorf("driver: RotationInterval %v is negative", cfg.RotationInterval)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("driver: registering metrics: %w", err)
+	}
+	d := &Driver{
+		name:          cfg.DriverName,
+		nodeID:        cfg.NodeID,
+		classes:       cfg.Classes,
+		resolve:       cfg.Providers,
+		capBytes:      cfg.TmpfsSize,
+		mountBytes:    2*cfg.TmpfsSize + 64<<10,
+		recoverUnder:  cfg.RecoverUnder,
+		interval:      cfg.RotationInterval,
+		log:           cfg.Logger,
+		metrics:       m,
+		watchDebounce: 200 * time.Millisecond,
+		fetchTimeout:  2 * time.Minute,
+		vols:          map[string]*volume{},
+	}
+	d.recover()
+	d.recovered.Store(true)
+	return d, nil
+}
+
+// Close stops all provider watches. Mounted volumes stay mounted: a new
+// Driver finds them again.
+func (d *Driver) Close() error {
+	d.closed.Store(true)
+	d.mu.Lock()
+	vols := make([]*volume, 0, len(d.vols))
+	for _, v := range d.vols {
+		vols = append(vols, v)
+	}
+	d.mu.Unlock()
+	for _, v := range vols {
+		if d.locks.Lock(v.id, nil) {
+			d.stopWatch(v)
+			d.locks.Unlock(v.id)
+		}
+	}
+	return nil
+}
+
+// ready reports whether the driver can serve publishes: recovery is done
+// and the gRPC server is accepting calls.
+func (d *Driver) ready() bool {
+	return d.recovered.Load() && d.serving.Load() && !d.closed.Load()
+}
+
+func (d *Driver) volume(id string) *volume {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.vols[id]
+}
+
+func (d *Driver) setVolume(v *volume) {
+	d.mu.Lock()
+	d.vols[v.id] = v
+	n := len(d.vols)
+	d.mu.Unlock()
+	d.metrics.mounted.Set(float64(n))
+}
+
+func (d *Driver) dropVolume(v *volume) {
+	d.mu.Lock()
+	if d.vols[v.id] == v {
+		delete(d.vols, v.id)
+	}
+	n := len(d.vols)
+	d.mu.Unlock()
+	d.metrics.mounted.Set(float64(n))
+}

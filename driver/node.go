@@ -1,0 +1,299 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/tmpfs"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Root directory modes: with the pod's fsGroup (VOLUME_MOUNT_GROUP) the tmpfs
+// root is root:fsGroup 0750; without one it must be world-traversable for a
+// non-root pod to read its files at all. Either way only this pod's
+// containers can reach it: kubelet's pod directories are 0750 root.
+const (
+	rootModeWithGroup = 0o750
+	rootModeNoGroup   = 0o755
+)
+
+// maxFiles bounds the files of one volume (and so the inodes of its tmpfs).
+const maxFiles = 4096
+
+// NodePublishVolume mounts the volume, or, for a volume already mounted at
+// the target (a kubelet republish), refreshes it when its rotation is due.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	start := time.Now()
+	republish, err := d.publish(ctx, req)
+	op := "publish"
+	if republish {
+		op = "republish"
+	}
+	err = toStatus(err)
+	d.metrics.observe(op, start, err)
+	if err != nil {
+		d.log.Warn("publish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
+			"namespace", req.GetVolumeContext()[AttrPodNamespace], "class", req.GetVolumeContext()[AttrClass],
+			"code", status.Code(err).String(), "err", status.Convert(err).Message())
+		return nil, err
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) (republish bool, err error) {
+	in, err := validatePublish(req)
+	if err != nil {
+		return false, err
+	}
+	if !d.locks.TryLock(in.volumeID) {
+		return false, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", in.volumeID)
+	}
+	defer d.locks.Unlock(in.volumeID)
+
+	if v := d.volume(in.volumeID); v != nil {
+		mounted, err := tmpfs.IsMountPoint(v.target)
+		if err == nil && mounted {
+			return true, d.republish(ctx, v, in)
+		}
+		// Unmounted behind our back: forget it and publish afresh.
+		d.log.Warn("volume no longer mounted; publishing again", "volume_id", v.id, "target", v.target)
+		d.stopWatch(v)
+		d.dropVolume(v)
+	}
+	return false, d.firstPublish(ctx, in)
+}
+
+// republish checks that the request matches the mounted volume, takes over
+// fresh tokens, and refreshes when due. A failed refresh is logged and
+// counted; the volume keeps its last good content and the call succeeds.
+func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) error {
+	switch {
+	case v.target != in.target:
+		return status.Errorf(codes.AlreadyExists, "volume %s is already published at %s; an ephemeral volume has exactly one target path", v.id, v.target)
+	case v.class != in.vc.Class || v.pod.Namespace != in.vc.Pod.Namespace:
+		return status.Errorf(codes.AlreadyExists, "volume %s is already published for class %q in namespace %q, not class %q in namespace %q", v.id, v.class, v.pod.Namespace, in.vc.Class, in.vc.Pod.Namespace)
+	case v.gid != in.gid:
+		return status.Errorf(codes.AlreadyExists, "volume %s is already published with volume mount group %d, not %d", v.id, v.gid, in.gid)
+	}
+	if v.pod.UID == "" && v.pod.Name == "" {
+		v.pod = in.vc.Pod // recovered without pod info; learn it now
+	}
+	// Fresh tokens and secrets from kubelet; the class parameters stay those
+	// of the last fetch until the refresh looks the class up again.
+	req := d.request(v, in)
+	if v.req != nil {
+		req.Parameters = v.req.Parameters
+	}
+	v.req = req
+	if d.due(v) {
+		d.refresh(ctx, v, "republish")
+	}
+	// A recovered volume has no watch yet; a watch with other tokens or
+	// another provider is replaced (new one first, so no change is missed).
+	if w := v.watch; w == nil || w.provider != v.provider || !sameTokens(w.tokens, in.vc.Tokens) {
+		d.startWatch(ctx, v)
+	}
+	return nil
+}
+
+// due reports whether the volume's rotation clock has run out. After a
+// failed attempt the next try waits a quarter interval, so a broken backend
+// is not hammered by every republish.
+func (d *Driver) due(v *volume) bool {
+	now := time.Now()
+	return now.Sub(v.lastFetch) >= d.interval && now.Sub(v.lastTry) >= d.interval/4
+}
+
+func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error) {
+	v := &volume{id: in.volumeID, target: in.target, pod: in.vc.Pod, class: in.vc.Class, gid: in.gid}
+	// A target we refuse (symlink, not empty, mounted) is left as it is;
+	// after that, any failure unmounts and removes the target.
+	if err := prepareTarget(in.target); err != nil {
+		return err
+	}
+	mounted := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		if !mounted {
+			removeEmptyDir(in.target)
+		} else if uerr := tmpfs.Unmount(in.target); uerr != nil {
+			d.log.Error("cleaning up after a failed publish", "volume_id", v.id, "target", in.target, "err", uerr)
+		}
+	}()
+	cls, err := d.lookup(ctx, v)
+	if err != nil {
+		return err
+	}
+	v.provider = cls.Provider
+	req := withClass(d.request(v, in), cls, nil)
+	files, res, err := d.fetchFiles(ctx, v, req)
+	if err != nil {
+		return err
+	}
+	mode := os.FileMode(rootModeNoGroup)
+	if in.gid >= 0 {
+		mode = rootModeWithGroup
+	}
+	if err := tmpfs.Mount(in.target, tmpfs.Options{SizeBytes: d.mountBytes, Mode: mode, GID: in.gid}); err != nil {
+		return status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
+	}
+	mounted = true
+	if err := tmpfs.Verify(in.target); err != nil {
+		return status.Errorf(codes.Internal, "refusing to write: %v", err)
+	}
+	w := &atomicwriter.Writer{Dir: in.target, GID: in.gid}
+	if _, err := w.Write(files); err != nil {
+		return writeError(v, err)
+	}
+	v.lastFetch, v.lastTry = time.Now(), time.Now()
+	v.versions = res.Versions
+	v.req = req
+	if err := v.saveMetadata(); err != nil {
+		return writeError(v, err)
+	}
+	d.setVolume(v)
+	d.startWatch(ctx, v)
+	d.log.Info("volume published", "volume_id", v.id, "target", v.target, "namespace", v.pod.Namespace,
+		"pod", v.pod.Name, "class", v.class, "provider", v.provider, "files", len(files))
+	return nil
+}
+
+var errTargetUnsafe = provider.InvalidArgument("target path is unsafe")
+
+// prepareTarget makes sure target is an empty directory that is not a mount
+// point and not a symlink, creating it if needed (its parent must exist).
+func prepareTarget(target string) error {
+	fi, err := os.Lstat(target)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.Mkdir(target, 0o750); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return status.Errorf(codes.FailedPrecondition, "the parent directory of target path %s does not exist", target)
+			}
+			return status.Errorf(codes.Internal, "creating target path: %v", err)
+		}
+		return nil
+	case err != nil:
+		return status.Errorf(codes.Internal, "checking target path: %v", err)
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%w: %s is a symlink; refusing to mount through it", errTargetUnsafe, target)
+	case !fi.IsDir():
+		return fmt.Errorf("%w: %s exists and is not a directory", errTargetUnsafe, target)
+	}
+	if mounted, err := tmpfs.IsMountPoint(target); err != nil || mounted {
+		return fmt.Errorf("%w: %s is already a mount point of another volume or file system", errTargetUnsafe, target)
+	}
+	entries, err := os.ReadDir(target)
+	if err != nil {
+		return status.Errorf(codes.Internal, "reading target path: %v", err)
+	}
+	if len(entries) > 0 {
+		return fmt.Errorf("%w: %s is not empty", errTargetUnsafe, target)
+	}
+	return nil
+}
+
+// removeEmptyDir removes target if it is an empty directory (not a symlink).
+func removeEmptyDir(target string) {
+	if fi, err := os.Lstat(target); err == nil && fi.IsDir() {
+		os.Remove(target)
+	}
+}
+
+// writeError turns a write failure into a status: a full tmpfs is the
+// class's fault (too much data), anything else is ours.
+func writeError(v *volume, err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return status.Errorf(codes.ResourceExhausted, "class %q does not fit in the volume's tmpfs: %v", v.class, err)
+	}
+	return status.Errorf(codes.Internal, "writing files of class %q: %v", v.class, err)
+}
+
+// NodeUnpublishVolume unmounts the tmpfs, removes the target and forgets
+// the volume. A target that is gone or was never published is fine.
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	start := time.Now()
+	err := toStatus(d.unpublish(req))
+	d.metrics.observe("unpublish", start, err)
+	if err != nil {
+		d.log.Warn("unpublish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
+			"code", status.Code(err).String(), "err", status.Convert(err).Message())
+		return nil, err
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func (d *Driver) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := validateVolumeID(id); err != nil {
+		return err
+	}
+	if err := validateTargetPath(target); err != nil {
+		return err
+	}
+	if !d.locks.TryLock(id) {
+		return status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	}
+	defer d.locks.Unlock(id)
+
+	v := d.volume(id)
+	if v != nil && v.target != target {
+		// Not where this volume lives: leave the volume alone.
+		v = nil
+	}
+	if v == nil {
+		// Unknown (a restart without metadata, or already gone): unmount only
+		// what is ours, a tmpfs; never something else mounted there.
+		if mounted, _ := tmpfs.IsMountPoint(target); mounted {
+			if err := tmpfs.Verify(target); err != nil {
+				return status.Errorf(codes.FailedPrecondition, "target %s is a mount point that secretfs did not create: %v", target, err)
+			}
+		}
+	} else {
+		d.stopWatch(v)
+	}
+	if err := tmpfs.Unmount(target); err != nil {
+		return status.Errorf(codes.Internal, "unmounting %s: %v", target, err)
+	}
+	if v != nil {
+		d.dropVolume(v)
+		d.log.Info("volume unpublished", "volume_id", id, "target", target)
+	}
+	return nil
+}
+
+// NodeGetCapabilities advertises what is implemented: the pod's fsGroup
+// (VOLUME_MOUNT_GROUP) is applied by the driver. No staging, no stats.
+func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: []*csi.NodeServiceCapability{{
+		Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP}},
+	}}}, nil
+}
+
+// NodeGetInfo returns the node id.
+func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: d.nodeID}, nil
+}
+
+// toStatus gives every error a gRPC status; provider errors keep their code.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		return err // a status or a provider.Error: code and message as they are
+	}
+	return status.Error(provider.CodeOf(err), err.Error())
+}

@@ -1,0 +1,114 @@
+package driver
+
+import (
+	"path/filepath"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// maxVolumeIDBytes is the CSI spec's limit on volume ids.
+const maxVolumeIDBytes = 128
+
+// publishInput is a validated NodePublishVolume request.
+type publishInput struct {
+	volumeID string
+	target   string
+	vc       *volumeContext
+	gid      int // the pod's fsGroup (volume_mount_group), or -1
+	secrets  map[string]string
+}
+
+func validateVolumeID(id string) error {
+	switch {
+	case id == "":
+		return provider.InvalidArgument("volume id is missing")
+	case len(id) > maxVolumeIDBytes:
+		return provider.InvalidArgument("volume id is %d bytes long, the CSI limit is %d", len(id), maxVolumeIDBytes)
+	case !utf8.ValidString(id) || strings.ContainsFunc(id, unicode.IsControl):
+		return provider.InvalidArgument("volume id %q contains control characters or invalid UTF-8", id)
+	}
+	return nil
+}
+
+func validateTargetPath(p string) error {
+	switch {
+	case p == "":
+		return provider.InvalidArgument("target path is missing")
+	case len(p) > 4096:
+		return provider.InvalidArgument("target path is %d bytes long, the limit is 4096", len(p))
+	case strings.IndexByte(p, 0) >= 0:
+		return provider.InvalidArgument("target path contains a NUL byte")
+	case !filepath.IsAbs(p):
+		return provider.InvalidArgument("target path %q is not absolute", p)
+	case filepath.Clean(p) != p:
+		return provider.InvalidArgument("target path %q is not clean (it should be %q)", p, filepath.Clean(p))
+	case p == "/":
+		return provider.InvalidArgument("target path may not be the root directory")
+	}
+	return nil
+}
+
+// validatePublish checks everything about a NodePublishVolume request before
+// anything is touched.
+func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
+	if err := validateVolumeID(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := validateTargetPath(req.GetTargetPath()); err != nil {
+		return nil, err
+	}
+	gid, err := validateCapability(req.GetVolumeCapability())
+	if err != nil {
+		return nil, err
+	}
+	if !req.GetReadonly() {
+		return nil, provider.InvalidArgument("secretfs volumes are read-only: set readOnly: true on the pod's csi volume")
+	}
+	vc, err := parseVolumeContext(req.GetVolumeContext())
+	if err != nil {
+		return nil, err
+	}
+	return &publishInput{
+		volumeID: req.GetVolumeId(),
+		target:   req.GetTargetPath(),
+		vc:       vc,
+		gid:      gid,
+		secrets:  req.GetSecrets(),
+	}, nil
+}
+
+// validateCapability accepts mount access on tmpfs and returns the group
+// kubelet asks for (VOLUME_MOUNT_GROUP: the pod's fsGroup), or -1.
+func validateCapability(c *csi.VolumeCapability) (int, error) {
+	if c == nil {
+		return -1, provider.InvalidArgument("volume capability is missing")
+	}
+	if c.GetBlock() != nil {
+		return -1, provider.InvalidArgument("block access is not supported: secretfs volumes are file systems (use mount access)")
+	}
+	m := c.GetMount()
+	if m == nil {
+		return -1, provider.InvalidArgument("volume capability must request mount access")
+	}
+	if fs := m.GetFsType(); fs != "" && fs != "tmpfs" {
+		return -1, provider.InvalidArgument("file system type %q is not supported: secretfs volumes are always tmpfs (leave fsType empty)", fs)
+	}
+	if len(m.GetMountFlags()) > 0 {
+		return -1, provider.InvalidArgument("mount options are not supported: secretfs always mounts with nosuid,nodev,noexec and a size cap")
+	}
+	gid := -1
+	if g := m.GetVolumeMountGroup(); g != "" {
+		n, err := strconv.ParseUint(g, 10, 31)
+		if err != nil {
+			return -1, provider.InvalidArgument("volume mount group %q is not a numeric group id", g)
+		}
+		gid = int(n)
+	}
+	return gid, nil
+}

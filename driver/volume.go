@@ -1,0 +1,153 @@
+package driver
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/secretfs/secretfs/driver/tmpfs"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// volume is the state of one published volume. It is changed only by the
+// holder of the volume's key lock.
+type volume struct {
+	id        string
+	target    string
+	pod       provider.Pod
+	class     string
+	provider  string // spec.provider at the last successful fetch
+	gid       int
+	lastFetch time.Time // last successful fetch: the rotation clock
+	lastTry   time.Time // last fetch attempt, successful or not
+	versions  []provider.ObjectVersion
+
+	// In memory only, never on disk: the latest request kubelet sent,
+	// including tokens and nodePublishSecretRef data, for watch refreshes.
+	req *provider.Request
+	// watch is the provider watch, if the provider has one.
+	watch *watch
+}
+
+// metadataFile lives in each tmpfs, so state survives a driver restart
+// exactly as long as the volume does. Reserved ".." name: never a user file.
+const metadataFile = "..secretfs.json"
+
+// metadata is the non-secret state written to metadataFile. Never tokens.
+type metadata struct {
+	Version   int                      `json:"version"`
+	VolumeID  string                   `json:"volumeID"`
+	Target    string                   `json:"targetPath"`
+	Pod       provider.Pod             `json:"pod"`
+	Class     string                   `json:"class"`
+	Provider  string                   `json:"provider"`
+	GID       int                      `json:"gid"`
+	LastFetch time.Time                `json:"lastFetch"`
+	Versions  []provider.ObjectVersion `json:"versions,omitempty"`
+}
+
+// saveMetadata writes the metadata file atomically (temp file + rename)
+// through an os.Root, mode 0600.
+func (v *volume) saveMetadata() error {
+	data, err := json.Marshal(metadata{
+		Version: 1, VolumeID: v.id, Target: v.target, Pod: v.pod, Class: v.class,
+		Provider: v.provider, GID: v.gid, LastFetch: v.lastFetch.UTC(), Versions: v.versions,
+	})
+	if err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(v.target)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	tmp := metadataFile + ".tmp"
+	if err := root.WriteFile(tmp, data, 0o600); err != nil {
+		root.Remove(tmp)
+		return fmt.Errorf("writing volume metadata: %w", err)
+	}
+	if err := root.Rename(tmp, metadataFile); err != nil {
+		root.Remove(tmp)
+		return fmt.Errorf("writing volume metadata: %w", err)
+	}
+	return nil
+}
+
+// loadVolume reads the metadata of a secretfs tmpfs mounted at target.
+func loadVolume(target string) (*volume, error) {
+	root, err := os.OpenRoot(target)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	fi, err := root.Lstat(metadataFile)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() > 1<<20 {
+		return nil, errors.New("volume metadata is not a regular file of sane size")
+	}
+	data, err := root.ReadFile(metadataFile)
+	if err != nil {
+		return nil, err
+	}
+	var m metadata
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("volume metadata is corrupt: %w", err)
+	}
+	if m.Version != 1 || validateVolumeID(m.VolumeID) != nil {
+		return nil, fmt.Errorf("volume metadata has version %d / an invalid volume id", m.Version)
+	}
+	return &volume{
+		id: m.VolumeID, target: target, pod: m.Pod, class: m.Class, provider: m.Provider,
+		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions,
+	}, nil
+}
+
+// recover rebuilds the volume table from the secretfs tmpfs mounts of this
+// mount namespace. Tokens are not recovered: kubelet sends them again with
+// the next republish.
+func (d *Driver) recover() {
+	targets, err := tmpfs.List()
+	if err != nil {
+		d.log.Error("listing mounts for recovery", "err", err)
+		return
+	}
+	n := 0
+	for _, target := range targets {
+		if !within(d.recoverUnder, target) {
+			continue
+		}
+		v, err := loadVolume(target)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				err = errors.New("no volume metadata")
+			}
+			d.log.Warn("found a secretfs tmpfs that cannot be recovered; unpublish will still remove it", "target", target, "err", err)
+			continue
+		}
+		if old := d.volume(v.id); old != nil {
+			d.log.Warn("volume mounted twice; keeping the first", "volume_id", v.id, "target", target, "kept", old.target)
+			continue
+		}
+		d.setVolume(v)
+		n++
+	}
+	if n > 0 || len(targets) > 0 {
+		d.log.Info("recovered mounted volumes", "volumes", n, "secretfs_mounts", len(targets))
+	}
+}
+
+// within reports whether path is below dir (any path when dir is empty).
+func within(dir, path string) bool {
+	if dir == "" {
+		return true
+	}
+	rel, err := filepath.Rel(filepath.Clean(dir), path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}

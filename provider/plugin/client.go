@@ -1,0 +1,364 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/secretfs/secretfs/proto/v1alpha1"
+	"github.com/secretfs/secretfs/provider"
+)
+
+const (
+	// DefaultTimeout bounds one provider call, well under the 2 minutes
+	// kubelet gives a NodePublishVolume, so the driver can still answer.
+	DefaultTimeout = 30 * time.Second
+	// DefaultMaxRecvMsgSize is 4 times gRPC's (and the upstream driver's)
+	// default, so any volume that mounts upstream mounts here; the tmpfs size
+	// cap of the volume is the real limit.
+	DefaultMaxRecvMsgSize = 16 << 20
+)
+
+// Options configure a Client.
+type Options struct {
+	// SocketDirs are searched in order for <name>.sock; the first that
+	// exists is used.
+	SocketDirs []string
+	// Timeout bounds each call; the caller's deadline applies too.
+	// Zero means DefaultTimeout.
+	Timeout time.Duration
+	// MaxRecvMsgSize bounds a provider's response in bytes.
+	// Zero means DefaultMaxRecvMsgSize.
+	MaxRecvMsgSize int
+}
+
+// Client reaches external providers over their unix sockets. Connections are
+// made per provider name on first use and kept until Close.
+type Client struct {
+	opts Options
+
+	mu        sync.Mutex
+	closed    bool
+	providers map[string]*remote
+}
+
+// New returns a Client; it connects to nothing until a provider is used.
+func New(opts Options) *Client {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.MaxRecvMsgSize <= 0 {
+		opts.MaxRecvMsgSize = DefaultMaxRecvMsgSize
+	}
+	dirs := make([]string, 0, len(opts.SocketDirs))
+	for _, d := range opts.SocketDirs {
+		if abs, err := filepath.Abs(d); err == nil {
+			dirs = append(dirs, abs)
+		}
+	}
+	opts.SocketDirs = dirs
+	return &Client{opts: opts, providers: map[string]*remote{}}
+}
+
+// nameRE accepts upstream's provider names ([a-zA-Z0-9_-]) and dots; a name
+// starts with a letter or digit, so "." and ".." are not names.
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+// ValidName reports whether name can name a provider socket: letters,
+// digits, '-', '_' and '.', no slashes, no "..", at most 63 characters.
+func ValidName(name string) bool {
+	return nameRE.MatchString(name) && !strings.Contains(name, "..")
+}
+
+// Provider returns the provider.Provider for an external provider name.
+// The socket is looked up on every call, so a provider that starts later or
+// restarts is found without a new Provider.
+func (c *Client) Provider(name string) (provider.Provider, error) {
+	return c.remote(name)
+}
+
+func (c *Client) remote(name string) (*remote, error) {
+	if !ValidName(name) {
+		return nil, provider.InvalidArgument("invalid provider name %q: use letters, digits, '-', '_' and '.', without slashes or '..', at most 63 characters", name)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, provider.Unavailable("provider client is shut down")
+	}
+	r, ok := c.providers[name]
+	if !ok {
+		r = &remote{c: c, name: name}
+		c.providers[name] = r
+	}
+	return r, nil
+}
+
+// VersionInfo is a provider's answer to Version.
+type VersionInfo struct {
+	Protocol       string
+	RuntimeName    string
+	RuntimeVersion string
+}
+
+// Version asks provider name for its version, for health checks and logs.
+func (c *Client) Version(ctx context.Context, name string) (VersionInfo, error) {
+	r, err := c.remote(name)
+	if err != nil {
+		return VersionInfo{}, err
+	}
+	var resp *pb.VersionResponse
+	err = r.call(ctx, func(ctx context.Context, api pb.CSIDriverProviderClient) (err error) {
+		resp, err = api.Version(ctx, &pb.VersionRequest{Version: protocolVersion})
+		return err
+	})
+	if err != nil {
+		return VersionInfo{}, err
+	}
+	return VersionInfo{Protocol: resp.GetVersion(), RuntimeName: resp.GetRuntimeName(), RuntimeVersion: resp.GetRuntimeVersion()}, nil
+}
+
+// Close closes every connection. Calls after Close fail with Unavailable.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	providers := c.providers
+	c.providers = map[string]*remote{}
+	c.mu.Unlock()
+	var errs []error
+	for _, r := range providers {
+		errs = append(errs, r.close())
+	}
+	return errors.Join(errs...)
+}
+
+// remote is one external provider. It holds at most one connection, to the
+// socket file it was dialled for; when that file is replaced or the provider
+// is unreachable, the connection is dropped and dialled again.
+type remote struct {
+	c    *Client
+	name string
+
+	mu     sync.Mutex
+	closed bool
+	cur    *conn
+}
+
+type conn struct {
+	path string
+	id   fileID
+	cc   *grpc.ClientConn
+	api  pb.CSIDriverProviderClient
+}
+
+// fileID identifies a socket file, so a restarted provider that created a
+// new socket at the same path is noticed before the first failed call.
+type fileID struct{ dev, ino uint64 }
+
+// Fetch implements provider.Provider.
+func (r *remote) Fetch(ctx context.Context, req *provider.Request) (*provider.Result, error) {
+	m, err := encodeMountRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	var resp *pb.MountResponse
+	err = r.call(ctx, func(ctx context.Context, api pb.CSIDriverProviderClient) (err error) {
+		resp, err = api.Mount(ctx, m)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r.result(resp, req.DefaultMode)
+}
+
+// call runs fn with the call deadline. On Unavailable (the provider went
+// away, or says it is unavailable) it drops the connection, finds the socket
+// again and retries once, as upstream's retry policy would.
+func (r *remote) call(ctx context.Context, fn func(context.Context, pb.CSIDriverProviderClient) error) error {
+	ctx, cancel := context.WithTimeout(ctx, r.c.opts.Timeout)
+	defer cancel()
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		cn, err := r.conn()
+		if err != nil {
+			return err
+		}
+		err = fn(ctx, cn.api)
+		if err == nil {
+			return nil
+		}
+		code := status.Code(err)
+		// Canceled with a live ctx means another call closed this connection
+		// because the socket was replaced.
+		if attempt == 0 && ctx.Err() == nil && (code == codes.Unavailable || code == codes.Canceled) {
+			r.drop(cn)
+			continue
+		}
+		return r.callError(ctx, cn.path, start, err)
+	}
+}
+
+// callError keeps the provider's code and says which provider failed.
+func (r *remote) callError(ctx context.Context, path string, start time.Time, err error) error {
+	st := status.Convert(err)
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return provider.DeadlineExceeded("provider %q (%s) did not answer within %s", r.name, path, time.Since(start).Round(time.Millisecond))
+	case st.Code() == codes.Canceled && ctx.Err() != nil:
+		return provider.Errorf(codes.Canceled, "call to provider %q was canceled", r.name)
+	case st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "received message larger than max"):
+		return provider.Errorf(codes.ResourceExhausted, "provider %q returned a response larger than the driver accepts (%s); the limit is %d bytes: mount fewer or smaller objects, or raise the driver's provider message size limit",
+			r.name, strings.TrimPrefix(st.Message(), "grpc: "), r.c.opts.MaxRecvMsgSize)
+	case st.Code() == codes.Unavailable:
+		return provider.Unavailable("provider %q at %s is unavailable: %s", r.name, path, clip(st.Message()))
+	}
+	return provider.Errorf(st.Code(), "provider %q: %s", r.name, clip(st.Message()))
+}
+
+// result checks a MountResponse and turns it into a provider.Result.
+func (r *remote) result(resp *pb.MountResponse, defaultMode os.FileMode) (*provider.Result, error) {
+	if code := resp.GetError().GetCode(); code != "" {
+		return nil, provider.Errorf(codeFromString(code), "provider %q failed with error code %q", r.name, clip(code))
+	}
+	if len(resp.GetFiles()) == 0 {
+		return nil, provider.Errorf(codes.FailedPrecondition, "provider %q returned no files: it writes into the volume itself (the legacy protocol), which secretfs does not allow; upgrade it to a version that returns files in its Mount response", r.name)
+	}
+	if defaultMode == 0 {
+		defaultMode = provider.DefaultFileMode
+	}
+	res := &provider.Result{Files: make([]provider.File, 0, len(resp.GetFiles()))}
+	for _, f := range resp.GetFiles() {
+		mode := f.GetMode()
+		if mode < 0 || mode > 0o777 {
+			return nil, provider.Errorf(codes.Internal, "provider %q returned file %q with mode %d, outside 0..511 (0777)", r.name, clip(f.GetPath()), mode)
+		}
+		fm := os.FileMode(mode)
+		if fm == 0 {
+			fm = defaultMode
+		}
+		res.Files = append(res.Files, provider.File{Path: f.GetPath(), Mode: fm, Contents: f.GetContents()})
+	}
+	for _, v := range resp.GetObjectVersion() {
+		res.Versions = append(res.Versions, provider.ObjectVersion{ID: v.GetId(), Version: v.GetVersion()})
+	}
+	return res, nil
+}
+
+// conn returns the connection to the provider's current socket, dialling
+// when there is none or the socket file changed.
+func (r *remote) conn() (*conn, error) {
+	path, id, err := r.c.find(r.name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, provider.Unavailable("provider client is shut down")
+	}
+	if err != nil {
+		if r.cur != nil {
+			r.cur.cc.Close()
+			r.cur = nil
+		}
+		return nil, err
+	}
+	if r.cur != nil && r.cur.path == path && r.cur.id == id {
+		return r.cur, nil
+	}
+	cc, err := grpc.NewClient("unix://"+path,
+		grpc.WithTransportCredentials(insecure.NewCredentials()), // the socket's file mode is the access control
+		grpc.WithAuthority("localhost"),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(r.c.opts.MaxRecvMsgSize)),
+	)
+	if err != nil {
+		return nil, provider.Unavailable("provider %q: cannot use socket %s: %v", r.name, path, err)
+	}
+	if r.cur != nil {
+		r.cur.cc.Close()
+	}
+	r.cur = &conn{path: path, id: id, cc: cc, api: pb.NewCSIDriverProviderClient(cc)}
+	return r.cur, nil
+}
+
+// drop forgets cn if it is still the current connection.
+func (r *remote) drop(cn *conn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cur == cn {
+		r.cur = nil
+		cn.cc.Close()
+	}
+}
+
+func (r *remote) close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	if r.cur == nil {
+		return nil
+	}
+	err := r.cur.cc.Close()
+	r.cur = nil
+	return err
+}
+
+// find returns the first <dir>/<name>.sock that is a socket.
+func (c *Client) find(name string) (string, fileID, error) {
+	tried := make([]string, 0, len(c.opts.SocketDirs))
+	for _, dir := range c.opts.SocketDirs {
+		path := filepath.Join(dir, name+".sock")
+		tried = append(tried, path)
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode()&os.ModeSocket == 0 {
+			continue
+		}
+		var id fileID
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			id = fileID{dev: uint64(st.Dev), ino: st.Ino}
+		}
+		return path, id, nil
+	}
+	if len(tried) == 0 {
+		return "", fileID{}, provider.Unavailable("provider %q: no provider socket directories are configured", name)
+	}
+	return "", fileID{}, provider.Unavailable("provider %q is not running on this node: no socket at %s", name, strings.Join(tried, " or "))
+}
+
+// clip keeps provider-supplied text short enough for kubectl describe.
+func clip(s string) string {
+	const max = 1024
+	if len(s) > max {
+		return s[:max] + "..."
+	}
+	return s
+}
+
+// codeFromString reads a MountResponse error code. Providers choose these
+// freely (upstream uses them as metric labels); a gRPC code name in either
+// spelling ("NotFound", "NOT_FOUND") keeps its meaning, anything else is
+// Unknown.
+func codeFromString(s string) codes.Code {
+	norm := strings.ToLower(strings.ReplaceAll(s, "_", ""))
+	for c := codes.Canceled; c <= codes.Unauthenticated; c++ {
+		if strings.ToLower(c.String()) == norm {
+			return c
+		}
+	}
+	return codes.Unknown
+}
+
+var _ provider.Provider = (*remote)(nil)
+
+// String names the provider in logs.
+func (r *remote) String() string { return fmt.Sprintf("plugin provider %q", r.name) }

@@ -1,0 +1,201 @@
+package fakeazure
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"math/big"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+func start(t *testing.T) (*Server, *http.Client) {
+	t.Helper()
+	s, err := Start(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.CACertPEM)
+	return s, &http.Client{Transport: &http.Transport{DialContext: s.DialContext, TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+func getJSON(t *testing.T, c *http.Client, method, u string, form url.Values, hdr map[string]string) (int, map[string]any, http.Header) {
+	t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, _ := http.NewRequestWithContext(context.Background(), method, u, body)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out, resp.Header
+}
+
+func TestRefusesNonLoopback(t *testing.T) {
+	if _, err := Start(Config{Addr: "0.0.0.0:0"}); err == nil {
+		t.Fatal("listening on all interfaces was allowed")
+	}
+}
+
+func TestClientAssertionChecks(t *testing.T) {
+	s, c := start(t)
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	jwks, _ := json.Marshal(map[string]any{"keys": []map[string]any{{"kty": "RSA", "kid": "k1",
+		"n": base64.RawURLEncoding.EncodeToString(key.N.Bytes()), "e": base64.RawURLEncoding.EncodeToString(big.NewInt(int64(key.E)).Bytes())}}})
+	if err := s.SetJWKS(jwks); err != nil {
+		t.Fatal(err)
+	}
+	s.AddFederatedCredential("wi", "system:serviceaccount:ns:sa")
+	sign := func(k *rsa.PrivateKey, claims map[string]any) string {
+		h, _ := json.Marshal(map[string]string{"alg": "RS256", "kid": "k1"})
+		b, _ := json.Marshal(claims)
+		in := base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(b)
+		sum := sha256.Sum256([]byte(in))
+		sig, _ := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, sum[:])
+		return in + "." + base64.RawURLEncoding.EncodeToString(sig)
+	}
+	good := func() map[string]any {
+		return map[string]any{"iss": s.Issuer(), "sub": "system:serviceaccount:ns:sa", "aud": []string{exchangeAudience}, "exp": time.Now().Add(time.Hour).Unix()}
+	}
+	tokenURL := s.URL + "/" + s.TenantID() + "/oauth2/v2.0/token"
+	try := func(k *rsa.PrivateKey, mod func(map[string]any)) int {
+		cl := good()
+		if mod != nil {
+			mod(cl)
+		}
+		code, _, _ := getJSON(t, c, http.MethodPost, tokenURL, url.Values{
+			"grant_type": {"client_credentials"}, "client_id": {"wi"}, "scope": {"https://vault.azure.test/.default"},
+			"client_assertion_type": {assertionType}, "client_assertion": {sign(k, cl)},
+		}, nil)
+		return code
+	}
+	if got := try(key, nil); got != http.StatusOK {
+		t.Fatalf("valid assertion: %d", got)
+	}
+	for name, tc := range map[string]struct {
+		k   *rsa.PrivateKey
+		mod func(map[string]any)
+	}{
+		"wrong key":      {other, nil},
+		"wrong issuer":   {key, func(m map[string]any) { m["iss"] = "https://evil" }},
+		"wrong audience": {key, func(m map[string]any) { m["aud"] = "api://other" }},
+		"expired":        {key, func(m map[string]any) { m["exp"] = time.Now().Add(-time.Minute).Unix() }},
+		"wrong subject":  {key, func(m map[string]any) { m["sub"] = "system:serviceaccount:ns:other" }},
+	} {
+		if got := try(tc.k, tc.mod); got != http.StatusUnauthorized {
+			t.Errorf("%s: status %d, want 401", name, got)
+		}
+	}
+	if s.Count("token.refused") != 5 {
+		t.Fatalf("refused = %d", s.Count("token.refused"))
+	}
+}
+
+func TestSeedChallengePagingDisabled(t *testing.T) {
+	s, c := start(t)
+	seed := `
+clients:
+  - clientID: sp
+    clientSecret: pw
+vaults:
+  - name: kv1
+    secrets:
+      - {name: a, value: one}
+      - {name: a, value: two}
+      - {name: a, value: three, enabled: false}
+    keys:
+      - {name: k, kty: EC}
+    certificates:
+      - {name: tls, commonName: app.example}
+`
+	if err := s.LoadSeed([]byte(seed)); err != nil {
+		t.Fatal(err)
+	}
+	base := "https://kv1." + s.VaultSuffix()
+	code, _, hdr := getJSON(t, c, http.MethodGet, base+"/secrets/a?api-version=7.5", nil, nil)
+	if code != http.StatusUnauthorized || !strings.Contains(hdr.Get("WWW-Authenticate"), `resource="https://`+s.VaultSuffix()+`"`) {
+		t.Fatalf("challenge: %d %q", code, hdr.Get("WWW-Authenticate"))
+	}
+	code, tok, _ := getJSON(t, c, http.MethodPost, s.URL+"/"+s.TenantID()+"/oauth2/v2.0/token", url.Values{
+		"grant_type": {"client_credentials"}, "client_id": {"sp"}, "client_secret": {"pw"}, "scope": {"https://" + s.VaultSuffix() + "/.default"},
+	}, nil)
+	if code != http.StatusOK {
+		t.Fatalf("token: %d %v", code, tok)
+	}
+	auth := map[string]string{"Authorization": "Bearer " + tok["access_token"].(string)}
+	// Newest version is disabled: 403 with innererror SecretDisabled.
+	code, body, _ := getJSON(t, c, http.MethodGet, base+"/secrets/a/?api-version=7.5", nil, auth)
+	if code != http.StatusForbidden || !strings.Contains(toJSON(body), "SecretDisabled") {
+		t.Fatalf("disabled: %d %v", code, body)
+	}
+	// Paging: 3 versions, 2 per page.
+	code, body, _ = getJSON(t, c, http.MethodGet, base+"/secrets/a/versions?api-version=7.5", nil, auth)
+	next, _ := body["nextLink"].(string)
+	if code != http.StatusOK || len(body["value"].([]any)) != 2 || !strings.HasPrefix(next, base+"/") {
+		t.Fatalf("page 1: %d %v", code, body)
+	}
+	code, body, _ = getJSON(t, c, http.MethodGet, next, nil, auth)
+	if code != http.StatusOK || len(body["value"].([]any)) != 1 || body["nextLink"] != nil {
+		t.Fatalf("page 2: %d %v", code, body)
+	}
+	for _, p := range []string{"/keys/k/", "/certificates/tls/", "/secrets/tls/"} {
+		if code, body, _ := getJSON(t, c, http.MethodGet, base+p+"?api-version=7.5", nil, auth); code != http.StatusOK {
+			t.Fatalf("%s: %d %v", p, code, body)
+		}
+	}
+	if code, _, _ := getJSON(t, c, http.MethodGet, base+"/secrets/nope/?api-version=7.5", nil, auth); code != http.StatusNotFound {
+		t.Fatalf("missing: %d", code)
+	}
+	// Throttling with Retry-After, counted.
+	s.Throttle(1, "7")
+	code, _, hdr = getJSON(t, c, http.MethodGet, base+"/secrets/tls/?api-version=7.5", nil, auth)
+	if code != http.StatusTooManyRequests || hdr.Get("Retry-After") != "7" || s.Count("vault.throttled") != 1 {
+		t.Fatalf("throttle: %d %q", code, hdr.Get("Retry-After"))
+	}
+	// Unknown vault names do not resolve.
+	if _, err := c.Get("https://nope." + s.VaultSuffix() + "/secrets/a"); err == nil || !strings.Contains(err.Error(), "no such host") {
+		t.Fatalf("unknown vault: %v", err)
+	}
+}
+
+func TestManagedIdentityEndpoint(t *testing.T) {
+	s, c := start(t)
+	s.AddManagedIdentity("mi")
+	u := s.ManagedIdentityEndpoint() + "?api-version=2019-08-01&resource=https://vault.azure.test&client_id=mi"
+	if code, _, _ := getJSON(t, c, http.MethodGet, u, nil, nil); code != http.StatusUnauthorized {
+		t.Fatalf("without header: %d", code)
+	}
+	code, body, _ := getJSON(t, c, http.MethodGet, u, nil, map[string]string{"X-IDENTITY-HEADER": s.IdentityHeader()})
+	if code != http.StatusOK || body["access_token"] == "" || body["expires_on"] == nil {
+		t.Fatalf("token: %d %v", code, body)
+	}
+}
+
+func toJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
