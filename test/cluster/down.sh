@@ -36,7 +36,7 @@ stop containerd
 for cmdline in /proc/[0-9]*/cmdline; do
 	pid=${cmdline#/proc/}
 	pid=${pid%/cmdline}
-	if tr '\0' ' ' <"$cmdline" 2>/dev/null | grep -q -- "containerd-shim.*-address $CONTAINERD_SOCK"; then
+	if tr '\0' ' ' 2>/dev/null <"$cmdline" | grep -q -- "containerd-shim.*-address $CONTAINERD_SOCK"; then
 		kill -KILL "$pid" 2>/dev/null || true
 	fi
 done

@@ -393,11 +393,38 @@ func writeFakeData(t *testing.T, nodeName, ns, objectName, value string) {
 	}
 }
 
+// mount is what testapp mounts reports for one mount.
+type mount struct {
+	Path    string `json:"path"`
+	FSType  string `json:"fstype"`
+	Options string `json:"options"`
+	Super   string `json:"super"`
+}
+
+// nodeMounts returns the mounts on nodeName whose path contains s, as the
+// host sees them (through the driver pod's e2e-helper).
+func nodeMounts(t *testing.T, nodeName, s string) []mount {
+	t.Helper()
+	var m []mount
+	helper(t, nodeName, &m, "mounts", s)
+	return m
+}
+
+// removeFakeData removes the fake backend's data file of objectName in ns.
+func removeFakeData(t *testing.T, nodeName, ns, objectName string) {
+	t.Helper()
+	d := driverPod(t, nodeName)
+	path := helperFakeDir + "/" + ns + "/" + objectName
+	if _, err := execIn(context.Background(), d.Namespace, d.Name, helperName, "/testapp", "rm", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // secretTraces returns the mounts of pod's volumes and the files under the
 // kubelet root that contain any of values.
-func secretTraces(t *testing.T, nodeName string, podUID string, values ...string) (mounts, files []string) {
+func secretTraces(t *testing.T, nodeName string, podUID string, values ...string) (mounts []mount, files []string) {
 	t.Helper()
-	helper(t, nodeName, &mounts, "mounts", podUID)
+	mounts = nodeMounts(t, nodeName, podUID)
 	for _, v := range values {
 		var found []string
 		helper(t, nodeName, &found, "find", helperKubelet, v)
@@ -411,13 +438,16 @@ func secretTraces(t *testing.T, nodeName string, podUID string, values ...string
 // containing any of values.
 func assertNoTraces(t *testing.T, pod *corev1.Pod, values ...string) {
 	t.Helper()
-	var mounts, files []string
+	var (
+		mounts []mount
+		files  []string
+	)
 	err := poll(cleanupTimeout, func() (bool, error) {
 		mounts, files = secretTraces(t, pod.Spec.NodeName, string(pod.UID), values...)
 		return len(mounts) == 0 && len(files) == 0, nil
 	})
 	if err != nil {
-		t.Fatalf("%v after pod %s/%s was deleted: mounts still present %q, files with secret content %q",
+		t.Fatalf("%v after pod %s/%s was deleted: mounts still present %+v, files with secret content %q",
 			cleanupTimeout, pod.Namespace, pod.Name, mounts, files)
 	}
 }

@@ -66,21 +66,38 @@ func TestMountReadAndDelete(t *testing.T) {
 
 	assertFiles(t, pod, want)
 	var fs struct {
-		Type   string `json:"type"`
-		NoSUID bool   `json:"nosuid"`
-		NoDev  bool   `json:"nodev"`
-		NoExec bool   `json:"noexec"`
+		Type string `json:"type"`
 	}
 	execJSON(t, ns, pod.Name, "app", &fs, "fstype", mountPath)
-	if fs.Type != "tmpfs" || !fs.NoSUID || !fs.NoDev || !fs.NoExec {
-		t.Fatalf("volume filesystem inside the pod = %+v, want tmpfs with nosuid,nodev,noexec", fs)
+	if fs.Type != "tmpfs" {
+		t.Fatalf("volume filesystem inside the pod = %+v, want tmpfs", fs)
+	}
+	// A bind mount does not inherit mount flags, so check the driver's own
+	// tmpfs on the node, under the pod's directory.
+	var tmpfs []mount
+	for _, m := range nodeMounts(t, pod.Spec.NodeName, string(pod.UID)) {
+		if m.FSType == "tmpfs" && strings.Contains(m.Path, "/volumes/kubernetes.io~csi/") {
+			tmpfs = append(tmpfs, m)
+		}
+	}
+	if len(tmpfs) != 1 {
+		t.Fatalf("node mounts of pod %s: %+v; want exactly one tmpfs for the volume", pod.UID, nodeMounts(t, pod.Spec.NodeName, string(pod.UID)))
+	}
+	for _, opt := range []string{"nosuid", "nodev", "noexec"} {
+		if !slices.Contains(strings.Split(tmpfs[0].Options, ","), opt) {
+			t.Errorf("volume tmpfs %s has options %q, want %s", tmpfs[0].Path, tmpfs[0].Options, opt)
+		}
+	}
+	// A size cap, so a backend cannot fill the node's memory.
+	if !strings.Contains(tmpfs[0].Super, "size=") {
+		t.Errorf("volume tmpfs %s has no size cap: %q", tmpfs[0].Path, tmpfs[0].Super)
 	}
 
 	// The search for leftovers must be able to see the secret while it is
 	// mounted, or its empty result later would prove nothing.
 	mounts, files := secretTraces(t, pod.Spec.NodeName, string(pod.UID), values(want)...)
 	if len(mounts) == 0 || len(files) != len(want) {
-		t.Fatalf("while mounted, the node shows mounts %q and files %q; want the volume's mount and its %d files", mounts, files, len(want))
+		t.Fatalf("while mounted, the node shows mounts %+v and files %q; want the volume's mount and its %d files", mounts, files, len(want))
 	}
 
 	deletePod(t, pod)
@@ -100,12 +117,12 @@ func TestTwoPodsShareClass(t *testing.T) {
 	assertFiles(t, b, want)
 
 	deletePod(t, a)
-	var mounts []string
+	var mounts []mount
 	if err := poll(cleanupTimeout, func() (bool, error) {
-		helper(t, a.Spec.NodeName, &mounts, "mounts", string(a.UID))
+		mounts = nodeMounts(t, a.Spec.NodeName, string(a.UID))
 		return len(mounts) == 0, nil
 	}); err != nil {
-		t.Fatalf("volume of deleted pod %s still mounted: %q", a.Name, mounts)
+		t.Fatalf("volume of deleted pod %s still mounted: %+v", a.Name, mounts)
 	}
 	assertFiles(t, b, want)
 
@@ -138,7 +155,7 @@ func TestNamespaceIsolation(t *testing.T) {
 	}
 	mounts, files := secretTraces(t, p.Spec.NodeName, string(p.UID), values(want)...)
 	if len(mounts) != 0 || len(files) != 0 {
-		t.Fatalf("pod in %s got mounts %q, files %q of a class in %s", nsB, mounts, files, nsA)
+		t.Fatalf("pod in %s got mounts %+v, files %q of a class in %s", nsB, mounts, files, nsA)
 	}
 	deletePod(t, p)
 }
@@ -167,6 +184,9 @@ func TestRotation(t *testing.T) {
 	assertFiles(t, pod, map[string]file{"token": {Mode: "0440", Content: v2}})
 
 	deletePod(t, pod)
+	// The backend's own copy is not the pod's: remove it before looking for
+	// leftovers of the volume.
+	removeFakeData(t, pod.Spec.NodeName, ns, "token")
 	assertNoTraces(t, pod, v1, v2)
 }
 
@@ -227,10 +247,8 @@ func TestBadParameters(t *testing.T) {
 	if p.Status.Phase != corev1.PodPending {
 		t.Fatalf("pod with a bad class is %s, want Pending", p.Status.Phase)
 	}
-	var mounts []string
-	helper(t, p.Spec.NodeName, &mounts, "mounts", string(p.UID))
-	if len(mounts) != 0 {
-		t.Fatalf("failed publish left mounts %q", mounts)
+	if mounts := nodeMounts(t, p.Spec.NodeName, string(p.UID)); len(mounts) != 0 {
+		t.Fatalf("failed publish left mounts %+v", mounts)
 	}
 	deletePod(t, p)
 }

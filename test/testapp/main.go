@@ -7,7 +7,8 @@
 //	testapp fstype PATH           JSON of the filesystem at PATH (statfs)
 //	testapp write FILE VALUE      replace FILE atomically (temp file + rename)
 //	testapp find ROOT STRING      paths of regular files under ROOT containing STRING
-//	testapp mounts STRING         mount points (mountinfo) containing STRING
+//	testapp rm FILE               remove FILE (missing is fine)
+//	testapp mounts STRING         mounts (mountinfo) whose mount point contains STRING
 package main
 
 import (
@@ -27,7 +28,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: testapp sleep|dump|fstype|write|find|mounts ...")
+		fail("usage: testapp sleep|dump|fstype|write|find|rm|mounts ...")
 	}
 	args := os.Args[2:]
 	var err error
@@ -44,6 +45,13 @@ func main() {
 		err = need(args, 2, func() error { return write(args[0], args[1]) })
 	case "find":
 		err = need(args, 2, func() error { return find(args[0], args[1]) })
+	case "rm":
+		err = need(args, 1, func() error {
+			if err := os.Remove(args[0]); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			return nil
+		})
 	case "mounts":
 		err = need(args, 1, func() error { return mounts(args[0]) })
 	default:
@@ -203,18 +211,30 @@ func find(root, s string) error {
 	return printJSON(found)
 }
 
-// mounts prints the mount points in this mount namespace containing s.
+// Mount is one line of /proc/self/mountinfo.
+type Mount struct {
+	Path    string `json:"path"`
+	FSType  string `json:"fstype"`
+	Options string `json:"options"` // per-mount options, e.g. ro,nosuid,nodev,noexec
+	Super   string `json:"super"`   // filesystem options, e.g. size=1024k,mode=755
+}
+
+// mounts prints the mounts in this mount namespace whose mount point
+// contains s.
 func mounts(s string) error {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return err
 	}
-	found := []string{}
+	found := []Mount{}
 	for line := range strings.Lines(string(data)) {
-		fields := strings.Fields(line)
-		if len(fields) > 4 && strings.Contains(fields[4], s) {
-			found = append(found, fields[4])
+		// id parent major:minor root mountpoint options [optional...] - fstype source super
+		pre, post, ok := strings.Cut(line, " - ")
+		fields, tail := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(fields) < 6 || len(tail) < 3 || !strings.Contains(fields[4], s) {
+			continue
 		}
+		found = append(found, Mount{Path: fields[4], FSType: tail[0], Options: fields[5], Super: tail[2]})
 	}
 	return printJSON(found)
 }
