@@ -121,6 +121,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// testDebounce is the watch debounce of test drivers (tests run serially).
+var testDebounce = 10 * time.Millisecond
+
 func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -171,7 +174,7 @@ func (e *env) start(cfg Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.watchDebounce = 10 * time.Millisecond
+	d.watchDebounce = testDebounce
 	e.d = d
 	sockDir, err := os.MkdirTemp("", "sfs")
 	if err != nil {
