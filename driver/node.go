@@ -60,6 +60,9 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 	}
 	defer d.locks.Unlock(in.volumeID)
 
+	if d.volume(in.volumeID) == nil {
+		d.adopt(in)
+	}
 	if v := d.volume(in.volumeID); v != nil {
 		mounted, err := tmpfs.IsMountPoint(v.target)
 		if err == nil && mounted {
@@ -71,6 +74,21 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 		d.dropVolume(v)
 	}
 	return false, d.firstPublish(ctx, in)
+}
+
+// adopt takes over a volume of ours that recovery did not find (mounted
+// outside RecoverUnder, or its metadata unreadable at start-up): the target
+// is a secretfs tmpfs whose metadata names this very volume id.
+func (d *Driver) adopt(in *publishInput) {
+	if mounted, err := tmpfs.IsMountPoint(in.target); err != nil || !mounted || tmpfs.Verify(in.target) != nil {
+		return
+	}
+	v, err := loadVolume(in.target)
+	if err != nil || v.id != in.volumeID {
+		return
+	}
+	d.log.Info("adopted a mounted volume", "volume_id", v.id, "target", v.target)
+	d.setVolume(v)
 }
 
 // republish checks that the request matches the mounted volume, takes over
