@@ -55,8 +55,8 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 	if err != nil {
 		return false, err
 	}
-	if !d.locks.TryLock(in.volumeID) {
-		return false, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", in.volumeID)
+	if err := d.locks.LockForCall(ctx, in.volumeID); err != nil {
+		return false, err
 	}
 	defer d.locks.Unlock(in.volumeID)
 
@@ -243,7 +243,7 @@ func writeError(v *volume, err error) error {
 // the volume. A target that is gone or was never published is fine.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	start := time.Now()
-	err := toStatus(d.unpublish(req))
+	err := toStatus(d.unpublish(ctx, req))
 	d.metrics.observe("unpublish", start, err)
 	if err != nil {
 		d.log.Warn("unpublish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
@@ -253,7 +253,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-func (d *Driver) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
+func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if err := validateVolumeID(id); err != nil {
 		return err
@@ -261,8 +261,8 @@ func (d *Driver) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
 	if err := validateTargetPath(target); err != nil {
 		return err
 	}
-	if !d.locks.TryLock(id) {
-		return status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	if err := d.locks.LockForCall(ctx, id); err != nil {
+		return err
 	}
 	defer d.locks.Unlock(id)
 
