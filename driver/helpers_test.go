@@ -90,7 +90,7 @@ func (m mapClasses) Get(_ context.Context, ns, name string) (*Class, error) {
 }
 
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	d        *Driver
 	node     csi.NodeClient
 	identity csi.IdentityClient
@@ -121,6 +121,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// testDebounce is the watch debounce of test drivers (tests run serially).
+var testDebounce = 10 * time.Millisecond
+
 func needRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -133,7 +136,7 @@ func needRoot(t testing.TB) {
 
 // newEnv starts a Driver serving on a unix socket with a test provider
 // "test" and classes "app" (3 files) in namespace "team-a".
-func newEnv(t *testing.T, tweak func(*Config)) *env {
+func newEnv(t testing.TB, tweak func(*Config)) *env {
 	t.Helper()
 	needRoot(t)
 	e := &env{t: t, prov: &testProvider{}, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
@@ -171,7 +174,7 @@ func (e *env) start(cfg Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.watchDebounce = 10 * time.Millisecond
+	d.watchDebounce = testDebounce
 	e.d = d
 	sockDir, err := os.MkdirTemp("", "sfs")
 	if err != nil {

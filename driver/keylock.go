@@ -1,46 +1,71 @@
 package driver
 
-import "sync"
+import (
+	"context"
+	"sync"
 
-// keyLock is a set of per-key locks. gRPC calls use TryLock, so a second
-// call for a volume that is busy fails fast with Aborted and kubelet retries;
-// background refreshes wait with Lock.
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// keyLock is a set of per-key locks. A gRPC call that finds its volume
+// locked by another call fails fast with Aborted and kubelet retries; one
+// that finds it locked by a background refresh (a provider watch) waits for
+// it, since that is no conflicting request, just a short piece of work.
 type keyLock struct {
 	mu   sync.Mutex
-	held map[string]chan struct{} // closed on unlock
+	held map[string]*lockEntry
 }
 
-// TryLock takes the lock for key if it is free.
-func (l *keyLock) TryLock(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, busy := l.held[key]; busy {
-		return false
-	}
+type lockEntry struct {
+	released   chan struct{} // closed on unlock
+	background bool
+}
+
+func (l *keyLock) take(key string, background bool) {
 	if l.held == nil {
-		l.held = map[string]chan struct{}{}
+		l.held = map[string]*lockEntry{}
 	}
-	l.held[key] = make(chan struct{})
-	return true
+	l.held[key] = &lockEntry{released: make(chan struct{}), background: background}
 }
 
-// Lock waits for the lock for key; it gives up and returns false when
-// cancel is closed first.
+// LockForCall takes the lock for a gRPC call: Aborted if another call holds
+// it, waiting (until ctx ends) while a background refresh holds it.
+func (l *keyLock) LockForCall(ctx context.Context, key string) error {
+	for {
+		l.mu.Lock()
+		e, busy := l.held[key]
+		if !busy {
+			l.take(key, false)
+			l.mu.Unlock()
+			return nil
+		}
+		l.mu.Unlock()
+		if !e.background {
+			return status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", key)
+		}
+		select {
+		case <-e.released:
+		case <-ctx.Done():
+			return status.Errorf(codes.Aborted, "volume %s is being refreshed: %v", key, ctx.Err())
+		}
+	}
+}
+
+// Lock waits for the lock for key on behalf of background work; it gives up
+// and returns false when cancel is closed first.
 func (l *keyLock) Lock(key string, cancel <-chan struct{}) bool {
 	for {
 		l.mu.Lock()
-		ch, busy := l.held[key]
+		e, busy := l.held[key]
 		if !busy {
-			if l.held == nil {
-				l.held = map[string]chan struct{}{}
-			}
-			l.held[key] = make(chan struct{})
+			l.take(key, true)
 			l.mu.Unlock()
 			return true
 		}
 		l.mu.Unlock()
 		select {
-		case <-ch:
+		case <-e.released:
 		case <-cancel:
 			return false
 		}
@@ -50,10 +75,10 @@ func (l *keyLock) Lock(key string, cancel <-chan struct{}) bool {
 // Unlock releases key.
 func (l *keyLock) Unlock(key string) {
 	l.mu.Lock()
-	ch := l.held[key]
+	e := l.held[key]
 	delete(l.held, key)
 	l.mu.Unlock()
-	if ch != nil {
-		close(ch)
+	if e != nil {
+		close(e.released)
 	}
 }

@@ -55,11 +55,14 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 	if err != nil {
 		return false, err
 	}
-	if !d.locks.TryLock(in.volumeID) {
-		return false, status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", in.volumeID)
+	if err := d.locks.LockForCall(ctx, in.volumeID); err != nil {
+		return false, err
 	}
 	defer d.locks.Unlock(in.volumeID)
 
+	if d.volume(in.volumeID) == nil {
+		d.adopt(in)
+	}
 	if v := d.volume(in.volumeID); v != nil {
 		mounted, err := tmpfs.IsMountPoint(v.target)
 		if err == nil && mounted {
@@ -71,6 +74,21 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 		d.dropVolume(v)
 	}
 	return false, d.firstPublish(ctx, in)
+}
+
+// adopt takes over a volume of ours that recovery did not find (mounted
+// outside RecoverUnder, or its metadata unreadable at start-up): the target
+// is a secretfs tmpfs whose metadata names this very volume id.
+func (d *Driver) adopt(in *publishInput) {
+	if mounted, err := tmpfs.IsMountPoint(in.target); err != nil || !mounted || tmpfs.Verify(in.target) != nil {
+		return
+	}
+	v, err := loadVolume(in.target)
+	if err != nil || v.id != in.volumeID {
+		return
+	}
+	d.log.Info("adopted a mounted volume", "volume_id", v.id, "target", v.target)
+	d.setVolume(v)
 }
 
 // republish checks that the request matches the mounted volume, takes over
@@ -225,7 +243,7 @@ func writeError(v *volume, err error) error {
 // the volume. A target that is gone or was never published is fine.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	start := time.Now()
-	err := toStatus(d.unpublish(req))
+	err := toStatus(d.unpublish(ctx, req))
 	d.metrics.observe("unpublish", start, err)
 	if err != nil {
 		d.log.Warn("unpublish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
@@ -235,7 +253,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-func (d *Driver) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
+func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
 	if err := validateVolumeID(id); err != nil {
 		return err
@@ -243,8 +261,8 @@ func (d *Driver) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
 	if err := validateTargetPath(target); err != nil {
 		return err
 	}
-	if !d.locks.TryLock(id) {
-		return status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", id)
+	if err := d.locks.LockForCall(ctx, id); err != nil {
+		return err
 	}
 	defer d.locks.Unlock(id)
 

@@ -436,7 +436,7 @@ func TestHundredVolumesConcurrently(t *testing.T) {
 }
 
 func TestRotationViaRepublish(t *testing.T) {
-	const interval = 200 * time.Millisecond
+	const interval = 400 * time.Millisecond
 	e := newEnv(t, func(c *Config) { c.RotationInterval = interval })
 	target := e.target("vol")
 	if err := e.publish("vol-1", target); err != nil {
@@ -584,5 +584,29 @@ func TestUnpublishValidation(t *testing.T) {
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%+v: got %v", tc, err)
 		}
+	}
+}
+
+// A mounted volume the driver lost track of is adopted on republish, not
+// refused as "target already mounted".
+func TestRepublishAdoptsUnknownVolume(t *testing.T) {
+	e := newEnv(t, nil)
+	target := e.target("vol")
+	if err := e.publish("vol-1", target); err != nil {
+		t.Fatal(err)
+	}
+	e.d.dropVolume(e.d.volume("vol-1"))
+	if err := e.publish("vol-1", target); err != nil {
+		t.Fatal(err)
+	}
+	if e.d.volume("vol-1") == nil || e.prov.callCount() != 1 {
+		t.Fatalf("not adopted (fetches: %d)", e.prov.callCount())
+	}
+	// Another volume id at the same mounted target is refused.
+	if err := e.publish("vol-2", target); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "already a mount point") {
+		t.Fatalf("other volume at a mounted target: %v", err)
+	}
+	if m := mountsUnder(t, e.dir); len(m) != 1 {
+		t.Fatalf("mounts %v", m)
 	}
 }

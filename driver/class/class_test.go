@@ -165,3 +165,21 @@ func countGets(c *dynamicfake.FakeDynamicClient) int {
 	}
 	return n
 }
+
+func FuzzParseDocuments(f *testing.F) {
+	f.Add(twoClasses)
+	f.Add("kind: [\n")
+	f.Add("---\n---\n")
+	f.Add("apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {}\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		classes, err := parseDocuments([]byte(in))
+		if err != nil {
+			return
+		}
+		for _, c := range classes {
+			if c.Name == "" || c.Namespace == "" {
+				t.Fatalf("class without name or namespace: %+v", c)
+			}
+		}
+	})
+}

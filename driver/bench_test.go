@@ -1,0 +1,183 @@
+package driver
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+)
+
+// newBenchEnv is newEnv with class "app" of 5 objects of 64 bytes and
+// production-like logging (JSON, info level, discarded).
+func newBenchEnv(b *testing.B) *env {
+	e := newEnv(b, func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(io.Discard, nil))
+		c.Registerer = nil
+	})
+	e.classes["team-a/app"].Parameters = map[string]string{"objects": "a,b,c,d,e", "value": strings.Repeat("s", 56)}
+	return e
+}
+
+// percentile returns the p-th percentile (0..1) of sorted samples.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[int(float64(len(sorted)-1)*p)]
+}
+
+func reportLatency(b *testing.B, name string, samples []time.Duration) {
+	slices.Sort(samples)
+	b.ReportMetric(float64(percentile(samples, .5).Microseconds())/1000, name+"-p50-ms")
+	b.ReportMetric(float64(percentile(samples, .99).Microseconds())/1000, name+"-p99-ms")
+}
+
+// BenchmarkNodePublish publishes (first publish: fetch, mount, write) and
+// unpublishes volumes of a 5-object class over the real socket, one at a
+// time, and reports publish and unpublish latency percentiles.
+func BenchmarkNodePublish(b *testing.B) {
+	e := newBenchEnv(b)
+	pub := make([]time.Duration, 0, b.N)
+	unpub := make([]time.Duration, 0, b.N)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id, target := fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i))
+		start := time.Now()
+		if _, err := e.node.NodePublishVolume(ctx, publishReq(id, target, "app", "team-a")); err != nil {
+			b.Fatal(err)
+		}
+		mid := time.Now()
+		if _, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+			b.Fatal(err)
+		}
+		pub = append(pub, mid.Sub(start))
+		unpub = append(unpub, time.Since(mid))
+	}
+	b.StopTimer()
+	reportLatency(b, "publish", pub)
+	reportLatency(b, "unpublish", unpub)
+}
+
+// BenchmarkNodePublishParallel is the same at concurrency 50 (the load the
+// design's targets are stated for); it also reports publishes per second.
+func BenchmarkNodePublishParallel(b *testing.B) {
+	e := newBenchEnv(b)
+	var mu sync.Mutex
+	var pub []time.Duration
+	var seq, failed atomic.Int64
+	ctx := context.Background()
+	b.SetParallelism(50 / runtime.GOMAXPROCS(0))
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var local []time.Duration
+		for pb.Next() {
+			i := seq.Add(1)
+			id, target := fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i))
+			t0 := time.Now()
+			if _, err := e.node.NodePublishVolume(ctx, publishReq(id, target, "app", "team-a")); err != nil {
+				failed.Add(1)
+				continue
+			}
+			local = append(local, time.Since(t0))
+			if _, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+				failed.Add(1)
+			}
+		}
+		mu.Lock()
+		pub = append(pub, local...)
+		mu.Unlock()
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if failed.Load() > 0 {
+		b.Fatalf("%d failed calls", failed.Load())
+	}
+	reportLatency(b, "publish", pub)
+	b.ReportMetric(float64(len(pub))/elapsed.Seconds(), "publish+unpublish/s")
+}
+
+// BenchmarkRSS1000Volumes mounts 1,000 volumes and reports the process's
+// resident memory (driver, gRPC client and test harness together, so an
+// upper bound for the driver). Run with -benchtime=1x.
+func BenchmarkRSS1000Volumes(b *testing.B) {
+	e := newBenchEnv(b)
+	ctx := context.Background()
+	const n = 1000
+	before := rssBytes(b)
+	for round := 0; round < b.N; round++ {
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 50)
+		var failed atomic.Int64
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if _, err := e.node.NodePublishVolume(ctx, publishReq(fmt.Sprintf("r%d-%d", round, i), e.target(fmt.Sprintf("r%d-%d", round, i)), "app", "team-a")); err != nil {
+					failed.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if failed.Load() > 0 {
+			b.Fatalf("%d publishes failed", failed.Load())
+		}
+		if m := mountsUnder(b, e.dir); len(m) != n {
+			b.Fatalf("%d mounts", len(m))
+		}
+		runtime.GC()
+		rss := rssBytes(b)
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(float64(rss)/(1<<20), "MiB-rss")
+		b.ReportMetric(float64(rss-before)/(1<<20), "MiB-rss-growth")
+		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "MiB-heap")
+		b.StopTimer()
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				if _, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: fmt.Sprintf("r%d-%d", round, i), TargetPath: e.target(fmt.Sprintf("r%d-%d", round, i))}); err != nil {
+					failed.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if failed.Load() > 0 {
+			b.Fatalf("%d unpublishes failed", failed.Load())
+		}
+		b.StartTimer()
+	}
+}
+
+func rssBytes(b *testing.B) int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}

@@ -1,0 +1,127 @@
+package driver
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+func attrs(kv ...string) map[string]string {
+	m := map[string]string{AttrEphemeral: "true", AttrClass: "app", AttrPodNamespace: "team-a"}
+	for i := 0; i+1 < len(kv); i += 2 {
+		if kv[i+1] == "<delete>" {
+			delete(m, kv[i])
+		} else {
+			m[kv[i]] = kv[i+1]
+		}
+	}
+	return m
+}
+
+func TestParseVolumeContext(t *testing.T) {
+	vc, err := parseVolumeContext(attrs(AttrPodName, "web-0", AttrPodUID, "0f1e2d3c-aaaa", AttrServiceAccount, "web",
+		AttrTokens, `{"api://AzureADTokenExchange":{"token":"abc","expirationTimestamp":"2030-01-02T03:04:05Z"},"vault":{"token":"def"}}`,
+		"unrelated", "ignored"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vc.Class != "app" || vc.Pod != (provider.Pod{Namespace: "team-a", Name: "web-0", UID: "0f1e2d3c-aaaa", ServiceAccount: "web"}) {
+		t.Fatalf("%+v", vc)
+	}
+	tok := vc.Tokens["api://AzureADTokenExchange"]
+	if tok.Token != "abc" || !tok.ExpirationTimestamp.Equal(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)) || vc.Tokens["vault"].Token != "def" {
+		t.Fatalf("tokens %+v", vc.Tokens)
+	}
+	if vc, err := parseVolumeContext(attrs(AttrTokens, "")); err != nil || vc.Tokens != nil {
+		t.Fatalf("empty tokens: %+v %v", vc, err)
+	}
+
+	for name, tc := range map[string]struct {
+		attrs map[string]string
+		msg   string
+	}{
+		"not ephemeral":      {attrs(AttrEphemeral, "<delete>"), "is missing: use a csi volume"},
+		"ephemeral garbage":  {attrs(AttrEphemeral, "yes"), `is "yes"`},
+		"no class":           {attrs(AttrClass, "<delete>"), "secretProviderClass is missing"},
+		"class uppercase":    {attrs(AttrClass, "App"), "not a valid object name"},
+		"class slash":        {attrs(AttrClass, "a/b"), "not a valid object name"},
+		"class too long":     {attrs(AttrClass, strings.Repeat("a", 254)), "longer than 253"},
+		"no namespace":       {attrs(AttrPodNamespace, "<delete>"), "pod.namespace is missing"},
+		"namespace with dot": {attrs(AttrPodNamespace, "a.b"), "not a valid namespace"},
+		"bad pod name":       {attrs(AttrPodName, "Web 0"), "pod.name"},
+		"tokens not json":    {attrs(AttrTokens, "{"), "not a JSON object"},
+		"tokens array":       {attrs(AttrTokens, "[]"), "not a JSON object"},
+		"tokens null":        {attrs(AttrTokens, "null"), "not a JSON object"},
+		"tokens trailing":    {attrs(AttrTokens, `{} {}`), "not a JSON object"},
+		"token missing":      {attrs(AttrTokens, `{"aud":{}}`), `token for audience "aud" is missing`},
+		"token null":         {attrs(AttrTokens, `{"aud":null}`), `token for audience "aud" is missing`},
+		"token wrong type":   {attrs(AttrTokens, `{"aud":{"token":5}}`), "not a JSON object"},
+		"bad expiry":         {attrs(AttrTokens, `{"aud":{"token":"x","expirationTimestamp":"tomorrow"}}`), "not an RFC 3339 time"},
+	} {
+		_, err := parseVolumeContext(tc.attrs)
+		if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s: want InvalidArgument containing %q, got %v", name, tc.msg, err)
+		}
+	}
+}
+
+func FuzzParseVolumeContext(f *testing.F) {
+	f.Add("app", "team-a", "true", "web-0", "")
+	f.Add("", "", "", "", "")
+	f.Add("a.b-c", "ns", "false", "Web", `{"x":{"token":"t"}}`)
+	f.Add("app", "team-a", "true", "web-0", `{"aud":{"token":"t","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
+	f.Fuzz(func(t *testing.T, class, ns, eph, pod, tokens string) {
+		vc, err := parseVolumeContext(map[string]string{AttrClass: class, AttrPodNamespace: ns, AttrEphemeral: eph, AttrPodName: pod, AttrTokens: tokens})
+		if err != nil {
+			if provider.CodeOf(err) != codes.InvalidArgument {
+				t.Fatalf("code %v: %v", provider.CodeOf(err), err)
+			}
+			return
+		}
+		if eph != "true" || vc.Class != class || vc.Pod.Namespace != ns || checkName(class, 253, true) != nil || checkName(ns, 63, false) != nil {
+			t.Fatalf("accepted %+v", vc)
+		}
+	})
+}
+
+func FuzzParseTokens(f *testing.F) {
+	f.Add(`{"aud":{"token":"t","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
+	f.Add(`{"a":{"token":"t"},"b":{"token":"u"}}`)
+	f.Add(`{"aud":{"token":""}}`)
+	f.Add(`{`)
+	f.Add(`null`)
+	f.Add(`{"aud":{"token":"SECRET","expirationTimestamp":"x"}}`)
+	f.Fuzz(func(t *testing.T, raw string) {
+		toks, err := parseTokens(raw)
+		if err != nil {
+			if provider.CodeOf(err) != codes.InvalidArgument {
+				t.Fatalf("code %v", provider.CodeOf(err))
+			}
+			// Never echo the input back, except an audience name.
+			if len(raw) > 12 && strings.Contains(err.Error(), raw) {
+				t.Fatalf("error quotes the input: %v", err)
+			}
+			return
+		}
+		for aud, tok := range toks {
+			if tok.Token == "" {
+				t.Fatalf("empty token accepted for %q", aud)
+			}
+		}
+	})
+}
+
+func TestValidateTargetPath(t *testing.T) {
+	for p, msg := range map[string]string{"": "missing", "a/b": "not absolute", "/a/../b": "not clean", "/a/": "not clean", "/": "root", "/a\x00": "NUL"} {
+		if err := validateTargetPath(p); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%q: want %q, got %v", p, msg, err)
+		}
+	}
+	if err := validateTargetPath("/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/secrets/mount"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,136 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// watchProvider is a testProvider that also implements provider.Watcher and
+// records every watch.
+type watchProvider struct {
+	*testProvider
+	mu      sync.Mutex
+	watches []*testWatch
+}
+
+type testWatch struct {
+	token   string
+	changed func()
+	stopped bool
+}
+
+func (w *watchProvider) Watch(req *provider.Request, changed func()) (func(), error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	tw := &testWatch{token: req.Tokens["api"].Token, changed: changed}
+	if req.Parameters["objects"] == "" {
+		return nil, fmt.Errorf("watch without parameters")
+	}
+	w.watches = append(w.watches, tw)
+	return func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		tw.stopped = true
+	}, nil
+}
+
+func (w *watchProvider) snapshot() []testWatch {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]testWatch, len(w.watches))
+	for i, tw := range w.watches {
+		out[i] = *tw
+	}
+	return out
+}
+
+func TestWatcher(t *testing.T) {
+	// A debounce far longer than the burst below takes, so the burst is
+	// always folded into one refresh however slow the machine is.
+	testDebounce = 300 * time.Millisecond
+	defer func() { testDebounce = 10 * time.Millisecond }()
+	var wp *watchProvider
+	e := newEnv(t, func(c *Config) {
+		inner := c.Providers
+		c.Providers = func(name string) (provider.Provider, error) {
+			p, err := inner(name)
+			if err != nil {
+				return nil, err
+			}
+			if wp == nil {
+				wp = &watchProvider{testProvider: p.(*testProvider)}
+			}
+			return wp, nil
+		}
+	})
+	target := e.target("vol")
+	req := publishReq("vol-1", target, "app", "team-a")
+	req.VolumeContext[AttrTokens] = `{"api":{"token":"t1","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	ws := wp.snapshot()
+	if len(ws) != 1 || ws[0].token != "t1" || ws[0].stopped {
+		t.Fatalf("watches after publish: %+v", ws)
+	}
+
+	// A burst of notifications: one refresh (debounced), new content.
+	e.prov.set(func(p *testProvider) { p.gen = 1 })
+	for i := 0; i < 20; i++ {
+		ws[0].changed()
+	}
+	waitFor(t, "watch refresh", func() bool {
+		return testutil.ToFloat64(e.d.metrics.refresh.WithLabelValues("watch", "rotated")) == 1
+	})
+	if got := readFile(t, filepath.Join(target, "a")); got != "a=v#1" {
+		t.Fatalf("content after watch refresh %q", got)
+	}
+	if n := e.prov.callCount(); n != 2 {
+		t.Fatalf("burst caused %d fetches, want 2 in all", n)
+	}
+
+	// Same tokens on republish: the watch stays.
+	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if ws := wp.snapshot(); len(ws) != 1 {
+		t.Fatalf("watch restarted without a token change: %+v", ws)
+	}
+	// New tokens: a new watch with them, the old one stopped.
+	req.VolumeContext[AttrTokens] = `{"api":{"token":"t2","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	ws = wp.snapshot()
+	if len(ws) != 2 || !ws[0].stopped || ws[1].stopped || ws[1].token != "t2" {
+		t.Fatalf("watches after token change: %+v", ws)
+	}
+	// The old watch's notifications no longer do anything; the new one's do.
+	e.prov.set(func(p *testProvider) { p.gen = 2 })
+	ws[1].changed()
+	waitFor(t, "second watch refresh", func() bool { return readFile(t, filepath.Join(target, "a")) == "a=v#2" })
+
+	if err := e.unpublish("vol-1", target); err != nil {
+		t.Fatal(err)
+	}
+	if ws := wp.snapshot(); !ws[1].stopped {
+		t.Fatal("watch not stopped at unpublish")
+	}
+	calls := e.prov.callCount()
+	ws[1].changed() // late notification after unpublish: ignored
+	e.d.Close()
+	if e.prov.callCount() != calls {
+		t.Fatal("refresh after unpublish")
+	}
+	if got := testutil.ToFloat64(e.d.metrics.watches.WithLabelValues("started")); got != 2 {
+		t.Fatalf("watches started %v", got)
+	}
+}
