@@ -57,7 +57,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
 # Debian packages the tests need; idempotent.
-APT_PACKAGES := openssl containerd runc containernetworking-plugins busybox-static protobuf-compiler iproute2
+APT_PACKAGES := openssl containerd runc containernetworking-plugins busybox-static protobuf-compiler iptables file
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi

@@ -33,6 +33,7 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 		healthAddr  = fs.String("health-addr", ":9808", "address for /healthz (empty: off)")
 		metricsAddr = fs.String("metrics-addr", ":9809", "address for /metrics (empty: off)")
 		regDir      = fs.String("registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
+		kubeletDir  = fs.String("kubelet-dir", "/var/lib/kubelet", "kubelet's root directory: after a restart only volumes below it are recovered")
 		tmpfsSize   = quantityFlag{bytes: 8 << 20}
 		logs        logFlags
 		backends    backendFlags
@@ -83,6 +84,7 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 		RotationInterval: *rotation,
 		Logger:           log,
 		Registerer:       registry,
+		RecoverUnder:     *kubeletDir,
 	})
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)

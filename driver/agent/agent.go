@@ -80,6 +80,9 @@ func Run(ctx context.Context, cfg Config) error {
 		TmpfsSize:        cfg.TmpfsSize,
 		RotationInterval: cfg.Interval,
 		Logger:           log,
+		// Adopt only this agent's own mount after a restart, never a
+		// kubelet volume or another agent's.
+		RecoverUnder: target,
 	})
 	if err != nil {
 		return err

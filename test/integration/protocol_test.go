@@ -63,7 +63,7 @@ func TestExternalProviderSameFilesAsInProcess(t *testing.T) {
 	start(t, "provider", "--backend", "fake", "--endpoint", "unix://"+filepath.Join(providerDir, "extfake.sock"))
 	csiSock := filepath.Join(dir, "csi.sock")
 	start(t, "driver", "--endpoint", "unix://"+csiSock, "--node-id", "n1", "--class-dir", classDir,
-		"--provider-dir", providerDir, "--health-addr", "", "--metrics-addr", "")
+		"--kubelet-dir", dir, "--provider-dir", providerDir, "--health-addr", "", "--metrics-addr", "")
 	node := nodeClient(t, csiSock)
 	waitForSocket(t, filepath.Join(providerDir, "extfake.sock"))
 
@@ -96,7 +96,7 @@ func TestExternalProviderMissing(t *testing.T) {
 	writeFile(t, filepath.Join(classDir, "c.yaml"), class("gone", "vault"))
 	csiSock := filepath.Join(dir, "csi.sock")
 	start(t, "driver", "--endpoint", "unix://"+csiSock, "--node-id", "n1", "--class-dir", classDir,
-		"--provider-dir", filepath.Join(dir, "providers"), "--health-addr", "", "--metrics-addr", "")
+		"--kubelet-dir", dir, "--provider-dir", filepath.Join(dir, "providers"), "--health-addr", "", "--metrics-addr", "")
 	node := nodeClient(t, csiSock)
 	target := filepath.Join(dir, "gone")
 	_, err := node.NodePublishVolume(context.Background(), publishRequest("gone", target))
