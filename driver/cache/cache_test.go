@@ -268,9 +268,11 @@ func TestKeyCoversIdentity(t *testing.T) {
 		"sa":        func(i *Identity) { i.ServiceAccount = "api" },
 		"audience":  func(i *Identity) { i.Tokens = nil },
 		"secret":    func(i *Identity) { i.Secrets = map[string]string{"clientid": "x", "clientsecret": "z"} },
-		"param":     func(i *Identity) { i.Parameters = map[string]string{"keyvaultName": "kv", "clientID": "c2", "objects": "o"} },
-		"shift":     func(i *Identity) { i.Namespace, i.ServiceAccount = "nsw", "eb" },
-		"moved":     func(i *Identity) { i.Secrets, i.Parameters = i.Parameters, i.Secrets },
+		"param": func(i *Identity) {
+			i.Parameters = map[string]string{"keyvaultName": "kv", "clientID": "c2", "objects": "o"}
+		},
+		"shift": func(i *Identity) { i.Namespace, i.ServiceAccount = "nsw", "eb" },
+		"moved": func(i *Identity) { i.Secrets, i.Parameters = i.Parameters, i.Secrets },
 	}
 	for name, change := range variants {
 		v := base
