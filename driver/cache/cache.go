@@ -315,6 +315,16 @@ func (c *Cache) Invalidate(user string, at time.Time) {
 	}
 }
 
+// Purge zeroes every cached result (entries and holders stay, so later
+// Gets simply miss). For shutdown.
+func (c *Cache) Purge() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		c.detach(e)
+	}
+}
+
 // Stats are counts for tests and metrics.
 type Stats struct {
 	Entries int // keys with holders or a call in flight
