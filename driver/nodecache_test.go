@@ -225,7 +225,7 @@ func TestCacheNeverSharedBetweenServiceAccounts(t *testing.T) {
 // N volumes of one identity cost one backend call per rotation interval,
 // and the republishes after the interval go through the cache too.
 func TestCacheRotationOneFetchPerInterval(t *testing.T) {
-	const interval = 300 * time.Millisecond
+	const interval = time.Second
 	e := newFakeEnv(t, func(c *Config) { c.RotationInterval = interval })
 	e.publishAll(t, 0, 20, "web")
 	e.wantObjectFetches(t, "publish", 1)
@@ -371,7 +371,7 @@ func TestCacheWatchInvalidates(t *testing.T) {
 // When the last pod leaves nothing remains: no mount, no cache entry, no
 // watch, also when the driver restarted in between.
 func TestLastPodLeavesNothing(t *testing.T) {
-	const interval = 200 * time.Millisecond
+	const interval = 500 * time.Millisecond
 	var wp *watchProvider
 	var providers func(string) (provider.Provider, error)
 	e := newEnv(t, func(c *Config) {
