@@ -80,7 +80,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request) (*
 			return d.backend(ctx, p, v.provider, req)
 		})
 		d.metrics.cacheGets[outcome].Inc()
-		d.metrics.cacheEntries.Set(float64(d.cache.Stats().Entries))
+		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
 	}
 	if err != nil {
 		return nil, time.Time{}, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
@@ -104,7 +104,7 @@ func (d *Driver) backend(ctx context.Context, p provider.Provider, name string, 
 func (d *Driver) release(v *volume) {
 	if d.cache != nil {
 		d.cache.Release(v.id)
-		d.metrics.cacheEntries.Set(float64(d.cache.Stats().Entries))
+		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
 	}
 }
 

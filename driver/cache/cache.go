@@ -332,6 +332,13 @@ type Stats struct {
 	Users   int // holders (volumes)
 }
 
+// Len returns the number of entries (cheaper than Stats).
+func (c *Cache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
 // Stats returns the current counts.
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
