@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/rest"
 
+	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -59,6 +60,9 @@ type Config struct {
 	// directory (for example kubelet's root dir), so a driver and a local
 	// agent on one host never adopt each other's volumes. Empty: all.
 	RecoverUnder string
+	// DisableCache turns the node cache off: every volume fetches for
+	// itself (one backend request per volume and rotation).
+	DisableCache bool
 }
 
 // Class is a SecretProviderClass; see package driver/class.
@@ -98,6 +102,11 @@ type Driver struct {
 	watchDebounce time.Duration
 	// fetchTimeout bounds fetches that have no caller deadline (watch refreshes).
 	fetchTimeout time.Duration
+
+	// cache shares backend results between volumes of one identity; nil
+	// when disabled. keyer derives its keys.
+	cache *cache.Cache
+	keyer *cache.Keyer
 
 	locks keyLock
 
@@ -163,13 +172,17 @@ func New(cfg Config) (*Driver, error) {
 		fetchTimeout:  2 * time.Minute,
 		vols:          map[string]*volume{},
 	}
+	if !cfg.DisableCache {
+		d.keyer = cache.NewKeyer()
+		d.cache = cache.New(cache.Options{MaxAge: cfg.RotationInterval, Timeout: d.fetchTimeout})
+	}
 	d.recover()
 	d.recovered.Store(true)
 	return d, nil
 }
 
-// Close stops all provider watches. Mounted volumes stay mounted: a new
-// Driver finds them again.
+// Close stops all provider watches and wipes the node cache. Mounted
+// volumes stay mounted: a new Driver finds them again.
 func (d *Driver) Close() error {
 	d.closed.Store(true)
 	d.mu.Lock()
@@ -183,6 +196,9 @@ func (d *Driver) Close() error {
 			d.stopWatch(v)
 			d.locks.Unlock(v.id)
 		}
+	}
+	if d.cache != nil {
+		d.cache.Purge()
 	}
 	return nil
 }

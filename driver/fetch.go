@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -50,24 +51,61 @@ func withClass(base *provider.Request, cls *Class, current []provider.ObjectVers
 	return &req
 }
 
-// fetch is the one way the driver asks a backend for a volume's files (the
-// place for a node cache keyed by identity, provider and object spec).
-func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request) (*provider.Result, error) {
+// fetch is the one way the driver asks a backend for a volume's files. With
+// the node cache on, it goes through the cache under the volume's identity
+// (see package driver/cache for why sharing keeps every authorization
+// decision intact), and the volume holds the entry until it is unpublished
+// or fetches under another identity. It returns when the backend call behind
+// the result started: the age of the content. The result is the caller's
+// own: wipe it when done.
+func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request) (*provider.Result, time.Time, error) {
 	p, err := d.providerFor(v)
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
+	var (
+		res *provider.Result
+		at  time.Time
+	)
+	if d.cache == nil {
+		at = time.Now()
+		res, err = d.backend(ctx, p, v.provider, req)
+	} else {
+		key := d.keyer.Key(cache.Identity{
+			Provider: v.provider, Namespace: req.Pod.Namespace, ServiceAccount: req.Pod.ServiceAccount,
+			Tokens: req.Tokens, Secrets: req.Secrets, Parameters: req.Parameters,
+		})
+		var outcome cache.Outcome
+		res, at, outcome, err = d.cache.Get(ctx, v.id, key, func(ctx context.Context) (*provider.Result, error) {
+			return d.backend(ctx, p, v.provider, req)
+		})
+		d.metrics.cacheGets[outcome].Inc()
+		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
+	}
+	if err != nil {
+		return nil, time.Time{}, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
+	}
+	return res, at, nil
+}
+
+// backend is one call to a backend, counted by provider and result code.
+func (d *Driver) backend(ctx context.Context, p provider.Provider, name string, req *provider.Request) (*provider.Result, error) {
 	start := time.Now()
 	res, err := p.Fetch(ctx, req)
 	if err == nil && res == nil {
-		err = provider.Errorf(codes.Internal, "provider %q returned no result and no error", v.provider)
+		err = provider.Errorf(codes.Internal, "provider %q returned no result and no error", name)
 	}
-	d.metrics.fetches.WithLabelValues(provider.CodeOf(err).String()).Inc()
-	d.metrics.fetchDur.Observe(time.Since(start).Seconds())
-	if err != nil {
-		return nil, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
+	d.metrics.fetched(name, provider.CodeOf(err), time.Since(start))
+	return res, err
+}
+
+// release lets go of the cache entry a volume holds; the last volume of an
+// identity wipes it.
+func (d *Driver) release(v *volume) {
+	if d.cache != nil {
+		d.cache.Release(v.id)
+		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
 	}
-	return res, nil
 }
 
 func (d *Driver) providerFor(v *volume) (provider.Provider, error) {
@@ -87,13 +125,23 @@ func (d *Driver) providerFor(v *volume) (provider.Provider, error) {
 
 // fetchFiles fetches and checks the complete file set of a volume: valid
 // paths and modes, not too many files, within the size cap.
-func (d *Driver) fetchFiles(ctx context.Context, v *volume, req *provider.Request) ([]atomicwriter.File, *provider.Result, error) {
-	res, err := d.fetch(ctx, v, req)
+// The caller wipes the result when it has written the files.
+func (d *Driver) fetchFiles(ctx context.Context, v *volume, req *provider.Request) ([]atomicwriter.File, *provider.Result, time.Time, error) {
+	res, at, err := d.fetch(ctx, v, req)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, at, err
 	}
+	files, err := d.checkFiles(v, req, res)
+	if err != nil {
+		cache.Wipe(res)
+		return nil, nil, at, err
+	}
+	return files, res, at, nil
+}
+
+func (d *Driver) checkFiles(v *volume, req *provider.Request, res *provider.Result) ([]atomicwriter.File, error) {
 	if len(res.Files) > maxFiles {
-		return nil, nil, provider.Errorf(codes.ResourceExhausted, "class %q in namespace %q yields %d files; a volume holds at most %d: split the class", v.class, v.pod.Namespace, len(res.Files), maxFiles)
+		return nil, provider.Errorf(codes.ResourceExhausted, "class %q in namespace %q yields %d files; a volume holds at most %d: split the class", v.class, v.pod.Namespace, len(res.Files), maxFiles)
 	}
 	files := make([]atomicwriter.File, len(res.Files))
 	var need int64
@@ -106,12 +154,12 @@ func (d *Driver) fetchFiles(ctx context.Context, v *volume, req *provider.Reques
 		need += (int64(len(f.Contents)) + pageSize - 1) / pageSize * pageSize
 	}
 	if err := atomicwriter.ValidateFiles(files); err != nil {
-		return nil, nil, provider.InvalidArgument("provider %q returned an unusable file set for class %q in namespace %q: %v", v.provider, v.class, v.pod.Namespace, err)
+		return nil, provider.InvalidArgument("provider %q returned an unusable file set for class %q in namespace %q: %v", v.provider, v.class, v.pod.Namespace, err)
 	}
 	if need > d.capBytes {
-		return nil, nil, provider.Errorf(codes.ResourceExhausted, "class %q in namespace %q needs %d bytes of tmpfs for %d files, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.class, v.pod.Namespace, need, len(files), d.capBytes)
+		return nil, provider.Errorf(codes.ResourceExhausted, "class %q in namespace %q needs %d bytes of tmpfs for %d files, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.class, v.pod.Namespace, need, len(files), d.capBytes)
 	}
-	return files, res, nil
+	return files, nil
 }
 
 // refresh fetches the volume again and swaps the files in when they
@@ -144,10 +192,11 @@ func (d *Driver) refreshOnce(ctx context.Context, v *volume) (bool, error) {
 	}
 	v.provider = cls.Provider
 	req := withClass(v.req, cls, v.versions)
-	files, res, err := d.fetchFiles(ctx, v, req)
+	files, res, fetched, err := d.fetchFiles(ctx, v, req)
 	if err != nil {
 		return false, err
 	}
+	defer cache.Wipe(res)
 	if err := tmpfs.Verify(v.target); err != nil {
 		return false, provider.Errorf(codes.Internal, "refusing to write: %v", err)
 	}
@@ -156,7 +205,7 @@ func (d *Driver) refreshOnce(ctx context.Context, v *volume) (bool, error) {
 		return false, writeError(v, err)
 	}
 	v.req = req
-	v.lastFetch = time.Now()
+	v.lastFetch = fetched
 	v.versions = res.Versions
 	if err := v.saveMetadata(); err != nil {
 		d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)

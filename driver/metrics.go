@@ -2,10 +2,14 @@ package driver
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/secretfs/secretfs/driver/cache"
 )
 
 // Labels carry operations, gRPC codes and outcomes only: never a secret,
@@ -15,10 +19,21 @@ type metrics struct {
 	duration *prometheus.HistogramVec // operation
 	mounted  prometheus.Gauge
 	refresh  *prometheus.CounterVec // trigger, result
-	fetches  *prometheus.CounterVec // code
+	fetches  *prometheus.CounterVec // provider, code
 	fetchDur prometheus.Histogram
 	watches  *prometheus.CounterVec // result
+
+	cache        *prometheus.CounterVec // result
+	cacheGets    [3]prometheus.Counter  // by cache.Outcome
+	cacheEntries prometheus.Gauge
+
+	providersMu sync.Mutex
+	providers   map[string]bool // provider label values in use
 }
+
+// maxProviderLabels bounds the provider label: external provider names come
+// from classes, so beyond this many distinct names they count as "other".
+const maxProviderLabels = 32
 
 // buckets span 1 ms to 2 min: a cached publish takes milliseconds, a slow
 // backend up to kubelet's timeout.
@@ -44,8 +59,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"trigger", "result"}),
 		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "provider_fetches_total",
-			Help: "Provider fetches by gRPC result code.",
-		}, []string{"code"}),
+			Help: "Backend requests (provider fetches, cache misses) by provider and gRPC result code.",
+		}, []string{"provider", "code"}),
 		fetchDur: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "secretfs", Name: "provider_fetch_duration_seconds",
 			Help: "Latency of provider fetches.", Buckets: buckets,
@@ -54,8 +69,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "secretfs", Name: "provider_watches_total",
 			Help: "Provider watches started, by result (started, failed).",
 		}, []string{"result"}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "secretfs", Name: "cache_requests_total",
+			Help: "Node cache lookups by result: hit (fresh entry), miss (went to the backend), collapsed (joined a backend request in flight).",
+		}, []string{"result"}),
+		cacheEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "secretfs", Name: "cache_entries",
+			Help: "Node cache entries (one per identity and object set in use on the node).",
+		}),
+		providers: map[string]bool{},
 	}
 	if reg == nil {
+		m.curry()
 		return m, nil
 	}
 	if err := register(reg, &m.ops); err != nil {
@@ -79,6 +104,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if err := register(reg, &m.watches); err != nil {
 		return nil, err
 	}
+	if err := register(reg, &m.cache); err != nil {
+		return nil, err
+	}
+	if err := register(reg, &m.cacheEntries); err != nil {
+		return nil, err
+	}
+	m.curry()
 	return m, nil
 }
 
@@ -99,4 +131,26 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c *C) error {
 func (m *metrics) observe(op string, start time.Time, err error) {
 	m.ops.WithLabelValues(op, status.Code(err).String()).Inc()
 	m.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+// curry resolves the label values of hot counters once.
+func (m *metrics) curry() {
+	for _, o := range []cache.Outcome{cache.Miss, cache.Hit, cache.Collapsed} {
+		m.cacheGets[o] = m.cache.WithLabelValues(o.String())
+	}
+}
+
+// fetched counts one backend request.
+func (m *metrics) fetched(provider string, code codes.Code, took time.Duration) {
+	m.providersMu.Lock()
+	if !m.providers[provider] {
+		if len(m.providers) >= maxProviderLabels {
+			provider = "other"
+		} else {
+			m.providers[provider] = true
+		}
+	}
+	m.providersMu.Unlock()
+	m.fetches.WithLabelValues(provider, code.String()).Inc()
+	m.fetchDur.Observe(took.Seconds())
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -71,6 +72,7 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 		// Unmounted behind our back: forget it and publish afresh.
 		d.log.Warn("volume no longer mounted; publishing again", "volume_id", v.id, "target", v.target)
 		d.stopWatch(v)
+		d.release(v)
 		d.dropVolume(v)
 	}
 	return false, d.firstPublish(ctx, in)
@@ -144,6 +146,7 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 		if err == nil {
 			return
 		}
+		d.release(v)
 		if !mounted {
 			removeEmptyDir(in.target)
 		} else if uerr := tmpfs.Unmount(in.target); uerr != nil {
@@ -156,10 +159,11 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 	}
 	v.provider = cls.Provider
 	req := withClass(d.request(v, in), cls, nil)
-	files, res, err := d.fetchFiles(ctx, v, req)
+	files, res, fetched, err := d.fetchFiles(ctx, v, req)
 	if err != nil {
 		return err
 	}
+	defer cache.Wipe(res)
 	mode := os.FileMode(rootModeNoGroup)
 	if in.gid >= 0 {
 		mode = rootModeWithGroup
@@ -175,7 +179,7 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 	if _, err := w.Write(files); err != nil {
 		return writeError(v, err)
 	}
-	v.lastFetch, v.lastTry = time.Now(), time.Now()
+	v.lastFetch, v.lastTry = fetched, time.Now()
 	v.versions = res.Versions
 	v.req = req
 	if err := v.saveMetadata(); err != nil {
@@ -286,6 +290,7 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 		return status.Errorf(codes.Internal, "unmounting %s: %v", target, err)
 	}
 	if v != nil {
+		d.release(v)
 		d.dropVolume(v)
 		d.log.Info("volume unpublished", "volume_id", id, "target", target)
 	}

@@ -195,7 +195,8 @@ func TestNoSecretsInLogsOrMetrics(t *testing.T) {
 		}
 	}
 	for _, name := range []string{"secretfs_node_operations_total", "secretfs_node_operation_duration_seconds_bucket",
-		"secretfs_volumes_mounted", "secretfs_volume_refreshes_total", "secretfs_provider_fetches_total"} {
+		"secretfs_volumes_mounted", "secretfs_volume_refreshes_total", "secretfs_provider_fetches_total",
+		"secretfs_cache_requests_total", "secretfs_cache_entries"} {
 		if !strings.Contains(string(metrics), name) {
 			t.Errorf("metric %s missing", name)
 		}

@@ -49,6 +49,11 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 	}
 	kick := make(chan struct{}, 1)
 	stop, err := wp.Watch(req, func() {
+		// The cached answer predates the change: the refresh this kicks
+		// (and any other volume's fetch) must go to the backend.
+		if d.cache != nil {
+			d.cache.Invalidate(v.id, time.Now())
+		}
 		select {
 		case kick <- struct{}{}:
 		default: // a refresh is already pending

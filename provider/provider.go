@@ -67,7 +67,9 @@ type File struct {
 }
 
 // Result is the complete content of a volume: all files or an error, never a
-// partial set.
+// partial set. It belongs to the caller, which zeroes the file contents once
+// they are written (or the node cache lets go of them): a backend must not
+// keep or share the Contents slices it returns.
 type Result struct {
 	Files    []File
 	Versions []ObjectVersion

@@ -34,6 +34,7 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 		metricsAddr = fs.String("metrics-addr", ":9809", "address for /metrics (empty: off)")
 		regDir      = fs.String("registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
 		kubeletDir  = fs.String("kubelet-dir", "/var/lib/kubelet", "kubelet's root directory: after a restart only volumes below it are recovered")
+		useCache    = fs.Bool("cache", true, "share backend results between the volumes of one identity (namespace, service account, secret-ref data, class parameters) on this node, in memory only; false: every volume fetches for itself")
 		tmpfsSize   = quantityFlag{bytes: 8 << 20}
 		logs        logFlags
 		backends    backendFlags
@@ -85,6 +86,7 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 		Logger:           log,
 		Registerer:       registry,
 		RecoverUnder:     *kubeletDir,
+		DisableCache:     !*useCache,
 	})
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
