@@ -13,6 +13,7 @@ all: build
 
 include proto/proto.mk
 include test/cluster/cluster.mk
+include test/bench/bench.mk
 
 help:
 	@echo "make demo    build and run the driver with the fake backend on a real tmpfs"
@@ -55,6 +56,7 @@ lint:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+	$(MAKE) bench-load
 
 # Debian packages the tests need; idempotent.
 APT_PACKAGES := openssl containerd runc containernetworking-plugins busybox-static protobuf-compiler iptables file
