@@ -4,6 +4,8 @@
 #                          (default /tmp/secretfs-cluster)
 #   SECRETFS_K8S_BIN       where test/tools/build.sh puts the binaries
 #   SECRETFS_APISERVER_PORT, SECRETFS_ETCD_PORT   loopback ports (6443, 2379)
+#   SECRETFS_FAKEAZURE_PORT  loopback port the e2e tests serve the fake Azure
+#                          on, and the driver is pointed at (18443)
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 W=${SECRETFS_CLUSTER_DIR:-/tmp/secretfs-cluster}
@@ -17,6 +19,15 @@ ETCD_PORT=${SECRETFS_ETCD_PORT:-2379}
 ETCD_PEER_PORT=$((ETCD_PORT + 1))
 KUBECONFIG_ADMIN=$W/admin.kubeconfig
 DRIVER_NS=secretfs-system
+# External providers' sockets (the driver sees this as
+# /var/run/secrets-store-csi-providers).
+PROVIDERS_DIR=$W/providers
+# The fake Azure of the e2e tests: the driver trusts the CA in
+# $FAKEAZURE_DIR/ca.crt (its key stays in $PKI); the tests sign the fake's
+# serving certificate with it, so the driver can start before the fake.
+FAKEAZURE_PORT=${SECRETFS_FAKEAZURE_PORT:-18443}
+FAKEAZURE_DIR=$W/fakeazure
+FAKEAZURE_VAULT_SUFFIX=vault.azure.test
 NODE=localhost
 
 # Host paths the stack writes outside the work dir. up.sh records which of

@@ -84,6 +84,14 @@ if [[ ! -f $PKI/sa.key ]]; then
 	openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
 	openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
 fi
+# The CA of the e2e tests' fake Azure (see lib.sh).
+if [[ ! -f $PKI/fakeazure-ca.crt ]]; then
+	openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$PKI/fakeazure-ca.key" \
+		-subj "/CN=secretfs-e2e-fakeazure-ca" -days 30 -addext "basicConstraints=critical,CA:TRUE" \
+		-addext "keyUsage=critical,keyCertSign,cRLSign" -out "$PKI/fakeazure-ca.crt" 2>/dev/null
+fi
+mkdir -p "$FAKEAZURE_DIR" "$PROVIDERS_DIR"
+cp "$PKI/fakeazure-ca.crt" "$FAKEAZURE_DIR/ca.crt"
 chmod 600 "$PKI"/*.key
 
 token() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
@@ -278,6 +286,30 @@ patches:
               - name: driver
                 env:
                   - {name: KUBERNETES_SERVICE_PORT, value: "$APISERVER_PORT"}
+                volumeMounts:
+                  - {name: fakeazure-ca, mountPath: /etc/secretfs-fakeazure, readOnly: true}
+            volumes:
+              - name: fakeazure-ca
+                hostPath: {path: $FAKEAZURE_DIR, type: Directory}
+  # The fake Azure of the e2e tests (it listens only while they run).
+  - target: {kind: DaemonSet, name: secretfs-node}
+    patch: |-
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --azure-vault-suffix=$FAKEAZURE_VAULT_SUFFIX}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--azure-vault-address=127.0.0.1:$FAKEAZURE_PORT"}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--azure-authority-host=https://127.0.0.1:$FAKEAZURE_PORT/"}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --azure-ca-file=/etc/secretfs-fakeazure/ca.crt}
+  # Providers' sockets live in the work dir, not in the host's /var/run.
+  - target: {kind: DaemonSet}
+    patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {name: any}
+      spec:
+        template:
+          spec:
+            volumes:
+              - name: providers-dir
+                hostPath: {path: $PROVIDERS_DIR}
 EOF
 log "deploying secretfs (test/cluster/overlay, kubelet root $KUBELET_ROOT)"
 # kubelet's root dir is this cluster's, not /var/lib/kubelet: every host path
@@ -290,11 +322,13 @@ new_id=$(ctr -a "$CONTAINERD_SOCK" -n k8s.io images ls | awk '$1 == "docker.io/l
 echo "$new_id" >"$W/deploy/driver-image-id"
 if [[ -n $old_id && $old_id != "$new_id" ]]; then
 	log "driver image changed; restarting the driver"
-	kubectl_admin -n "$DRIVER_NS" rollout restart ds/secretfs-node >>"$LOGS/deploy.log"
+	kubectl_admin -n "$DRIVER_NS" rollout restart ds/secretfs-node ds/secretfs-provider-extfake >>"$LOGS/deploy.log"
 fi
 kubectl_admin wait --for condition=Established --timeout 60s crd/secretproviderclasses.secrets-store.csi.x-k8s.io >/dev/null
-kubectl_admin -n "$DRIVER_NS" rollout status ds/secretfs-node --timeout 180s >>"$LOGS/deploy.log" 2>&1 ||
-	die "the secretfs DaemonSet did not become ready (kubectl --kubeconfig $KUBECONFIG_ADMIN -n $DRIVER_NS describe pods)"
+for ds in secretfs-node secretfs-provider-extfake; do
+	kubectl_admin -n "$DRIVER_NS" rollout status "ds/$ds" --timeout 180s >>"$LOGS/deploy.log" 2>&1 ||
+		die "the DaemonSet $ds did not become ready (kubectl --kubeconfig $KUBECONFIG_ADMIN -n $DRIVER_NS describe pods)"
+done
 registered() {
 	kubectl_admin get csinode "$NODE" -o 'jsonpath={.spec.drivers[*].name}' | grep -qw csi.secretfs.dev
 }

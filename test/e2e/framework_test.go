@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -147,6 +148,12 @@ type object struct {
 // createFakeClass creates a SecretProviderClass for the fake backend.
 func createFakeClass(t *testing.T, ns, name string, objects []object, extra map[string]string) {
 	t.Helper()
+	createClass(t, ns, name, "fake", fakeParams(t, objects, extra))
+}
+
+// fakeParams are the fake backend's class parameters for objects.
+func fakeParams(t *testing.T, objects []object, extra map[string]string) map[string]any {
+	t.Helper()
 	list, err := yaml.Marshal(objects)
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +162,7 @@ func createFakeClass(t *testing.T, ns, name string, objects []object, extra map[
 	for k, v := range extra {
 		params[k] = v
 	}
-	createClass(t, ns, name, "fake", params)
+	return params
 }
 
 func createClass(t *testing.T, ns, name, provider string, params map[string]any) {
@@ -292,29 +299,37 @@ func waitEvent(t *testing.T, pod *corev1.Pod, reason string, want ...string) str
 
 // execIn runs a command in a container and returns its stdout.
 func execIn(ctx context.Context, ns, pod, container string, cmd ...string) (string, error) {
+	var stdout bytes.Buffer
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := streamIn(ctx, ns, pod, container, &stdout, cmd...)
+	return stdout.String(), err
+}
+
+// streamIn runs a command in a container, copying its stdout to stdout as
+// it comes, until it ends or ctx is done.
+func streamIn(ctx context.Context, ns, pod, container string, stdout io.Writer, cmd ...string) error {
 	req := client.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
 		VersionedParams(&corev1.PodExecOptions{Container: container, Command: cmd, Stdout: true, Stderr: true}, scheme.ParameterCodec)
 	ws, err := remotecommand.NewWebSocketExecutor(restConfig, "GET", req.URL().String())
 	if err != nil {
-		return "", err
+		return err
 	}
 	spdy, err := remotecommand.NewSPDYExecutor(restConfig, "POST", req.URL())
 	if err != nil {
-		return "", err
+		return err
 	}
 	exec, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
 		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
 	})
 	if err != nil {
-		return "", err
+		return err
 	}
-	var stdout, stderr bytes.Buffer
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
-		return stdout.String(), fmt.Errorf("exec %v in %s/%s[%s]: %w (stderr: %s)", cmd, ns, pod, container, err, strings.TrimSpace(stderr.String()))
+	var stderr bytes.Buffer
+	if err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: stdout, Stderr: &stderr}); err != nil {
+		return fmt.Errorf("exec %v in %s/%s[%s]: %w (stderr: %s)", cmd, ns, pod, container, err, strings.TrimSpace(stderr.String()))
 	}
-	return stdout.String(), nil
+	return nil
 }
 
 // execJSON runs a testapp subcommand and decodes its JSON output into out.

@@ -34,7 +34,7 @@ done
 "$kubectl" apply -k "$repo/test/e2e/overlay"
 "$kubectl" wait --for condition=Established --timeout 60s crd/secretproviderclasses.secrets-store.csi.x-k8s.io
 # A re-run with new images: make the driver pick them up.
-"$kubectl" -n secretfs-system rollout restart ds/secretfs-node
-"$kubectl" -n secretfs-system rollout status ds/secretfs-node --timeout 180s
+"$kubectl" -n secretfs-system rollout restart ds/secretfs-node ds/secretfs-provider-extfake
+for ds in secretfs-node secretfs-provider-extfake; do "$kubectl" -n secretfs-system rollout status "ds/$ds" --timeout 180s; done
 
 go test -C "$repo" -tags e2e -count=1 -timeout 20m -v ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"math/big"
 	"net/http"
@@ -198,4 +199,59 @@ func TestManagedIdentityEndpoint(t *testing.T) {
 func toJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// A given CA signs the server certificate, so a client that trusted that CA
+// before the fake started can connect; a certificate that is not a CA is
+// refused.
+func TestGivenCA(t *testing.T) {
+	ca, err := newCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(mustParse(t, ca.Certificate[0]))
+	for i := range 2 { // two servers from one CA, like a restarted fake
+		s, err := Start(Config{CA: ca})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		if got := mustParsePEM(t, s.CACertPEM); !got.Equal(mustParse(t, ca.Certificate[0])) {
+			t.Fatalf("server %d reports CA %q, want the given one", i, got.Subject)
+		}
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		code, _, _ := getJSON(t, c, http.MethodGet, s.URL+"/common/discovery/instance", nil, nil)
+		if code != http.StatusOK {
+			t.Fatalf("server %d: discovery = %d", i, code)
+		}
+	}
+
+	s, err := Start(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	leaf := &tls.Certificate{Certificate: s.srv.TLSConfig.Certificates[0].Certificate, PrivateKey: s.srv.TLSConfig.Certificates[0].PrivateKey}
+	if _, err := Start(Config{CA: leaf}); err == nil || !strings.Contains(err.Error(), "not a CA") {
+		t.Fatalf("a leaf certificate as CA: err = %v, want 'not a CA'", err)
+	}
+}
+
+func mustParse(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func mustParsePEM(t *testing.T, data []byte) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(data)
+	if block == nil {
+		t.Fatal("no PEM block")
+	}
+	return mustParse(t, block.Bytes)
 }

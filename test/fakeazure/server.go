@@ -19,6 +19,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -48,6 +49,10 @@ type Config struct {
 	PageSize int
 	// TokenLifetime of issued access tokens (default 1h).
 	TokenLifetime time.Duration
+	// CA, if set, signs the server certificate instead of a fresh CA made
+	// at start, so that clients configured before the fake starts (a
+	// driver reading its CA file once) can trust it.
+	CA *tls.Certificate
 }
 
 // DefaultTenantID is the tenant used when Config.TenantID is empty.
@@ -135,7 +140,7 @@ func Start(cfg Config) (*Server, error) {
 		tokens:    map[string]tokenInfo{},
 		created:   time.Unix(1_700_000_000, 0),
 	}
-	caPEM, cert, err := newTLSCert(cfg.VaultSuffix)
+	caPEM, cert, err := newTLSCert(cfg.VaultSuffix, cfg.CA)
 	if err != nil {
 		return nil, err
 	}
@@ -319,14 +324,64 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// newTLSCert makes a CA and a server certificate for loopback and
-// *.<suffix>.
-func newTLSCert(suffix string) ([]byte, tls.Certificate, error) {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// newTLSCert makes a server certificate for loopback and *.<suffix>, signed
+// by ca or, if nil, by a new CA. It returns the CA certificate as PEM.
+func newTLSCert(suffix string, ca *tls.Certificate) ([]byte, tls.Certificate, error) {
+	now := time.Now()
+	if ca == nil {
+		var err error
+		if ca, err = newCA(now); err != nil {
+			return nil, tls.Certificate{}, err
+		}
+	}
+	if len(ca.Certificate) == 0 {
+		return nil, tls.Certificate{}, errors.New("fakeazure: the CA has no certificate")
+	}
+	caCert, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil {
+		return nil, tls.Certificate{}, fmt.Errorf("fakeazure: CA certificate: %w", err)
+	}
+	if !caCert.IsCA {
+		return nil, tls.Certificate{}, errors.New("fakeazure: the CA certificate is not a CA (basicConstraints CA:TRUE)")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, tls.Certificate{}, err
 	}
-	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "fakeazure"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost", "*." + suffix},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	if caCert.NotAfter.Before(tmpl.NotAfter) {
+		tmpl.NotAfter = caCert.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)
+	if err != nil {
+		return nil, tls.Certificate{}, fmt.Errorf("fakeazure: signing the server certificate: %w", err)
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Certificate[0]})
+	return caPEM, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// serial is a random positive certificate serial number, so two servers
+// signed by one CA never reuse one.
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n.Add(n, big.NewInt(1))
+}
+
+// newCA makes a self-signed ECDSA CA.
+func newCA(now time.Time) (*tls.Certificate, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
 	caTmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "fakeazure CA"},
@@ -338,27 +393,7 @@ func newTLSCert(suffix string) ([]byte, tls.Certificate, error) {
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
-		return nil, tls.Certificate{}, err
+		return nil, err
 	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "fakeazure"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", "*." + suffix},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, tls.Certificate{}, err
-	}
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-	return caPEM, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	return &tls.Certificate{Certificate: [][]byte{caDER}, PrivateKey: caKey}, nil
 }

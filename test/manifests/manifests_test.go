@@ -214,3 +214,57 @@ func TestAllManifestsParse(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The example external provider puts its socket where the driver looks:
+// the same host directory, mounted at the path the driver searches by
+// default (--provider-dir), named after the provider of the example class.
+func TestExternalProviderExample(t *testing.T) {
+	const dir = "/var/run/secrets-store-csi-providers"
+	hostDir := func(ds *appsv1.DaemonSet, container string) (host, mount string, args []string) {
+		t.Helper()
+		spec := ds.Spec.Template.Spec
+		for _, c := range spec.Containers {
+			if c.Name != container {
+				continue
+			}
+			args = c.Args
+			for _, m := range c.VolumeMounts {
+				if m.MountPath != dir {
+					continue
+				}
+				for _, v := range spec.Volumes {
+					if v.Name == m.Name && v.HostPath != nil {
+						return v.HostPath.Path, m.MountPath, args
+					}
+				}
+			}
+		}
+		t.Fatalf("%s: container %s mounts no host directory at %s", ds.Name, container, dir)
+		return "", "", nil
+	}
+	var driver, ext appsv1.DaemonSet
+	decode(t, "daemonset.yaml", &driver)
+	decode(t, "examples/external-provider/daemonset.yaml", &ext)
+	dHost, _, dArgs := hostDir(&driver, "driver")
+	eHost, _, eArgs := hostDir(&ext, "provider")
+	if dHost != eHost {
+		t.Errorf("driver mounts providers' sockets from %s, the example provider writes to %s", dHost, eHost)
+	}
+	if slices.ContainsFunc(dArgs, func(a string) bool { return strings.HasPrefix(a, "--provider-dir") }) {
+		t.Errorf("driver args %q override --provider-dir; the default includes %s", dArgs, dir)
+	}
+	var class struct {
+		Spec struct {
+			Provider string `json:"provider"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(docs(t, "examples/external-provider/app/class.yaml")[0], &class); err != nil {
+		t.Fatal(err)
+	}
+	if want := "--endpoint=unix://" + dir + "/" + class.Spec.Provider + ".sock"; !slices.Contains(eArgs, want) {
+		t.Errorf("example provider args %q lack %s (the provider of app/class.yaml)", eArgs, want)
+	}
+	if ext.Spec.Template.Spec.AutomountServiceAccountToken == nil || *ext.Spec.Template.Spec.AutomountServiceAccountToken {
+		t.Error("the example provider mounts an API token it does not need")
+	}
+}

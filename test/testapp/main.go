@@ -9,10 +9,15 @@
 //	testapp find ROOT STRING      paths of regular files under ROOT containing STRING
 //	testapp rm FILE               remove FILE (missing is fine)
 //	testapp mounts STRING         mounts (mountinfo) whose mount point contains STRING
+//	testapp cat FILE              JSON of FILE's mode and base64 content (binary safe)
+//	testapp watch FILE N TIMEOUT  a JSON line with FILE's content now, then one per
+//	                              change (with the time it was seen) until N changes
+//	                              or TIMEOUT; for measuring rotation latency
 package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,15 +25,17 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: testapp sleep|dump|fstype|write|find|rm|mounts ...")
+		fail("usage: testapp sleep|dump|fstype|write|find|rm|mounts|cat|watch ...")
 	}
 	args := os.Args[2:]
 	var err error
@@ -54,6 +61,10 @@ func main() {
 		})
 	case "mounts":
 		err = need(args, 1, func() error { return mounts(args[0]) })
+	case "cat":
+		err = need(args, 1, func() error { return cat(args[0]) })
+	case "watch":
+		err = need(args, 3, func() error { return watch(args[0], args[1], args[2]) })
 	default:
 		err = fmt.Errorf("unknown subcommand %q", cmd)
 	}
@@ -237,4 +248,71 @@ func mounts(s string) error {
 		found = append(found, Mount{Path: fields[4], FSType: tail[0], Options: fields[5], Super: tail[2]})
 	}
 	return printJSON(found)
+}
+
+// Raw is one file as cat prints it.
+type Raw struct {
+	Mode   string `json:"mode"`
+	Base64 string `json:"base64"`
+}
+
+// cat prints file's mode and content; JSON strings cannot carry arbitrary
+// bytes, so the content is base64.
+func cat(file string) error {
+	st, err := os.Stat(file)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	return printJSON(Raw{Mode: fmt.Sprintf("%04o", st.Mode().Perm()), Base64: base64.StdEncoding.EncodeToString(data)})
+}
+
+// Seen is one line of watch: the content of the file and when this process
+// first saw it (Unix nanoseconds; pods on a node share its clock).
+type Seen struct {
+	Content  string `json:"content"`
+	UnixNano int64  `json:"unixNano"`
+}
+
+// watch reads file every millisecond, as an application polling its
+// secret would, and prints a line when the content differs from the last
+// line's. A missing file (between atomic swaps it never is) counts as "".
+func watch(file, count, timeout string) error {
+	n, err := strconv.Atoi(count)
+	if err != nil || n < 0 {
+		return fmt.Errorf("count %q is not a number >= 0", count)
+	}
+	d, err := time.ParseDuration(timeout)
+	if err != nil {
+		return fmt.Errorf("timeout: %w", err)
+	}
+	deadline := time.Now().Add(d)
+	read := func() string {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return ""
+		}
+		return string(data)
+	}
+	last := read()
+	if err := printJSON(Seen{Content: last, UnixNano: time.Now().UnixNano()}); err != nil {
+		return err
+	}
+	for changes := 0; changes < n; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d changes of %s seen in %v", changes, n, file, d)
+		}
+		time.Sleep(time.Millisecond)
+		if cur := read(); cur != last {
+			last = cur
+			changes++
+			if err := printJSON(Seen{Content: cur, UnixNano: time.Now().UnixNano()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -4,6 +4,10 @@
 //	fakeazure --listen 127.0.0.1:8443 --ca-out ca.pem --seed seed.yaml \
 //	  --jwks-file jwks.json --issuer https://kubernetes.default.svc
 //
+// With --ca-cert and --ca-key the server certificate is signed by that CA
+// (it needs basicConstraints CA:TRUE), so a driver started before the fake,
+// or a fake restarted under a running driver, is trusted all the same.
+//
 // Point the driver at it with --azure-vault-suffix <suffix>,
 // --azure-vault-address <listen>, --azure-authority-host https://<listen>/
 // and --azure-ca-file <ca-out>. For managed identity set IDENTITY_ENDPOINT
@@ -33,6 +37,8 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8443", "loopback host:port to listen on")
 	caOut := flag.String("ca-out", "", "write the CA certificate (PEM) that signs the server certificate to this file")
+	caCert := flag.String("ca-cert", "", "CA certificate (PEM) that signs the server certificate (default: a new CA); needs --ca-key")
+	caKey := flag.String("ca-key", "", "private key (PEM) of --ca-cert")
 	seedFile := flag.String("seed", "", "YAML seed: clients, managed identities, vaults (see package fakeazure)")
 	jwksFile := flag.String("jwks-file", "", "JSON Web Key Set that verifies client assertions")
 	jwksURL := flag.String("jwks-url", "", "fetch the JWKS from this loopback URL instead (for example the apiserver's /openid/v1/jwks)")
@@ -44,7 +50,18 @@ func main() {
 	identityHeader := flag.String("identity-header", "", "managed identity header secret (default random)")
 	flag.Parse()
 
-	srv, err := fakeazure.Start(fakeazure.Config{Addr: *listen, TenantID: *tenant, VaultSuffix: *suffix, Issuer: *issuer, IdentityHeader: *identityHeader})
+	cfg := fakeazure.Config{Addr: *listen, TenantID: *tenant, VaultSuffix: *suffix, Issuer: *issuer, IdentityHeader: *identityHeader}
+	if (*caCert == "") != (*caKey == "") {
+		log.Fatal("--ca-cert and --ca-key go together")
+	}
+	if *caCert != "" {
+		ca, err := tls.LoadX509KeyPair(*caCert, *caKey)
+		if err != nil {
+			log.Fatalf("--ca-cert/--ca-key: %v", err)
+		}
+		cfg.CA = &ca
+	}
+	srv, err := fakeazure.Start(cfg)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -1,0 +1,51 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// extProvider is the external provider of deploy/examples/external-provider:
+// `secretfs provider --backend fake` on <providers dir>/extfake.sock.
+const (
+	extProvider   = "extfake"
+	extProviderDS = "secretfs-provider-extfake"
+)
+
+// A class whose provider is not built in is served by an external provider
+// over the provider protocol: the example DaemonSet serves the fake backend
+// as "extfake" on a socket in the directory the driver searches. The pod
+// gets its files with their modes, and nothing is left once it is gone.
+func TestExternalProvider(t *testing.T) {
+	ds, err := client.AppsV1().DaemonSets(driverNamespace).Get(context.Background(), extProviderDS, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the external provider's DaemonSet %s/%s (deploy/examples/external-provider, deployed by test/e2e/overlay): %v",
+			driverNamespace, extProviderDS, err)
+	}
+	if ep := containerArgs(ds, "provider")["--endpoint"]; !strings.HasSuffix(ep, "/"+extProvider+".sock") {
+		t.Fatalf("the external provider serves %q; want a socket named %s.sock", ep, extProvider)
+	}
+	if err := poll(podTimeout, func() (bool, error) {
+		d, err := client.AppsV1().DaemonSets(driverNamespace).Get(context.Background(), extProviderDS, metav1.GetOptions{})
+		return err == nil && d.Status.NumberReady == d.Status.DesiredNumberScheduled && d.Status.NumberReady > 0, nil
+	}); err != nil {
+		t.Fatalf("the external provider's DaemonSet is not ready")
+	}
+
+	ns := newNamespace(t)
+	objects, want := threeObjects()
+	createClass(t, ns, "external", extProvider, fakeParams(t, objects, nil))
+	start := time.Now()
+	pod := waitReady(t, createAppPod(t, ns, "app", "external"))
+	t.Logf("pod Ready with a volume from the external provider %v after creation", time.Since(start).Round(time.Millisecond))
+	assertFiles(t, pod, want)
+
+	deletePod(t, pod)
+	assertNoTraces(t, pod, values(want)...)
+}
