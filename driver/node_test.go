@@ -610,3 +610,35 @@ func TestRepublishAdoptsUnknownVolume(t *testing.T) {
 		t.Fatalf("mounts %v", m)
 	}
 }
+
+// With CSIDriver serviceAccountTokenInSecrets: true kubelet sends the tokens
+// in the request's secrets: the backend gets them as tokens, and the
+// nodePublishSecretRef data it sees no longer carries them.
+func TestTokensFromSecrets(t *testing.T) {
+	e := newEnv(t, nil)
+	req := publishReq("vol-s", e.target("s"), "app", "team-a")
+	req.Secrets = map[string]string{
+		AttrTokens:     `{"":{"token":"pod-token","expirationTimestamp":"2030-01-01T00:00:00Z"}}`,
+		"clientsecret": "sp-secret",
+	}
+	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	got := e.prov.lastReq
+	if got.Tokens[""].Token != "pod-token" {
+		t.Fatalf("token not taken from secrets: %+v", got.Tokens)
+	}
+	if _, ok := got.Secrets[AttrTokens]; ok || got.Secrets["clientsecret"] != "sp-secret" || len(got.Secrets) != 1 {
+		t.Fatalf("secrets seen by the backend: %v keys", len(got.Secrets))
+	}
+	if err := e.unpublish("vol-s", e.target("s")); err != nil {
+		t.Fatal(err)
+	}
+
+	bad := publishReq("vol-b", e.target("b"), "app", "team-a")
+	bad.Secrets = map[string]string{AttrTokens: `{"":`}
+	_, err := e.node.NodePublishVolume(context.Background(), bad)
+	if status.Code(err) != codes.InvalidArgument || strings.Contains(err.Error(), `"":`) {
+		t.Fatalf("bad tokens in secrets: %v", err)
+	}
+}

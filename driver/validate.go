@@ -74,13 +74,46 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 	if err != nil {
 		return nil, err
 	}
+	secrets, err := tokensFromSecrets(vc, req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
 	return &publishInput{
 		volumeID: req.GetVolumeId(),
 		target:   req.GetTargetPath(),
 		vc:       vc,
 		gid:      gid,
-		secrets:  req.GetSecrets(),
+		secrets:  secrets,
 	}, nil
+}
+
+// tokensFromSecrets takes the pod's tokens from the request's secrets, where
+// kubelet puts them for a CSIDriver with serviceAccountTokenInSecrets: true
+// (the CSI field meant for sensitive data, which no request logger prints).
+// The key is removed from what backends see as nodePublishSecretRef data, so
+// a fresh token per pod does not change the node cache key.
+func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string]string, error) {
+	raw, ok := secrets[AttrTokens]
+	if !ok {
+		return secrets, nil
+	}
+	rest := make(map[string]string, len(secrets)-1)
+	for k, v := range secrets {
+		if k != AttrTokens {
+			rest[k] = v
+		}
+	}
+	if raw == "" {
+		return rest, nil
+	}
+	toks, err := parseTokens(raw)
+	if err != nil {
+		return nil, err
+	}
+	if vc.Tokens == nil {
+		vc.Tokens = toks
+	}
+	return rest, nil
 }
 
 // validateCapability accepts mount access on tmpfs and returns the group

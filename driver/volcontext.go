@@ -117,20 +117,20 @@ func parseTokens(raw string) (map[string]provider.Token, error) {
 		if errors.As(err, &se) {
 			where = fmt.Sprintf(" (syntax error at byte %d)", se.Offset)
 		}
-		return nil, provider.InvalidArgument("volume attribute %s is not a JSON object of audience -> {token, expirationTimestamp}%s: check the CSIDriver tokenRequests", AttrTokens, where)
+		return nil, provider.InvalidArgument("kubelet's %s is not a JSON object of audience -> {token, expirationTimestamp}%s: check the CSIDriver tokenRequests", AttrTokens, where)
 	}
 	out := make(map[string]provider.Token, len(wire))
 	for aud, w := range wire {
 		if !utf8.ValidString(aud) || strings.ContainsFunc(aud, unicode.IsControl) || len(aud) > 1024 {
-			return nil, provider.InvalidArgument("volume attribute %s has an audience that is not printable text", AttrTokens)
+			return nil, provider.InvalidArgument("kubelet's %s has an audience that is not printable text", AttrTokens)
 		}
 		if w == nil || w.Token == nil || *w.Token == "" {
-			return nil, provider.InvalidArgument("volume attribute %s: the token for audience %q is missing or empty", AttrTokens, aud)
+			return nil, provider.InvalidArgument("kubelet's %s: the token for audience %q is missing or empty", AttrTokens, aud)
 		}
 		t := provider.Token{Token: *w.Token}
 		if w.ExpirationTimestamp != nil && *w.ExpirationTimestamp != "" {
 			if err := t.ExpirationTimestamp.UnmarshalText([]byte(*w.ExpirationTimestamp)); err != nil {
-				return nil, provider.InvalidArgument("volume attribute %s: the expirationTimestamp for audience %q is not an RFC 3339 time", AttrTokens, aud)
+				return nil, provider.InvalidArgument("kubelet's %s: the expirationTimestamp for audience %q is not an RFC 3339 time", AttrTokens, aud)
 			}
 		}
 		out[aud] = t
