@@ -149,7 +149,7 @@ func (s *Server) managedToken(w http.ResponseWriter, r *http.Request) {
 	tok := s.issue(clientID, resource)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"access_token": tok, "token_type": "Bearer", "resource": resource, "client_id": clientID,
-		"expires_on": strconv.FormatInt(time.Now().Add(s.cfg.TokenLifetime).Unix(), 10),
+		"expires_on": strconv.FormatInt(s.cfg.Now().Add(s.cfg.TokenLifetime).Unix(), 10),
 	})
 }
 
@@ -157,7 +157,7 @@ func (s *Server) issue(clientID, resource string) string {
 	tok := randomHex(32)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.tokens[tok] = tokenInfo{clientID: clientID, resource: resource, expires: time.Now().Add(s.cfg.TokenLifetime)}
+	s.tokens[tok] = tokenInfo{clientID: clientID, resource: resource, expires: s.cfg.Now().Add(s.cfg.TokenLifetime)}
 	return tok
 }
 
@@ -170,7 +170,7 @@ func (s *Server) bearer(r *http.Request) (tokenInfo, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ti, ok := s.tokens[tok]
-	if !ok || time.Now().After(ti.expires) {
+	if !ok || s.cfg.Now().After(ti.expires) {
 		return tokenInfo{}, false
 	}
 	return ti, true
@@ -218,7 +218,7 @@ func (s *Server) checkAssertion(clientID, jwt string) error {
 	if err := decodeSegment(parts[1], &claims); err != nil {
 		return errors.New("client assertion claims are malformed")
 	}
-	now := time.Now().Unix()
+	now := s.cfg.Now().Unix()
 	switch {
 	case claims.Iss != s.cfg.Issuer:
 		return fmt.Errorf("client assertion issuer %q is not %q", claims.Iss, s.cfg.Issuer)

@@ -48,6 +48,9 @@ type Config struct {
 	PageSize int
 	// TokenLifetime of issued access tokens (default 1h).
 	TokenLifetime time.Duration
+	// Now is the clock for issuing tokens and checking their expiry
+	// (default time.Now), so tests can expire tokens without waiting.
+	Now func() time.Time
 }
 
 // DefaultTenantID is the tenant used when Config.TenantID is empty.
@@ -124,6 +127,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.TokenLifetime <= 0 {
 		cfg.TokenLifetime = time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	s := &Server{
 		cfg:       cfg,
