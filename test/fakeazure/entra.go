@@ -294,7 +294,18 @@ func parseJWKS(data []byte) (*keySet, error) {
 			default:
 				continue
 			}
-			ks.keys = append(ks.keys, jwkKey{k.Kid, &ecdsa.PublicKey{Curve: c, X: b(k.X), Y: b(k.Y)}})
+			// An uncompressed point: 0x04, then X and Y, each padded to the
+			// curve's size.
+			size := (c.Params().BitSize + 7) / 8
+			point := make([]byte, 1+2*size)
+			point[0] = 4
+			b(k.X).FillBytes(point[1 : 1+size])
+			b(k.Y).FillBytes(point[1+size:])
+			pub, err := ecdsa.ParseUncompressedPublicKey(c, point)
+			if err != nil {
+				continue
+			}
+			ks.keys = append(ks.keys, jwkKey{k.Kid, pub})
 		}
 	}
 	if len(ks.keys) == 0 {
