@@ -16,13 +16,19 @@ include test/cluster/cluster.mk
 include test/bench/bench.mk
 
 help:
-	@echo "make demo    build and run the driver with the fake backend on a real tmpfs"
-	@echo "make test    lint, unit, integration, csi-sanity and e2e tests (root)"
-	@echo "make fuzz    run every fuzz target for FUZZTIME ($(FUZZTIME)) each"
-	@echo "make sanity  csi-sanity against the driver"
-	@echo "make bench   benchmarks and the load harness"
-	@echo "make e2e     start a real single-node cluster, run the e2e suite, stop it"
-	@echo "make proto   regenerate the provider protocol's Go code"
+	@echo "make build       bin/secretfs"
+	@echo "make demo        build and run the driver with the fake backend on a real tmpfs"
+	@echo "make test        lint, unit, integration, csi-sanity and e2e tests (root)"
+	@echo "make unit        go test of every package (root; includes integration and csi-sanity)"
+	@echo "make lint        gofmt and go vet"
+	@echo "make fuzz        run every fuzz target for FUZZTIME ($(FUZZTIME)) each"
+	@echo "make sanity      csi-sanity against the driver"
+	@echo "make bench       benchmarks, then the load harness (make bench-load)"
+	@echo "make e2e         start a real single-node cluster, run the e2e suite, stop it"
+	@echo "make e2e-kind    the e2e suite on a kind cluster"
+	@echo "make cluster-up  keep the local cluster running (make cluster-down stops it)"
+	@echo "make proto       regenerate the provider protocol's Go code"
+	@echo "make deps        install the Debian packages the tests need"
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/secretfs ./cmd/secretfs

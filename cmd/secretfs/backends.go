@@ -41,12 +41,18 @@ type backendFlags struct {
 	kubeQPS      float64
 }
 
-func (b *backendFlags) register(fs *flag.FlagSet) {
+// registerExternal registers the flags for reaching external providers,
+// which only the commands that resolve class providers (driver, mount) use.
+func (b *backendFlags) registerExternal(fs *flag.FlagSet) {
 	fs.StringVar(&b.providerDirs, "provider-dir", "/var/run/secrets-store-csi-providers,/etc/kubernetes/secrets-store-csi-providers",
 		"comma-separated directories searched for <provider>.sock of external providers")
 	fs.DurationVar(&b.providerTimeout, "provider-timeout", plugin.DefaultTimeout, "deadline of one call to an external provider")
 	b.providerMaxMsg.bytes = plugin.DefaultMaxRecvMsgSize
 	fs.Var(&b.providerMaxMsg, "provider-max-message-size", "largest response accepted from an external provider")
+}
+
+// register registers the flags of the built-in backends.
+func (b *backendFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&b.fakeDataDir, "fake-data-dir", "", "fake backend: files <dir>/<namespace>/<objectName> override values (for tests and demos)")
 	fs.StringVar(&b.azureVaultSuffix, "azure-vault-suffix", "", "azure: Key Vault DNS suffix replacing the cloud's (private or sovereign clouds)")
 	fs.StringVar(&b.azureAuthorityHost, "azure-authority-host", "", "azure: Entra ID authority host URL replacing the cloud's (https)")

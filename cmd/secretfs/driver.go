@@ -42,6 +42,7 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&tmpfsSize, "tmpfs-size", "size cap of each volume's tmpfs (a quantity, e.g. 8Mi)")
 	logs.register(fs)
 	backends.register(fs)
+	backends.registerExternal(fs)
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}

@@ -30,8 +30,7 @@ func newFlagSet(name, synopsis string, stdout io.Writer) *flag.FlagSet {
 func parse(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
 	err := fs.Parse(args)
 	switch {
-	case errors.Is(err, flag.ErrHelp):
-		fs.Usage()
+	case errors.Is(err, flag.ErrHelp): // Parse has printed the usage
 		return 0, false
 	case err != nil:
 		fmt.Fprintf(stderr, "%s: %v (see %s -h)\n", fs.Name(), err, fs.Name())

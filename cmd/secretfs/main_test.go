@@ -50,6 +50,26 @@ func TestHelpAndVersion(t *testing.T) {
 		if code := run(args, &stdout, io.Discard); code != 0 || stdout.Len() == 0 {
 			t.Errorf("%v: exit %d, output %q", args, code, stdout.String())
 		}
+		if n := strings.Count(stdout.String(), "Usage"); len(args) > 1 && args[1] == "-h" && n != 1 {
+			t.Errorf("%v: usage printed %d times, want once", args, n)
+		}
+	}
+	// Flags are offered only by the commands that use them.
+	for _, tc := range []struct {
+		cmd  string
+		flag string
+		want bool
+	}{
+		{"driver", "-provider-dir", true},
+		{"mount", "-provider-dir", true},
+		{"provider", "-provider-dir", false},
+		{"provider", "-provider-timeout", false},
+	} {
+		var stdout bytes.Buffer
+		run([]string{tc.cmd, "-h"}, &stdout, io.Discard)
+		if got := strings.Contains(stdout.String(), tc.flag+" "); got != tc.want {
+			t.Errorf("secretfs %s -h lists %s: %v, want %v", tc.cmd, tc.flag, got, tc.want)
+		}
 	}
 }
 
@@ -59,6 +79,9 @@ func TestMountNotRoot(t *testing.T) {
 		os.Exit(run([]string{"mount", "--class", os.Args[len(os.Args)-2], "--target", os.Args[len(os.Args)-1]}, os.Stdout, os.Stderr))
 	}
 	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("TestMountNotRoot starts a process as another user and must run as root")
+		}
 		t.Skip("needs root to start a process as another user")
 	}
 	dir := t.TempDir()

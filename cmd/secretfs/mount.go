@@ -26,6 +26,7 @@ func runMount(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&tmpfsSize, "tmpfs-size", "size cap of the tmpfs (a quantity, e.g. 8Mi)")
 	logs.register(fs)
 	backends.register(fs)
+	backends.registerExternal(fs)
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,16 +281,18 @@ func TestWorkloadIdentityUsesCurrentPodToken(t *testing.T) {
 
 func TestWorkloadIdentityAssertionReadsNewestToken(t *testing.T) {
 	// Entra ID tokens that live 1s force a new exchange on the second mount;
-	// the first pod token has expired by then, so success proves the
-	// assertion callback read the newest one.
-	e := newTestEnvWith(t, fakeazure.Config{TokenLifetime: time.Second}, nil)
+	// the fake's clock is then moved past the first pod token's expiry, so
+	// success proves the assertion callback read the newest one.
+	var skew atomic.Int64
+	now := func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	e := newTestEnvWith(t, fakeazure.Config{TokenLifetime: time.Second, Now: now}, nil)
 	e.vault.SetSecret("s", "x", "")
 	req := e.spRequest("- objectName: s\n  objectType: secret\n")
 	req.Secrets = nil
 	req.Parameters["clientID"] = wiClient
 	req.Tokens = map[string]provider.Token{WorkloadIdentityAudience: {Token: e.saToken(t, "system:serviceaccount:team-a:app", 1*time.Second)}}
 	e.fetch(t, req)
-	time.Sleep(2100 * time.Millisecond)
+	skew.Store(int64(2 * time.Second)) // the first pod token has expired for Entra ID
 	before := e.fake.Count("token.assertion")
 	req.Tokens = map[string]provider.Token{WorkloadIdentityAudience: {Token: e.saToken(t, "system:serviceaccount:team-a:app", time.Hour)}}
 	e.fetch(t, req)

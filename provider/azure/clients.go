@@ -170,7 +170,7 @@ func newHTTPClient(o *Options) (*http.Client, error) {
 
 // clientOptions are the azcore options for Key Vault and Entra ID clients:
 // our transport, few fast retries for transient faults, and none for 429,
-// which fetchWithThrottle handles with its own budget.
+// which fetcher.call retries within its own budget.
 func (p *Provider) clientOptions(cfg *config) azcore.ClientOptions {
 	authority := cfg.cloud.authorityHost
 	if p.opts.AuthorityHost != "" {

@@ -442,9 +442,17 @@ func (w *sharedWatch) sleep(ctx context.Context, d time.Duration) bool {
 	return true
 }
 
+// maxLoggedForbidden bounds the keys remembered by logForbiddenOnce: every
+// republish of a volume without watch permission asks again, so the keys
+// must outlive the volumes, but not grow with every pod the node ever ran.
+const maxLoggedForbidden = 4096
+
 func (p *Provider) logForbiddenOnce(key watchKey, log interface{ Warn(string, ...any) }) {
 	p.mu.Lock()
 	first := !p.loggedNo[key]
+	if first && len(p.loggedNo) >= maxLoggedForbidden {
+		clear(p.loggedNo) // bound memory: keys of pods long gone may log again
+	}
 	p.loggedNo[key] = true
 	p.mu.Unlock()
 	if first {

@@ -289,3 +289,25 @@ func TestWatchReconnectsWithCurrentToken(t *testing.T) {
 		t.Errorf("a stopped subscription was notified")
 	}
 }
+
+// The keys remembered to log a forbidden watch once stay bounded however many
+// service accounts and Secrets come and go.
+func TestLogForbiddenOnceIsBounded(t *testing.T) {
+	p := &Provider{loggedNo: map[watchKey]bool{}}
+	var logged int
+	log := warnFunc(func(string, ...any) { logged++ })
+	for i := range 2 * maxLoggedForbidden {
+		p.logForbiddenOnce(watchKey{"ns", fmt.Sprint("s", i), "sa"}, log)
+	}
+	p.logForbiddenOnce(watchKey{"ns", fmt.Sprint("s", 2*maxLoggedForbidden-1), "sa"}, log)
+	if logged != 2*maxLoggedForbidden {
+		t.Errorf("logged %d times, want once per key (%d)", logged, 2*maxLoggedForbidden)
+	}
+	if n := len(p.loggedNo); n > maxLoggedForbidden {
+		t.Errorf("%d keys remembered, want at most %d", n, maxLoggedForbidden)
+	}
+}
+
+type warnFunc func(string, ...any)
+
+func (f warnFunc) Warn(msg string, args ...any) { f(msg, args...) }

@@ -149,7 +149,7 @@ func (s *Server) managedToken(w http.ResponseWriter, r *http.Request) {
 	tok := s.issue(clientID, resource)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"access_token": tok, "token_type": "Bearer", "resource": resource, "client_id": clientID,
-		"expires_on": strconv.FormatInt(time.Now().Add(s.cfg.TokenLifetime).Unix(), 10),
+		"expires_on": strconv.FormatInt(s.cfg.Now().Add(s.cfg.TokenLifetime).Unix(), 10),
 	})
 }
 
@@ -157,7 +157,7 @@ func (s *Server) issue(clientID, resource string) string {
 	tok := randomHex(32)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.tokens[tok] = tokenInfo{clientID: clientID, resource: resource, expires: time.Now().Add(s.cfg.TokenLifetime)}
+	s.tokens[tok] = tokenInfo{clientID: clientID, resource: resource, expires: s.cfg.Now().Add(s.cfg.TokenLifetime)}
 	return tok
 }
 
@@ -170,7 +170,7 @@ func (s *Server) bearer(r *http.Request) (tokenInfo, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ti, ok := s.tokens[tok]
-	if !ok || time.Now().After(ti.expires) {
+	if !ok || s.cfg.Now().After(ti.expires) {
 		return tokenInfo{}, false
 	}
 	return ti, true
@@ -218,7 +218,7 @@ func (s *Server) checkAssertion(clientID, jwt string) error {
 	if err := decodeSegment(parts[1], &claims); err != nil {
 		return errors.New("client assertion claims are malformed")
 	}
-	now := time.Now().Unix()
+	now := s.cfg.Now().Unix()
 	switch {
 	case claims.Iss != s.cfg.Issuer:
 		return fmt.Errorf("client assertion issuer %q is not %q", claims.Iss, s.cfg.Issuer)
@@ -294,7 +294,18 @@ func parseJWKS(data []byte) (*keySet, error) {
 			default:
 				continue
 			}
-			ks.keys = append(ks.keys, jwkKey{k.Kid, &ecdsa.PublicKey{Curve: c, X: b(k.X), Y: b(k.Y)}})
+			// An uncompressed point: 0x04, then X and Y, each padded to the
+			// curve's size.
+			size := (c.Params().BitSize + 7) / 8
+			point := make([]byte, 1+2*size)
+			point[0] = 4
+			b(k.X).FillBytes(point[1 : 1+size])
+			b(k.Y).FillBytes(point[1+size:])
+			pub, err := ecdsa.ParseUncompressedPublicKey(c, point)
+			if err != nil {
+				continue
+			}
+			ks.keys = append(ks.keys, jwkKey{k.Kid, pub})
 		}
 	}
 	if len(ks.keys) == 0 {

@@ -3,6 +3,8 @@ package fakeazure
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -11,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -254,4 +257,41 @@ func mustParsePEM(t *testing.T, data []byte) *x509.Certificate {
 		t.Fatal("no PEM block")
 	}
 	return mustParse(t, block.Bytes)
+}
+
+// An ES256 assertion verifies against an EC key of the JWKS, including a key
+// whose coordinates have leading zero bytes (short base64), and not against
+// another key.
+func TestJWKSECKey(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := key.PublicKey.Bytes() // 0x04 || X || Y
+		if err != nil {
+			t.Fatal(err)
+		}
+		trim := func(b []byte) string { return base64.RawURLEncoding.EncodeToString(new(big.Int).SetBytes(b).Bytes()) }
+		jwks := fmt.Sprintf(`{"keys":[{"kty":"EC","kid":"ec","crv":"P-256","x":%q,"y":%q}]}`, trim(raw[1:33]), trim(raw[33:]))
+		ks, err := parseJWKS([]byte(jwks))
+		if err != nil {
+			t.Fatal(err)
+		}
+		signed := []byte("header.claims")
+		sum := sha256.Sum256(signed)
+		r, s, err := ecdsa.Sign(rand.Reader, key, sum[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig := make([]byte, 64)
+		r.FillBytes(sig[:32])
+		s.FillBytes(sig[32:])
+		if !ks.verify("ES256", "ec", signed, sig) {
+			t.Fatalf("key %d: a valid ES256 signature does not verify", i)
+		}
+		if ks.verify("ES256", "ec", []byte("other"), sig) {
+			t.Fatalf("key %d: a signature verifies for other content", i)
+		}
+	}
 }

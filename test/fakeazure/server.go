@@ -53,6 +53,9 @@ type Config struct {
 	// at start, so that clients configured before the fake starts (a
 	// driver reading its CA file once) can trust it.
 	CA *tls.Certificate
+	// Now is the clock for issuing tokens and checking their expiry
+	// (default time.Now), so tests can expire tokens without waiting.
+	Now func() time.Time
 }
 
 // DefaultTenantID is the tenant used when Config.TenantID is empty.
@@ -129,6 +132,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.TokenLifetime <= 0 {
 		cfg.TokenLifetime = time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	s := &Server{
 		cfg:       cfg,
