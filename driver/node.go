@@ -172,11 +172,7 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 		return status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
 	}
 	mounted = true
-	if err := tmpfs.Verify(in.target); err != nil {
-		return status.Errorf(codes.Internal, "refusing to write: %v", err)
-	}
-	w := &atomicwriter.Writer{Dir: in.target, GID: in.gid}
-	if _, err := w.Write(files); err != nil {
+	if _, err := d.writer(v).Write(files); err != nil {
 		return writeError(v, err)
 	}
 	v.lastFetch, v.lastTry = fetched, time.Now()
@@ -234,9 +230,19 @@ func removeEmptyDir(target string) {
 	}
 }
 
+// writer writes v's files, after checking (with statfs on the very
+// directory it writes to) that v's target is a tmpfs.
+func (d *Driver) writer(v *volume) *atomicwriter.Writer {
+	return &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }}
+}
+
 // writeError turns a write failure into a status: a full tmpfs is the
-// class's fault (too much data), anything else is ours.
+// class's fault (too much data), a target that is not a tmpfs a refusal,
+// anything else is ours.
 func writeError(v *volume, err error) error {
+	if errors.Is(err, atomicwriter.ErrRefused) {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
 		return status.Errorf(codes.ResourceExhausted, "class %q does not fit in the volume's tmpfs: %v", v.class, err)
 	}
