@@ -407,23 +407,23 @@ func closeUnless(fd, keep int) {
 	}
 }
 
+var direntBufs = sync.Pool{New: func() any { return new([8192]byte) }}
+
 // dirent is one directory entry: its name and its type bits (S_IFDIR, ...).
 type dirent struct {
 	name string
 	typ  uint32
 }
 
-// readDirAt lists the directory dfd without "." and ".." (from its start;
-// dfd itself is not moved). Types come from getdents; only a file system
-// that does not report them costs an fstatat per entry.
-func readDirAt(dfd int) ([]dirent, error) {
-	fd, err := openat(dfd, ".", dirFlags, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
+// readDirAt lists the directory fd without "." and "..". It reads from the
+// descriptor's offset, so each descriptor is listed once (the *at calls
+// made on it do not care where its offset is). Types come from getdents;
+// only a file system that does not report them costs an fstatat per entry.
+func readDirAt(fd int) ([]dirent, error) {
 	var out []dirent
-	buf := make([]byte, 8192)
+	bp := direntBufs.Get().(*[8192]byte)
+	defer direntBufs.Put(bp)
+	buf := bp[:]
 	for {
 		n, err := unix.Getdents(fd, buf)
 		if errors.Is(err, unix.EINTR) {
