@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"time"
 
@@ -183,8 +184,10 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 	}
 	d.setVolume(v)
 	d.startWatch(ctx, v)
-	d.log.Info("volume published", "volume_id", v.id, "target", v.target, "namespace", v.pod.Namespace,
-		"pod", v.pod.Name, "class", v.class, "provider", v.provider, "files", len(files))
+	// LogAttrs: typed attributes, no boxing of each value on the hot path.
+	d.log.LogAttrs(ctx, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
+		slog.String("namespace", v.pod.Namespace), slog.String("pod", v.pod.Name), slog.String("class", v.class),
+		slog.String("provider", v.provider), slog.Int("files", len(files)))
 	return nil
 }
 
@@ -298,7 +301,7 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 	if v != nil {
 		d.release(v)
 		d.dropVolume(v)
-		d.log.Info("volume unpublished", "volume_id", id, "target", target)
+		d.log.LogAttrs(ctx, slog.LevelInfo, "volume unpublished", slog.String("volume_id", id), slog.String("target", target))
 	}
 	return nil
 }

@@ -246,12 +246,12 @@ func (w *Writer) writeFile(gfd int, f File) error {
 	}
 	werr := writeAll(fd, f.Data)
 	if werr == nil && w.GID >= 0 {
-		werr = ignoringEINTR(func() error { return unix.Fchown(fd, -1, w.GID) })
+		werr = fchown(fd, w.GID)
 	}
 	if werr == nil && uint32(f.Mode)&processUmask() != 0 {
 		// The umask took bits away at create time; chown never clears
 		// permission bits, so this is the last word.
-		werr = ignoringEINTR(func() error { return unix.Fchmod(fd, uint32(f.Mode)) })
+		werr = fchmod(fd, uint32(f.Mode))
 	}
 	cerr := unix.Close(fd)
 	if werr == nil {
@@ -265,13 +265,13 @@ func (w *Writer) writeFile(gfd int, f File) error {
 
 func (w *Writer) fixDir(dfd int, name string) error {
 	if w.GID >= 0 {
-		if err := ignoringEINTR(func() error { return unix.Fchownat(dfd, name, -1, w.GID, unix.AT_SYMLINK_NOFOLLOW) }); err != nil {
+		if err := lchownat(dfd, name, w.GID); err != nil {
 			return fmt.Errorf("setting the group of %q: %w", name, err)
 		}
 	}
 	if dirMode&processUmask() != 0 {
 		// fchmodat does not follow: name was just made by mkdirat.
-		if err := ignoringEINTR(func() error { return unix.Fchmodat(dfd, name, dirMode, 0) }); err != nil {
+		if err := fchmodat(dfd, name, dirMode); err != nil {
 			return fmt.Errorf("setting the mode of %q: %w", name, err)
 		}
 	}
@@ -527,41 +527,90 @@ func processUmask() uint32 {
 // System calls, retried on EINTR (Go installs its signal handlers with
 // SA_RESTART, but a file system may still return EINTR).
 
-func ignoringEINTR(fn func() error) error {
-	for {
-		if err := fn(); !errors.Is(err, unix.EINTR) {
-			return err
-		}
-	}
-}
+// Each wrapper loops itself rather than taking a closure: a closure that
+// captures its arguments is an allocation per call on the publish path.
 
 func openat(dfd int, name string, flags int, mode uint32) (int, error) {
 	for {
 		fd, err := unix.Openat(dfd, name, flags, mode)
-		if !errors.Is(err, unix.EINTR) {
+		if err != unix.EINTR {
 			return fd, err
 		}
 	}
 }
 
 func fstatat(dfd int, name string, st *unix.Stat_t, flags int) error {
-	return ignoringEINTR(func() error { return unix.Fstatat(dfd, name, st, flags) })
+	for {
+		if err := unix.Fstatat(dfd, name, st, flags); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 func mkdirat(dfd int, name string, mode uint32) error {
-	return ignoringEINTR(func() error { return unix.Mkdirat(dfd, name, mode) })
+	for {
+		if err := unix.Mkdirat(dfd, name, mode); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 func unlinkat(dfd int, name string, flags int) error {
-	return ignoringEINTR(func() error { return unix.Unlinkat(dfd, name, flags) })
+	for {
+		if err := unix.Unlinkat(dfd, name, flags); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 func symlinkat(target string, dfd int, name string) error {
-	return ignoringEINTR(func() error { return unix.Symlinkat(target, dfd, name) })
+	for {
+		if err := unix.Symlinkat(target, dfd, name); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 func renameat(olddfd int, oldname string, newdfd int, newname string) error {
-	return ignoringEINTR(func() error { return unix.Renameat(olddfd, oldname, newdfd, newname) })
+	for {
+		if err := unix.Renameat(olddfd, oldname, newdfd, newname); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func fchown(fd, gid int) error {
+	for {
+		if err := unix.Fchown(fd, -1, gid); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func lchownat(dfd int, name string, gid int) error {
+	for {
+		if err := unix.Fchownat(dfd, name, -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func fchmod(fd int, mode uint32) error {
+	for {
+		if err := unix.Fchmod(fd, mode); err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// fchmodat does not follow a final symlink only because callers pass
+// names they just created with mkdirat.
+func fchmodat(dfd int, name string, mode uint32) error {
+	for {
+		if err := unix.Fchmodat(dfd, name, mode, 0); err != unix.EINTR {
+			return err
+		}
+	}
 }
 
 func readlinkat(dfd int, name string) (string, error) {
@@ -628,7 +677,7 @@ func ReplaceFile(dir, name string, data []byte, mode fs.FileMode) error {
 	}
 	werr := writeAll(fd, data)
 	if werr == nil && uint32(mode.Perm())&processUmask() != 0 {
-		werr = ignoringEINTR(func() error { return unix.Fchmod(fd, uint32(mode.Perm())) })
+		werr = fchmod(fd, uint32(mode.Perm()))
 	}
 	if cerr := unix.Close(fd); werr == nil {
 		werr = cerr
