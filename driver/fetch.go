@@ -9,7 +9,6 @@ import (
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/cache"
-	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -197,10 +196,7 @@ func (d *Driver) refreshOnce(ctx context.Context, v *volume) (bool, error) {
 		return false, err
 	}
 	defer cache.Wipe(res)
-	if err := tmpfs.Verify(v.target); err != nil {
-		return false, provider.Errorf(codes.Internal, "refusing to write: %v", err)
-	}
-	changed, err := (&atomicwriter.Writer{Dir: v.target, GID: v.gid}).Write(files)
+	changed, err := d.writer(v).Write(files)
 	if err != nil {
 		return false, writeError(v, err)
 	}

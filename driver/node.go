@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"time"
 
@@ -172,11 +173,7 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 		return status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
 	}
 	mounted = true
-	if err := tmpfs.Verify(in.target); err != nil {
-		return status.Errorf(codes.Internal, "refusing to write: %v", err)
-	}
-	w := &atomicwriter.Writer{Dir: in.target, GID: in.gid}
-	if _, err := w.Write(files); err != nil {
+	if _, err := d.writer(v).Write(files); err != nil {
 		return writeError(v, err)
 	}
 	v.lastFetch, v.lastTry = fetched, time.Now()
@@ -187,8 +184,10 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error)
 	}
 	d.setVolume(v)
 	d.startWatch(ctx, v)
-	d.log.Info("volume published", "volume_id", v.id, "target", v.target, "namespace", v.pod.Namespace,
-		"pod", v.pod.Name, "class", v.class, "provider", v.provider, "files", len(files))
+	// LogAttrs: typed attributes, no boxing of each value on the hot path.
+	d.log.LogAttrs(ctx, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
+		slog.String("namespace", v.pod.Namespace), slog.String("pod", v.pod.Name), slog.String("class", v.class),
+		slog.String("provider", v.provider), slog.Int("files", len(files)))
 	return nil
 }
 
@@ -234,9 +233,19 @@ func removeEmptyDir(target string) {
 	}
 }
 
+// writer writes v's files, after checking (with statfs on the very
+// directory it writes to) that v's target is a tmpfs.
+func (d *Driver) writer(v *volume) *atomicwriter.Writer {
+	return &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }}
+}
+
 // writeError turns a write failure into a status: a full tmpfs is the
-// class's fault (too much data), anything else is ours.
+// class's fault (too much data), a target that is not a tmpfs a refusal,
+// anything else is ours.
 func writeError(v *volume, err error) error {
+	if errors.Is(err, atomicwriter.ErrRefused) {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
 		return status.Errorf(codes.ResourceExhausted, "class %q does not fit in the volume's tmpfs: %v", v.class, err)
 	}
@@ -292,7 +301,7 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 	if v != nil {
 		d.release(v)
 		d.dropVolume(v)
-		d.log.Info("volume unpublished", "volume_id", id, "target", target)
+		d.log.LogAttrs(ctx, slog.LevelInfo, "volume unpublished", slog.String("volume_id", id), slog.String("target", target))
 	}
 	return nil
 }

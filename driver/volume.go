@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -51,8 +52,8 @@ type metadata struct {
 	Versions  []provider.ObjectVersion `json:"versions,omitempty"`
 }
 
-// saveMetadata writes the metadata file atomically (temp file + rename)
-// through an os.Root, mode 0600.
+// saveMetadata writes the metadata file atomically (temp file + rename),
+// mode 0600, never following a symlink.
 func (v *volume) saveMetadata() error {
 	data, err := json.Marshal(metadata{
 		Version: 1, VolumeID: v.id, Target: v.target, Pod: v.pod, Class: v.class,
@@ -61,18 +62,7 @@ func (v *volume) saveMetadata() error {
 	if err != nil {
 		return err
 	}
-	root, err := os.OpenRoot(v.target)
-	if err != nil {
-		return err
-	}
-	defer root.Close()
-	tmp := metadataFile + ".tmp"
-	if err := root.WriteFile(tmp, data, 0o600); err != nil {
-		root.Remove(tmp)
-		return fmt.Errorf("writing volume metadata: %w", err)
-	}
-	if err := root.Rename(tmp, metadataFile); err != nil {
-		root.Remove(tmp)
+	if err := atomicwriter.ReplaceFile(v.target, metadataFile, data, 0o600); err != nil {
 		return fmt.Errorf("writing volume metadata: %w", err)
 	}
 	return nil

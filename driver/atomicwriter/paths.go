@@ -31,7 +31,7 @@ func ValidatePath(p string) error {
 	case path.Clean(p) != p || p == ".":
 		return fmt.Errorf("file path %q is not clean (no '.', '..', empty or trailing elements)", p)
 	}
-	for _, el := range strings.Split(p, "/") {
+	for el := range strings.SplitSeq(p, "/") {
 		if el == ".." {
 			return fmt.Errorf("file path %q contains '..'", p)
 		}

@@ -58,6 +58,10 @@ func TestDirSource(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not yaml ["), 0o644)
 	src := NewDirClassSource(dir)
+	// The source looks at the directory at most once per RecheckInterval;
+	// the test moves its clock instead of sleeping.
+	clock := time.Now()
+	src.(*dirSource).now = func() time.Time { return clock }
 	ctx := context.Background()
 
 	c, err := src.Get(ctx, "team-a", "app")
@@ -79,17 +83,24 @@ func TestDirSource(t *testing.T) {
 		t.Fatalf("want NotFound naming class and namespace, got %v", err)
 	}
 
-	// An edit is seen on the next lookup (mtime moves).
+	// An edit is seen on the first lookup after the recheck interval (mtime
+	// moves), not before: within the interval nothing is stat'ed.
 	edited := strings.Replace(twoClasses, "provider: azure", "provider: kubernetes", 1)
 	os.WriteFile(file, []byte(edited), 0o644)
 	future := time.Now().Add(time.Minute)
 	os.Chtimes(file, future, future)
+	clock = clock.Add(RecheckInterval / 2)
+	if c, _ := src.Get(ctx, "team-a", "app"); c == nil || c.Provider != "azure" {
+		t.Fatalf("directory looked at again within the recheck interval: %+v", c)
+	}
+	clock = clock.Add(RecheckInterval / 2)
 	if c, _ := src.Get(ctx, "team-a", "app"); c == nil || c.Provider != "kubernetes" {
 		t.Fatalf("edit not seen: %+v", c)
 	}
 
 	// A broken file is named in the NotFound message.
 	os.WriteFile(filepath.Join(dir, "broken.yaml"), []byte("kind: [\n"), 0o644)
+	clock = clock.Add(RecheckInterval)
 	_, err = src.Get(ctx, "team-a", "missing")
 	if provider.CodeOf(err) != codes.NotFound || !strings.Contains(err.Error(), "broken.yaml") {
 		t.Fatalf("want NotFound naming broken.yaml, got %v", err)
@@ -97,6 +108,7 @@ func TestDirSource(t *testing.T) {
 
 	// A removed file's classes disappear.
 	os.Remove(file)
+	clock = clock.Add(RecheckInterval)
 	if _, err := src.Get(ctx, "team-a", "app"); provider.CodeOf(err) != codes.NotFound {
 		t.Fatalf("removed class still found: %v", err)
 	}

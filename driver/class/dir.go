@@ -17,24 +17,33 @@ import (
 // NewDirClassSource returns a ClassSource that reads SecretProviderClass
 // YAML files (*.yaml, *.yml, *.json; several documents per file allowed) from
 // dir. A class without metadata.namespace is in "default". Files are re-read
-// when their size or mtime changes, so edits apply on the next lookup; an
-// unchanged directory costs one stat per file.
+// when their size or mtime changes; the directory is looked at again at most
+// once per RecheckInterval, so edits apply within that time, and a burst of
+// lookups (every pod of a Deployment starting) costs no system call at all.
 func NewDirClassSource(dir string) ClassSource {
-	return &dirSource{dir: dir, files: map[string]*dirFile{}}
+	return &dirSource{dir: dir, files: map[string]*dirFile{}, recheck: RecheckInterval, now: time.Now}
 }
 
 // NewFileClassSource returns a ClassSource that reads the classes of one
 // file, re-read when it changes (the local agent's --class).
 func NewFileClassSource(path string) ClassSource {
-	return &dirSource{dir: filepath.Dir(path), only: filepath.Base(path), files: map[string]*dirFile{}}
+	return &dirSource{dir: filepath.Dir(path), only: filepath.Base(path), files: map[string]*dirFile{}, recheck: RecheckInterval, now: time.Now}
 }
 
-type dirSource struct {
-	dir  string
-	only string // when set, the one file of dir that is read
+// RecheckInterval is how long a directory class source trusts what it last
+// saw before it lists and stats the directory again.
+const RecheckInterval = time.Second
 
-	mu    sync.Mutex
-	files map[string]*dirFile
+type dirSource struct {
+	dir     string
+	only    string // when set, the one file of dir that is read
+	recheck time.Duration
+	now     func() time.Time
+
+	mu      sync.Mutex
+	files   map[string]*dirFile
+	names   []string  // file names in order, as of checked
+	checked time.Time // last look at the directory (zero: never, or it failed)
 }
 
 type dirFile struct {
@@ -47,9 +56,14 @@ type dirFile struct {
 func (s *dirSource) Get(ctx context.Context, namespace, name string) (*Class, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	names, err := s.refresh()
-	if err != nil {
-		return nil, notFound(namespace, name, err.Error())
+	names := s.names
+	if now := s.now(); s.checked.IsZero() || now.Sub(s.checked) >= s.recheck || now.Before(s.checked) {
+		var err error
+		if names, err = s.refresh(); err != nil {
+			s.checked, s.names = time.Time{}, nil
+			return nil, notFound(namespace, name, err.Error())
+		}
+		s.checked, s.names = now, names
 	}
 	var broken []string
 	for _, fn := range names {

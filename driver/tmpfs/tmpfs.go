@@ -3,8 +3,8 @@
 //
 // Mounting uses mount(2) directly: k8s.io/mount-utils would exec /bin/mount
 // for every volume, which costs milliseconds and a binary in the image.
-// Detection and cleanup use mount-utils, which knows the corner cases
-// (corrupted mounts, mount-point heuristics, mountinfo format).
+// Detection and the mountinfo format use mount-utils, which knows the corner
+// cases. Unmounting is umount(2) followed by rmdir(2).
 package tmpfs
 
 import (
@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -69,22 +70,32 @@ func Verify(target string) error {
 		return fmt.Errorf("opening %s: %w", target, err)
 	}
 	defer unix.Close(fd)
+	return verifyFd(fd, target)
+}
+
+// VerifyFd checks that the open directory fd is on a tmpfs; name is for
+// messages.
+func VerifyFd(fd int, name string) error { return verifyFd(fd, name) }
+
+func verifyFd(fd int, name string) error {
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(fd, &st); err != nil {
-		return fmt.Errorf("statfs %s: %w", target, err)
+		return fmt.Errorf("statfs %s: %w", name, err)
 	}
 	if st.Type != unix.TMPFS_MAGIC {
-		return fmt.Errorf("%s: %w (file system magic %#x)", target, ErrNotTmpfs, st.Type)
+		return fmt.Errorf("%s: %w (file system magic %#x)", name, ErrNotTmpfs, st.Type)
 	}
 	return nil
 }
 
-var mounter = &syscallUnmounter{Interface: mount.New("")}
+// mounter is built on first use: mount.New runs umount once to probe its
+// behaviour, which a process that never asks should not pay at start-up.
+var mounter = sync.OnceValue(func() mount.Interface { return mount.New("") })
 
 // IsMountPoint reports whether target is a mount point. A missing target is
 // not one.
 func IsMountPoint(target string) (bool, error) {
-	notMnt, err := mounter.IsLikelyNotMountPoint(target)
+	notMnt, err := mounter().IsLikelyNotMountPoint(target)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
@@ -94,13 +105,33 @@ func IsMountPoint(target string) (bool, error) {
 	return !notMnt, nil
 }
 
-// Unmount unmounts target if it is a mount point and removes the directory.
-// A missing target is fine.
+// Unmount unmounts target if it is a mount point and removes it (a
+// directory, or whatever else is there; a symlink is not followed).
+// A missing target is fine. umount(2) itself tells a mount point (and a
+// corrupted one) from a plain directory, so this costs two system calls,
+// not the stat/unmount/stat/remove round of mount-utils' CleanupMountPoint.
 func Unmount(target string) error {
-	if _, err := os.Lstat(target); errors.Is(err, os.ErrNotExist) {
+	err := unmount(target)
+	switch {
+	case errors.Is(err, unix.ENOENT):
 		return nil
+	case errors.Is(err, errNotMounted):
+	case err != nil:
+		return err
 	}
-	return mount.CleanupMountPoint(target, mounter, false)
+	err = unix.Rmdir(target)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT):
+		return nil
+	case errors.Is(err, unix.ENOTDIR):
+		if err := unix.Unlink(target); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("removing %s: %w", target, err)
+		}
+		return nil
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("failed to unmount path %s: another file system is still mounted there", target)
+	}
+	return fmt.Errorf("removing %s: %w", target, err)
 }
 
 // List returns the mount points of all secretfs tmpfs mounts visible to this
@@ -138,21 +169,26 @@ func unescape(s string) string {
 	return b.String()
 }
 
-// syscallUnmounter replaces mount-utils' Unmount (which execs umount) with
-// umount(2). A busy mount is retried briefly and then detached: the tmpfs
-// disappears from the tree at once and is freed when the last user lets go,
-// so an unpublish never fails because some process still has a file open.
-type syscallUnmounter struct {
-	mount.Interface
-}
+// errNotMounted: target was not a mount point.
+var errNotMounted = errors.New("not a mount point")
 
-func (s *syscallUnmounter) Unmount(target string) error {
+// unmount is umount(2), never following a symlink. A busy mount is retried
+// briefly and then detached: the tmpfs disappears from the tree at once and
+// is freed when the last user lets go, so an unpublish never fails because
+// some process still has a file open.
+func unmount(target string) error {
 	delay := 5 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		err := unix.Unmount(target, unix.UMOUNT_NOFOLLOW)
 		switch {
-		case err == nil, errors.Is(err, unix.EINVAL) && attempt > 0:
-			return nil // EINVAL after a try: no longer a mount point
+		case err == nil:
+			return nil
+		case errors.Is(err, unix.EINVAL) && attempt == 0:
+			return errNotMounted
+		case errors.Is(err, unix.EINVAL):
+			return nil // unmounted between two tries
+		case errors.Is(err, unix.ENOENT):
+			return err
 		case errors.Is(err, unix.EBUSY) && attempt < 3:
 			time.Sleep(delay)
 			delay *= 4
@@ -161,6 +197,7 @@ func (s *syscallUnmounter) Unmount(target string) error {
 				return fmt.Errorf("detaching busy mount %s: %w", target, err)
 			}
 			return nil
+		case errors.Is(err, unix.EINTR):
 		default:
 			return fmt.Errorf("unmounting %s: %w", target, err)
 		}

@@ -114,8 +114,11 @@ type result struct {
 	rotBackend        int64 // backend requests of the rotation pass
 	rotThrottle       int64
 	rssMiB, anonMiB   float64
-	unpublishFailures int64
-	leftMounts        int
+	// Driver CPU time (user + system) per call of each phase: unlike
+	// latency, it does not depend on what else the machine is running.
+	pubCPU, rotCPU, unpubCPU time.Duration
+	unpublishFailures        int64
+	leftMounts               int
 }
 
 type stats struct {
@@ -332,6 +335,11 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 	}
 
 	// Publish: every pod of the Deployment starts at once.
+	pid := proc.cmd.Process.Pid
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return r, err
+	}
 	start := time.Now()
 	r.publish, err = drive(ctx, cfg.concurrency, vols, func(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
 		_, err := node.NodePublishVolume(ctx, req)
@@ -340,6 +348,11 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 	if err != nil {
 		return r, fmt.Errorf("publish: %w", err)
 	}
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return r, err
+	}
+	r.pubCPU = (cpu1 - cpu0) / time.Duration(len(vols))
 	m, err := scrape(ctx, proc.metrics)
 	if err != nil {
 		return r, err
@@ -362,6 +375,10 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 			return r, ctx.Err()
 		}
 	}
+	cpu2, err := cpuTime(pid)
+	if err != nil {
+		return r, err
+	}
 	r.rotation, err = drive(ctx, cfg.concurrency, vols, func(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
 		_, err := node.NodePublishVolume(ctx, req)
 		return err
@@ -369,6 +386,11 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 	if err != nil {
 		return r, fmt.Errorf("rotation: %w", err)
 	}
+	cpu3, err := cpuTime(pid)
+	if err != nil {
+		return r, err
+	}
+	r.rotCPU = (cpu3 - cpu2) / time.Duration(len(vols))
 	m2, err := scrape(ctx, proc.metrics)
 	if err != nil {
 		return r, err
@@ -379,6 +401,10 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 	}
 
 	// Unpublish: the Deployment is deleted.
+	cpu4, err := cpuTime(pid)
+	if err != nil {
+		return r, err
+	}
 	var failures atomic.Int64
 	r.unpublish, err = drive(ctx, cfg.concurrency, vols, func(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
 		_, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
@@ -391,6 +417,11 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 	if err != nil {
 		return r, fmt.Errorf("unpublish: %w", err)
 	}
+	cpu5, err := cpuTime(pid)
+	if err != nil {
+		return r, err
+	}
+	r.unpubCPU = (cpu5 - cpu4) / time.Duration(len(vols))
 	r.leftMounts = mountsUnder(kubeletDir)
 	return r, nil
 }
@@ -564,6 +595,27 @@ func rssMiB(pid int) (rss, anon float64, err error) {
 	return rss, anon, err
 }
 
+// cpuTime is the user + system CPU time pid has used so far.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces): state is
+	// field 3, utime 14, stime 15, in clock ticks (USER_HZ, 100 on Linux).
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
 // runtimeSettle gives the driver a moment after the burst, as a node
 // would have between pod starts, before RSS is read.
 func runtimeSettle() { time.Sleep(200 * time.Millisecond) }
@@ -619,18 +671,19 @@ func printTable(w io.Writer, cfg config, rows []result) {
 	fmt.Fprintf(w, "\nsecretfs load: %d volumes x %d objects (%d B), concurrency %d, backend latency %v, rate limit %g req/s, rotation interval %v\n\n",
 		cfg.volumes, cfg.objects, cfg.objectBytes, cfg.concurrency, cfg.latency, cfg.rateLimit, cfg.rotation)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "cache\tpublish p50 ms\tp99 ms\tpublishes/s\tbackend requests\tobject reads\t429s\tretries\tRSS MiB\tanon MiB\trotation backend requests\trotation 429s\trotation p99 ms\tunpublish p99 ms\tfailed unpublishes\t")
+	fmt.Fprintln(tw, "cache\tpublish p50 ms\tp99 ms\tpublishes/s\tCPU µs/publish\tbackend requests\tobject reads\t429s\tretries\tRSS MiB\tanon MiB\tfile MiB\trotation backend requests\trotation 429s\trotation p99 ms\tCPU µs/republish\tunpublish p99 ms\tCPU µs/unpublish\tfailed unpublishes\t")
 	for _, r := range rows {
 		mode := "off"
 		if r.cache {
 			mode = "on"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%d\t%d\t%s\t%s\t%d\t\n", mode,
-			ms(r.publish.p50), ms(r.publish.p99), r.publish.perSec, r.backend, (r.backend-r.throttle)*int64(cfg.objects), r.throttle, r.publish.retries,
-			r.rssMiB, r.anonMiB, r.rotBackend, r.rotThrottle, ms(r.rotation.p99), ms(r.unpublish.p99), r.unpublishFailures)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%d\t%s\t%d\t%s\t%d\t%d\t\n", mode,
+			ms(r.publish.p50), ms(r.publish.p99), r.publish.perSec, r.pubCPU.Microseconds(), r.backend, (r.backend-r.throttle)*int64(cfg.objects), r.throttle, r.publish.retries,
+			r.rssMiB, r.anonMiB, r.rssMiB-r.anonMiB, r.rotBackend, r.rotThrottle, ms(r.rotation.p99), r.rotCPU.Microseconds(), ms(r.unpublish.p99), r.unpubCPU.Microseconds(), r.unpublishFailures)
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nbackend requests: fetches the driver sent to the fake backend (driver metric secretfs_provider_fetches_total), throttled ones included;")
 	fmt.Fprintln(w, "object reads: objects read by successful requests; retries: calls the harness retried like kubelet (throttled or busy);")
-	fmt.Fprintln(w, "RSS: driver VmRSS with every volume mounted; anon: its RssAnon (heap and stacks, without the binary's shared file pages).")
+	fmt.Fprintln(w, "RSS: driver VmRSS with every volume mounted; anon: its RssAnon (heap and stacks); file: the rest (RssFile + RssShmem: the binary's")
+	fmt.Fprintln(w, "pages, shared with the page cache and reclaimable); CPU: driver user + system time per call, 10 ms ticks spread over all calls.")
 }
