@@ -108,6 +108,11 @@ func (s *Server) Serve(ctx context.Context, registrationDir string) error {
 	if err != nil {
 		return fmt.Errorf("registration: %w", err)
 	}
+	// Only kubelet (root) needs to connect.
+	if err := os.Chmod(sock, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("registration: securing socket: %w", err)
+	}
 	srv := grpc.NewServer()
 	registerapi.RegisterRegistrationServer(srv, s)
 	s.log.Info("waiting for kubelet to register the driver", "socket", sock)

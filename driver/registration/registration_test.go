@@ -49,7 +49,8 @@ func startServer(t *testing.T, dir string) (*Server, registerapi.RegistrationCli
 	t.Cleanup(func() { _ = stop() })
 
 	sock := SocketPath(dir, "csi.secretfs.dev")
-	waitFor(t, func() bool { _, err := os.Stat(sock); return err == nil })
+	// A socket, not just a file: a stale regular file may be there first.
+	waitFor(t, func() bool { fi, err := os.Stat(sock); return err == nil && fi.Mode()&os.ModeSocket != 0 })
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
