@@ -178,40 +178,55 @@ func createClass(t *testing.T, ns, name, provider string, params map[string]any)
 	}
 }
 
-// createAppPod creates a hostNetwork pod that mounts class at mountPath and sleeps.
-func createAppPod(t *testing.T, ns, name, class string) *corev1.Pod {
-	t.Helper()
+// podSpec is a hostNetwork app that mounts class at mountPath and sleeps,
+// running as service account sa ("" for the namespace's default).
+func podSpec(sa, class string) corev1.PodSpec {
 	grace := int64(1)
 	readOnly, no := true, false
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec: corev1.PodSpec{
-			HostNetwork:                   true,
-			TerminationGracePeriodSeconds: &grace,
-			AutomountServiceAccountToken:  &no,
-			EnableServiceLinks:            &no,
-			Containers: []corev1.Container{{
-				Name:            "app",
-				Image:           appImage,
-				ImagePullPolicy: corev1.PullNever,
-				Command:         []string{"/testapp", "sleep"},
-				VolumeMounts:    []corev1.VolumeMount{{Name: "secrets", MountPath: mountPath, ReadOnly: true}},
+	return corev1.PodSpec{
+		HostNetwork:                   true,
+		ServiceAccountName:            sa,
+		TerminationGracePeriodSeconds: &grace,
+		// The driver gets the pod's token from kubelet (CSIDriver
+		// tokenRequests), not from a mounted token.
+		AutomountServiceAccountToken: &no,
+		EnableServiceLinks:           &no,
+		Containers: []corev1.Container{{
+			Name:            "app",
+			Image:           appImage,
+			ImagePullPolicy: corev1.PullNever,
+			Command:         []string{"/testapp", "sleep"},
+			VolumeMounts:    []corev1.VolumeMount{{Name: "secrets", MountPath: mountPath, ReadOnly: true}},
+		}},
+		Volumes: []corev1.Volume{{
+			Name: "secrets",
+			VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+				Driver:           driverName,
+				ReadOnly:         &readOnly,
+				VolumeAttributes: map[string]string{"secretProviderClass": class},
 			}},
-			Volumes: []corev1.Volume{{
-				Name: "secrets",
-				VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
-					Driver:           driverName,
-					ReadOnly:         &readOnly,
-					VolumeAttributes: map[string]string{"secretProviderClass": class},
-				}},
-			}},
-		},
+		}},
 	}
-	created, err := client.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
+}
+
+// createAppPod creates a hostNetwork pod that mounts class at mountPath and
+// sleeps, as the namespace's default service account.
+func createAppPod(t *testing.T, ns, name, class string) *corev1.Pod {
+	t.Helper()
+	return createAppPodAs(t, ns, name, "", class)
+}
+
+// createAppPodAs is createAppPod with service account sa.
+func createAppPodAs(t *testing.T, ns, name, sa, class string) *corev1.Pod {
+	t.Helper()
+	pod, err := client.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       podSpec(sa, class),
+	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("creating pod %s/%s: %v", ns, name, err)
 	}
-	return created
+	return pod
 }
 
 // waitReady waits until the pod is Ready and returns it.

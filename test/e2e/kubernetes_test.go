@@ -190,50 +190,6 @@ func updateSecret(t *testing.T, s *corev1.Secret, key, value string) *corev1.Sec
 	return nil
 }
 
-// podSpec is an app container that mounts class at mountPath and sleeps, on
-// the host network, running as service account sa.
-func podSpec(sa, class string) corev1.PodSpec {
-	grace := int64(1)
-	readOnly, no := true, false
-	return corev1.PodSpec{
-		HostNetwork:                   true,
-		ServiceAccountName:            sa,
-		TerminationGracePeriodSeconds: &grace,
-		// The driver gets the pod's token from kubelet (CSIDriver
-		// tokenRequests), not from a mounted token.
-		AutomountServiceAccountToken: &no,
-		EnableServiceLinks:           &no,
-		Containers: []corev1.Container{{
-			Name:            "app",
-			Image:           appImage,
-			ImagePullPolicy: corev1.PullNever,
-			Command:         []string{"/testapp", "sleep"},
-			VolumeMounts:    []corev1.VolumeMount{{Name: "secrets", MountPath: mountPath, ReadOnly: true}},
-		}},
-		Volumes: []corev1.Volume{{
-			Name: "secrets",
-			VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
-				Driver:           driverName,
-				ReadOnly:         &readOnly,
-				VolumeAttributes: map[string]string{"secretProviderClass": class},
-			}},
-		}},
-	}
-}
-
-// createAppPodAs is createAppPod with service account sa.
-func createAppPodAs(t *testing.T, ns, name, sa, class string) *corev1.Pod {
-	t.Helper()
-	pod, err := client.CoreV1().Pods(ns).Create(context.Background(), &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-		Spec:       podSpec(sa, class),
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating pod %s/%s: %v", ns, name, err)
-	}
-	return pod
-}
-
 func createDeployment(t *testing.T, ns, name, sa, class string) *appsv1.Deployment {
 	t.Helper()
 	one := int32(1)
