@@ -103,7 +103,15 @@ func TestMountNotRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, "-test.run=^TestMountNotRoot$", class, filepath.Join(dir, "target"))
-	cmd.Env = append(os.Environ(), "SECRETFS_TEST_MOUNT_AS_NOBODY=1")
+	// Under -cover the child writes coverage data; give it a place nobody may write.
+	cover := filepath.Join(dir, "cover")
+	if err := os.Mkdir(cover, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(cover, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), "SECRETFS_TEST_MOUNT_AS_NOBODY=1", "GOCOVERDIR="+cover)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
