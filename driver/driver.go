@@ -25,6 +25,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/events"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -63,6 +64,33 @@ type Config struct {
 	// DisableCache turns the node cache off: every volume fetches for
 	// itself (one backend request per volume and rotation).
 	DisableCache bool
+	// Events receives what the pod's owner should see on the pod: failed
+	// refreshes of a mounted volume (at most one per volume and rotation
+	// interval) and rotations. Nil: none are reported beyond logs and
+	// metrics. Never called on the publish path: kubelet reports publish
+	// errors on the pod itself.
+	Events EventSink
+}
+
+// EventSink reports refresh outcomes on the pod whose volume it was; see
+// NewAPIEvents. Its methods must not block.
+type EventSink interface {
+	// RefreshFailed: the volume keeps its last good content. err's message
+	// names what failed and never holds a secret value or a token.
+	RefreshFailed(pod provider.Pod, class string, err error)
+	// Rotated: a refresh swapped in files with new content.
+	Rotated(pod provider.Pod, class string)
+}
+
+// EventOptions configure NewAPIEvents; see package driver/events.
+type EventOptions = events.Options
+
+// NewAPIEvents returns an EventSink that posts Kubernetes Events on pods
+// through the API server of cfg (Warning SecretRefreshFailed, and Normal
+// SecretRotated when opts.Rotated), aggregated and rate-limited by
+// client-go's event correlator. Close it when done.
+func NewAPIEvents(cfg *rest.Config, opts EventOptions) (*events.Recorder, error) {
+	return events.New(cfg, opts)
 }
 
 // Class is a SecretProviderClass; see package driver/class.
@@ -97,6 +125,7 @@ type Driver struct {
 	interval     time.Duration
 	log          *slog.Logger
 	metrics      *metrics
+	events       EventSink // nil: none
 
 	// watchDebounce collects bursts of change notifications into one refresh.
 	watchDebounce time.Duration
@@ -168,6 +197,7 @@ func New(cfg Config) (*Driver, error) {
 		interval:      cfg.RotationInterval,
 		log:           cfg.Logger,
 		metrics:       m,
+		events:        cfg.Events,
 		watchDebounce: 200 * time.Millisecond,
 		fetchTimeout:  2 * time.Minute,
 		vols:          map[string]*volume{},

@@ -162,7 +162,8 @@ func (d *Driver) checkFiles(v *volume, req *provider.Request, res *provider.Resu
 }
 
 // refresh fetches the volume again and swaps the files in when they
-// changed. Failures keep the last good content; they are logged and counted.
+// changed. Failures keep the last good content; they are logged, counted and
+// reported on the pod (at most once per volume and rotation interval).
 // The caller holds the volume lock.
 func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 	start := time.Now()
@@ -174,10 +175,17 @@ func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 		result = "failed"
 		d.log.Warn("refresh failed; keeping the last good content", "volume_id", v.id, "namespace", v.pod.Namespace,
 			"class", v.class, "trigger", trigger, "code", provider.CodeOf(err).String(), "err", err.Error())
+		if d.events != nil && (v.lastFailEvent.IsZero() || start.Sub(v.lastFailEvent) >= d.interval) {
+			v.lastFailEvent = start
+			d.events.RefreshFailed(v.pod, v.class, err)
+		}
 	case changed:
 		result = "rotated"
 		d.log.Info("volume rotated", "volume_id", v.id, "namespace", v.pod.Namespace, "class", v.class,
 			"trigger", trigger, "duration", time.Since(start))
+		if d.events != nil {
+			d.events.Rotated(v.pod, v.class)
+		}
 	default:
 		d.log.Debug("volume refreshed, unchanged", "volume_id", v.id, "trigger", trigger)
 	}

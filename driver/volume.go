@@ -26,7 +26,10 @@ type volume struct {
 	gid       int
 	lastFetch time.Time // last successful fetch: the rotation clock
 	lastTry   time.Time // last fetch attempt, successful or not
-	versions  []provider.ObjectVersion
+	// lastFailEvent is when the last SecretRefreshFailed event was sent, in
+	// memory only: after a restart one more event is fine.
+	lastFailEvent time.Time
+	versions      []provider.ObjectVersion
 
 	// In memory only, never on disk: the latest request kubelet sent,
 	// including tokens and nodePublishSecretRef data, for watch refreshes.

@@ -35,6 +35,8 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 		regDir      = fs.String("registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
 		kubeletDir  = fs.String("kubelet-dir", "/var/lib/kubelet", "kubelet's root directory: after a restart only volumes below it are recovered")
 		useCache    = fs.Bool("cache", true, "share backend results between the volumes of one identity (namespace, service account, secret-ref data, class parameters) on this node, in memory only; false: every volume fetches for itself")
+		useEvents   = fs.Bool("events", true, "post a Warning SecretRefreshFailed Event on the pod when a refresh of its mounted volume fails (at most one per volume and rotation interval); needs the API server, so ignored with -class-dir and no kubeconfig or in-cluster config")
+		rotEvents   = fs.Bool("rotation-events", false, "also post a Normal SecretRotated Event on the pod each time its volume's content changes (one API write per rotation and volume)")
 		tmpfsSize   = quantityFlag{bytes: 8 << 20}
 		logs        logFlags
 		backends    backendFlags
@@ -60,8 +62,11 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 	// The API server is needed for classes unless they come from files; the
 	// kubernetes backend uses its address when there is one.
 	restConfig, err := loadRESTConfig(*kubeconfig)
-	if err != nil && *classDir == "" {
-		return fail(stderr, fs, 1, "%v", err)
+	if err != nil {
+		if *classDir == "" {
+			return fail(stderr, fs, 1, "%v", err)
+		}
+		restConfig = nil // classes from files, and no API server
 	}
 	var classes driver.ClassSource
 	if *classDir != "" {
@@ -74,6 +79,18 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 		return fail(stderr, fs, 1, "%v", err)
 	}
 	defer closeProviders()
+
+	var events driver.EventSink
+	if *useEvents && restConfig != nil {
+		rec, err := driver.NewAPIEvents(restConfig, driver.EventOptions{Component: *driverName, Host: *nodeID, Rotated: *rotEvents})
+		if err != nil {
+			return fail(stderr, fs, 1, "%v", err)
+		}
+		defer rec.Close()
+		events = rec
+	} else if *useEvents {
+		log.Info("no API server configured: refresh failures are logged and counted, not posted as Events")
+	}
 
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -88,6 +105,7 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 		Registerer:       registry,
 		RecoverUnder:     *kubeletDir,
 		DisableCache:     !*useCache,
+		Events:           events,
 	})
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)

@@ -254,7 +254,7 @@ func TestBadParameters(t *testing.T) {
 }
 
 // The driver's permissions are exactly those of deploy/rbac.yaml: it reads
-// SecretProviderClasses and cannot read Secrets.
+// SecretProviderClasses, posts Events, and cannot read Secrets.
 func TestDriverRBAC(t *testing.T) {
 	ctx := context.Background()
 	user := "system:serviceaccount:" + driverNamespace + ":" + driverSA
@@ -287,6 +287,26 @@ func TestDriverRBAC(t *testing.T) {
 		}
 		if can("create", "", "serviceaccounts/token", ns) {
 			t.Errorf("driver can mint service-account tokens in namespace %q", ns)
+		}
+		for _, verb := range []string{"create", "patch"} {
+			if !can(verb, "", "events", ns) {
+				t.Errorf("driver cannot %s events in namespace %q", verb, ns)
+			}
+		}
+		for _, verb := range []string{"get", "list", "watch", "update", "delete"} {
+			if can(verb, "", "events", ns) {
+				t.Errorf("driver can %s events in namespace %q", verb, ns)
+			}
+		}
+		for _, verb := range []string{"create", "patch"} {
+			if can(verb, "events.k8s.io", "events", ns) {
+				t.Errorf("driver can %s events.k8s.io events in namespace %q", verb, ns)
+			}
+		}
+		for _, verb := range []string{"create", "update", "patch", "delete"} {
+			if can(verb, "", "secrets", ns) || can(verb, "", "pods", ns) {
+				t.Errorf("driver can %s secrets or pods in namespace %q", verb, ns)
+			}
 		}
 	}
 

@@ -1,0 +1,142 @@
+// Package events posts Kubernetes Events about the pods whose volumes the
+// driver keeps: a Warning when a refresh of a mounted volume fails (the pod
+// keeps its last good files, so nothing else would tell its owner), and
+// optionally a Normal event when a refresh rotated the files.
+//
+// Events go through client-go's EventBroadcaster: posting never blocks the
+// caller (a full queue drops the event), and its correlator aggregates
+// similar events and rate-limits each pod's events, so a broken backend
+// cannot flood the API server. Publish errors are not posted here: kubelet
+// already reports them on the pod as FailedMount.
+package events
+
+import (
+	"fmt"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Reasons of the events this package posts.
+const (
+	ReasonRefreshFailed = "SecretRefreshFailed"
+	ReasonRotated       = "SecretRotated"
+)
+
+// MaxMessage caps an event's message in bytes. The API server accepts more
+// on core/v1 Events, but events.k8s.io/v1 notes are limited to 1 KiB, and an
+// error that long is noise on `kubectl describe pod`.
+const MaxMessage = 1024
+
+// Options configure a Recorder.
+type Options struct {
+	// Component is the event source (kubectl shows it as "From"): the
+	// driver name.
+	Component string
+	// Host is the node the driver runs on.
+	Host string
+	// Rotated also posts a Normal SecretRotated event for every refresh that
+	// changed a volume's files.
+	Rotated bool
+}
+
+// Recorder posts events about pods. Its methods are safe for concurrent use
+// and never block on the API server.
+type Recorder struct {
+	broadcaster record.EventBroadcaster
+	recorder    record.EventRecorder
+	rotated     bool
+}
+
+// New returns a Recorder that posts core/v1 Events through the API server
+// of cfg. It needs create and patch on events (patch: the correlator
+// updates the count of a repeated event instead of creating another one).
+func New(cfg *rest.Config, opts Options) (*Recorder, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.UserAgent = rest.DefaultKubernetesUserAgent() + " secretfs-events"
+	client, err := corev1client.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the events client: %w", err)
+	}
+	return NewWithSink(&corev1client.EventSinkImpl{Interface: client.Events("")}, opts), nil
+}
+
+// NewWithSink returns a Recorder that writes to sink (an API client, or a
+// fake in tests).
+func NewWithSink(sink record.EventSink, opts Options) *Recorder {
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(sink)
+	// Objects are passed as ObjectReferences, which need no scheme.
+	rec := b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: opts.Component, Host: opts.Host})
+	return &Recorder{broadcaster: b, recorder: rec, rotated: opts.Rotated}
+}
+
+// RefreshFailed posts a Warning SecretRefreshFailed event on pod: the
+// class, the gRPC code and the error's message (errors never carry secret
+// values or tokens), capped at MaxMessage bytes.
+func (r *Recorder) RefreshFailed(pod provider.Pod, class string, err error) {
+	ref, ok := podRef(pod)
+	if !ok || err == nil {
+		return
+	}
+	r.recorder.Event(ref, corev1.EventTypeWarning, ReasonRefreshFailed, RefreshFailedMessage(class, err))
+}
+
+// Rotated posts a Normal SecretRotated event on pod when the Recorder was
+// made with Options.Rotated.
+func (r *Recorder) Rotated(pod provider.Pod, class string) {
+	ref, ok := podRef(pod)
+	if !ok || !r.rotated {
+		return
+	}
+	r.recorder.Event(ref, corev1.EventTypeNormal, ReasonRotated,
+		truncate(fmt.Sprintf("Refreshed the files of SecretProviderClass %q with new content", class)))
+}
+
+// Close stops posting; events still queued are dropped.
+func (r *Recorder) Close() {
+	r.broadcaster.Shutdown()
+}
+
+// RefreshFailedMessage is the message of a SecretRefreshFailed event.
+func RefreshFailedMessage(class string, err error) string {
+	msg := err.Error()
+	if st, ok := status.FromError(err); ok {
+		msg = st.Message() // without the "rpc error: code = ..." prefix
+	}
+	return truncate(fmt.Sprintf("Refreshing the files of SecretProviderClass %q failed; the volume keeps its last good content: %s: %s",
+		class, provider.CodeOf(err), msg))
+}
+
+// podRef refers to pod; without a namespace and name there is nothing to
+// post on.
+func podRef(pod provider.Pod) (*corev1.ObjectReference, bool) {
+	if pod.Namespace == "" || pod.Name == "" {
+		return nil, false
+	}
+	return &corev1.ObjectReference{
+		APIVersion: "v1", Kind: "Pod",
+		Namespace: pod.Namespace, Name: pod.Name, UID: types.UID(pod.UID),
+	}, true
+}
+
+// truncate cuts s to MaxMessage bytes on a rune boundary, marking the cut.
+func truncate(s string) string {
+	if len(s) <= MaxMessage {
+		return s
+	}
+	const mark = "..."
+	cut := MaxMessage - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
+}

@@ -1,0 +1,139 @@
+package events
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// recordingSink is a record.EventSink that keeps what reaches the API.
+type recordingSink struct {
+	mu      sync.Mutex
+	created []*corev1.Event
+	patched []*corev1.Event
+}
+
+func (s *recordingSink) Create(e *corev1.Event) (*corev1.Event, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.created = append(s.created, e.DeepCopy())
+	return e, nil
+}
+
+func (s *recordingSink) Update(e *corev1.Event) (*corev1.Event, error) {
+	return nil, fmt.Errorf("unexpected update of %s", e.Name)
+}
+
+func (s *recordingSink) Patch(e *corev1.Event, _ []byte) (*corev1.Event, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.patched = append(s.patched, e.DeepCopy())
+	return e, nil
+}
+
+func (s *recordingSink) counts() (created, patched int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.created), len(s.patched)
+}
+
+func waitCounts(t *testing.T, s *recordingSink, created, patched int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, p := s.counts()
+		if c == created && p == patched {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sink has %d created / %d patched events, want %d / %d", c, p, created, patched)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var pod = provider.Pod{Namespace: "team-a", Name: "web-0", UID: "0f1e2d3c-aaaa-bbbb-cccc-000000000001", ServiceAccount: "web"}
+
+func TestRefreshFailedEvent(t *testing.T) {
+	sink := &recordingSink{}
+	r := NewWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
+	defer r.Close()
+
+	err := provider.PermissionDenied(`class "app" in namespace "team-a", provider "fake": service account "web" is denied`)
+	r.RefreshFailed(pod, "app", err)
+	waitCounts(t, sink, 1, 0)
+	e := sink.created[0]
+	o := e.InvolvedObject
+	if o.Kind != "Pod" || o.APIVersion != "v1" || o.Namespace != pod.Namespace || o.Name != pod.Name || string(o.UID) != pod.UID {
+		t.Errorf("involved object %+v", o)
+	}
+	if e.Namespace != pod.Namespace || e.Type != corev1.EventTypeWarning || e.Reason != ReasonRefreshFailed {
+		t.Errorf("event namespace %q type %q reason %q", e.Namespace, e.Type, e.Reason)
+	}
+	if e.Source.Component != "csi.secretfs.dev" || e.Source.Host != "node-1" {
+		t.Errorf("source %+v", e.Source)
+	}
+	want := `Refreshing the files of SecretProviderClass "app" failed; the volume keeps its last good content: PermissionDenied: class "app" in namespace "team-a", provider "fake": service account "web" is denied`
+	if e.Message != want {
+		t.Errorf("message\n%q, want\n%q", e.Message, want)
+	}
+
+	// The same failure again is aggregated into the first event (its count
+	// patched), not a second object.
+	r.RefreshFailed(pod, "app", err)
+	waitCounts(t, sink, 1, 1)
+	if p := sink.patched[0]; p.Count != 2 || p.Name != e.Name {
+		t.Errorf("repeat patched %s count %d, want %s count 2", p.Name, p.Count, e.Name)
+	}
+
+	// No pod name (a volume recovered without pod info): nothing to post on.
+	r.RefreshFailed(provider.Pod{Namespace: "team-a"}, "app", err)
+	r.Rotated(pod, "app") // Options.Rotated is off
+	time.Sleep(50 * time.Millisecond)
+	if c, p := sink.counts(); c != 1 || p != 1 {
+		t.Errorf("posted without a pod or with rotation events off: %d created, %d patched", c, p)
+	}
+}
+
+func TestRotatedEvent(t *testing.T) {
+	sink := &recordingSink{}
+	r := NewWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1", Rotated: true})
+	defer r.Close()
+	r.Rotated(pod, "app")
+	waitCounts(t, sink, 1, 0)
+	if e := sink.created[0]; e.Type != corev1.EventTypeNormal || e.Reason != ReasonRotated || !strings.Contains(e.Message, `"app"`) {
+		t.Errorf("rotation event %s %s %q", e.Type, e.Reason, e.Message)
+	}
+}
+
+func TestRefreshFailedMessage(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"provider error", provider.Unavailable("vault down"), "Unavailable: vault down"},
+		{"plain error", fmt.Errorf("disk on fire"), "Internal: disk on fire"},
+		{"wrapped", fmt.Errorf("refresh: %w", provider.NotFound("no object x")), "NotFound: refresh: no object x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := RefreshFailedMessage("c", tc.err); !strings.HasSuffix(got, tc.want) {
+				t.Errorf("message %q does not end in %q", got, tc.want)
+			}
+		})
+	}
+
+	// Long messages are cut at MaxMessage bytes on a rune boundary.
+	long := provider.Unavailable("%s", strings.Repeat("é", 2*MaxMessage))
+	got := RefreshFailedMessage("c", long)
+	if len(got) > MaxMessage || !utf8.ValidString(got) || !strings.HasSuffix(got, "...") {
+		t.Errorf("long message: %d bytes, valid UTF-8 %v, ends %q", len(got), utf8.ValidString(got), got[len(got)-5:])
+	}
+}
