@@ -25,6 +25,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"driver", "--log-format", "xml", "--class-dir", "."}, "-log-format must be text or json"},
 		{[]string{"driver", "--node-id", "", "--class-dir", "."}, "-node-id is required"},
 		{[]string{"driver", "extra"}, `unexpected argument "extra"`},
+		{[]string{"driver", "--events=maybe"}, `invalid boolean value "maybe" for -events`},
 		{[]string{"mount"}, "-class and -target are required"},
 		{[]string{"provider", "--endpoint", "unix:///tmp/x.sock"}, "-backend and -endpoint are required"},
 		{[]string{"provider", "--backend", "vault", "--endpoint", "unix:///tmp/x.sock"}, `-backend "vault" is not a built-in backend`},

@@ -96,9 +96,14 @@ func TestRefreshFailedEvent(t *testing.T) {
 	// No pod name (a volume recovered without pod info): nothing to post on.
 	r.RefreshFailed(provider.Pod{Namespace: "team-a"}, "app", err)
 	r.Rotated(pod, "app") // Options.Rotated is off
-	time.Sleep(50 * time.Millisecond)
-	if c, p := sink.counts(); c != 1 || p != 1 {
-		t.Errorf("posted without a pod or with rotation events off: %d created, %d patched", c, p)
+	// Events reach the sink in order: once this one is there, anything the
+	// two calls above had posted would be too.
+	other := pod
+	other.Name, other.UID = "web-1", "0f1e2d3c-aaaa-bbbb-cccc-000000000002"
+	r.RefreshFailed(other, "app", err)
+	waitCounts(t, sink, 2, 1)
+	if got := sink.created[1].InvolvedObject.Name; got != "web-1" {
+		t.Errorf("posted on %s without a pod name or with rotation events off", got)
 	}
 }
 
