@@ -63,7 +63,7 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 	// kubernetes backend uses its address when there is one.
 	restConfig, err := loadRESTConfig(*kubeconfig)
 	if err != nil {
-		if *classDir == "" {
+		if *classDir == "" || *kubeconfig != "" {
 			return fail(stderr, fs, 1, "%v", err)
 		}
 		restConfig = nil // classes from files, and no API server

@@ -126,3 +126,13 @@ func TestMountNotRoot(t *testing.T) {
 		t.Fatalf("want one line saying root is needed, got %q", msg)
 	}
 }
+
+// A kubeconfig given explicitly must load, even when classes come from files.
+func TestDriverBadKubeconfig(t *testing.T) {
+	var stderr bytes.Buffer
+	missing := filepath.Join(t.TempDir(), "missing.kubeconfig")
+	code := run([]string{"driver", "--class-dir", t.TempDir(), "--kubeconfig", missing, "--health-addr", "", "--metrics-addr", ""}, io.Discard, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "missing.kubeconfig") {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+}
