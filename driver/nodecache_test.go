@@ -326,19 +326,7 @@ func TestCacheWatchInvalidates(t *testing.T) {
 	testDebounce = 100 * time.Millisecond
 	defer func() { testDebounce = 10 * time.Millisecond }()
 	var wp *watchProvider
-	e := newEnv(t, func(c *Config) {
-		inner := c.Providers
-		c.Providers = func(name string) (provider.Provider, error) {
-			p, err := inner(name)
-			if err != nil {
-				return nil, err
-			}
-			if wp == nil {
-				wp = &watchProvider{testProvider: p.(*testProvider)}
-			}
-			return wp, nil
-		}
-	})
+	e := newEnv(t, withWatchProvider(&wp))
 	const n = 5
 	for i := 0; i < n; i++ {
 		if err := e.publish(fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i))); err != nil {
@@ -376,18 +364,8 @@ func TestLastPodLeavesNothing(t *testing.T) {
 	var providers func(string) (provider.Provider, error)
 	e := newEnv(t, func(c *Config) {
 		c.RotationInterval = interval
-		inner := c.Providers
-		providers = func(name string) (provider.Provider, error) {
-			p, err := inner(name)
-			if err != nil {
-				return nil, err
-			}
-			if wp == nil {
-				wp = &watchProvider{testProvider: p.(*testProvider)}
-			}
-			return wp, nil
-		}
-		c.Providers = providers
+		withWatchProvider(&wp)(c)
+		providers = c.Providers
 	})
 	const n = 4
 	publish := func(i int) {

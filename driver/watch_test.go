@@ -15,6 +15,24 @@ import (
 
 // watchProvider is a testProvider that also implements provider.Watcher and
 // records every watch.
+// withWatchProvider wraps the env's test provider in a watchProvider, made
+// on first use and stored in *wp.
+func withWatchProvider(wp **watchProvider) func(*Config) {
+	return func(c *Config) {
+		inner := c.Providers
+		c.Providers = func(name string) (provider.Provider, error) {
+			p, err := inner(name)
+			if err != nil {
+				return nil, err
+			}
+			if *wp == nil {
+				*wp = &watchProvider{testProvider: p.(*testProvider)}
+			}
+			return *wp, nil
+		}
+	}
+}
+
 type watchProvider struct {
 	*testProvider
 	mu      sync.Mutex
@@ -58,19 +76,7 @@ func TestWatcher(t *testing.T) {
 	testDebounce = 300 * time.Millisecond
 	defer func() { testDebounce = 10 * time.Millisecond }()
 	var wp *watchProvider
-	e := newEnv(t, func(c *Config) {
-		inner := c.Providers
-		c.Providers = func(name string) (provider.Provider, error) {
-			p, err := inner(name)
-			if err != nil {
-				return nil, err
-			}
-			if wp == nil {
-				wp = &watchProvider{testProvider: p.(*testProvider)}
-			}
-			return wp, nil
-		}
-	})
+	e := newEnv(t, withWatchProvider(&wp))
 	target := e.target("vol")
 	req := publishReq("vol-1", target, "app", "team-a")
 	req.VolumeContext[AttrTokens] = `{"api":{"token":"t1","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
