@@ -1,0 +1,388 @@
+package content
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	yaml "go.yaml.in/yaml/v3"
+	"google.golang.org/grpc/codes"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Bounds of a key path, checked while parsing.
+const (
+	maxPathLen   = 1024
+	maxPathSteps = 64
+	maxDepth     = 1000 // nesting of a value converted to JSON
+)
+
+// KeyPath selects one value inside a JSON or YAML document. Its syntax:
+//
+//	path   = first { "." name | "[" index "]" | "[" quoted "]" }
+//	first  = [ "." ] ( name | "[" index "]" | "[" quoted "]" )
+//	name   = one or more characters other than . [ ] " and white space
+//	index  = a list index: 0, 1, 2, ...
+//	quoted = a JSON string: ["key.with.dots"], ["with \"quotes\""]
+//
+// Examples: password, database.password, .database.password,
+// servers[0].host, ["tls.crt"], users[2]["first name"].
+type KeyPath struct {
+	text  string
+	steps []step
+}
+
+// step is a map key (key != nil) or a list index.
+type step struct {
+	key   *string
+	index int
+}
+
+// String returns the path as written.
+func (p KeyPath) String() string { return p.text }
+
+// ParseKeyPath parses a key path; errors name the column at fault.
+func ParseKeyPath(s string) (KeyPath, error) {
+	p := KeyPath{text: s}
+	if s == "" {
+		return p, fmt.Errorf("key path is empty")
+	}
+	if len(s) > maxPathLen {
+		return p, fmt.Errorf("key path is %d bytes long; at most %d", len(s), maxPathLen)
+	}
+	if !utf8.ValidString(s) {
+		return p, fmt.Errorf("key path is not valid UTF-8")
+	}
+	i := 0
+	if s[0] == '.' {
+		i = 1
+	}
+	for first := true; i < len(s); first = false {
+		if len(p.steps) == maxPathSteps {
+			return p, fmt.Errorf("key path has more than %d steps", maxPathSteps)
+		}
+		switch {
+		case s[i] == '[':
+			st, n, err := bracket(s[i:])
+			if err != nil {
+				return p, fmt.Errorf("key path column %d: %v", i+1, err)
+			}
+			p.steps = append(p.steps, st)
+			i += n
+		case first || s[i] == '.':
+			if !first {
+				i++
+			}
+			n := nameLen(s[i:])
+			if n == 0 {
+				return p, fmt.Errorf("key path column %d: expected a key name (use [\"...\"] for keys with dots, brackets, quotes or spaces)", i+1)
+			}
+			name := s[i : i+n]
+			p.steps = append(p.steps, step{key: &name})
+			i += n
+		default:
+			return p, fmt.Errorf("key path column %d: expected . or [ after a step", i+1)
+		}
+	}
+	if len(p.steps) == 0 {
+		return p, fmt.Errorf("key path %q selects nothing: name a key", s)
+	}
+	return p, nil
+}
+
+func nameLen(s string) int {
+	for i, r := range s {
+		if r == '.' || r == '[' || r == ']' || r == '"' || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return i
+		}
+	}
+	return len(s)
+}
+
+// bracket parses "[0]" or "[\"key\"]" at the start of s.
+func bracket(s string) (step, int, error) {
+	if len(s) > 1 && s[1] == '"' {
+		// Find the closing quote, honouring backslash escapes.
+		j := 2
+		for ; j < len(s); j++ {
+			if s[j] == '\\' {
+				j++
+				continue
+			}
+			if s[j] == '"' {
+				break
+			}
+		}
+		if j >= len(s) || j+1 >= len(s) || s[j+1] != ']' {
+			return step{}, 0, fmt.Errorf(`a quoted key must look like ["key"]`)
+		}
+		var key string
+		if err := json.Unmarshal([]byte(s[1:j+1]), &key); err != nil {
+			return step{}, 0, fmt.Errorf("the quoted key is not a valid JSON string")
+		}
+		return step{key: &key}, j + 2, nil
+	}
+	end := strings.IndexByte(s, ']')
+	if end < 0 {
+		return step{}, 0, fmt.Errorf("[ without ]")
+	}
+	digits := s[1:end]
+	if digits == "" || (len(digits) > 1 && digits[0] == '0') || strings.Trim(digits, "0123456789") != "" {
+		return step{}, 0, fmt.Errorf(`an index is a number (0, 1, ...); quote keys as ["key"]`)
+	}
+	n, err := strconv.Atoi(digits)
+	if err != nil || n > 1<<20 {
+		return step{}, 0, fmt.Errorf("index too large")
+	}
+	return step{index: n}, end + 1, nil
+}
+
+// describe names the prefix of the path up to step i, for messages.
+func (p KeyPath) describe(i int) string {
+	var b strings.Builder
+	for _, st := range p.steps[:i+1] {
+		if st.key != nil {
+			if nameLen(*st.key) == len(*st.key) && *st.key != "" {
+				if b.Len() > 0 {
+					b.WriteByte('.')
+				}
+				b.WriteString(*st.key)
+			} else {
+				q, _ := json.Marshal(*st.key)
+				fmt.Fprintf(&b, "[%s]", q)
+			}
+		} else {
+			fmt.Fprintf(&b, "[%d]", st.index)
+		}
+	}
+	return b.String()
+}
+
+// Extract returns the value at p in doc, a JSON or YAML document: text
+// scalars as they are, numbers and booleans as written, null as nothing,
+// maps and lists as compact JSON. A missing key or index is a NotFound
+// error, anything else InvalidArgument; no error holds any part of doc.
+// limit bounds the size of the result.
+func (p KeyPath) Extract(doc []byte, limit int) ([]byte, error) {
+	trimmed := bytes.TrimSpace(doc)
+	if len(trimmed) == 0 {
+		return nil, provider.InvalidArgument("the value is empty, not a JSON or YAML document")
+	}
+	var out []byte
+	var err error
+	if json.Valid(trimmed) {
+		out, err = p.extractJSON(trimmed)
+	} else {
+		out, err = p.extractYAML(trimmed)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(out) > limit {
+		return nil, provider.Errorf(codes.ResourceExhausted, "the value at %s is %d bytes, more than the %d this volume has room for", p.text, len(out), limit)
+	}
+	return out, nil
+}
+
+func (p KeyPath) extractJSON(doc []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, provider.InvalidArgument("the value is not valid JSON")
+	}
+	for i, st := range p.steps {
+		switch cur := v.(type) {
+		case map[string]any:
+			if st.key == nil {
+				return nil, provider.InvalidArgument("%s is a map, not a list: select a key, not an index", p.prefix(i))
+			}
+			next, ok := cur[*st.key]
+			if !ok {
+				return nil, provider.NotFound("no key %s in the value", p.describe(i))
+			}
+			v = next
+		case []any:
+			if st.key != nil {
+				return nil, provider.InvalidArgument("%s is a list, not a map: select an index such as [0]", p.prefix(i))
+			}
+			if st.index >= len(cur) {
+				return nil, provider.NotFound("no item %s in the value: the list has %d items", p.describe(i), len(cur))
+			}
+			v = cur[st.index]
+		default:
+			return nil, provider.InvalidArgument("%s is %s, not a map or list", p.prefix(i), jsonKind(cur))
+		}
+	}
+	switch x := v.(type) {
+	case nil:
+		return []byte{}, nil
+	case string:
+		return []byte(x), nil
+	case json.Number:
+		return []byte(x.String()), nil
+	case bool:
+		return []byte(strconv.FormatBool(x)), nil
+	}
+	return marshal(v)
+}
+
+// prefix names the part of the path before step i ("the value" for none).
+func (p KeyPath) prefix(i int) string {
+	if i == 0 {
+		return "the value"
+	}
+	return p.describe(i - 1)
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case string:
+		return "text"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "true or false"
+	case nil:
+		return "null"
+	}
+	return "a value"
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+)`)
+
+func (p KeyPath) extractYAML(doc []byte) ([]byte, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(doc, &root); err != nil {
+		msg := "the value is neither valid JSON nor valid YAML"
+		if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+			msg += " (YAML error on line " + m[1] + ")"
+		}
+		return nil, provider.InvalidArgument("%s", msg)
+	}
+	n := &root
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	for i, st := range p.steps {
+		n = resolveAlias(n)
+		switch n.Kind {
+		case yaml.MappingNode:
+			if st.key == nil {
+				return nil, provider.InvalidArgument("%s is a map, not a list: select a key, not an index", p.prefix(i))
+			}
+			var next *yaml.Node
+			for j := 0; j+1 < len(n.Content); j += 2 {
+				if k := resolveAlias(n.Content[j]); k.Kind == yaml.ScalarNode && k.Value == *st.key {
+					next = n.Content[j+1]
+					break
+				}
+			}
+			if next == nil {
+				return nil, provider.NotFound("no key %s in the value", p.describe(i))
+			}
+			n = next
+		case yaml.SequenceNode:
+			if st.key != nil {
+				return nil, provider.InvalidArgument("%s is a list, not a map: select an index such as [0]", p.prefix(i))
+			}
+			if st.index >= len(n.Content) {
+				return nil, provider.NotFound("no item %s in the value: the list has %d items", p.describe(i), len(n.Content))
+			}
+			n = n.Content[st.index]
+		default:
+			return nil, provider.InvalidArgument("%s is %s, not a map or list", p.prefix(i), yamlKind(n))
+		}
+	}
+	n = resolveAlias(n)
+	if n.Kind == yaml.ScalarNode {
+		if n.ShortTag() == "!!null" {
+			return []byte{}, nil
+		}
+		return []byte(n.Value), nil
+	}
+	// Decode (which bounds alias expansion) and print as JSON.
+	var v any
+	if err := n.Decode(&v); err != nil {
+		return nil, provider.InvalidArgument("the value at %s cannot be read as data", p.text)
+	}
+	v, err := jsonable(v, 0)
+	if err != nil {
+		return nil, provider.InvalidArgument("the value at %s: %v", p.text, err)
+	}
+	return marshal(v)
+}
+
+func resolveAlias(n *yaml.Node) *yaml.Node {
+	for i := 0; n.Kind == yaml.AliasNode && n.Alias != nil && i < 100; i++ {
+		n = n.Alias
+	}
+	return n
+}
+
+func yamlKind(n *yaml.Node) string {
+	switch n.ShortTag() {
+	case "!!null":
+		return "null"
+	case "!!bool":
+		return "true or false"
+	case "!!int", "!!float":
+		return "a number"
+	}
+	return "text"
+}
+
+// jsonable turns YAML's map[any]any into maps JSON can print.
+func jsonable(v any, depth int) (any, error) {
+	if depth > maxDepth {
+		return nil, fmt.Errorf("nested more than %d levels deep", maxDepth)
+	}
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			c, err := jsonable(e, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			x[k] = c
+		}
+		return x, nil
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			c, err := jsonable(e, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			m[fmt.Sprint(k)] = c
+		}
+		return m, nil
+	case []any:
+		for i, e := range x {
+			c, err := jsonable(e, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			x[i] = c
+		}
+		return x, nil
+	}
+	return v, nil
+}
+
+// marshal prints v as compact JSON without HTML escaping.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, provider.InvalidArgument("the selected value cannot be printed as JSON")
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}

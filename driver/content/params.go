@@ -1,0 +1,409 @@
+// Package content is what the driver does with a volume's objects between
+// the backend and the tmpfs, the same for every provider: it takes its own
+// class parameters out before the provider sees them, fetches objects marked
+// optional or carrying a key path one by one (so that a missing optional
+// object leaves only itself out), extracts keys from JSON or YAML values,
+// and renders templated files.
+//
+// Class parameters (all prefixed "secretfs.dev/", a prefix no provider
+// uses; an unknown one is an error):
+//
+//	secretfs.dev/templates         YAML list of {path, template, mode}
+//	secretfs.dev/hideObjects       "true": write only the templated files
+//	secretfs.dev/rotationInterval  this class's rotation interval (Go duration)
+//	secretfs.dev/staleIfError      serve the node cache's last good content
+//	                               up to this age to new pods when the backend fails
+//
+// Fields of an item of the objects parameter (Azure, Vault, AWS, fake,
+// kubernetes) or of the secrets parameter (GCP), removed before the
+// provider sees them:
+//
+//	optional: true     a NotFound for this object leaves it out
+//	keyPath: a.b[0]    write the value at this path of a JSON or YAML object
+//
+// The package does not import the driver; the driver calls Parse once per
+// class, Fetch as the backend call, and Render before its size checks.
+package content
+
+import (
+	"fmt"
+	"maps"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Prefix starts every class parameter this package owns.
+const Prefix = "secretfs.dev/"
+
+// Class parameters.
+const (
+	ParamTemplates        = Prefix + "templates"
+	ParamHideObjects      = Prefix + "hideObjects"
+	ParamRotationInterval = Prefix + "rotationInterval"
+	ParamStaleIfError     = Prefix + "staleIfError"
+)
+
+// Object fields.
+const (
+	FieldOptional = "optional"
+	FieldKeyPath  = "keyPath"
+)
+
+// objectParams are the parameters that list objects, in the order looked for.
+var objectParams = []string{"objects", "secrets"}
+
+// Plan is what a class asks of this package. The zero Plan (and nil) does
+// nothing: the provider gets the parameters as they are.
+type Plan struct {
+	// params go to the provider: the class's without this package's.
+	params map[string]string
+	// objectsParam names the parameter rewritten per object ("" if none).
+	objectsParam string
+	objects      []object
+	arrayForm    bool
+	templates    []*Template
+	hideObjects  bool
+	rotation     time.Duration
+	staleIfError time.Duration
+	copied       bool // params is this Plan's own map
+}
+
+// object is one item of the objects parameter with this package's fields
+// taken out.
+type object struct {
+	name     string     // for messages: objects[i] (objectName x)
+	node     *yaml.Node // the item without optional/keyPath
+	optional bool
+	keyPath  *KeyPath
+}
+
+func (o *object) special() bool { return o.optional || o.keyPath != nil }
+
+// Parse reads a class's parameters. A class that uses none of this package
+// gets a Plan whose Parameters are the class's own map.
+func Parse(params map[string]string) (*Plan, error) {
+	p := &Plan{params: params}
+	own := false
+	for k := range params {
+		if strings.HasPrefix(k, Prefix) {
+			own = true
+			break
+		}
+	}
+	if own {
+		p.params, p.copied = maps.Clone(params), true
+		if err := p.parseOwn(params); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.parseObjects(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Plan) parseOwn(params map[string]string) error {
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		if strings.HasPrefix(k, Prefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := params[k]
+		delete(p.params, k)
+		var err error
+		switch k {
+		case ParamTemplates:
+			p.templates, err = parseTemplates(v)
+		case ParamHideObjects:
+			p.hideObjects, err = strconv.ParseBool(strings.TrimSpace(v))
+			if err != nil {
+				err = fmt.Errorf("must be true or false")
+			}
+		case ParamRotationInterval:
+			p.rotation, err = parseDuration(v)
+		case ParamStaleIfError:
+			p.staleIfError, err = parseDuration(v)
+		default:
+			return provider.InvalidArgument("class parameter %q is not one secretfs knows; known: %s, %s, %s, %s",
+				clip(k), ParamTemplates, ParamHideObjects, ParamRotationInterval, ParamStaleIfError)
+		}
+		if err != nil {
+			return provider.InvalidArgument("class parameter %s: %v", k, err)
+		}
+	}
+	if p.hideObjects && len(p.templates) == 0 {
+		return provider.InvalidArgument("class parameter %s is true but %s declares no file: nothing would be written", ParamHideObjects, ParamTemplates)
+	}
+	return nil
+}
+
+func parseDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("must be a positive duration such as 30s, 5m or 1h")
+	}
+	return d, nil
+}
+
+// templateSpec is one item of the templates parameter.
+type templateSpec struct {
+	Path     string `yaml:"path"`
+	Template string `yaml:"template"`
+	Mode     string `yaml:"mode"`
+}
+
+func parseTemplates(v string) ([]*Template, error) {
+	var specs []templateSpec
+	dec := yaml.NewDecoder(strings.NewReader(v))
+	dec.KnownFields(true)
+	if err := dec.Decode(&specs); err != nil {
+		return nil, fmt.Errorf("must be a YAML list of {path, template, mode}: %s", yamlError(err))
+	}
+	if len(specs) == 0 {
+		return nil, fmt.Errorf("declares no file")
+	}
+	if len(specs) > maxTemplates {
+		return nil, fmt.Errorf("declares %d files; at most %d", len(specs), maxTemplates)
+	}
+	seen := map[string]bool{}
+	out := make([]*Template, 0, len(specs))
+	for i, s := range specs {
+		if s.Path == "" {
+			return nil, fmt.Errorf("item %d has no path", i)
+		}
+		if seen[s.Path] {
+			return nil, fmt.Errorf("path %q is declared twice", clip(s.Path))
+		}
+		seen[s.Path] = true
+		tp := &Template{Path: s.Path}
+		if s.Mode != "" {
+			m, err := strconv.ParseUint(s.Mode, 8, 32)
+			if err != nil || m > 0o777 {
+				return nil, fmt.Errorf("template %q: mode %q is not an octal file mode such as 0400", clip(s.Path), clip(s.Mode))
+			}
+			tp.Mode = os.FileMode(m)
+		}
+		t, err := parseTemplate(s.Path, s.Template)
+		if err != nil {
+			return nil, fmt.Errorf("template %q: %v", clip(s.Path), err)
+		}
+		tp.t = t
+		out = append(out, tp)
+	}
+	return out, nil
+}
+
+// yamlError keeps the line of a YAML error and nothing of the value.
+func yamlError(err error) string {
+	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+		return "error on line " + m[1]
+	}
+	return "not valid YAML"
+}
+
+// parseObjects takes optional and keyPath out of the objects parameter.
+// Parameters stay untouched unless some object uses them.
+func (p *Plan) parseObjects() error {
+	for _, name := range objectParams {
+		src, ok := p.params[name]
+		if !ok {
+			continue
+		}
+		if !strings.Contains(src, FieldOptional) && !strings.Contains(src, FieldKeyPath) {
+			return nil // fast path: nothing of ours in it
+		}
+		var root yaml.Node
+		if err := yaml.Unmarshal([]byte(src), &root); err != nil {
+			return nil // the provider reports its own parameter
+		}
+		items, array, ok := objectItems(&root)
+		if !ok {
+			return nil
+		}
+		objs := make([]object, len(items))
+		special := false
+		for i, item := range items {
+			o, err := takeFields(name, i, item)
+			if err != nil {
+				return err
+			}
+			objs[i] = o
+			special = special || o.special()
+		}
+		if !special {
+			return nil
+		}
+		if !p.copied {
+			p.params, p.copied = maps.Clone(p.params), true
+		}
+		p.objectsParam, p.objects, p.arrayForm = name, objs, array
+		p.params[name] = encodeObjects(objs, array, func(o *object) bool { return true })
+		return nil
+	}
+	return nil
+}
+
+// owned says whether params is already this Plan's own copy.
+func (p *Plan) owned() bool {
+	return p.templates != nil || p.hideObjects || p.rotation != 0 || p.staleIfError != 0
+}
+
+// objectItems returns the object maps of either spelling (see
+// provider.DecodeObjects) and whether it was the `array:` one.
+func objectItems(root *yaml.Node) ([]*yaml.Node, bool, bool) {
+	doc := root
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		doc = doc.Content[0]
+	}
+	switch doc.Kind {
+	case yaml.SequenceNode:
+		return doc.Content, false, true
+	case yaml.MappingNode:
+		if len(doc.Content) != 2 || doc.Content[0].Value != "array" || doc.Content[1].Kind != yaml.SequenceNode {
+			return nil, false, false
+		}
+		var items []*yaml.Node
+		for _, s := range doc.Content[1].Content {
+			var obj yaml.Node
+			if s.Kind != yaml.ScalarNode || yaml.Unmarshal([]byte(s.Value), &obj) != nil ||
+				len(obj.Content) != 1 || obj.Content[0].Kind != yaml.MappingNode {
+				return nil, false, false
+			}
+			items = append(items, obj.Content[0])
+		}
+		return items, true, true
+	}
+	return nil, false, false
+}
+
+// takeFields removes optional and keyPath from one object map.
+func takeFields(param string, i int, item *yaml.Node) (object, error) {
+	o := object{name: objectName(param, i, item), node: item}
+	if item.Kind != yaml.MappingNode {
+		return o, nil
+	}
+	kept := make([]*yaml.Node, 0, len(item.Content))
+	for j := 0; j+1 < len(item.Content); j += 2 {
+		k, v := item.Content[j], item.Content[j+1]
+		switch k.Value {
+		case FieldOptional:
+			b, err := strconv.ParseBool(v.Value)
+			if err != nil || v.Kind != yaml.ScalarNode {
+				return o, provider.InvalidArgument("parameter %s: %s: optional must be true or false", param, o.name)
+			}
+			o.optional = b
+		case FieldKeyPath:
+			kp, err := ParseKeyPath(v.Value)
+			if err != nil || v.Kind != yaml.ScalarNode {
+				if err == nil {
+					err = fmt.Errorf("must be text")
+				}
+				return o, provider.InvalidArgument("parameter %s: %s: keyPath: %v", param, o.name, err)
+			}
+			o.keyPath = &kp
+		default:
+			kept = append(kept, k, v)
+		}
+	}
+	o.node = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Content: kept}
+	return o, nil
+}
+
+// objectName names an object for messages by the fields providers use.
+func objectName(param string, i int, item *yaml.Node) string {
+	for _, f := range []string{"objectAlias", "objectName", "secretName", "fileName", "path", "resourceName"} {
+		for j := 0; j+1 < len(item.Content); j += 2 {
+			if item.Content[j].Value == f && item.Content[j+1].Kind == yaml.ScalarNode && item.Content[j+1].Value != "" {
+				return fmt.Sprintf("%s[%d] (%s %q)", param, i, f, clip(item.Content[j+1].Value))
+			}
+		}
+	}
+	return fmt.Sprintf("%s[%d]", param, i)
+}
+
+// encodeObjects writes the objects for which keep is true in the
+// parameter's original spelling.
+func encodeObjects(objs []object, array bool, keep func(*object) bool) string {
+	seq := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
+	for i := range objs {
+		if !keep(&objs[i]) {
+			continue
+		}
+		if array {
+			b, _ := yaml.Marshal(objs[i].node)
+			seq.Content = append(seq.Content, &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Style: yaml.LiteralStyle, Value: string(b)})
+		} else {
+			seq.Content = append(seq.Content, objs[i].node)
+		}
+	}
+	var root *yaml.Node = seq
+	if array {
+		root = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Content: []*yaml.Node{
+			{Kind: yaml.ScalarNode, Tag: "!!str", Value: "array"}, seq}}
+	}
+	b, _ := yaml.Marshal(root)
+	return string(b)
+}
+
+// Parameters are what the provider gets: the class's parameters without
+// this package's, objects without optional and keyPath. Do not modify.
+func (p *Plan) Parameters() map[string]string {
+	if p == nil {
+		return nil
+	}
+	return p.params
+}
+
+// RotationInterval is the class's own interval clamped to [min, max], and
+// whether the class sets one; a zero min or max does not clamp.
+func (p *Plan) RotationInterval(min, max time.Duration) (time.Duration, bool) {
+	if p == nil || p.rotation == 0 {
+		return 0, false
+	}
+	d := p.rotation
+	if min > 0 && d < min {
+		d = min
+	}
+	if max > 0 && d > max {
+		d = max
+	}
+	return d, true
+}
+
+// StaleIfError is the age up to which the class lets a new pod be served
+// the node cache's last good content when the backend fails (0: never),
+// bounded by max, the driver's limit (0: the feature is off).
+func (p *Plan) StaleIfError(max time.Duration) time.Duration {
+	if p == nil || max <= 0 {
+		return 0
+	}
+	return min(p.staleIfError, max)
+}
+
+// StaleIfErrorAsked is the class's own staleIfError, before the driver's limit.
+func (p *Plan) StaleIfErrorAsked() time.Duration {
+	if p == nil {
+		return 0
+	}
+	return p.staleIfError
+}
+
+// Shapes reports whether Render changes anything (templates or hidden objects).
+func (p *Plan) Shapes() bool { return p != nil && len(p.templates) > 0 }
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

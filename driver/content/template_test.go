@@ -1,0 +1,146 @@
+package content
+
+import (
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+func render(t *testing.T, src string, data map[string]string, limit int64) ([]byte, error) {
+	t.Helper()
+	tt, err := parseTemplate("out.env", src)
+	if err != nil {
+		return nil, provider.InvalidArgument("%v", err)
+	}
+	tp := &Template{Path: "out.env", t: tt}
+	return tp.render(data, &budget{bytes: limit, steps: MaxSteps})
+}
+
+func TestTemplateFunctions(t *testing.T) {
+	data := map[string]string{"user": "app", "password": " p@ss w'rd\n", "db-host": "db.example", "b64": "aGVsbG8="}
+	cases := map[string]string{
+		`USER={{ .user }}`:                                     "USER=app",
+		`{{ index . "db-host" }}`:                              "db.example",
+		`{{ .password | trim }}`:                               "p@ss w'rd",
+		`{{ .user | base64 }}`:                                 "YXBw",
+		`{{ .b64 | base64decode }}`:                            "hello",
+		`{{ .password | trim | quote }}`:                       `"p@ss w'rd"`,
+		`{{ .password | trim | squote }}`:                      `'p@ss w'\''rd'`,
+		`{{ .password | trim | json }}`:                        `"p@ss w'rd"`,
+		`{{ .password | trim | urlquery }}`:                    "p%40ss+w%27rd",
+		`{{ .user | upper }}{{ "X" | lower }}`:                 "APPx",
+		`{{ replace "a" "bb" "banana" }}`:                      "bbbnbbnbb",
+		`{{ .user | trimPrefix "a" | trimSuffix "p" }}`:        "p",
+		`{{ indent 2 "a\nb" }}`:                                "  a\n  b",
+		`{{ index . "nope" | default "x" }}`:                   "x",
+		`{{ printf "%s:%5s" .user "p" }}`:                      "app:    p",
+		`{{ range $k, $v := . }}{{ $k }};{{ end }}`:            "b64;db-host;password;user;",
+		`{{ with index . "missing" }}x{{ else }}none{{ end }}`: "none",
+	}
+	for src, want := range cases {
+		got, err := render(t, src, data, 1<<20)
+		if err != nil {
+			t.Errorf("%s: %v", src, err)
+			continue
+		}
+		if string(got) != want {
+			t.Errorf("%s = %q, want %q", src, got, want)
+		}
+	}
+}
+
+// Failing templates are InvalidArgument naming the template and line, and
+// never show a value.
+func TestTemplateErrors(t *testing.T) {
+	data := map[string]string{"password": "s3cr3t-VALUE"}
+	cases := map[string]string{
+		"a\nb\n{{ .nope }}":                       "line 3",
+		"a\n{{ .password | base64decode }}":       "line 2",
+		"{{ required \"set password2\" .x2 }}":    "line 1",
+		"x\n{{ if }}":                             "line 2",
+		"{{ env \"HOME\" }}":                      `function "env" not defined`,
+		"{{ readFile \"/etc/passwd\" }}":          `function "readFile" not defined`,
+		"{{ index .password 1 | printf \"%d\" }}": "",
+		"{{ .password.x }}":                       "line 1",
+	}
+	for src, want := range cases {
+		_, err := render(t, src, data, 1<<20)
+		if err == nil {
+			if want != "" {
+				t.Errorf("%q rendered", src)
+			}
+			continue
+		}
+		if provider.CodeOf(err) != codes.InvalidArgument {
+			t.Errorf("%q: code %v: %v", src, provider.CodeOf(err), err)
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v does not say %q", src, err, want)
+		}
+		if strings.Contains(err.Error(), "s3cr3t") {
+			t.Errorf("%q: error holds the value: %v", src, err)
+		}
+	}
+}
+
+// A template cannot make the driver spend unbounded CPU or memory.
+func TestTemplateBounds(t *testing.T) {
+	data := map[string]string{"x": strings.Repeat("x", 1000)}
+	cases := map[string]string{
+		"{{ range 1000000000 }}{{ end }}":                                                       "steps",
+		"{{ range 100000 }}{{ range 100000 }}{{ end }}{{ end }}":                                "steps",
+		`{{ define "a" }}{{ template "a" . }}{{ template "a" . }}{{ end }}{{ template "a" . }}`: "steps",
+		"{{ range 1000 }}{{ $.x }}{{ end }}":                                                    "room",
+		"{{ $s := .x }}{{ range 40 }}{{ $s = printf \"%s%s\" $s $s }}{{ end }}":                 "room",
+		"{{ $s := .x }}{{ range 40 }}{{ $s = print $s $s }}{{ end }}":                           "room",
+		"{{ $s := .x }}{{ range 40 }}{{ $s = replace \"x\" \"xx\" $s }}{{ end }}":               "room",
+		"{{ $s := .x }}{{ range 40 }}{{ $s = json $s }}{{ end }}":                               "room",
+	}
+	for src, want := range cases {
+		_, err := render(t, src, data, 64<<10)
+		if provider.CodeOf(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), want) {
+			t.Errorf("%.40q: %v, want ResourceExhausted (%s)", src, err, want)
+		}
+	}
+	for _, src := range []string{`{{ printf "%01000000000d" 1 }}`, `{{ printf "%*d" 1000000000 1 }}`, `{{ printf "%.1000000000f" 1.0 }}`, `{{ indent 1000000000 "a" }}`} {
+		if _, err := render(t, src, data, 64<<10); err == nil {
+			t.Errorf("%s rendered", src)
+		}
+	}
+	if _, err := parseTemplate("big", strings.Repeat("x", maxTemplateSource+1)); err == nil {
+		t.Error("oversized template parsed")
+	}
+}
+
+func FuzzTemplate(f *testing.F) {
+	for _, s := range []string{
+		"A={{ .a }}\nB={{ index . \"b-c\" | base64 }}\n",
+		"{{ range $k, $v := . }}{{ $k }}={{ $v | quote }}\n{{ end }}",
+		`{{ define "x" }}{{ . }}{{ end }}{{ template "x" .a }}`,
+		"{{ range 10 }}{{ printf \"%5d\" . }}{{ end }}",
+		"{{ if eq .a \"1\" }}{{ .a | json }}{{ else }}{{ .a | trim | upper }}{{ end }}",
+		"{{ with $x := .a }}{{ $x | urlquery }}{{ end }}",
+		"{{ .a | replace \"a\" \"bb\" | indent 4 }}",
+		"{{ block \"b\" . }}{{ .a }}{{ end }}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, src string) {
+		tt, err := parseTemplate("f", src)
+		if err != nil {
+			return
+		}
+		tp := &Template{Path: "f", t: tt}
+		const limit = 1 << 16
+		out, err := tp.render(map[string]string{"a": "1", "b-c": "two"}, &budget{bytes: limit, steps: 10000})
+		if err == nil && len(out) > limit {
+			t.Fatalf("output of %d bytes over the limit", len(out))
+		}
+		if err != nil && provider.CodeOf(err) == codes.Internal {
+			t.Fatalf("untyped error: %v", err)
+		}
+	})
+}
