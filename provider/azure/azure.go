@@ -197,6 +197,9 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 		go func() {
 			defer wg.Done()
 			results[i], errs[i] = f.object(ctx, o)
+			if o.Optional && provider.CodeOf(errs[i]) == codes.NotFound {
+				results[i], errs[i] = nil, nil
+			}
 			if errs[i] != nil {
 				cancel() // all or nothing: stop the others early
 			}

@@ -460,6 +460,20 @@ func TestAllOrNothing(t *testing.T) {
 	wantCode(t, err, codes.NotFound, "gone")
 }
 
+// optional: true is accepted and leaves out only a missing object; other
+// failures of an optional object still fail the volume.
+func TestOptionalObject(t *testing.T) {
+	e := newTestEnv(t, nil)
+	e.vault.SetSecret("a", "x", "")
+	res, err := e.p.Fetch(context.Background(), e.spRequest("array:\n  - |\n    objectName: a\n    objectType: secret\n  - |\n    objectName: gone\n    objectType: secret\n    optional: true\n"))
+	if err != nil || len(res.Files) != 1 || res.Files[0].Path != "a" {
+		t.Fatalf("optional missing object: %v %v", res, err)
+	}
+	e.vault.Allow("someone-else")
+	_, err = e.p.Fetch(context.Background(), e.spRequest("- {objectName: a, objectType: secret, optional: true}\n"))
+	wantCode(t, err, codes.PermissionDenied, `"a"`)
+}
+
 func TestConcurrencyBoundPerVault(t *testing.T) {
 	e := newTestEnv(t, func(o *Options) { o.MaxConcurrentPerVault = 3 })
 	var objs strings.Builder

@@ -69,6 +69,11 @@ type object struct {
 	ObjectFormat         string `yaml:"objectFormat"`
 	ObjectEncoding       string `yaml:"objectEncoding"`
 	FilePermission       string `yaml:"filePermission"`
+	// Optional: a missing object is left out rather than failing the
+	// volume. The driver handles this itself for every provider (and takes
+	// the field out first); honoured here too so that the provider served
+	// on its own to another CSI driver means the same thing.
+	Optional bool `yaml:"optional"`
 
 	mode os.FileMode // parsed FilePermission or the request default
 }
