@@ -1,7 +1,10 @@
 // Package events posts Kubernetes Events about the pods whose volumes the
 // driver keeps: a Warning when a refresh of a mounted volume fails (the pod
 // keeps its last good files, so nothing else would tell its owner), and
-// optionally a Normal event when a refresh rotated the files.
+// optionally a Normal event when a refresh rotated the files. Two more say
+// what a publish did that its owner would not otherwise see: a Normal event
+// when optional objects were not found and left out, and a Warning when a
+// new pod was served cached content because the backend failed.
 //
 // Events go through client-go's EventBroadcaster: posting never blocks the
 // caller (a full queue drops the event), and its correlator aggregates
@@ -12,6 +15,8 @@ package events
 
 import (
 	"fmt"
+	"strings"
+	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/status"
@@ -29,6 +34,8 @@ import (
 const (
 	ReasonRefreshFailed = "SecretRefreshFailed"
 	ReasonRotated       = "SecretRotated"
+	ReasonOmitted       = "SecretObjectsOmitted"
+	ReasonServedStale   = "SecretServedStale"
 )
 
 // MaxMessage caps an event's message in bytes. The API server accepts more
@@ -99,6 +106,43 @@ func (r *Recorder) Rotated(pod provider.Pod, class string) {
 	}
 	r.recorder.Event(ref, corev1.EventTypeNormal, ReasonRotated,
 		truncate(fmt.Sprintf("Refreshed the files of SecretProviderClass %q with new content", class)))
+}
+
+// Omitted posts a Normal SecretObjectsOmitted event on pod: optional
+// objects of class were not found and are not in the volume.
+func (r *Recorder) Omitted(pod provider.Pod, class string, objects []string) {
+	ref, ok := podRef(pod)
+	if !ok || len(objects) == 0 {
+		return
+	}
+	r.recorder.Event(ref, corev1.EventTypeNormal, ReasonOmitted, OmittedMessage(class, objects))
+}
+
+// OmittedMessage is the message of a SecretObjectsOmitted event.
+func OmittedMessage(class string, objects []string) string {
+	return truncate(fmt.Sprintf("SecretProviderClass %q: optional objects not found, left out of the volume: %s",
+		class, strings.Join(objects, ", ")))
+}
+
+// ServedStale posts a Warning SecretServedStale event on pod: its backend
+// failed with err, and the volume got this node's cached content of the
+// same identity and class, fetched age ago.
+func (r *Recorder) ServedStale(pod provider.Pod, class string, age time.Duration, err error) {
+	ref, ok := podRef(pod)
+	if !ok || err == nil {
+		return
+	}
+	r.recorder.Event(ref, corev1.EventTypeWarning, ReasonServedStale, ServedStaleMessage(class, age, err))
+}
+
+// ServedStaleMessage is the message of a SecretServedStale event.
+func ServedStaleMessage(class string, age time.Duration, err error) string {
+	msg := err.Error()
+	if st, ok := status.FromError(err); ok {
+		msg = st.Message()
+	}
+	return truncate(fmt.Sprintf("The backend of SecretProviderClass %q failed, so the volume holds content this node fetched %s ago for the same service account and class (staleIfError): %s: %s",
+		class, age.Round(time.Second), provider.CodeOf(err), msg))
 }
 
 // Close stops posting; events still queued are dropped.

@@ -142,3 +142,21 @@ func TestRefreshFailedMessage(t *testing.T) {
 		t.Errorf("long message: %d bytes, valid UTF-8 %v, ends %q", len(got), utf8.ValidString(got), got[len(got)-5:])
 	}
 }
+
+func TestOmittedAndServedStaleEvents(t *testing.T) {
+	sink := &recordingSink{}
+	r := NewWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
+	defer r.Close()
+	r.Omitted(pod, "app", nil) // nothing left out: no event
+	r.Omitted(pod, "app", []string{`objects[1] (objectName "tls")`})
+	waitCounts(t, sink, 1, 0)
+	if e := sink.created[0]; e.Type != corev1.EventTypeNormal || e.Reason != ReasonOmitted || !strings.Contains(e.Message, `objectName "tls"`) {
+		t.Errorf("omitted event %s %s %q", e.Type, e.Reason, e.Message)
+	}
+	r.ServedStale(pod, "app", 90*time.Second, provider.Unavailable("vault down"))
+	waitCounts(t, sink, 2, 0)
+	if e := sink.created[1]; e.Type != corev1.EventTypeWarning || e.Reason != ReasonServedStale ||
+		!strings.Contains(e.Message, "1m30s ago") || !strings.Contains(e.Message, "Unavailable: vault down") {
+		t.Errorf("stale event %s %s %q", e.Type, e.Reason, e.Message)
+	}
+}
