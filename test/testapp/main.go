@@ -13,6 +13,8 @@
 //	testapp watch FILE N TIMEOUT  a JSON line with FILE's content now, then one per
 //	                              change (with the time it was seen) until N changes
 //	                              or TIMEOUT; for measuring rotation latency
+//	testapp env FILE CMD...       load the .env FILE into the environment, then run
+//	                              testapp CMD... in this process (exec)
 package main
 
 import (
@@ -63,6 +65,12 @@ func main() {
 		err = need(args, 1, func() error { return mounts(args[0]) })
 	case "cat":
 		err = need(args, 1, func() error { return cat(args[0]) })
+	case "env":
+		if len(args) < 2 {
+			err = fmt.Errorf("want a .env file and a subcommand")
+			break
+		}
+		err = withEnv(args[0], args[1:])
 	case "watch":
 		err = need(args, 3, func() error { return watch(args[0], args[1], args[2]) })
 	default:
