@@ -16,7 +16,9 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/secretfs/secretfs/provider"
@@ -118,19 +120,45 @@ func TestServeSocketHandling(t *testing.T) {
 	}
 }
 
-func TestSocketPath(t *testing.T) {
-	for in, want := range map[string]string{
-		"unix:///run/csi/csi.sock": "/run/csi/csi.sock",
-		"unix:/run/csi.sock":       "/run/csi.sock",
-		"/run/x/../csi.sock":       "/run/csi.sock",
-	} {
-		if got, err := socketPath(in); err != nil || got != want {
-			t.Errorf("socketPath(%q) = %q, %v", in, got, err)
+// Every endpoint form kubelet and the manifests use serves the same socket;
+// any other form is refused before anything is created.
+func TestServeEndpointForms(t *testing.T) {
+	needRoot(t)
+	dir, _ := os.MkdirTemp("", "sfs")
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "csi.sock")
+	for _, endpoint := range []string{"unix://" + sock, "unix:" + sock, sock, filepath.Join(dir, "x", "..", "csi.sock")} {
+		d, err := New(Config{NodeID: "n", Classes: mapClasses{}, Providers: func(string) (provider.Provider, error) { return nil, nil }, RecoverUnder: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- d.Serve(ctx, endpoint) }()
+		waitFor(t, "serving", d.ready)
+		conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := csi.NewIdentityClient(conn).GetPluginInfo(context.Background(), &csi.GetPluginInfoRequest{}); err != nil {
+			t.Errorf("Serve(%q): GetPluginInfo on %s: %v", endpoint, sock, err)
+		}
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
 		}
 	}
-	for _, bad := range []string{"", "unix://", "tcp://127.0.0.1:10000"} {
-		if _, err := socketPath(bad); err == nil {
-			t.Errorf("socketPath(%q) accepted", bad)
+	for endpoint, want := range map[string]string{
+		"":                      "empty",
+		"unix://":               "absolute path",
+		"unix://csi/csi.sock":   "three slashes",
+		"csi.sock":              "must be absolute",
+		"tcp://127.0.0.1:10000": `scheme "tcp" is not supported`,
+	} {
+		d, _ := New(Config{NodeID: "n", Classes: mapClasses{}, Providers: func(string) (provider.Provider, error) { return nil, nil }, RecoverUnder: dir})
+		if err := d.Serve(context.Background(), endpoint); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Serve(%q): %v, want an error containing %q", endpoint, err, want)
 		}
 	}
 }

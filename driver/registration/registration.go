@@ -12,14 +12,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/secretfs/secretfs/internal/unixsock"
 )
 
 // SupportedVersions are the CSI spec versions announced to kubelet.
@@ -46,15 +47,15 @@ type Server struct {
 }
 
 // NewServer returns a registration server for driverName whose CSI socket is
-// at csiEndpointPath. The path must be the one kubelet sees on the host; a
-// "unix://" prefix is accepted and removed.
-func NewServer(driverName, csiEndpointPath string, log *slog.Logger) (*Server, error) {
+// at csiEndpoint, in any form unixsock.Parse accepts (unix:///path,
+// unix:/path, /path). The path must be the one kubelet sees on the host.
+func NewServer(driverName, csiEndpoint string, log *slog.Logger) (*Server, error) {
 	if driverName == "" {
 		return nil, errors.New("registration: driver name is empty")
 	}
-	path := strings.TrimPrefix(csiEndpointPath, "unix://")
-	if !filepath.IsAbs(path) {
-		return nil, fmt.Errorf("registration: CSI endpoint %q is not an absolute unix socket path", csiEndpointPath)
+	path, err := unixsock.Parse(csiEndpoint)
+	if err != nil {
+		return nil, fmt.Errorf("registration: CSI %w", err)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -94,44 +95,31 @@ func (s *Server) Status() (notified, registered bool, errMsg string) {
 	return s.notified, s.registered, s.lastError
 }
 
+// stopGrace bounds how long Serve waits for a registration call in flight
+// when its context ends; kubelet's calls are single small answers.
+const stopGrace = time.Second
+
 // Serve listens on SocketPath(registrationDir, driverName) until ctx ends,
 // then removes the socket so kubelet deregisters the driver. It returns nil
-// when ctx ends.
+// when ctx ends. registrationDir must exist: it is kubelet's (a missing one
+// means a wrong -registration-dir, which creating it would only hide). A
+// stale socket left by a previous run is replaced; a live one is not.
 func (s *Server) Serve(ctx context.Context, registrationDir string) error {
-	sock := SocketPath(registrationDir, s.driverName)
-	// A socket left by a previous run would refuse the bind; nothing else
-	// may live at this name.
-	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("registration: removing stale socket: %w", err)
+	if fi, err := os.Stat(registrationDir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("registration: kubelet's plugin registration directory %s does not exist (is -registration-dir <kubelet-root>/plugins_registry?)", registrationDir)
 	}
-	ln, err := net.Listen("unix", sock)
+	sock := SocketPath(registrationDir, s.driverName)
+	// Only kubelet (root) needs to connect.
+	ln, err := unixsock.Listen(sock, 0o600)
 	if err != nil {
 		return fmt.Errorf("registration: %w", err)
-	}
-	// Only kubelet (root) needs to connect.
-	if err := os.Chmod(sock, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("registration: securing socket: %w", err)
 	}
 	srv := grpc.NewServer()
 	registerapi.RegisterRegistrationServer(srv, s)
 	s.log.Info("waiting for kubelet to register the driver", "socket", sock)
-
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-done:
-		}
-		srv.Stop()
-	}()
-	err = srv.Serve(ln)
-	close(done)
-	// Closing a unix listener unlinks its socket, and kubelet deregisters the
-	// plugin when the socket goes. grpc has closed it already unless Serve
-	// failed early.
-	_ = ln.Close()
-	if err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	// Closing the listener removes the socket, and kubelet deregisters the
+	// plugin when the socket goes.
+	if err := unixsock.Serve(ctx, srv, ln, stopGrace); err != nil {
 		return fmt.Errorf("registration: %w", err)
 	}
 	return nil
@@ -139,9 +127,9 @@ func (s *Server) Serve(ctx context.Context, registrationDir string) error {
 
 // Serve registers the driver with kubelet: it serves the registration socket
 // for driverName in registrationDir, announcing the CSI socket at
-// csiEndpointPath (as seen by kubelet), until ctx ends.
-func Serve(ctx context.Context, registrationDir, driverName, csiEndpointPath string, log *slog.Logger) error {
-	s, err := NewServer(driverName, csiEndpointPath, log)
+// csiEndpoint (as seen by kubelet), until ctx ends.
+func Serve(ctx context.Context, registrationDir, driverName, csiEndpoint string, log *slog.Logger) error {
+	s, err := NewServer(driverName, csiEndpoint, log)
 	if err != nil {
 		return err
 	}

@@ -3,9 +3,11 @@ package registration
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,8 +51,14 @@ func startServer(t *testing.T, dir string) (*Server, registerapi.RegistrationCli
 	t.Cleanup(func() { _ = stop() })
 
 	sock := SocketPath(dir, "csi.secretfs.dev")
-	// A socket, not just a file: a stale regular file may be there first.
-	waitFor(t, func() bool { fi, err := os.Stat(sock); return err == nil && fi.Mode()&os.ModeSocket != 0 })
+	// Accepting, not just there: a stale socket may be there first.
+	waitFor(t, func() bool {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -113,20 +121,62 @@ func TestServeAnswersKubeletOverSocket(t *testing.T) {
 func TestServeReplacesStaleSocket(t *testing.T) {
 	dir := shortDir(t)
 	// A driver that crashed leaves its socket behind.
-	if err := os.WriteFile(SocketPath(dir, "csi.secretfs.dev"), nil, 0o600); err != nil {
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: SocketPath(dir, "csi.secretfs.dev"), Net: "unix"})
+	if err != nil {
 		t.Fatal(err)
 	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
 	_, client, _ := startServer(t, dir)
 	if _, err := client.GetInfo(context.Background(), &registerapi.InfoRequest{}); err != nil {
 		t.Fatalf("GetInfo after replacing a stale socket: %v", err)
+	}
+	// A live one (this very server) is not taken over.
+	err = Serve(context.Background(), dir, "csi.secretfs.dev", "/csi/csi.sock", nil)
+	if err == nil || !strings.Contains(err.Error(), "another process is serving") {
+		t.Fatalf("second Serve on a live socket: %v", err)
+	}
+}
+
+// What is not a socket is not ours to remove.
+func TestServeRefusesNonSocket(t *testing.T) {
+	dir := shortDir(t)
+	if err := os.WriteFile(SocketPath(dir, "csi.secretfs.dev"), []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := Serve(context.Background(), dir, "csi.secretfs.dev", "/csi/csi.sock", nil)
+	if err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("Serve over a regular file: %v", err)
+	}
+	if b, _ := os.ReadFile(SocketPath(dir, "csi.secretfs.dev")); string(b) != "keep" {
+		t.Fatal("regular file was touched")
+	}
+}
+
+// kubelet is told the same absolute path for every endpoint form the
+// driver's -endpoint accepts.
+func TestEndpointForms(t *testing.T) {
+	for _, endpoint := range []string{"unix:///csi/csi.sock", "unix:/csi/csi.sock", "/csi/csi.sock", "/csi/x/../csi.sock"} {
+		s, err := NewServer("csi.secretfs.dev", endpoint, nil)
+		if err != nil {
+			t.Errorf("NewServer(%q): %v", endpoint, err)
+			continue
+		}
+		info, err := s.GetInfo(context.Background(), &registerapi.InfoRequest{})
+		if err != nil || info.Endpoint != "/csi/csi.sock" {
+			t.Errorf("NewServer(%q): GetInfo endpoint %q, %v; want /csi/csi.sock", endpoint, info.GetEndpoint(), err)
+		}
 	}
 }
 
 func TestServeFailsOnMissingDirectory(t *testing.T) {
 	dir := filepath.Join(shortDir(t), "missing")
 	err := Serve(context.Background(), dir, "csi.secretfs.dev", "/csi/csi.sock", nil)
-	if err == nil {
-		t.Fatal("Serve in a missing directory succeeded")
+	if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("Serve in a missing directory: %v", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("Serve created kubelet's registration directory")
 	}
 }
 
@@ -134,6 +184,7 @@ func TestNewServerRejectsBadInput(t *testing.T) {
 	for _, tc := range []struct{ name, driver, endpoint string }{
 		{"empty driver", "", "/csi/csi.sock"},
 		{"relative endpoint", "csi.secretfs.dev", "csi.sock"},
+		{"host-style endpoint", "csi.secretfs.dev", "unix://csi/csi.sock"},
 		{"tcp endpoint", "csi.secretfs.dev", "tcp://127.0.0.1:10000"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -175,6 +175,43 @@ func TestServeReplacesStaleSocketOnly(t *testing.T) {
 	}
 }
 
+// Every endpoint form serves the same socket; other forms are refused.
+func TestServeEndpointForms(t *testing.T) {
+	dir := t.TempDir()
+	path := sockPath(dir, "vault")
+	c := New(Options{SocketDirs: []string{dir}})
+	defer c.Close()
+	for _, endpoint := range []string{"unix://" + path, "unix:" + path, path} {
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() { errc <- Serve(ctx, endpoint, staticProvider(), WithLogger(quiet)) }()
+		var err error
+		for range 1000 {
+			if _, err = c.Version(context.Background(), "vault"); err == nil {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if err != nil {
+			t.Errorf("Serve(%q): Version: %v", endpoint, err)
+		}
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatalf("Serve(%q): %v", endpoint, err)
+		}
+	}
+	for endpoint, want := range map[string]string{
+		"unix://vault.sock":     "three slashes",
+		"vault.sock":            "must be absolute",
+		"unix:vault.sock":       "must be absolute",
+		"tcp://127.0.0.1:10000": `scheme "tcp" is not supported`,
+	} {
+		if err := Serve(context.Background(), endpoint, staticProvider(), WithLogger(quiet)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Serve(%q): %v, want an error containing %q", endpoint, err, want)
+		}
+	}
+}
+
 func TestDeadline(t *testing.T) {
 	dir := t.TempDir()
 	canceled := make(chan struct{}, 2)
