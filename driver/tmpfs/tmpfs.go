@@ -10,10 +10,12 @@ package tmpfs
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -33,23 +35,71 @@ type Options struct {
 	SizeBytes int64       // the tmpfs size= cap
 	Mode      os.FileMode // mode of the root directory
 	GID       int         // group of the root directory; < 0 keeps root's
+	// Inodes is the nr_inodes= cap: files, directories and symlinks of the
+	// volume together. 0 leaves the kernel's default (half the pages of
+	// RAM), which is far more than any volume needs.
+	Inodes int64
+	// Logger is told once per process whether mounts use noswap.
+	Logger *slog.Logger
 }
 
-func (o Options) data() string {
+func (o Options) data(noswap bool) string {
 	s := fmt.Sprintf("size=%d,mode=%04o", o.SizeBytes, o.Mode.Perm())
+	if o.Inodes > 0 {
+		s += ",nr_inodes=" + strconv.FormatInt(o.Inodes, 10)
+	}
 	if o.GID >= 0 {
 		s += ",gid=" + strconv.Itoa(o.GID)
+	}
+	if noswap {
+		s += ",noswap"
 	}
 	return s
 }
 
+// Whether the kernel takes the noswap option (Linux 6.4 and later): unknown
+// until the first mount tries it.
+const (
+	swapUnknown int32 = iota
+	swapNoSwap
+	swapMaySwap
+)
+
+var swapMode atomic.Int32
+
+// sysMount is mount(2); a variable so a test can play an older kernel.
+var sysMount = unix.Mount
+
+// NoSwap reports whether mounts are made with noswap, and whether that is
+// known yet (it is after the first successful Mount).
+func NoSwap() (noswap, known bool) {
+	m := swapMode.Load()
+	return m == swapNoSwap, m != swapUnknown
+}
+
 // Mount mounts a fresh tmpfs at target, an existing directory, and checks
 // that target now is that tmpfs.
+//
+// Secrets must not reach a disk, so the tmpfs is mounted noswap: its pages
+// are never written to swap. Kernels before 6.4 reject the option with
+// EINVAL; then Mount mounts without it (a node without swap loses nothing)
+// and every later mount does the same. Either way opts.Logger hears once
+// which it is.
 func Mount(target string, opts Options) error {
 	if opts.SizeBytes <= 0 {
 		return fmt.Errorf("tmpfs size must be positive, got %d", opts.SizeBytes)
 	}
-	if err := unix.Mount(Source, target, "tmpfs", Flags, opts.data()); err != nil {
+	mode := swapMode.Load()
+	err := sysMount(Source, target, "tmpfs", Flags, opts.data(mode != swapMaySwap))
+	if mode == swapUnknown && errors.Is(err, unix.EINVAL) {
+		// Either noswap or another option is refused: try without noswap.
+		if err = sysMount(Source, target, "tmpfs", Flags, opts.data(false)); err == nil {
+			decideSwap(swapMaySwap, opts.Logger)
+		}
+	} else if mode == swapUnknown && err == nil {
+		decideSwap(swapNoSwap, opts.Logger)
+	}
+	if err != nil {
 		return fmt.Errorf("mounting tmpfs at %s: %w", target, err)
 	}
 	if err := Verify(target); err != nil {
@@ -57,6 +107,18 @@ func Mount(target string, opts Options) error {
 		return err
 	}
 	return nil
+}
+
+// decideSwap records the kernel's answer; the first to learn it logs it.
+func decideSwap(mode int32, log *slog.Logger) {
+	if !swapMode.CompareAndSwap(swapUnknown, mode) || log == nil {
+		return
+	}
+	if mode == swapNoSwap {
+		log.Info("volume tmpfs mounts use noswap: secret pages are never written to swap")
+	} else {
+		log.Warn("this kernel does not support the tmpfs noswap option (Linux 6.4 and later do): volume pages can be swapped out if the node has swap; disable swap on the node to keep secrets off disk")
+	}
 }
 
 // ErrNotTmpfs is returned by Verify for a directory on any other file system.
