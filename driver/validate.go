@@ -70,7 +70,8 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 	if !req.GetReadonly() {
 		return nil, provider.InvalidArgument("secretfs volumes are read-only: set readOnly: true on the pod's csi volume")
 	}
-	vc, err := parseVolumeContext(req.GetVolumeContext())
+	_, tokensInSecrets := req.GetSecrets()[AttrTokens]
+	vc, err := parseVolumeContext(req.GetVolumeContext(), tokensInSecrets)
 	if err != nil {
 		return nil, err
 	}
@@ -92,6 +93,16 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 // (the CSI field meant for sensitive data, which no request logger prints).
 // The key is removed from what backends see as nodePublishSecretRef data, so
 // a fresh token per pod does not change the node cache key.
+//
+// Where tokens come from (tokenSource): when the secrets field carries the
+// key, it is the only source and the AttrTokens volume attribute is ignored.
+// kubelet then leaves the attribute alone, so whatever is there was written
+// by the pod author, who could otherwise hand the driver a forged token
+// (with a far-future expiry, the "freshest" one for the shared Secret watch
+// and the Azure token holder of that service account). Without the key,
+// kubelet (every version since 1.20, for a CSIDriver with tokenRequests and
+// without serviceAccountTokenInSecrets) overwrites the attribute with the
+// tokens it minted, so the attribute is trusted.
 func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string]string, error) {
 	raw, ok := secrets[AttrTokens]
 	if !ok {
@@ -103,6 +114,7 @@ func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string
 			rest[k] = v
 		}
 	}
+	vc.Tokens = nil
 	if raw == "" {
 		return rest, nil
 	}
@@ -110,9 +122,7 @@ func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string
 	if err != nil {
 		return nil, err
 	}
-	if vc.Tokens == nil {
-		vc.Tokens = toks
-	}
+	vc.Tokens = toks
 	return rest, nil
 }
 

@@ -30,11 +30,17 @@ type volumeContext struct {
 	Class  string
 	Pod    provider.Pod
 	Tokens map[string]provider.Token
+	// IgnoredTokenAttr: the volume attributes carried AttrTokens although
+	// kubelet passed the tokens in the secrets field, so the pod author
+	// wrote it; it was ignored.
+	IgnoredTokenAttr bool
 }
 
 // parseVolumeContext validates the attributes of an ephemeral inline volume.
 // Errors are InvalidArgument and say what to fix; they never quote a token.
-func parseVolumeContext(attrs map[string]string) (*volumeContext, error) {
+// With tokensInSecrets (kubelet passed the tokens in the request's secrets
+// field) the AttrTokens attribute is not read at all: see tokenSource.
+func parseVolumeContext(attrs map[string]string, tokensInSecrets bool) (*volumeContext, error) {
 	if eph := attrs[AttrEphemeral]; eph != "true" {
 		if eph == "" {
 			eph = "missing"
@@ -71,7 +77,9 @@ func parseVolumeContext(attrs map[string]string) (*volumeContext, error) {
 			}
 		}
 	}
-	if raw, ok := attrs[AttrTokens]; ok && raw != "" {
+	if _, ok := attrs[AttrTokens]; ok && tokensInSecrets {
+		vc.IgnoredTokenAttr = true
+	} else if raw, ok := attrs[AttrTokens]; ok && raw != "" {
 		toks, err := parseTokens(raw)
 		if err != nil {
 			return nil, err

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 
 	"github.com/secretfs/secretfs/provider"
@@ -25,7 +26,7 @@ func attrs(kv ...string) map[string]string {
 func TestParseVolumeContext(t *testing.T) {
 	vc, err := parseVolumeContext(attrs(AttrPodName, "web-0", AttrPodUID, "0f1e2d3c-aaaa", AttrServiceAccount, "web",
 		AttrTokens, `{"api://AzureADTokenExchange":{"token":"abc","expirationTimestamp":"2030-01-02T03:04:05Z"},"vault":{"token":"def"}}`,
-		"unrelated", "ignored"))
+		"unrelated", "ignored"), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +37,7 @@ func TestParseVolumeContext(t *testing.T) {
 	if tok.Token != "abc" || !tok.ExpirationTimestamp.Equal(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)) || vc.Tokens["vault"].Token != "def" {
 		t.Fatalf("tokens %+v", vc.Tokens)
 	}
-	if vc, err := parseVolumeContext(attrs(AttrTokens, "")); err != nil || vc.Tokens != nil {
+	if vc, err := parseVolumeContext(attrs(AttrTokens, ""), false); err != nil || vc.Tokens != nil {
 		t.Fatalf("empty tokens: %+v %v", vc, err)
 	}
 
@@ -62,7 +63,7 @@ func TestParseVolumeContext(t *testing.T) {
 		"token wrong type":   {attrs(AttrTokens, `{"aud":{"token":5}}`), "not a JSON object"},
 		"bad expiry":         {attrs(AttrTokens, `{"aud":{"token":"x","expirationTimestamp":"tomorrow"}}`), "not an RFC 3339 time"},
 	} {
-		_, err := parseVolumeContext(tc.attrs)
+		_, err := parseVolumeContext(tc.attrs, false)
 		if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: want InvalidArgument containing %q, got %v", name, tc.msg, err)
 		}
@@ -75,7 +76,7 @@ func FuzzParseVolumeContext(f *testing.F) {
 	f.Add("a.b-c", "ns", "false", "Web", `{"x":{"token":"t"}}`)
 	f.Add("app", "team-a", "true", "web-0", `{"aud":{"token":"t","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
 	f.Fuzz(func(t *testing.T, class, ns, eph, pod, tokens string) {
-		vc, err := parseVolumeContext(map[string]string{AttrClass: class, AttrPodNamespace: ns, AttrEphemeral: eph, AttrPodName: pod, AttrTokens: tokens})
+		vc, err := parseVolumeContext(map[string]string{AttrClass: class, AttrPodNamespace: ns, AttrEphemeral: eph, AttrPodName: pod, AttrTokens: tokens}, false)
 		if err != nil {
 			if provider.CodeOf(err) != codes.InvalidArgument {
 				t.Fatalf("code %v: %v", provider.CodeOf(err), err)
@@ -123,5 +124,40 @@ func TestValidateTargetPath(t *testing.T) {
 	}
 	if err := validateTargetPath("/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/secrets/mount"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A pod author can set the tokens attribute; with kubelet's tokens in the
+// secrets field (CSIDriver serviceAccountTokenInSecrets) it is ignored, even
+// when it would be "fresher" or malformed.
+func TestTokensInSecretsOverrideTheAttribute(t *testing.T) {
+	forged := `{"":{"token":"forged","expirationTimestamp":"2999-01-01T00:00:00Z"}}`
+	for name, attr := range map[string]string{"forged": forged, "malformed": `{"":`} {
+		req := &csi.NodePublishVolumeRequest{
+			VolumeId: "vol", TargetPath: "/t", Readonly: true,
+			VolumeCapability: &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}},
+			VolumeContext:    attrs(AttrTokens, attr),
+			Secrets:          map[string]string{AttrTokens: `{"":{"token":"kubelet","expirationTimestamp":"2030-01-01T00:00:00Z"}}`},
+		}
+		in, err := validatePublish(req)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got := in.vc.Tokens[""].Token; got != "kubelet" || len(in.vc.Tokens) != 1 {
+			t.Fatalf("%s: token %q taken", name, got)
+		}
+		if !in.vc.IgnoredTokenAttr {
+			t.Fatalf("%s: ignoring the attribute is not reported", name)
+		}
+		// Empty tokens in the secrets field still mean: no tokens.
+		req.Secrets = map[string]string{AttrTokens: ""}
+		if in, err := validatePublish(req); err != nil || in.vc.Tokens != nil {
+			t.Fatalf("%s: empty secrets tokens: %v %v", name, in.vc.Tokens, err)
+		}
+	}
+	// Without the secrets key the attribute is kubelet's and is used.
+	vc, err := parseVolumeContext(attrs(AttrTokens, forged), false)
+	if err != nil || vc.Tokens[""].Token != "forged" || vc.IgnoredTokenAttr {
+		t.Fatalf("attribute without secrets: %+v %v", vc, err)
 	}
 }
