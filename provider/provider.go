@@ -56,6 +56,9 @@ type Request struct {
 	DefaultMode os.FileMode
 	// CurrentVersions are the versions mounted now (empty on first publish).
 	CurrentVersions []ObjectVersion
+	// Limits bound what the fetch may allocate; backends enforce them while
+	// reading (see Budget). Zero: DefaultMaxBytes and DefaultMaxFiles.
+	Limits Limits
 }
 
 // File is one file of a volume. Path is relative and slash-separated; the

@@ -186,25 +186,40 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 		vc.token.set(wiToken)
 	}
 
-	f := &fetcher{p: p, cfg: cfg, vc: vc, sem: p.vaultSem(vaultURL)}
+	// Every Key Vault response body is charged to the volume's budget as
+	// it is read (budgetTransport), and every file's content before it is
+	// kept: a class cannot make the driver hold more than its allowance.
+	budget := provider.NewBudget(req)
+	if n, most := len(cfg.objects), budget.Limits().MaxFiles; n > most {
+		return nil, provider.Errorf(codes.ResourceExhausted, "the class lists %d objects; a volume holds at most %d files (driver flag --max-files): split the class", n, most)
+	}
+	f := &fetcher{p: p, cfg: cfg, vc: vc, sem: p.vaultSem(vaultURL), budget: budget}
 	results := make([][]objectFile, len(cfg.objects))
 	errs := make([]error, len(cfg.objects))
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(provider.WithBudget(ctx, budget))
 	defer cancel()
+	// At most MaxConcurrentPerVault objects in progress: the vault's
+	// semaphore bounds requests, this bounds goroutines and responses held.
 	var wg sync.WaitGroup
-	for i, o := range cfg.objects {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i], errs[i] = f.object(ctx, o)
-			if o.Optional && provider.CodeOf(errs[i]) == codes.NotFound {
-				results[i], errs[i] = nil, nil
+	next := make(chan int)
+	for range min(p.opts.MaxConcurrentPerVault, len(cfg.objects)) {
+		wg.Go(func() {
+			for i := range next {
+				o := cfg.objects[i]
+				results[i], errs[i] = f.object(ctx, o)
+				if o.Optional && provider.CodeOf(errs[i]) == codes.NotFound {
+					results[i], errs[i] = nil, nil
+				}
+				if errs[i] != nil {
+					cancel() // all or nothing: stop the others early
+				}
 			}
-			if errs[i] != nil {
-				cancel() // all or nothing: stop the others early
-			}
-		}()
+		})
 	}
+	for i := range cfg.objects {
+		next <- i
+	}
+	close(next)
 	wg.Wait()
 	if err := firstError(errs); err != nil {
 		return nil, err
@@ -264,10 +279,11 @@ type versionInfo struct {
 const maxListPages = 400
 
 type fetcher struct {
-	p   *Provider
-	cfg *config
-	vc  *vaultClients
-	sem chan struct{}
+	p      *Provider
+	cfg    *config
+	vc     *vaultClients
+	sem    chan struct{}
+	budget *provider.Budget
 }
 
 // object fetches one object spec: one file, or with objectVersionHistory N
@@ -378,6 +394,10 @@ func (f *fetcher) content(ctx context.Context, o *object, version string) ([]byt
 		}
 	})
 	if err != nil {
+		return nil, "", err
+	}
+	if err := f.budget.File(int64(len(content))); err != nil {
+		clear(content)
 		return nil, "", err
 	}
 	return content, gotVersion, nil

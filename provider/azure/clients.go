@@ -24,6 +24,9 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	"google.golang.org/grpc/codes"
+
+	"github.com/secretfs/secretfs/provider"
 )
 
 // vaultClients are the SDK clients for one identity and one vault. They are
@@ -178,7 +181,7 @@ func (p *Provider) clientOptions(cfg *config) azcore.ClientOptions {
 	}
 	return azcore.ClientOptions{
 		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: authority},
-		Transport: p.http,
+		Transport: budgetTransport{p.http},
 		Retry: policy.RetryOptions{
 			MaxRetries:    2,
 			RetryDelay:    p.opts.RetryBase,
@@ -195,6 +198,9 @@ func (p *Provider) clientOptions(cfg *config) azcore.ClientOptions {
 // connection, which do not heal in seconds.
 func shouldRetryTransient(resp *http.Response, err error) bool {
 	if err != nil {
+		if provider.CodeOf(err) == codes.ResourceExhausted {
+			return false // the volume's budget is spent: a retry reads more
+		}
 		var dnsErr *net.DNSError
 		if errors.As(err, &dnsErr) || errors.Is(err, syscall.ECONNREFUSED) {
 			return false
@@ -262,4 +268,18 @@ func (p *Provider) vaultURL(cfg *config) string {
 		suffix = p.opts.VaultDNSSuffix
 	}
 	return (&url.URL{Scheme: "https", Host: strings.ToLower(cfg.vaultName) + "." + suffix, Path: "/"}).String()
+}
+
+// budgetTransport charges every response body of a request made for a fetch
+// to that fetch's provider.Budget (found in the request context) as it is
+// read, so the SDK, which reads whole bodies into memory, stops at the
+// volume's allowance.
+type budgetTransport struct{ next *http.Client }
+
+func (t budgetTransport) Do(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.Do(req)
+	if b := provider.BudgetFrom(req.Context()); b != nil && resp != nil && resp.Body != nil {
+		resp.Body = b.Reader(resp.Body)
+	}
+	return resp, err
 }

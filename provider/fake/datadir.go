@@ -58,8 +58,9 @@ func (d nsDir) close() {
 
 // read returns the override for objectName, or ok=false when there is none.
 // objectName is a validated safe name: one component, never "." or "..".
-// Symbolic links, devices and FIFOs are refused rather than followed.
-func (d nsDir) read(objectName string) (data []byte, ok bool, err error) {
+// Symbolic links, devices and FIFOs are refused rather than followed. The
+// file's size is charged to budget before it is read.
+func (d nsDir) read(objectName string, budget *provider.Budget) (data []byte, ok bool, err error) {
 	if d.fd < 0 {
 		return nil, false, nil
 	}
@@ -84,12 +85,15 @@ func (d nsDir) read(objectName string) (data []byte, ok bool, err error) {
 	if st.Size > maxDataFile {
 		return nil, false, provider.Errorf(codes.FailedPrecondition, "fake backend: data file %s/%s is larger than %d bytes", d.ns, objectName, maxDataFile)
 	}
-	data, err = io.ReadAll(io.LimitReader(f, maxDataFile+1))
+	if err := budget.File(st.Size); err != nil {
+		return nil, false, err
+	}
+	data, err = io.ReadAll(io.LimitReader(f, st.Size+1))
 	if err != nil {
 		return nil, false, provider.Unavailable("fake backend: cannot read data file %s/%s: %v", d.ns, objectName, err)
 	}
-	if len(data) > maxDataFile { // grew after fstat
-		return nil, false, provider.Errorf(codes.FailedPrecondition, "fake backend: data file %s/%s is larger than %d bytes", d.ns, objectName, maxDataFile)
+	if int64(len(data)) > st.Size { // grew after fstat
+		return nil, false, provider.Unavailable("fake backend: data file %s/%s grew while it was read; retry", d.ns, objectName)
 	}
 	return data, true, nil
 }

@@ -168,7 +168,8 @@ func (st *classState) allow(now time.Time, limit float64) bool {
 }
 
 // read resolves every object: the data file if present, else the literal
-// value, else the generated one.
+// value, else the generated one. Each file is charged to the request's
+// budget before its content is allocated.
 func (f *Fake) read(req *provider.Request, objs []object) (*provider.Result, error) {
 	ns := req.Pod.Namespace
 	dir, err := openNamespace(f.dataDir, ns)
@@ -181,23 +182,34 @@ func (f *Fake) read(req *provider.Request, objs []object) (*provider.Result, err
 	if defMode == 0 {
 		defMode = provider.DefaultFileMode
 	}
+	budget := provider.NewBudget(req)
 	res := &provider.Result{
 		Files:    make([]provider.File, 0, len(objs)),
 		Versions: make([]provider.ObjectVersion, 0, len(objs)),
 	}
+	fail := func(err error) (*provider.Result, error) {
+		wipe(res)
+		return nil, err
+	}
 	for _, o := range objs {
 		f.countFetch(ns, o.name)
-		data, ok, err := dir.read(o.name)
+		data, ok, err := dir.read(o.name, budget)
 		switch {
 		case err != nil:
-			return nil, err
+			return fail(err)
 		case ok:
 		case o.hasVal:
+			if err := budget.File(int64(len(o.value))); err != nil {
+				return fail(err)
+			}
 			data = append([]byte(nil), o.value...) // the caller may wipe it
 		case o.gen > 0:
+			if err := budget.File(int64(o.gen)); err != nil {
+				return fail(err)
+			}
 			data = generate(ns, o.name, o.version, o.seed, o.gen)
 		default:
-			return nil, provider.NotFound("fake backend: object %s has no value in namespace %s: set value or generate in the class, or provide a data file", o.name, ns)
+			return fail(provider.NotFound("fake backend: object %s has no value in namespace %s: set value or generate in the class, or provide a data file", o.name, ns))
 		}
 		mode := defMode
 		if o.modeSet {
@@ -207,6 +219,13 @@ func (f *Fake) read(req *provider.Request, objs []object) (*provider.Result, err
 		res.Versions = append(res.Versions, provider.ObjectVersion{ID: o.path, Version: contentVersion(ns, o.name, data)})
 	}
 	return res, nil
+}
+
+// wipe zeroes the contents read so far: a failed fetch leaves no copy.
+func wipe(res *provider.Result) {
+	for _, file := range res.Files {
+		clear(file.Contents)
+	}
 }
 
 func (f *Fake) countFetch(ns, name string) {

@@ -143,7 +143,11 @@ func (t *podTokenTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	}
 	req = req.Clone(req.Context())
 	req.Header.Set("Authorization", "Bearer "+token)
-	return t.next.RoundTrip(req)
+	resp, err := t.next.RoundTrip(req)
+	if b := provider.BudgetFrom(req.Context()); b != nil && resp != nil && resp.Body != nil {
+		resp.Body = b.Reader(resp.Body) // a fetch's GETs: read within the volume's allowance
+	}
+	return resp, err
 }
 
 // podToken returns the token for the configured audience, or an error that
@@ -169,7 +173,10 @@ func (p *Provider) podToken(req *provider.Request) (string, error) {
 func apiError(err error, verb string, pod provider.Pod, secret string) error {
 	who := saName(pod)
 	what := fmt.Sprintf("Secret %s/%s", pod.Namespace, secret)
+	var pe *provider.Error
 	switch {
+	case errors.As(err, &pe) && pe.Code == codes.ResourceExhausted:
+		return provider.Errorf(codes.ResourceExhausted, "%s of %s: %s", verb, what, pe.Message)
 	case errors.Is(err, context.DeadlineExceeded):
 		return provider.DeadlineExceeded("%s of %s: the API server did not answer in time", verb, what)
 	case errors.Is(err, context.Canceled):

@@ -108,41 +108,69 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 	if err != nil {
 		return nil, err
 	}
-	secrets := p.getAll(ctx, token, req.Pod, secretNames(specs))
-	return buildResult(req.Pod, specs, secrets)
+	budget := provider.NewBudget(req)
+	secrets := p.getAll(ctx, token, req.Pod, secretNames(specs), budget)
+	return buildResult(req.Pod, specs, secrets, budget)
 }
 
-// getAll GETs the named Secrets concurrently (a class rarely names many).
-func (p *Provider) getAll(ctx context.Context, token string, pod provider.Pod, names []string) map[string]fetchedSecret {
-	ctx, cancel := context.WithTimeout(withToken(ctx, token), p.opts.RequestTimeout)
+// maxConcurrentGets bounds the GETs of one fetch in flight: a class may name
+// hundreds of Secrets, and each GET holds a response in memory.
+const maxConcurrentGets = 8
+
+// getAll GETs the named Secrets, at most maxConcurrentGets at a time. Every
+// response body is charged to budget as it is read (podTokenTransport), so
+// the Secrets of one fetch together cannot exceed the volume's wire
+// allowance; once one GET fails so, the others stop.
+func (p *Provider) getAll(ctx context.Context, token string, pod provider.Pod, names []string, budget *provider.Budget) map[string]fetchedSecret {
+	ctx, cancel := context.WithTimeout(provider.WithBudget(withToken(ctx, token), budget), p.opts.RequestTimeout)
 	defer cancel()
 	out := make(map[string]fetchedSecret, len(names))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, name := range names {
+	next := make(chan string)
+	for range min(maxConcurrentGets, len(names)) {
 		wg.Go(func() {
-			s, err := p.client.Secrets(pod.Namespace).Get(ctx, name, metav1.GetOptions{})
-			f := fetchedSecret{secret: s}
-			if err != nil {
-				f = fetchedSecret{err: apiError(err, "get", pod, name)}
+			for name := range next {
+				s, err := p.client.Secrets(pod.Namespace).Get(ctx, name, metav1.GetOptions{})
+				f := fetchedSecret{secret: s}
+				if err != nil {
+					f = fetchedSecret{err: apiError(err, "get", pod, name)}
+					if provider.CodeOf(f.err) == codes.ResourceExhausted {
+						cancel()
+					}
+				}
+				mu.Lock()
+				out[name] = f
+				mu.Unlock()
 			}
-			mu.Lock()
-			out[name] = f
-			mu.Unlock()
 		})
 	}
+	for _, name := range names {
+		next <- name
+	}
+	close(next)
 	wg.Wait()
 	return out
 }
 
 // buildResult maps the fetched Secrets to files, applying optional, and
-// rejects two objects that write the same path.
-func buildResult(pod provider.Pod, specs []spec, secrets map[string]fetchedSecret) (*provider.Result, error) {
+// rejects two objects that write the same path. Every file is charged to
+// budget (content and count).
+func buildResult(pod provider.Pod, specs []spec, secrets map[string]fetchedSecret, budget *provider.Budget) (*provider.Result, error) {
+	// A fetch stopped by the budget reports that, not the GETs it canceled.
+	for _, f := range secrets {
+		if provider.CodeOf(f.err) == codes.ResourceExhausted {
+			return nil, f.err
+		}
+	}
 	res := &provider.Result{}
 	owner := map[string]string{} // path -> what wrote it, for collision messages
 	add := func(p string, mode os.FileMode, data []byte, from string) error {
 		if prev, dup := owner[p]; dup {
 			return provider.InvalidArgument("parameter objects: %s and %s both write file %q: give one a different path", prev, from, p)
+		}
+		if err := budget.File(int64(len(data))); err != nil {
+			return err
 		}
 		owner[p] = from
 		res.Files = append(res.Files, provider.File{Path: p, Mode: mode, Contents: data})

@@ -120,7 +120,7 @@ func (c *Client) Version(ctx context.Context, name string) (VersionInfo, error) 
 		return VersionInfo{}, err
 	}
 	var resp *pb.VersionResponse
-	err = r.call(ctx, func(ctx context.Context, api pb.CSIDriverProviderClient) (err error) {
+	err = r.call(ctx, r.c.opts.MaxRecvMsgSize, func(ctx context.Context, api pb.CSIDriverProviderClient) (err error) {
 		resp, err = api.Version(ctx, &pb.VersionRequest{Version: protocolVersion})
 		return err
 	})
@@ -173,21 +173,26 @@ func (r *remote) Fetch(ctx context.Context, req *provider.Request) (*provider.Re
 	if err != nil {
 		return nil, err
 	}
+	// The response is bounded by the volume's wire allowance before gRPC
+	// allocates it (and by -provider-max-message-size), its files by the
+	// volume's limits as they are taken over.
+	budget := provider.NewBudget(req)
+	maxMsg := int(min(int64(r.c.opts.MaxRecvMsgSize), budget.Limits().WireBytes()))
 	var resp *pb.MountResponse
-	err = r.call(ctx, func(ctx context.Context, api pb.CSIDriverProviderClient) (err error) {
-		resp, err = api.Mount(ctx, m)
+	err = r.call(ctx, maxMsg, func(ctx context.Context, api pb.CSIDriverProviderClient) (err error) {
+		resp, err = api.Mount(ctx, m, grpc.MaxCallRecvMsgSize(maxMsg))
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	return r.result(resp, req.DefaultMode)
+	return r.result(resp, req.DefaultMode, budget)
 }
 
 // call runs fn with the call deadline. On Unavailable (the provider went
 // away, or says it is unavailable) it drops the connection, finds the socket
 // again and retries once, as upstream's retry policy would.
-func (r *remote) call(ctx context.Context, fn func(context.Context, pb.CSIDriverProviderClient) error) error {
+func (r *remote) call(ctx context.Context, maxMsg int, fn func(context.Context, pb.CSIDriverProviderClient) error) error {
 	ctx, cancel := context.WithTimeout(ctx, r.c.opts.Timeout)
 	defer cancel()
 	start := time.Now()
@@ -207,12 +212,12 @@ func (r *remote) call(ctx context.Context, fn func(context.Context, pb.CSIDriver
 			r.drop(cn)
 			continue
 		}
-		return r.callError(ctx, cn.path, start, err)
+		return r.callError(ctx, cn.path, start, maxMsg, err)
 	}
 }
 
 // callError keeps the provider's code and says which provider failed.
-func (r *remote) callError(ctx context.Context, path string, start time.Time, err error) error {
+func (r *remote) callError(ctx context.Context, path string, start time.Time, maxMsg int, err error) error {
 	st := status.Convert(err)
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
@@ -225,8 +230,8 @@ func (r *remote) callError(ctx context.Context, path string, start time.Time, er
 		if _, err := fmt.Sscanf(st.Message(), "grpc: received message larger than max (%d vs. %d)", &got, &limit); err == nil {
 			size = fmt.Sprintf("of %d bytes", got)
 		}
-		return provider.Errorf(codes.ResourceExhausted, "provider %q returned a response %s; the driver accepts at most %d bytes: mount fewer or smaller objects, or raise the driver's provider message size limit",
-			r.name, size, r.c.opts.MaxRecvMsgSize)
+		return provider.Errorf(codes.ResourceExhausted, "provider %q returned a response %s; the driver accepts at most %d bytes (the lower of --provider-max-message-size and twice the per-volume --tmpfs-size plus 1 MiB): mount fewer or smaller objects",
+			r.name, size, maxMsg)
 	case st.Code() == codes.Unavailable:
 		return provider.Unavailable("provider %q at %s is unavailable: %s", r.name, path, clip(st.Message()))
 	}
@@ -234,7 +239,7 @@ func (r *remote) callError(ctx context.Context, path string, start time.Time, er
 }
 
 // result checks a MountResponse and turns it into a provider.Result.
-func (r *remote) result(resp *pb.MountResponse, defaultMode os.FileMode) (*provider.Result, error) {
+func (r *remote) result(resp *pb.MountResponse, defaultMode os.FileMode, budget *provider.Budget) (*provider.Result, error) {
 	if code := resp.GetError().GetCode(); code != "" {
 		return nil, provider.Errorf(codeFromString(code), "provider %q failed with error code %q", r.name, clip(code))
 	}
@@ -253,6 +258,9 @@ func (r *remote) result(resp *pb.MountResponse, defaultMode os.FileMode) (*provi
 		fm := os.FileMode(mode)
 		if fm == 0 {
 			fm = defaultMode
+		}
+		if err := budget.File(int64(len(f.GetContents()))); err != nil {
+			return nil, provider.Errorf(codes.ResourceExhausted, "provider %q: %s", r.name, err.Error())
 		}
 		res.Files = append(res.Files, provider.File{Path: f.GetPath(), Mode: fm, Contents: f.GetContents()})
 	}
