@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,6 +40,37 @@ type backendFlags struct {
 
 	kubeAudience string
 	kubeQPS      float64
+
+	// enabled lists the built-in backends classes may use (-backends); nil:
+	// all of them (commands without the flag).
+	enabled []string
+}
+
+// builtinNames are the in-process backends, in the order help text lists them.
+var builtinNames = []string{"azure", "kubernetes", "fake"}
+
+// registerAllowList registers -backends, the node admin's switch for the
+// built-in backends. External providers are governed by their sockets: a
+// provider whose socket the admin did not install cannot be reached.
+func (b *backendFlags) registerAllowList(fs *flag.FlagSet, def string) {
+	b.enabled = splitList(def)
+	fs.Func("backends", "comma-separated built-in backends that classes may use, of "+strings.Join(builtinNames, ", ")+
+		" (default "+def+"); a class naming another built-in one fails FailedPrecondition. fake is for tests and demos: it mounts whatever a class asks for",
+		func(v string) error {
+			names := splitList(v)
+			for _, n := range names {
+				if !slices.Contains(builtinNames, n) {
+					return fmt.Errorf("%q is not a built-in backend (%s)", n, strings.Join(builtinNames, ", "))
+				}
+			}
+			b.enabled = names
+			return nil
+		})
+}
+
+// allowed reports whether a class may use the built-in backend name.
+func (b *backendFlags) allowed(name string) bool {
+	return b.enabled == nil || slices.Contains(b.enabled, name)
 }
 
 // registerExternal registers the flags for reaching external providers,
@@ -126,8 +158,16 @@ func (b *backendFlags) resolver(cfg *rest.Config, log *slog.Logger) (func(string
 		Timeout:        b.providerTimeout,
 		MaxRecvMsgSize: int(b.providerMaxMsg.bytes),
 	})
+	enabled := strings.Join(b.enabled, ",")
+	if enabled == "" {
+		enabled = "none"
+	}
 	resolve := func(name string) (provider.Provider, error) {
 		if p, ok := builtin[name]; ok {
+			if !b.allowed(name) {
+				return nil, provider.Errorf(codes.FailedPrecondition,
+					"the built-in backend %q is disabled on this node (driver flag --backends=%s): the node admin enables it by adding it to --backends (Helm value backends)", name, enabled)
+			}
 			return p, nil
 		}
 		return external.Provider(name)

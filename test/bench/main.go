@@ -247,6 +247,7 @@ func startDriver(ctx context.Context, cfg config, bin, dir, kubeletDir string, c
 		"--node-id", "bench-node",
 		"--class-dir", filepath.Join(dir, "classes"),
 		"--fake-data-dir", filepath.Join(dir, "fake-data"),
+		"--backends", "fake",
 		"--provider-dir", filepath.Join(dir, "providers"),
 		"--kubelet-dir", kubeletDir,
 		"--metrics-addr", "127.0.0.1:"+strconv.Itoa(port),

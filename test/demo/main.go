@@ -59,7 +59,7 @@ func run(bin string) error {
 
 	step("Start the driver with the fake backend")
 	args := []string{"driver", "--endpoint", "unix://" + socket, "--node-id", "demo-node",
-		"--class-dir", classDir, "--fake-data-dir", dataDir, "--rotation-interval", rotation.String(),
+		"--class-dir", classDir, "--fake-data-dir", dataDir, "--backends", "fake", "--rotation-interval", rotation.String(),
 		"--kubelet-dir", filepath.Join(work, "kubelet"), "--health-addr", "", "--metrics-addr", ""}
 	fmt.Printf("  %s %s\n", bin, strings.Join(args, " "))
 	var driverLog bytes.Buffer

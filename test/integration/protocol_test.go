@@ -63,7 +63,7 @@ func TestExternalProviderSameFilesAsInProcess(t *testing.T) {
 	start(t, "provider", "--backend", "fake", "--endpoint", "unix://"+filepath.Join(providerDir, "extfake.sock"))
 	csiSock := filepath.Join(dir, "csi.sock")
 	start(t, "driver", "--endpoint", "unix://"+csiSock, "--node-id", "n1", "--class-dir", classDir,
-		"--kubelet-dir", dir, "--provider-dir", providerDir, "--health-addr", "", "--metrics-addr", "")
+		"--kubelet-dir", dir, "--provider-dir", providerDir, "--health-addr", "", "--metrics-addr", "", "--backends", "azure,kubernetes,fake")
 	node := nodeClient(t, csiSock)
 	waitForSocket(t, filepath.Join(providerDir, "extfake.sock"))
 
