@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,8 +31,8 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig for reading SecretProviderClasses (in-cluster config when empty)")
 		classDir    = fs.String("class-dir", "", "read SecretProviderClass YAML files from this directory instead of the API")
 		rotation    = fs.Duration("rotation-interval", 2*time.Minute, "refresh a volume on republish when its last fetch is older than this")
-		healthAddr  = fs.String("health-addr", ":9808", "address for /healthz (empty: off)")
-		metricsAddr = fs.String("metrics-addr", ":9809", "address for /metrics (empty: off)")
+		healthAddr  = fs.String("health-addr", defaultHealthAddr, "address for /healthz (empty: off); loopback, for the exec probe `secretfs probe`")
+		metricsAddr = fs.String("metrics-addr", "127.0.0.1:9809", "address for /metrics (empty: off); the manifests set the pod's own IP, so a scraper reaches it and nothing else listens")
 		regDir      = fs.String("registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
 		kubeletDir  = fs.String("kubelet-dir", "/var/lib/kubelet", "kubelet's root directory: after a restart only volumes below it are recovered")
 		useCache    = fs.Bool("cache", true, "share backend results between the volumes of one identity (namespace, service account, secret-ref data, class parameters) on this node, in memory only; false: every volume fetches for itself")
@@ -45,6 +46,7 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 	logs.register(fs)
 	backends.register(fs)
 	backends.registerExternal(fs)
+	backends.registerAllowList(fs, "azure,kubernetes")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}
@@ -144,9 +146,21 @@ func loadRESTConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
+// hostPort also accepts an IPv6 address followed by ":port" without
+// brackets, which is what "$(POD_IP):9809" gives on an IPv6 pod network.
+func hostPort(addr string) string {
+	if _, _, err := net.SplitHostPort(addr); err == nil {
+		return addr
+	}
+	if i := strings.LastIndexByte(addr, ':'); i > 0 && net.ParseIP(addr[:i]) != nil {
+		return net.JoinHostPort(addr[:i], addr[i+1:])
+	}
+	return addr
+}
+
 // serveHTTP serves handler on addr until ctx is done.
 func serveHTTP(ctx context.Context, addr string, handler http.Handler, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", hostPort(addr))
 	if err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ Usage:
   secretfs driver   [flags]   run the CSI node plugin (DaemonSet)
   secretfs mount    [flags]   mount a SecretProviderClass at a directory and keep it fresh (local agent)
   secretfs provider [flags]   serve a built-in backend over the provider protocol
+  secretfs probe    [flags]   check the driver's /healthz (exec probe)
   secretfs version            print the version
 
 Run "secretfs COMMAND -h" for the flags of a command.
@@ -33,6 +34,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runMount(args[1:], stdout, stderr)
 	case "provider":
 		return runProvider(args[1:], stdout, stderr)
+	case "probe":
+		return runProbe(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, versionString())
 		return 0
@@ -40,6 +43,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, provider or version\n", args[0])
+	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, provider, probe or version\n", args[0])
 	return 2
 }

@@ -140,8 +140,22 @@ func TestDaemonSet(t *testing.T) {
 	if driver.SecurityContext == nil || driver.SecurityContext.Privileged == nil || !*driver.SecurityContext.Privileged {
 		t.Error("driver container is not privileged: it cannot mount into pods' directories")
 	}
-	if driver.LivenessProbe == nil || driver.LivenessProbe.HTTPGet == nil || driver.LivenessProbe.HTTPGet.Path != "/healthz" {
-		t.Error("driver has no /healthz liveness probe")
+	// /healthz is on loopback only, so kubelet cannot reach it over the
+	// network: the probes exec "secretfs probe" in the container.
+	for name, p := range map[string]*corev1.Probe{"liveness": driver.LivenessProbe, "readiness": driver.ReadinessProbe} {
+		if p == nil || p.Exec == nil || strings.Join(p.Exec.Command, " ") != "/bin/secretfs probe --addr=$(HEALTH_ADDR)" {
+			t.Errorf("driver %s probe %+v, want exec /bin/secretfs probe --addr=$(HEALTH_ADDR)", name, p)
+		}
+	}
+	env := map[string]corev1.EnvVar{}
+	for _, e := range driver.Env {
+		env[e.Name] = e
+	}
+	if v := env["HEALTH_ADDR"].Value; !strings.HasPrefix(v, "127.0.0.1:") {
+		t.Errorf("HEALTH_ADDR %q is not on loopback", v)
+	}
+	if v := env["METRICS_ADDR"].Value; v != "$(POD_IP):9809" || env["POD_IP"].ValueFrom == nil || env["POD_IP"].ValueFrom.FieldRef.FieldPath != "status.podIP" {
+		t.Errorf("METRICS_ADDR %q must be the pod's own IP ($(POD_IP) from status.podIP), never every interface", v)
 	}
 	if driver.Resources.Requests.Memory().IsZero() || driver.Resources.Limits.Memory().IsZero() {
 		t.Error("driver has no memory request and limit")
@@ -168,6 +182,8 @@ func TestDaemonSet(t *testing.T) {
 		"--endpoint=unix://" + hostPaths["plugin-dir"] + "/csi.sock",
 		"--registration-dir=$(REGISTRATION_DIR)",
 		"--node-id=$(NODE_NAME)",
+		// Production enables the real backends only; fake is for tests.
+		"--backends=azure,kubernetes",
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("driver args %q lack %q", args, want)
