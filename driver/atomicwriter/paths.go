@@ -3,81 +3,20 @@ package atomicwriter
 import (
 	"fmt"
 	"io/fs"
-	"path"
-	"sort"
-	"strings"
+
+	"github.com/secretfs/secretfs/provider"
 )
 
-// Limits on file paths inside a volume, the ones Linux enforces itself.
-const (
-	MaxElementBytes = 255
-	MaxPathBytes    = 4096
-)
-
-// ValidatePath checks one file path: relative, slash-separated, clean, no
-// ".." anywhere, no element starting with ".." (those names belong to the
-// writer), within the Linux name limits. Messages quote the path, which is a
-// file name chosen by the class author, never secret content.
-func ValidatePath(p string) error {
-	switch {
-	case p == "":
-		return fmt.Errorf("file path is empty")
-	case len(p) > MaxPathBytes:
-		return fmt.Errorf("file path %.64q... is %d bytes long, the limit is %d", p, len(p), MaxPathBytes)
-	case strings.IndexByte(p, 0) >= 0:
-		return fmt.Errorf("file path %q contains a NUL byte", p)
-	case strings.HasPrefix(p, "/"):
-		return fmt.Errorf("file path %q is absolute: use a path relative to the volume", p)
-	case path.Clean(p) != p || p == ".":
-		return fmt.Errorf("file path %q is not clean (no '.', '..', empty or trailing elements)", p)
-	}
-	for el := range strings.SplitSeq(p, "/") {
-		if el == ".." {
-			return fmt.Errorf("file path %q contains '..'", p)
-		}
-		if strings.HasPrefix(el, "..") {
-			return fmt.Errorf("file path %q has an element starting with '..', which is reserved for the volume's own bookkeeping", p)
-		}
-		if len(el) > MaxElementBytes {
-			return fmt.Errorf("file path %.64q... has an element of %d bytes, the limit is %d", p, len(el), MaxElementBytes)
-		}
-	}
-	return nil
-}
-
-// ValidateFiles checks every path and mode, and that the set can exist as
-// one tree: no duplicates and no file that is also the parent directory of
-// another file.
+// ValidateFiles checks every mode, and the paths with the one path validator
+// of package provider: each path on its own and the set as one tree (no
+// duplicates, no file that is also another file's directory).
 func ValidateFiles(files []File) error {
 	paths := make([]string, len(files))
 	for i, f := range files {
-		if err := ValidatePath(f.Path); err != nil {
-			return err
-		}
 		if f.Mode&^fs.ModePerm != 0 {
 			return fmt.Errorf("file %q has mode %v: only permission bits (0000-0777) are allowed", f.Path, f.Mode)
 		}
 		paths[i] = f.Path
 	}
-	sort.Strings(paths)
-	for i := 1; i < len(paths); i++ {
-		prev, cur := paths[i-1], paths[i]
-		if prev == cur {
-			return fmt.Errorf("file path %q appears more than once: give each object a distinct name or alias", cur)
-		}
-	}
-	// "a" conflicts with "a/b"; sorting does not put them next to each other
-	// ("a-b" sorts between), so check the parent directories against the set.
-	set := make(map[string]struct{}, len(paths))
-	for _, p := range paths {
-		set[p] = struct{}{}
-	}
-	for _, p := range paths {
-		for dir := path.Dir(p); dir != "."; dir = path.Dir(dir) {
-			if _, ok := set[dir]; ok {
-				return fmt.Errorf("file path %q is also used as the directory of %q", dir, p)
-			}
-		}
-	}
-	return nil
+	return provider.ValidatePaths(paths)
 }

@@ -6,7 +6,7 @@
 //	<dir>/..data -> ..2025_01_02_...         swapped with one rename(2)
 //	<dir>/<top-level name> -> ..data/<name>  what the application reads
 //
-// Steps of Write:
+// Steps of Write (the same numbers mark the code):
 //  1. validate the file set;
 //  2. if the current generation has exactly this content, stop;
 //  3. write every file into a new timestamped directory;
@@ -14,6 +14,13 @@
 //  5. point ..data at the new directory (symlink ..data_tmp, rename over ..data);
 //  6. remove top-level symlinks that the new set no longer has;
 //  7. remove the old generation.
+//
+// A failure in steps 3-5 removes the new generation (one deferred cleanup)
+// and leaves the previous content in place; after step 5 failures only leave
+// garbage that the next Write removes, never a wrong view.
+//
+// Files: writer.go writes, compare.go compares a generation with a file
+// set, syscalls.go holds the system calls, replace.go replaces one file.
 //
 // Every operation is a *at(2) call on a directory descriptor the writer
 // opened itself with O_NOFOLLOW, on single names (no '/' in a name handed to
@@ -25,14 +32,11 @@
 package atomicwriter
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -73,16 +77,13 @@ var ErrRefused = errors.New("refusing to write")
 // New returns a Writer for dir that leaves group ownership alone.
 func New(dir string) *Writer { return &Writer{Dir: dir, GID: -1} }
 
+// seq makes generation names unique within the process.
 var seq atomic.Uint64
-
-const (
-	dirFlags  = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	readFlags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-)
 
 // Write makes files the content of the directory. It reports whether
 // anything changed. On error the previous content is still in place.
 func (w *Writer) Write(files []File) (changed bool, err error) {
+	// 1. Validate.
 	if err := ValidateFiles(files); err != nil {
 		return false, err
 	}
@@ -97,6 +98,7 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 		}
 	}
 
+	// 2. Stop if the current generation already holds exactly files.
 	oldGen, err := readlinkat(dfd, dataDirName)
 	if err != nil && !errors.Is(err, unix.ENOENT) {
 		return false, fmt.Errorf("reading %s: %w", dataDirName, err)
@@ -114,56 +116,48 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 		oldTop = top
 	}
 
-	newGen, err := w.writeGeneration(dfd, files)
+	// 3. Write a new generation. Until the swap in 5 succeeds, every
+	// failure ends here: the new generation goes, the old view stays.
+	newGen, err := newGeneration(dfd)
 	if err != nil {
 		return false, err
 	}
-	newTop := topLevel(files)
-	for name := range newTop {
-		want := dataDirName + "/" + name
-		var st unix.Stat_t
-		err := fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
-		switch {
-		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
-			if got, _ := readlinkat(dfd, name); got == want {
-				continue // already points into ..data
-			}
-			if err := unlinkat(dfd, name, 0); err != nil {
-				removeAllAt(dfd, newGen)
-				return false, fmt.Errorf("replacing link %q: %w", name, err)
-			}
-		case err == nil:
+	swapped := false
+	defer func() {
+		if !swapped {
+			unlinkat(dfd, newDataDirName, 0)
 			removeAllAt(dfd, newGen)
-			return false, fmt.Errorf("volume directory has a non-symlink entry %q where a file link belongs", name)
-		case !errors.Is(err, unix.ENOENT):
-			removeAllAt(dfd, newGen)
-			return false, fmt.Errorf("checking %q: %w", name, err)
 		}
-		if err := symlinkat(want, dfd, name); err != nil {
-			removeAllAt(dfd, newGen)
-			return false, fmt.Errorf("linking %q: %w", name, err)
-		}
+	}()
+	if err := w.writeGeneration(dfd, newGen, files); err != nil {
+		return false, err
 	}
+
+	// 4. Link the top-level names that are missing.
+	newTop := topLevel(files)
+	if err := linkTopLevel(dfd, newTop); err != nil {
+		return false, err
+	}
+
+	// 5. Swap ..data.
 	if err := removeAt(dfd, newDataDirName); err != nil && !errors.Is(err, unix.ENOENT) {
-		removeAllAt(dfd, newGen)
 		return false, fmt.Errorf("removing %s: %w", newDataDirName, err)
 	}
 	if err := symlinkat(newGen, dfd, newDataDirName); err != nil {
-		removeAllAt(dfd, newGen)
 		return false, fmt.Errorf("linking new generation: %w", err)
 	}
 	if err := renameat(dfd, newDataDirName, dfd, dataDirName); err != nil {
-		unlinkat(dfd, newDataDirName, 0)
-		removeAllAt(dfd, newGen)
 		return false, fmt.Errorf("swapping %s: %w", dataDirName, err)
 	}
-	// The swap is done: from here on failures only leave garbage that the
-	// next Write removes, never a wrong view.
+	swapped = true
+
+	// 6. Unlink top-level names the new set no longer has.
 	for name := range oldTop {
 		if _, ok := newTop[name]; !ok {
 			removeAt(dfd, name)
 		}
 	}
+	// 7. Remove the old generation.
 	if oldGen != "" {
 		removeAllAt(dfd, oldGen)
 	}
@@ -177,36 +171,36 @@ func isGeneration(name string) bool {
 		name != dataDirName && name != newDataDirName
 }
 
-// writeGeneration writes all files into a fresh timestamped directory.
-func (w *Writer) writeGeneration(dfd int, files []File) (string, error) {
-	var gen string
+// newGeneration creates a fresh, empty, timestamped generation directory.
+func newGeneration(dfd int) (string, error) {
 	for {
-		gen = time.Now().UTC().Format("..2006_01_02_15_04_05.") + strconv.FormatUint(seq.Add(1), 10)
+		gen := time.Now().UTC().Format("..2006_01_02_15_04_05.") + strconv.FormatUint(seq.Add(1), 10)
 		err := mkdirat(dfd, gen, dirMode)
 		if err == nil {
-			break
+			return gen, nil
 		}
 		if !errors.Is(err, unix.EEXIST) {
 			return "", fmt.Errorf("creating generation directory: %w", err)
 		}
 	}
+}
+
+// writeGeneration writes all files into the generation directory gen.
+func (w *Writer) writeGeneration(dfd int, gen string, files []File) error {
 	if err := w.fixDir(dfd, gen); err != nil {
-		removeAllAt(dfd, gen)
-		return "", err
+		return err
 	}
 	gfd, err := openat(dfd, gen, dirFlags, 0)
 	if err != nil {
-		removeAllAt(dfd, gen)
-		return "", fmt.Errorf("opening generation directory: %w", err)
+		return fmt.Errorf("opening generation directory: %w", err)
 	}
 	defer unix.Close(gfd)
 	for _, f := range files {
 		if err := w.writeFile(gfd, f); err != nil {
-			removeAllAt(dfd, gen)
-			return "", err
+			return err
 		}
 	}
-	return gen, nil
+	return nil
 }
 
 // writeFile creates f below the generation directory gfd. Directories on
@@ -263,6 +257,8 @@ func (w *Writer) writeFile(gfd int, f File) error {
 	return nil
 }
 
+// fixDir gives the directory name, just made by mkdirat, its group and
+// (when the umask took bits away) its mode.
 func (w *Writer) fixDir(dfd int, name string) error {
 	if w.GID >= 0 {
 		if err := lchownat(dfd, name, w.GID); err != nil {
@@ -278,97 +274,31 @@ func (w *Writer) fixDir(dfd int, name string) error {
 	return nil
 }
 
-// sameContent reports whether generation gen holds exactly files (paths,
-// modes, group, bytes) and nothing else, and returns its top-level names.
-// Anything but regular files and directories (a symlink, say) makes it
-// differ; nothing is followed.
-func (w *Writer) sameContent(dfd int, gen string, files []File) (bool, map[string]struct{}, error) {
-	gfd, err := openat(dfd, gen, dirFlags, 0)
-	if err != nil {
-		return false, nil, err
-	}
-	defer unix.Close(gfd)
-	entries, err := readDirAt(gfd)
-	if err != nil {
-		return false, nil, err
-	}
-	top := make(map[string]struct{}, len(entries))
-	for _, e := range entries {
-		top[e.name] = struct{}{}
-	}
-	want := make(map[string]*File, len(files))
-	for i := range files {
-		want[files[i].Path] = &files[i]
-	}
-	c := comparer{w: w, want: want}
-	if !c.dir(gfd, "", entries) || c.matched != len(files) {
-		return false, top, c.err
-	}
-	return true, top, nil
-}
-
-type comparer struct {
-	w       *Writer
-	want    map[string]*File
-	matched int
-	buf     []byte
-	err     error
-}
-
-// dir compares the entries of the directory dfd (at path prefix) and below.
-func (c *comparer) dir(dfd int, prefix string, entries []dirent) bool {
-	for _, e := range entries {
-		p := prefix + e.name
-		switch e.typ {
-		case unix.S_IFDIR:
-			sub, err := openat(dfd, e.name, dirFlags, 0)
-			if err != nil {
-				c.err = err
-				return false
+// linkTopLevel makes each top-level name a symlink into ..data, replacing
+// a symlink that points elsewhere. Anything else at such a name is refused.
+func linkTopLevel(dfd int, top map[string]struct{}) error {
+	for name := range top {
+		want := dataDirName + "/" + name
+		var st unix.Stat_t
+		err := fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		switch {
+		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			if got, _ := readlinkat(dfd, name); got == want {
+				continue // already points into ..data
 			}
-			subEntries, err := readDirAt(sub)
-			same := err == nil && c.dir(sub, p+"/", subEntries)
-			unix.Close(sub)
-			if err != nil {
-				c.err = err
+			if err := unlinkat(dfd, name, 0); err != nil {
+				return fmt.Errorf("replacing link %q: %w", name, err)
 			}
-			if !same {
-				return false
-			}
-		case unix.S_IFREG:
-			f, ok := c.want[p]
-			if !ok || !c.file(dfd, e.name, f) {
-				return false
-			}
-			c.matched++
-		default:
-			return false
+		case err == nil:
+			return fmt.Errorf("volume directory has a non-symlink entry %q where a file link belongs", name)
+		case !errors.Is(err, unix.ENOENT):
+			return fmt.Errorf("checking %q: %w", name, err)
+		}
+		if err := symlinkat(want, dfd, name); err != nil {
+			return fmt.Errorf("linking %q: %w", name, err)
 		}
 	}
-	return true
-}
-
-func (c *comparer) file(dfd int, name string, f *File) bool {
-	fd, err := openat(dfd, name, readFlags, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG ||
-		st.Mode&0o777 != uint32(f.Mode) || st.Size != int64(len(f.Data)) {
-		return false
-	}
-	if c.w.GID >= 0 && int(st.Gid) != c.w.GID {
-		return false
-	}
-	// One read of one byte more than expected: a regular file returns all
-	// it has (anything short just counts as different and is rewritten).
-	if need := len(f.Data) + 1; cap(c.buf) < need {
-		c.buf = make([]byte, need)
-	}
-	n, err := readOnce(fd, c.buf[:len(f.Data)+1])
-	return err == nil && n == len(f.Data) && bytes.Equal(c.buf[:n], f.Data)
+	return nil
 }
 
 // removeStale deletes generation directories left by an interrupted Write.
@@ -399,295 +329,4 @@ func cutLast(p string) (dir, base string, ok bool) {
 		return "", p, false
 	}
 	return p[:i], p[i+1:], true
-}
-
-func closeUnless(fd, keep int) {
-	if fd != keep {
-		unix.Close(fd)
-	}
-}
-
-var direntBufs = sync.Pool{New: func() any { return new([8192]byte) }}
-
-// dirent is one directory entry: its name and its type bits (S_IFDIR, ...).
-type dirent struct {
-	name string
-	typ  uint32
-}
-
-// readDirAt lists the directory fd without "." and "..". It reads from the
-// descriptor's offset, so each descriptor is listed once (the *at calls
-// made on it do not care where its offset is). Types come from getdents;
-// only a file system that does not report them costs an fstatat per entry.
-func readDirAt(fd int) ([]dirent, error) {
-	var out []dirent
-	bp := direntBufs.Get().(*[8192]byte)
-	defer direntBufs.Put(bp)
-	buf := bp[:]
-	for {
-		n, err := unix.Getdents(fd, buf)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return out, err
-		}
-		if n <= 0 {
-			return out, nil
-		}
-		// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
-		for b := buf[:n]; len(b) >= 19; {
-			reclen := int(b[16]) | int(b[17])<<8
-			if reclen < 19 || reclen > len(b) {
-				return out, errors.New("malformed directory entry")
-			}
-			typ, name := b[18], b[19:reclen]
-			if i := bytes.IndexByte(name, 0); i >= 0 {
-				name = name[:i]
-			}
-			b = b[reclen:]
-			if string(name) == "." || string(name) == ".." {
-				continue
-			}
-			e := dirent{name: string(name), typ: uint32(typ) << 12} // DT_x << 12 == S_IFx
-			if typ == unix.DT_UNKNOWN {
-				var st unix.Stat_t
-				if err := fstatat(fd, e.name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-					continue // gone meanwhile
-				}
-				e.typ = st.Mode & unix.S_IFMT
-			}
-			out = append(out, e)
-		}
-	}
-}
-
-// removeAllAt removes name below dfd and, if it is a directory, everything
-// in it, without following symlinks. A missing name is fine.
-func removeAllAt(dfd int, name string) error {
-	err := unlinkat(dfd, name, 0)
-	if err == nil || errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
-		return err
-	}
-	sub, err := openat(dfd, name, dirFlags, 0)
-	if err != nil {
-		return err
-	}
-	entries, _ := readDirAt(sub)
-	for _, e := range entries {
-		removeAllAt(sub, e.name)
-	}
-	unix.Close(sub)
-	if err := unlinkat(dfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-		return err
-	}
-	return nil
-}
-
-// removeAt removes a file, symlink or empty directory.
-func removeAt(dfd int, name string) error {
-	err := unlinkat(dfd, name, 0)
-	if errors.Is(err, unix.EISDIR) {
-		err = unlinkat(dfd, name, unix.AT_REMOVEDIR)
-	}
-	return err
-}
-
-var (
-	umaskOnce sync.Once
-	umask     uint32
-)
-
-// processUmask is the umask of the process, read once from
-// /proc/self/status (reading it with umask(2) would change it for a moment
-// under every other goroutine). Unknown, it is taken as 0777: every mode is
-// then set explicitly after create.
-func processUmask() uint32 {
-	umaskOnce.Do(func() {
-		umask = 0o777
-		b, err := os.ReadFile("/proc/self/status")
-		if err != nil {
-			return
-		}
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
-				if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
-					umask = uint32(m) & 0o777
-				}
-				return
-			}
-		}
-	})
-	return umask
-}
-
-// System calls, retried on EINTR (Go installs its signal handlers with
-// SA_RESTART, but a file system may still return EINTR).
-
-// Each wrapper loops itself rather than taking a closure: a closure that
-// captures its arguments is an allocation per call on the publish path.
-
-func openat(dfd int, name string, flags int, mode uint32) (int, error) {
-	for {
-		fd, err := unix.Openat(dfd, name, flags, mode)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
-}
-
-func fstatat(dfd int, name string, st *unix.Stat_t, flags int) error {
-	for {
-		if err := unix.Fstatat(dfd, name, st, flags); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func mkdirat(dfd int, name string, mode uint32) error {
-	for {
-		if err := unix.Mkdirat(dfd, name, mode); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func unlinkat(dfd int, name string, flags int) error {
-	for {
-		if err := unix.Unlinkat(dfd, name, flags); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func symlinkat(target string, dfd int, name string) error {
-	for {
-		if err := unix.Symlinkat(target, dfd, name); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func renameat(olddfd int, oldname string, newdfd int, newname string) error {
-	for {
-		if err := unix.Renameat(olddfd, oldname, newdfd, newname); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func fchown(fd, gid int) error {
-	for {
-		if err := unix.Fchown(fd, -1, gid); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func lchownat(dfd int, name string, gid int) error {
-	for {
-		if err := unix.Fchownat(dfd, name, -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func fchmod(fd int, mode uint32) error {
-	for {
-		if err := unix.Fchmod(fd, mode); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-// fchmodat does not follow a final symlink only because callers pass
-// names they just created with mkdirat.
-func fchmodat(dfd int, name string, mode uint32) error {
-	for {
-		if err := unix.Fchmodat(dfd, name, mode, 0); err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func readlinkat(dfd int, name string) (string, error) {
-	var buf [256]byte
-	for {
-		n, err := unix.Readlinkat(dfd, name, buf[:])
-		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
-		case err != nil:
-			return "", err
-		case n < len(buf):
-			return string(buf[:n]), nil
-		}
-		// Longer than any name we write: not ours, but report it whole.
-		big := make([]byte, unix.PathMax)
-		n, err = unix.Readlinkat(dfd, name, big)
-		if err != nil {
-			return "", err
-		}
-		return string(big[:n]), nil
-	}
-}
-
-func writeAll(fd int, data []byte) error {
-	for len(data) > 0 {
-		n, err := unix.Write(fd, data)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		data = data[n:]
-	}
-	return nil
-}
-
-func readOnce(fd int, buf []byte) (int, error) {
-	for {
-		n, err := unix.Read(fd, buf)
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
-}
-
-// ReplaceFile writes one file of dir atomically: name.tmp is created with
-// mode, written and renamed over name, so a reader sees the old or the new
-// content, never a part. Neither dir nor name is followed if a symlink.
-func ReplaceFile(dir, name string, data []byte, mode fs.FileMode) error {
-	if strings.Contains(name, "/") || name == "" || name == "." || name == ".." {
-		return fmt.Errorf("file name %q is not a plain name", name)
-	}
-	dfd, err := openat(unix.AT_FDCWD, dir, dirFlags, 0)
-	if err != nil {
-		return &fs.PathError{Op: "open", Path: dir, Err: err}
-	}
-	defer unix.Close(dfd)
-	tmp := name + ".tmp"
-	fd, err := openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(mode.Perm()))
-	if err != nil {
-		return fmt.Errorf("creating %s: %w", tmp, err)
-	}
-	werr := writeAll(fd, data)
-	if werr == nil && uint32(mode.Perm())&processUmask() != 0 {
-		werr = fchmod(fd, uint32(mode.Perm()))
-	}
-	if cerr := unix.Close(fd); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = renameat(dfd, tmp, dfd, name)
-	}
-	if werr != nil {
-		unlinkat(dfd, tmp, 0)
-		return fmt.Errorf("writing %s: %w", name, werr)
-	}
-	return nil
 }

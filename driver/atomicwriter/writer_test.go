@@ -285,3 +285,29 @@ func TestConcurrentReaderSeesConsistentSet(t *testing.T) {
 		t.Fatalf("final content %v", got)
 	}
 }
+
+// A failure after the new generation is written (step 4: a regular file
+// where a top-level link belongs) removes that generation and leaves the
+// previous view as it was.
+func TestWriteFailureAfterGenerationCleansUp(t *testing.T) {
+	dir := t.TempDir()
+	w := New(dir)
+	if _, err := w.Write([]File{{Path: "keep", Mode: 0o644, Data: []byte("k")}}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(dir)
+	if err := os.WriteFile(filepath.Join(dir, "squat"), []byte("s"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := w.Write([]File{{Path: "keep", Mode: 0o644, Data: []byte("k2")}, {Path: "squat", Mode: 0o644, Data: []byte("x")}})
+	if err == nil || !strings.Contains(err.Error(), "non-symlink entry") {
+		t.Fatalf("want a refusal of the non-symlink entry, got %v", err)
+	}
+	after, _ := os.ReadDir(dir)
+	if len(after) != len(before)+1 {
+		t.Fatalf("entries before %v, after %v: want only the squatter added", before, after)
+	}
+	if got := readAll(t, dir); got["keep"] != "k" {
+		t.Fatalf("content changed: %v", got)
+	}
+}

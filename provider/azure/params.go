@@ -3,7 +3,6 @@ package azure
 import (
 	"fmt"
 	"os"
-	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -361,21 +360,12 @@ func (o *object) normalize(defaultMode os.FileMode) error {
 // maxVersionHistory bounds the files one object can produce.
 const maxVersionHistory = 100
 
-// validFileName keeps a file inside the volume (the driver checks again).
+// validFileName keeps a file inside the volume: the one path check of
+// package provider, and no backslash (a Windows separator in a class written
+// for the Azure provider's Windows nodes would be a different file here).
 func validFileName(name string) error {
-	if name == "" {
-		return fmt.Errorf("must not be empty")
+	if strings.ContainsRune(name, '\\') {
+		return fmt.Errorf("must not contain a backslash")
 	}
-	if strings.HasPrefix(name, "/") || strings.ContainsRune(name, '\\') || strings.ContainsRune(name, 0) {
-		return fmt.Errorf("must be a relative path")
-	}
-	for _, part := range strings.Split(name, "/") {
-		if part == ".." || part == "." || part == "" {
-			return fmt.Errorf("must not contain empty, '.' or '..' elements")
-		}
-	}
-	if path.Clean(name) != name {
-		return fmt.Errorf("must be a clean relative path")
-	}
-	return nil
+	return provider.ValidatePath(name)
 }

@@ -3,7 +3,6 @@ package kubernetes
 import (
 	"fmt"
 	"os"
-	"path"
 	"strconv"
 	"strings"
 
@@ -71,7 +70,7 @@ func validateObject(o object, defaultMode os.FileMode) (spec, error) {
 		}
 	}
 	if o.Path != "" {
-		if err := validatePath(o.Path); err != nil {
+		if err := provider.ValidatePath(o.Path); err != nil {
 			return s, err
 		}
 	}
@@ -83,32 +82,6 @@ func validateObject(o object, defaultMode os.FileMode) (spec, error) {
 		s.mode = os.FileMode(m)
 	}
 	return s, nil
-}
-
-// validatePath accepts a relative, clean, slash-separated path whose
-// elements do not start with ".." (reserved by the atomic writer).
-func validatePath(p string) error {
-	if strings.HasPrefix(p, "/") {
-		return fmt.Errorf("path %q must be relative", clip(p))
-	}
-	if len(p) > 4096 {
-		return fmt.Errorf("path is longer than 4096 bytes")
-	}
-	if path.Clean(p) != p {
-		return fmt.Errorf("path %q is not clean: no empty, '.' or '..' elements and no trailing slash", clip(p))
-	}
-	for _, elem := range strings.Split(p, "/") {
-		if strings.HasPrefix(elem, "..") {
-			return fmt.Errorf("path %q has an element starting with '..'", clip(p))
-		}
-		if strings.ContainsRune(elem, 0) {
-			return fmt.Errorf("path has a NUL byte")
-		}
-		if len(elem) > 255 {
-			return fmt.Errorf("path has an element longer than 255 bytes")
-		}
-	}
-	return nil
 }
 
 // filePath is where key of the Secret is written for this object.

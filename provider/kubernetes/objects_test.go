@@ -131,7 +131,7 @@ func FuzzParseObjects(f *testing.F) {
 				if key == "" {
 					continue
 				}
-				if err := validatePath(s.filePath(key)); err != nil {
+				if err := provider.ValidatePath(s.filePath(key)); err != nil {
 					t.Fatalf("accepted object writes an invalid path: %v", err)
 				}
 			}
