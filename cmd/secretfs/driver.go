@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -22,40 +23,71 @@ import (
 	"github.com/secretfs/secretfs/driver"
 )
 
-func runDriver(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("driver", "Run the CSI node plugin: serve CSI Identity and Node on a unix socket.", stdout)
-	var (
-		endpoint    = fs.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
-		nodeID      = fs.String("node-id", hostname(), "node id reported to kubelet (the Kubernetes node name)")
-		driverName  = fs.String("driver-name", "csi.secretfs.dev", "CSI driver name")
-		kubeconfig  = fs.String("kubeconfig", "", "kubeconfig for reading SecretProviderClasses (in-cluster config when empty)")
-		classDir    = fs.String("class-dir", "", "read SecretProviderClass YAML files from this directory instead of the API")
-		rotation    = fs.Duration("rotation-interval", 2*time.Minute, "refresh a volume on republish when its last fetch is older than this")
-		healthAddr  = fs.String("health-addr", defaultHealthAddr, "address for /healthz (empty: off); loopback, for the exec probe `secretfs probe`")
-		metricsAddr = fs.String("metrics-addr", "127.0.0.1:9809", "address for /metrics (empty: off); the manifests set the pod's own IP, so a scraper reaches it and nothing else listens")
-		regDir      = fs.String("registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
-		kubeletDir  = fs.String("kubelet-dir", "/var/lib/kubelet", "kubelet's root directory: after a restart only volumes below it are recovered")
-		useCache    = fs.Bool("cache", true, "share backend results between the volumes of one identity (namespace, service account, secret-ref data, class parameters) on this node, in memory only; false: every volume fetches for itself")
-		useEvents   = fs.Bool("events", true, "post a Warning SecretRefreshFailed Event on the pod when a refresh of its mounted volume fails (at most one per volume and rotation interval); needs the API server, so ignored with -class-dir and no kubeconfig or in-cluster config")
-		rotEvents   = fs.Bool("rotation-events", false, "also post a Normal SecretRotated Event on the pod each time its volume's content changes (one API write per rotation and volume)")
-		tmpfsSize   = quantityFlag{bytes: 8 << 20}
-		logs        logFlags
-		backends    backendFlags
-	)
-	fs.Var(&tmpfsSize, "tmpfs-size", "size cap of each volume's tmpfs (a quantity, e.g. 8Mi)")
-	logs.register(fs)
-	backends.register(fs)
-	backends.registerExternal(fs)
-	backends.registerAllowList(fs, "azure,kubernetes")
-	if code, ok := parse(fs, args, stderr); !ok {
-		return code
+// driverFlags are the flags of `secretfs driver`, parsed by
+// parseDriverFlags and run by runDriver.
+type driverFlags struct {
+	endpoint       string
+	nodeID         string
+	driverName     string
+	kubeconfig     string
+	classDir       string
+	rotation       time.Duration
+	healthAddr     string
+	metricsAddr    string
+	regDir         string
+	kubeletDir     string
+	cache          bool
+	events         bool
+	rotationEvents bool
+	tmpfsSize      quantityFlag
+	logs           logFlags
+	backends       backendFlags
+}
+
+func (f *driverFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint: unix:///path, unix:/path or /path (absolute)")
+	fs.StringVar(&f.nodeID, "node-id", hostname(), "node id reported to kubelet (the Kubernetes node name)")
+	fs.StringVar(&f.driverName, "driver-name", driver.DefaultDriverName, "CSI driver name")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for reading SecretProviderClasses (in-cluster config when empty)")
+	fs.StringVar(&f.classDir, "class-dir", "", "read SecretProviderClass YAML files from this directory instead of the API")
+	fs.DurationVar(&f.rotation, "rotation-interval", driver.DefaultRotationInterval, "refresh a volume on republish when its last fetch is older than this")
+	fs.StringVar(&f.healthAddr, "health-addr", defaultHealthAddr, "address for /healthz (empty: off); loopback, for the exec probe `secretfs probe`")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9809", "address for /metrics (empty: off); the manifests set the pod's own IP, so a scraper reaches it and nothing else listens")
+	fs.StringVar(&f.regDir, "registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
+	fs.StringVar(&f.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "kubelet's root directory: after a restart only volumes below it are recovered")
+	fs.BoolVar(&f.cache, "cache", true, "share backend results between the volumes of one identity (namespace, service account, secret-ref data, class parameters) on this node, in memory only; false: every volume fetches for itself")
+	fs.BoolVar(&f.events, "events", true, "post a Warning SecretRefreshFailed Event on the pod when a refresh of its mounted volume fails (at most one per volume and rotation interval); needs the API server, so ignored with -class-dir and no kubeconfig or in-cluster config")
+	fs.BoolVar(&f.rotationEvents, "rotation-events", false, "also post a Normal SecretRotated Event on the pod each time its volume's content changes (one API write per rotation and volume)")
+	f.tmpfsSize.bytes = driver.DefaultTmpfsSize
+	fs.Var(&f.tmpfsSize, "tmpfs-size", "size cap of each volume's tmpfs (a quantity, e.g. 8Mi)")
+	f.logs.register(fs)
+	f.backends.register(fs)
+	f.backends.registerExternal(fs)
+	f.backends.registerAllowList(fs, "azure,kubernetes")
+}
+
+const driverCmd = "driver"
+
+// parseDriverFlags parses the arguments of `secretfs driver`; ok is false
+// when the command should stop with code (after -h or a bad flag).
+func parseDriverFlags(args []string, stdout, stderr io.Writer) (f driverFlags, code int, ok bool) {
+	fs := newFlagSet(driverCmd, "Run the CSI node plugin: serve CSI Identity and Node on a unix socket.", stdout)
+	f.register(fs)
+	code, ok = parse(fs, args, stderr)
+	return f, code, ok
+}
+
+// runDriver runs the CSI node plugin with flags f until SIGINT or SIGTERM.
+func runDriver(f driverFlags, stderr io.Writer) int {
+	fail := func(code int, format string, args ...any) int {
+		return failCmd(stderr, "secretfs "+driverCmd, code, format, args...)
 	}
-	log, err := logs.logger(stderr)
+	log, err := f.logs.logger(stderr)
 	if err != nil {
-		return fail(stderr, fs, 2, "%v", err)
+		return fail(2, "%v", err)
 	}
-	if *nodeID == "" {
-		return fail(stderr, fs, 2, "-node-id is required (the Kubernetes node name)")
+	if f.nodeID == "" {
+		return fail(2, "-node-id is required (the Kubernetes node name)")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -63,74 +95,74 @@ func runDriver(args []string, stdout, stderr io.Writer) int {
 
 	// The API server is needed for classes unless they come from files; the
 	// kubernetes backend uses its address when there is one.
-	restConfig, err := loadRESTConfig(*kubeconfig)
+	restConfig, err := loadRESTConfig(f.kubeconfig)
 	if err != nil {
-		if *classDir == "" || *kubeconfig != "" {
-			return fail(stderr, fs, 1, "%v", err)
+		if f.classDir == "" || f.kubeconfig != "" {
+			return fail(1, "%v", err)
 		}
 		restConfig = nil // classes from files, and no API server
 	}
 	var classes driver.ClassSource
-	if *classDir != "" {
-		classes = driver.NewDirClassSource(*classDir)
+	if f.classDir != "" {
+		classes = driver.NewDirClassSource(f.classDir)
 	} else if classes, err = driver.NewAPIClassSource(ctx, restConfig); err != nil {
-		return fail(stderr, fs, 1, "watching SecretProviderClasses: %v", err)
+		return fail(1, "watching SecretProviderClasses: %v", err)
 	}
-	providers, closeProviders, err := backends.resolver(restConfig, log)
+	providers, closeProviders, err := f.backends.resolver(restConfig, log)
 	if err != nil {
-		return fail(stderr, fs, 1, "%v", err)
+		return fail(1, "%v", err)
 	}
 	defer closeProviders()
 
 	var events driver.EventSink
-	if *useEvents && restConfig != nil {
-		rec, err := driver.NewAPIEvents(restConfig, driver.EventOptions{Component: *driverName, Host: *nodeID, Rotated: *rotEvents})
+	if f.events && restConfig != nil {
+		rec, err := driver.NewAPIEvents(restConfig, driver.EventOptions{Component: f.driverName, Host: f.nodeID, Rotated: f.rotationEvents})
 		if err != nil {
-			return fail(stderr, fs, 1, "%v", err)
+			return fail(1, "%v", err)
 		}
 		defer rec.Close()
 		events = rec
-	} else if *useEvents {
+	} else if f.events {
 		log.Info("no API server configured: refresh failures are logged and counted, not posted as Events")
 	}
 
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d, err := driver.New(driver.Config{
-		DriverName:       *driverName,
-		NodeID:           *nodeID,
+		DriverName:       f.driverName,
+		NodeID:           f.nodeID,
 		Classes:          classes,
 		Providers:        providers,
-		TmpfsSize:        tmpfsSize.bytes,
-		RotationInterval: *rotation,
+		TmpfsSize:        f.tmpfsSize.bytes,
+		RotationInterval: f.rotation,
 		Logger:           log,
 		Registerer:       registry,
-		RecoverUnder:     *kubeletDir,
-		DisableCache:     !*useCache,
+		RecoverUnder:     f.kubeletDir,
+		DisableCache:     !f.cache,
 		Events:           events,
 	})
 	if err != nil {
-		return fail(stderr, fs, 1, "%v", err)
+		return fail(1, "%v", err)
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return d.Serve(ctx, *endpoint) })
-	if *healthAddr != "" {
+	g.Go(func() error { return d.Serve(ctx, f.endpoint) })
+	if f.healthAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/healthz", d.HealthHandler())
-		g.Go(func() error { return serveHTTP(ctx, *healthAddr, mux, log) })
+		g.Go(func() error { return serveHTTP(ctx, f.healthAddr, mux, log) })
 	}
-	if *metricsAddr != "" {
+	if f.metricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
-		g.Go(func() error { return serveHTTP(ctx, *metricsAddr, mux, log) })
+		g.Go(func() error { return serveHTTP(ctx, f.metricsAddr, mux, log) })
 	}
-	if *regDir != "" {
-		g.Go(func() error { return registerWithKubelet(ctx, *regDir, *driverName, *endpoint, log) })
+	if f.regDir != "" {
+		g.Go(func() error { return registerWithKubelet(ctx, f.regDir, f.driverName, f.endpoint, log) })
 	}
-	log.Info("secretfs driver starting", "version", versionString(), "driver", *driverName, "node", *nodeID, "endpoint", *endpoint)
+	log.Info("secretfs driver starting", "version", versionString(), "driver", f.driverName, "node", f.nodeID, "endpoint", f.endpoint)
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
-		return fail(stderr, fs, 1, "%v", err)
+		return fail(1, "%v", err)
 	}
 	return 0
 }

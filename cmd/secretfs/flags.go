@@ -45,7 +45,13 @@ func parse(fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
 // fail prints a one-line error for a command and returns exit code 1, or 2
 // for a usage error.
 func fail(stderr io.Writer, fs *flag.FlagSet, code int, format string, args ...any) int {
-	fmt.Fprintf(stderr, "%s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
+	return failCmd(stderr, fs.Name(), code, format, args...)
+}
+
+// failCmd is fail for a command whose flags are already parsed; name is
+// "secretfs <command>".
+func failCmd(stderr io.Writer, name string, code int, format string, args ...any) int {
+	fmt.Fprintf(stderr, "%s: %s\n", name, fmt.Sprintf(format, args...))
 	return code
 }
 

@@ -28,8 +28,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
-	case "driver":
-		return runDriver(args[1:], stdout, stderr)
+	case driverCmd:
+		f, code, ok := parseDriverFlags(args[1:], stdout, stderr)
+		if !ok {
+			return code
+		}
+		return runDriver(f, stderr)
 	case "mount":
 		return runMount(args[1:], stdout, stderr)
 	case "provider":

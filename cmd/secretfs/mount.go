@@ -6,8 +6,8 @@ import (
 	"io"
 	"os/signal"
 	"syscall"
-	"time"
 
+	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/agent"
 )
 
@@ -17,9 +17,9 @@ func runMount(args []string, stdout, stderr io.Writer) int {
 		classFile = fs.String("class", "", "YAML file with the SecretProviderClass to mount (required)")
 		className = fs.String("class-name", "", "which class of the file, when it has several")
 		target    = fs.String("target", "", "directory to mount at (required; created if missing, removed on exit)")
-		interval  = fs.Duration("interval", 2*time.Minute, "refresh interval")
+		interval  = fs.Duration("interval", driver.DefaultRotationInterval, "refresh interval")
 		sa        = fs.String("service-account", "default", "service account name the backend sees")
-		tmpfsSize = quantityFlag{bytes: 8 << 20}
+		tmpfsSize = quantityFlag{bytes: driver.DefaultTmpfsSize}
 		logs      logFlags
 		backends  backendFlags
 	)
