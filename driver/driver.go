@@ -70,6 +70,9 @@ type Config struct {
 	// metrics. Never called on the publish path: kubelet reports publish
 	// errors on the pod itself.
 	Events EventSink
+	// Hooks are told when a volume's content changed and when a volume is
+	// gone (see VolumeHook).
+	Hooks []VolumeHook
 }
 
 // EventSink reports refresh outcomes on the pod whose volume it was; see
@@ -122,15 +125,11 @@ type Driver struct {
 	// during a swap) plus the metadata file.
 	mountBytes   int64
 	recoverUnder string
-	interval     time.Duration
+	rotation     rotation
 	log          *slog.Logger
 	metrics      *metrics
 	events       EventSink // nil: none
-
-	// watchDebounce collects bursts of change notifications into one refresh.
-	watchDebounce time.Duration
-	// fetchTimeout bounds fetches that have no caller deadline (watch refreshes).
-	fetchTimeout time.Duration
+	hooks        []VolumeHook
 
 	// cache shares backend results between volumes of one identity; nil
 	// when disabled. keyer derives its keys.
@@ -187,24 +186,23 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("driver: registering metrics: %w", err)
 	}
 	d := &Driver{
-		name:          cfg.DriverName,
-		nodeID:        cfg.NodeID,
-		classes:       cfg.Classes,
-		resolve:       cfg.Providers,
-		capBytes:      cfg.TmpfsSize,
-		mountBytes:    2*cfg.TmpfsSize + 64<<10,
-		recoverUnder:  cfg.RecoverUnder,
-		interval:      cfg.RotationInterval,
-		log:           cfg.Logger,
-		metrics:       m,
-		events:        cfg.Events,
-		watchDebounce: 200 * time.Millisecond,
-		fetchTimeout:  2 * time.Minute,
-		vols:          map[string]*volume{},
+		name:         cfg.DriverName,
+		nodeID:       cfg.NodeID,
+		classes:      cfg.Classes,
+		resolve:      cfg.Providers,
+		capBytes:     cfg.TmpfsSize,
+		mountBytes:   2*cfg.TmpfsSize + 64<<10,
+		recoverUnder: cfg.RecoverUnder,
+		rotation:     newRotation(cfg.RotationInterval),
+		log:          cfg.Logger,
+		metrics:      m,
+		events:       cfg.Events,
+		hooks:        cfg.Hooks,
+		vols:         map[string]*volume{},
 	}
 	if !cfg.DisableCache {
 		d.keyer = cache.NewKeyer()
-		d.cache = cache.New(cache.Options{MaxAge: cfg.RotationInterval, Timeout: d.fetchTimeout})
+		d.cache = cache.New(cache.Options{MaxAge: d.rotation.cacheMaxAge(), Timeout: d.rotation.timeout})
 	}
 	d.recover()
 	d.recovered.Store(true)
@@ -248,16 +246,6 @@ func (d *Driver) volume(id string) *volume {
 func (d *Driver) setVolume(v *volume) {
 	d.mu.Lock()
 	d.vols[v.id] = v
-	n := len(d.vols)
-	d.mu.Unlock()
-	d.metrics.mounted.Set(float64(n))
-}
-
-func (d *Driver) dropVolume(v *volume) {
-	d.mu.Lock()
-	if d.vols[v.id] == v {
-		delete(d.vols, v.id)
-	}
 	n := len(d.vols)
 	d.mu.Unlock()
 	d.metrics.mounted.Set(float64(n))

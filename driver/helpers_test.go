@@ -174,7 +174,7 @@ func (e *env) start(cfg Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.watchDebounce = testDebounce
+	d.rotation.debounce = testDebounce
 	e.d = d
 	sockDir, err := os.MkdirTemp("", "sfs")
 	if err != nil {

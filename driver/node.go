@@ -10,12 +10,9 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
-	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -28,9 +25,6 @@ const (
 	rootModeWithGroup = 0o750
 	rootModeNoGroup   = 0o755
 )
-
-// maxFiles bounds the files of one volume (and so the inodes of its tmpfs).
-const maxFiles = 4096
 
 // NodePublishVolume mounts the volume, or, for a volume already mounted at
 // the target (a kubelet republish), refreshes it when its rotation is due.
@@ -72,11 +66,33 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 		}
 		// Unmounted behind our back: forget it and publish afresh.
 		d.log.Warn("volume no longer mounted; publishing again", "volume_id", v.id, "target", v.target)
-		d.stopWatch(v)
-		d.release(v)
-		d.dropVolume(v)
+		d.forget(v)
 	}
 	return false, d.firstPublish(ctx, in)
+}
+
+// firstPublish prepares the target, applies the volume (which mounts the
+// tmpfs and writes the files) and starts its provider watch. A target we
+// refuse (symlink, not empty, mounted) is left as it is; after that, any
+// failure unmounts and removes the target and forgets the volume.
+func (d *Driver) firstPublish(ctx context.Context, in *publishInput) error {
+	v := &volume{id: in.volumeID, target: in.target, pod: in.vc.Pod, class: in.vc.Class, gid: in.gid}
+	if err := prepareTarget(in.target); err != nil {
+		return err
+	}
+	if _, err := d.apply(ctx, v, request(v, in)); err != nil {
+		if !v.mounted {
+			removeEmptyDir(in.target)
+		} else if uerr := tmpfs.Unmount(in.target); uerr != nil {
+			d.log.Error("cleaning up after a failed publish", "volume_id", v.id, "target", in.target, "err", uerr)
+		}
+		d.forget(v)
+		return err
+	}
+	v.lastTry = time.Now()
+	d.setVolume(v)
+	d.startWatch(ctx, v)
+	return nil
 }
 
 // adopt takes over a volume of ours that recovery did not find (mounted
@@ -111,12 +127,12 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) err
 	}
 	// Fresh tokens and secrets from kubelet; the class parameters stay those
 	// of the last fetch until the refresh looks the class up again.
-	req := d.request(v, in)
+	req := request(v, in)
 	if v.req != nil {
 		req.Parameters = v.req.Parameters
 	}
 	v.req = req
-	if d.due(v) {
+	if d.rotation.due(v, time.Now()) {
 		d.refresh(ctx, v, "republish")
 	}
 	// A recovered volume has no watch yet; a watch with other tokens or
@@ -124,70 +140,6 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) err
 	if w := v.watch; w == nil || w.provider != v.provider || !sameTokens(w.tokens, in.vc.Tokens) {
 		d.startWatch(ctx, v)
 	}
-	return nil
-}
-
-// due reports whether the volume's rotation clock has run out. After a
-// failed attempt the next try waits a quarter interval, so a broken backend
-// is not hammered by every republish.
-func (d *Driver) due(v *volume) bool {
-	now := time.Now()
-	return now.Sub(v.lastFetch) >= d.interval && now.Sub(v.lastTry) >= d.interval/4
-}
-
-func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (err error) {
-	v := &volume{id: in.volumeID, target: in.target, pod: in.vc.Pod, class: in.vc.Class, gid: in.gid}
-	// A target we refuse (symlink, not empty, mounted) is left as it is;
-	// after that, any failure unmounts and removes the target.
-	if err := prepareTarget(in.target); err != nil {
-		return err
-	}
-	mounted := false
-	defer func() {
-		if err == nil {
-			return
-		}
-		d.release(v)
-		if !mounted {
-			removeEmptyDir(in.target)
-		} else if uerr := tmpfs.Unmount(in.target); uerr != nil {
-			d.log.Error("cleaning up after a failed publish", "volume_id", v.id, "target", in.target, "err", uerr)
-		}
-	}()
-	cls, err := d.lookup(ctx, v)
-	if err != nil {
-		return err
-	}
-	v.provider = cls.Provider
-	req := withClass(d.request(v, in), cls, nil)
-	files, res, fetched, err := d.fetchFiles(ctx, v, req)
-	if err != nil {
-		return err
-	}
-	defer cache.Wipe(res)
-	mode := os.FileMode(rootModeNoGroup)
-	if in.gid >= 0 {
-		mode = rootModeWithGroup
-	}
-	if err := tmpfs.Mount(in.target, tmpfs.Options{SizeBytes: d.mountBytes, Mode: mode, GID: in.gid}); err != nil {
-		return status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
-	}
-	mounted = true
-	if _, err := d.writer(v).Write(files); err != nil {
-		return writeError(v, err)
-	}
-	v.lastFetch, v.lastTry = fetched, time.Now()
-	v.versions = res.Versions
-	v.req = req
-	if err := v.saveMetadata(); err != nil {
-		return writeError(v, err)
-	}
-	d.setVolume(v)
-	d.startWatch(ctx, v)
-	// LogAttrs: typed attributes, no boxing of each value on the hot path.
-	d.log.LogAttrs(ctx, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
-		slog.String("namespace", v.pod.Namespace), slog.String("pod", v.pod.Name), slog.String("class", v.class),
-		slog.String("provider", v.provider), slog.Int("files", len(files)))
 	return nil
 }
 
@@ -233,25 +185,6 @@ func removeEmptyDir(target string) {
 	}
 }
 
-// writer writes v's files, after checking (with statfs on the very
-// directory it writes to) that v's target is a tmpfs.
-func (d *Driver) writer(v *volume) *atomicwriter.Writer {
-	return &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }}
-}
-
-// writeError turns a write failure into a status: a full tmpfs is the
-// class's fault (too much data), a target that is not a tmpfs a refusal,
-// anything else is ours.
-func writeError(v *volume, err error) error {
-	if errors.Is(err, atomicwriter.ErrRefused) {
-		return status.Errorf(codes.Internal, "%v", err)
-	}
-	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		return status.Errorf(codes.ResourceExhausted, "class %q does not fit in the volume's tmpfs: %v", v.class, err)
-	}
-	return status.Errorf(codes.Internal, "writing files of class %q: %v", v.class, err)
-}
-
 // NodeUnpublishVolume unmounts the tmpfs, removes the target and forgets
 // the volume. A target that is gone or was never published is fine.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
@@ -293,14 +226,14 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 			}
 		}
 	} else {
+		// No refresh may write into the tmpfs while it goes away.
 		d.stopWatch(v)
 	}
 	if err := tmpfs.Unmount(target); err != nil {
 		return status.Errorf(codes.Internal, "unmounting %s: %v", target, err)
 	}
 	if v != nil {
-		d.release(v)
-		d.dropVolume(v)
+		d.forget(v)
 		d.log.LogAttrs(ctx, slog.LevelInfo, "volume unpublished", slog.String("volume_id", id), slog.String("target", target))
 	}
 	return nil

@@ -595,7 +595,9 @@ func TestRepublishAdoptsUnknownVolume(t *testing.T) {
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
-	e.d.dropVolume(e.d.volume("vol-1"))
+	e.d.mu.Lock()
+	delete(e.d.vols, "vol-1") // lost track of, still mounted
+	e.d.mu.Unlock()
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -30,12 +31,23 @@ type volume struct {
 	// memory only: after a restart one more event is fine.
 	lastFailEvent time.Time
 	versions      []provider.ObjectVersion
+	// mounted: the tmpfs at target is this volume's (recovered, or mounted
+	// by apply).
+	mounted bool
+	// cls is the class as apply last looked it up (nil after a restart
+	// until the first refresh), in memory only.
+	cls *class.Class
 
 	// In memory only, never on disk: the latest request kubelet sent,
 	// including tokens and nodePublishSecretRef data, for watch refreshes.
 	req *provider.Request
 	// watch is the provider watch, if the provider has one.
 	watch *watch
+}
+
+// info is what hooks see of v.
+func (v *volume) info() VolumeInfo {
+	return VolumeInfo{ID: v.id, Target: v.target, Pod: v.pod, Class: v.cls, Provider: v.provider}
 }
 
 // metadataFile lives in each tmpfs, so state survives a driver restart
@@ -98,7 +110,7 @@ func loadVolume(target string) (*volume, error) {
 	}
 	return &volume{
 		id: m.VolumeID, target: target, pod: m.Pod, class: m.Class, provider: m.Provider,
-		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions,
+		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions, mounted: true,
 	}, nil
 }
 

@@ -38,7 +38,7 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 	if req.Parameters == nil {
 		// Recovered volume that was not refreshed yet: the watch needs the
 		// class parameters to know what to watch.
-		cls, err := d.lookup(ctx, v)
+		cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
 		if err != nil {
 			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
 			d.metrics.watches.WithLabelValues("failed").Inc()
@@ -101,8 +101,8 @@ func (d *Driver) watchLoop(v *volume, w *watch, kick <-chan struct{}) {
 			return
 		case <-kick:
 		}
-		if d.watchDebounce > 0 {
-			t := time.After(d.watchDebounce)
+		if d.rotation.debounce > 0 {
+			t := time.After(d.rotation.debounce)
 			select {
 			case <-w.done:
 				return
@@ -117,7 +117,7 @@ func (d *Driver) watchLoop(v *volume, w *watch, kick <-chan struct{}) {
 			return
 		}
 		if d.volume(v.id) == v && v.watch == w && v.req != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), d.fetchTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), d.rotation.timeout)
 			d.refresh(ctx, v, "watch")
 			cancel()
 		}

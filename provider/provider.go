@@ -78,6 +78,35 @@ type Result struct {
 	Versions []ObjectVersion
 }
 
+// Clone returns a deep copy of r, the file contents in one allocation.
+func (r *Result) Clone() *Result {
+	n := 0
+	for _, f := range r.Files {
+		n += len(f.Contents)
+	}
+	buf := make([]byte, 0, n)
+	out := &Result{Files: make([]File, len(r.Files))}
+	for i, f := range r.Files {
+		start := len(buf)
+		buf = append(buf, f.Contents...)
+		out.Files[i] = File{Path: f.Path, Mode: f.Mode, Contents: buf[start:len(buf):len(buf)]}
+	}
+	if r.Versions != nil {
+		out.Versions = append([]ObjectVersion(nil), r.Versions...)
+	}
+	return out
+}
+
+// Wipe zeroes the file contents of r; a nil r is fine.
+func (r *Result) Wipe() {
+	if r == nil {
+		return
+	}
+	for _, f := range r.Files {
+		clear(f.Contents)
+	}
+}
+
 // Provider fetches the files of a volume from one backend.
 // Implementations must be safe for concurrent use.
 type Provider interface {

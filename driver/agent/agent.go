@@ -98,14 +98,13 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Mounted()
 	}
 
-	tick := time.NewTicker(republishEvery(cfg.Interval))
+	tick := time.NewTicker(driver.RepublishPeriod(cfg.Interval))
 	defer tick.Stop()
 	for {
 		select {
 		case <-tick.C:
-			// A republish refreshes the volume once its last fetch is older
-			// than the interval, and is cheap otherwise; a failure keeps the
-			// last good content.
+			// Republish as kubelet does: the driver's rotation policy decides
+			// whether the content is due; a failure keeps the last good content.
 			if _, err := d.NodePublishVolume(ctx, req); err != nil && ctx.Err() == nil {
 				log.Warn("refresh failed; keeping the last good content", "error", err)
 			}
@@ -119,15 +118,6 @@ func Run(ctx context.Context, cfg Config) error {
 			return nil
 		}
 	}
-}
-
-// republishEvery is how often the agent republishes, as kubelet does on its
-// sync period. It is shorter than the interval: the driver refreshes only when
-// the last fetch is at least interval old, and a tick exactly one interval
-// after a refresh can arrive a moment early and be skipped, which would stretch
-// the refresh period to twice the interval.
-func republishEvery(interval time.Duration) time.Duration {
-	return max(interval/4, time.Millisecond)
 }
 
 // pickClass reads the class file and returns the class to mount.

@@ -214,11 +214,11 @@ func (c *Cache) finish(key Key, e *entry, f *flight, res *provider.Result, err e
 		} else {
 			d.detached = true
 			if d.readers == 0 {
-				Wipe(d.res)
+				d.res.Wipe()
 			}
 		}
 	} else {
-		Wipe(res)
+		res.Wipe()
 	}
 	close(f.done)
 	c.dropIfUnused(key, e)
@@ -240,11 +240,11 @@ func (c *Cache) hold(user string, key Key, e *entry) {
 // copyOut copies d's result for a caller that registered as a reader, then
 // signs off; a detached d is zeroed by its last reader.
 func (c *Cache) copyOut(d *data) *provider.Result {
-	res := Copy(d.res)
+	res := d.res.Clone()
 	c.mu.Lock()
 	d.readers--
 	if d.detached && d.readers == 0 {
-		Wipe(d.res)
+		d.res.Wipe()
 	}
 	c.mu.Unlock()
 	return res
@@ -260,7 +260,7 @@ func (c *Cache) detach(e *entry) {
 	e.data = nil
 	d.detached = true
 	if d.readers == 0 {
-		Wipe(d.res)
+		d.res.Wipe()
 	}
 }
 
@@ -350,35 +350,6 @@ func (c *Cache) Stats() Stats {
 		}
 	}
 	return s
-}
-
-// Copy returns a deep copy of res: file contents in one allocation.
-func Copy(res *provider.Result) *provider.Result {
-	n := 0
-	for _, f := range res.Files {
-		n += len(f.Contents)
-	}
-	buf := make([]byte, 0, n)
-	out := &provider.Result{Files: make([]provider.File, len(res.Files))}
-	for i, f := range res.Files {
-		start := len(buf)
-		buf = append(buf, f.Contents...)
-		out.Files[i] = provider.File{Path: f.Path, Mode: f.Mode, Contents: buf[start:len(buf):len(buf)]}
-	}
-	if res.Versions != nil {
-		out.Versions = append([]provider.ObjectVersion(nil), res.Versions...)
-	}
-	return out
-}
-
-// Wipe zeroes the file contents of res.
-func Wipe(res *provider.Result) {
-	if res == nil {
-		return
-	}
-	for _, f := range res.Files {
-		clear(f.Contents)
-	}
 }
 
 var errNoResult = provider.Errorf(codes.Internal, "provider returned no result and no error")

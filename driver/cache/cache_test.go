@@ -85,7 +85,7 @@ func TestHitMissAndRelease(t *testing.T) {
 	if err != nil || out != Miss || string(res.Files[0].Contents) != "secret-a" || !at.Equal(clk.now()) {
 		t.Fatalf("first get: %v %v %v", out, err, at)
 	}
-	Wipe(res) // the caller's copy is its own
+	res.Wipe() // the caller's copy is its own
 	clk.add(30 * time.Second)
 	res, at2, out, err := c.Get(ctx, "v2", key("web"), b.fetch)
 	if err != nil || out != Hit || string(res.Files[1].Contents) != "secret-b" || !at2.Equal(at) {

@@ -1,0 +1,294 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/cache"
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/tmpfs"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// A volume's life has two moves, each written once here and used by every
+// path that needs it:
+//
+//   - apply brings a volume's files up to date: a first publish, a
+//     republish whose rotation is due, a provider watch, and the local agent
+//     (which publishes through NodePublishVolume) all go through it.
+//   - forget ends the driver's part in a volume: unpublish, a volume
+//     unmounted behind the driver's back, and a first publish that failed.
+//
+// Hooks (Config.Hooks) attach to exactly these two moves.
+
+// VolumeInfo is what hooks are told about a volume. It never carries tokens
+// or nodePublishSecretRef data.
+type VolumeInfo struct {
+	ID     string
+	Target string
+	Pod    provider.Pod
+	// Class is the class as apply last looked it up; nil for a volume
+	// recovered after a restart and not refreshed since.
+	Class    *class.Class
+	Provider string
+	// Files is the content just written (Changed only). The slices belong to
+	// the driver and are wiped after the hook returns: copy what you keep.
+	Files []atomicwriter.File
+}
+
+// VolumeHook is told when a volume's content changed and when it is gone.
+// Both run under the volume's lock, so calls for one volume never overlap;
+// they should not block for long (a first publish waits for Changed).
+type VolumeHook interface {
+	// Changed: new content is on the tmpfs. On a first publish it is called
+	// before NodePublishVolume returns; on a refresh only when the files
+	// changed.
+	Changed(ctx context.Context, v VolumeInfo)
+	// Gone: the volume is no longer on this node (unpublished, found
+	// unmounted, or its first publish failed after Changed was not called).
+	Gone(v VolumeInfo)
+}
+
+// apply brings v's files up to date with its class and backend:
+//
+//  1. look the class up, only in the pod's namespace;
+//  2. build the backend request: identity from kubelet (base), parameters
+//     from the class only, the versions mounted now;
+//  3. fetch, through the node cache under the volume's identity;
+//  4. check the file set: paths, modes, count, size cap;
+//  5. on a first publish, mount the tmpfs (after every check, so a refused
+//     volume never mounts anything);
+//  6. write the files with the atomic writer (statfs-verified tmpfs);
+//  7. record what was mounted in the volume and its metadata file;
+//  8. tell the hooks when the content changed.
+//
+// A first publish that fails leaves v.mounted telling the caller whether to
+// unmount. A refresh that fails leaves the last good content in place. The
+// caller holds the volume lock.
+func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (changed bool, err error) {
+	// 1.
+	cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
+	if err != nil {
+		return false, err
+	}
+	// 2.
+	v.cls, v.provider = cls, cls.Provider
+	req := withClass(base, cls, v.versions)
+	// 3.
+	res, fetched, err := d.fetch(ctx, v, req)
+	if err != nil {
+		return false, err
+	}
+	defer res.Wipe()
+	// 4.
+	files, err := d.checkFiles(v, req, res)
+	if err != nil {
+		return false, err
+	}
+	// 5.
+	first := !v.mounted
+	if first {
+		mode := os.FileMode(rootModeNoGroup)
+		if v.gid >= 0 {
+			mode = rootModeWithGroup
+		}
+		if err := tmpfs.Mount(v.target, tmpfs.Options{SizeBytes: d.mountBytes, Mode: mode, GID: v.gid}); err != nil {
+			return false, status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
+		}
+		v.mounted = true
+	}
+	// 6.
+	w := &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }}
+	if changed, err = w.Write(files); err != nil {
+		return false, writeError(v, err)
+	}
+	// 7.
+	v.req, v.lastFetch, v.versions = req, fetched, res.Versions
+	if err := v.saveMetadata(); err != nil {
+		if first {
+			return false, writeError(v, err)
+		}
+		d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)
+	}
+	// 8.
+	if first {
+		d.log.LogAttrs(ctx, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
+			slog.String("namespace", v.pod.Namespace), slog.String("pod", v.pod.Name), slog.String("class", v.class),
+			slog.String("provider", v.provider), slog.Int("files", len(files)))
+	}
+	if changed || first {
+		info := v.info()
+		info.Files = files
+		for _, h := range d.hooks {
+			h.Changed(ctx, info)
+		}
+	}
+	return changed, nil
+}
+
+// forget ends the driver's part in v: its watch, its cache entry, its place
+// in the volume table, and the hooks are told it is gone. The tmpfs is the
+// caller's: unmount it first where it is still mounted. The caller holds the
+// volume lock.
+func (d *Driver) forget(v *volume) {
+	d.stopWatch(v)
+	if d.cache != nil {
+		d.cache.Release(v.id)
+		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
+	}
+	d.mu.Lock()
+	if d.vols[v.id] == v {
+		delete(d.vols, v.id)
+	}
+	n := len(d.vols)
+	d.mu.Unlock()
+	d.metrics.mounted.Set(float64(n))
+	info := v.info()
+	for _, h := range d.hooks {
+		h.Gone(info)
+	}
+}
+
+// request builds the identity part of a provider request from a publish:
+// pod, tokens and nodePublishSecretRef data. Parameters come from the class
+// only (withClass); volume attributes never reach them.
+func request(v *volume, in *publishInput) *provider.Request {
+	return &provider.Request{
+		Pod:         in.vc.Pod,
+		Class:       v.class,
+		Tokens:      in.vc.Tokens,
+		Secrets:     in.secrets,
+		TargetPath:  v.target,
+		DefaultMode: provider.DefaultFileMode,
+	}
+}
+
+// withClass returns a copy of base with the class's parameters and the
+// volume's current versions.
+func withClass(base *provider.Request, cls *class.Class, current []provider.ObjectVersion) *provider.Request {
+	req := *base
+	req.Parameters = maps.Clone(cls.Parameters)
+	if req.Parameters == nil {
+		req.Parameters = map[string]string{}
+	}
+	req.CurrentVersions = current
+	return &req
+}
+
+// fetch is the one way the driver asks a backend for a volume's files. With
+// the node cache on, it goes through the cache under the volume's identity
+// (see package driver/cache for why sharing keeps every authorization
+// decision intact), and the volume holds the entry until it is forgotten or
+// fetches under another identity. It returns when the backend call behind
+// the result started: the age of the content. The result is the caller's
+// own: wipe it when done.
+func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request) (*provider.Result, time.Time, error) {
+	p, err := d.providerFor(v)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	var (
+		res *provider.Result
+		at  time.Time
+	)
+	if d.cache == nil {
+		at = time.Now()
+		res, err = d.backend(ctx, p, v.provider, req)
+	} else {
+		key := d.keyer.Key(cache.Identity{
+			Provider: v.provider, Namespace: req.Pod.Namespace, ServiceAccount: req.Pod.ServiceAccount,
+			Tokens: req.Tokens, Secrets: req.Secrets, Parameters: req.Parameters,
+		})
+		var outcome cache.Outcome
+		res, at, outcome, err = d.cache.Get(ctx, v.id, key, func(ctx context.Context) (*provider.Result, error) {
+			return d.backend(ctx, p, v.provider, req)
+		})
+		d.metrics.cacheGets[outcome].Inc()
+		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
+	}
+	if err != nil {
+		return nil, time.Time{}, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
+	}
+	return res, at, nil
+}
+
+// backend is one call to a backend, counted by provider and result code.
+func (d *Driver) backend(ctx context.Context, p provider.Provider, name string, req *provider.Request) (*provider.Result, error) {
+	start := time.Now()
+	res, err := p.Fetch(ctx, req)
+	if err == nil && res == nil {
+		err = provider.Errorf(codes.Internal, "provider %q returned no result and no error", name)
+	}
+	d.metrics.fetched(name, provider.CodeOf(err), time.Since(start))
+	return res, err
+}
+
+// providerFor resolves v's provider name to a backend.
+func (d *Driver) providerFor(v *volume) (provider.Provider, error) {
+	p, err := d.resolve(v.provider)
+	if err != nil {
+		code := provider.CodeOf(err)
+		if code == codes.Internal || code == codes.NotFound {
+			code = codes.InvalidArgument
+		}
+		return nil, provider.Errorf(code, "class %q in namespace %q uses provider %q, which this driver cannot use: %s", v.class, v.pod.Namespace, v.provider, err.Error())
+	}
+	if p == nil {
+		return nil, provider.InvalidArgument("class %q in namespace %q uses provider %q, which this driver does not know", v.class, v.pod.Namespace, v.provider)
+	}
+	return p, nil
+}
+
+// pageSize is what tmpfs charges per started page of file data.
+const pageSize = 4096
+
+// maxFiles bounds the files of one volume (and so the inodes of its tmpfs).
+const maxFiles = 4096
+
+// checkFiles turns a backend result into the file set to write, refusing
+// one that is unusable (bad paths or modes), has too many files, or does
+// not fit the per-volume cap.
+func (d *Driver) checkFiles(v *volume, req *provider.Request, res *provider.Result) ([]atomicwriter.File, error) {
+	if len(res.Files) > maxFiles {
+		return nil, provider.Errorf(codes.ResourceExhausted, "class %q in namespace %q yields %d files; a volume holds at most %d: split the class", v.class, v.pod.Namespace, len(res.Files), maxFiles)
+	}
+	files := make([]atomicwriter.File, len(res.Files))
+	var need int64
+	for i, f := range res.Files {
+		mode := f.Mode
+		if mode == 0 {
+			mode = req.DefaultMode
+		}
+		files[i] = atomicwriter.File{Path: f.Path, Mode: mode, Data: f.Contents}
+		need += (int64(len(f.Contents)) + pageSize - 1) / pageSize * pageSize
+	}
+	if err := atomicwriter.ValidateFiles(files); err != nil {
+		return nil, provider.InvalidArgument("provider %q returned an unusable file set for class %q in namespace %q: %v", v.provider, v.class, v.pod.Namespace, err)
+	}
+	if need > d.capBytes {
+		return nil, provider.Errorf(codes.ResourceExhausted, "class %q in namespace %q needs %d bytes of tmpfs for %d files, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.class, v.pod.Namespace, need, len(files), d.capBytes)
+	}
+	return files, nil
+}
+
+// writeError turns a write failure into a status: a full tmpfs is the
+// class's fault (too much data), a target that is not a tmpfs a refusal,
+// anything else is ours.
+func writeError(v *volume, err error) error {
+	if errors.Is(err, atomicwriter.ErrRefused) {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return status.Errorf(codes.ResourceExhausted, "class %q does not fit in the volume's tmpfs: %v", v.class, err)
+	}
+	return status.Errorf(codes.Internal, "writing files of class %q: %v", v.class, err)
+}
