@@ -1,0 +1,104 @@
+// Package budget is the node-wide byte budget of the driver's volumes.
+//
+// The kernel charges the pages of a tmpfs to the memory cgroup of the
+// process that wrote them: every volume's files count against the driver
+// container's memory limit, and keep counting after the driver dies (a
+// restarted driver starts with the charge of every mounted volume). Without
+// a budget, ten full volumes OOM-kill a driver limited to 128 MiB, and the
+// next one in a crash loop. So before a volume's files are written, the
+// driver reserves their bytes here and refuses the volume (ResourceExhausted,
+// naming the flag) when the node's volumes together would exceed the budget.
+//
+// The default budget is derived from the container's memory limit, read
+// from its cgroup (v1 memory.limit_in_bytes, v2 memory.max): what remains
+// after Headroom for the process itself (heap, in-flight fetches, the Go
+// runtime).
+package budget
+
+import (
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Flag is the driver flag that sets the budget; errors name it.
+const Flag = "--node-budget"
+
+// Budget counts the bytes the node's volumes hold. Safe for concurrent use.
+type Budget struct {
+	limit int64
+
+	mu   sync.Mutex
+	used int64
+	held map[string]int64 // by volume id
+}
+
+// New returns a budget of limit bytes.
+func New(limit int64) *Budget {
+	return &Budget{limit: limit, held: map[string]int64{}}
+}
+
+// Limit returns the budget in bytes.
+func (b *Budget) Limit() int64 { return b.limit }
+
+// Used returns the bytes reserved by all volumes.
+func (b *Budget) Used() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
+}
+
+// Held returns what volume id has reserved.
+func (b *Budget) Held(id string) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.held[id]
+}
+
+// Reserve makes volume id hold n bytes, growing or shrinking what it held.
+// Growing past the limit fails with ResourceExhausted and leaves the old
+// reservation in place; shrinking always succeeds.
+func (b *Budget) Reserve(id string, n int64) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := b.held[id]
+	if n > old && b.used-old+n > b.limit {
+		return provider.Errorf(codes.ResourceExhausted,
+			"this node's secret volumes would hold %d bytes with this one (%d bytes), more than the node budget of %d bytes "+
+				"(driver flag %s, by default derived from the driver container's memory limit): the pod can start on a node "+
+				"with fewer secret volumes; the node admin can raise the driver's memory limit, or split or shrink large classes",
+			b.used-old+n, n, b.limit, Flag)
+	}
+	b.used += n - old
+	if n == 0 {
+		delete(b.held, id)
+	} else {
+		b.held[id] = n
+	}
+	return nil
+}
+
+// Release drops what volume id holds.
+func (b *Budget) Release(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.used -= b.held[id]
+	delete(b.held, id)
+}
+
+// Headroom is what the driver process keeps for itself out of its
+// container's memory limit: at least 64 MiB (heap, a few in-flight fetches
+// of full volumes, the Go runtime), or a quarter of a larger limit.
+func Headroom(memLimit int64) int64 { return max(64<<20, memLimit/4) }
+
+// ForMemoryLimit derives the budget from a container memory limit.
+func ForMemoryLimit(memLimit int64) (int64, error) {
+	b := memLimit - Headroom(memLimit)
+	if b <= 0 {
+		return 0, fmt.Errorf("the driver's memory limit of %d bytes leaves nothing for volumes after %d bytes for the driver itself: raise the memory limit, or set %s", memLimit, Headroom(memLimit), Flag)
+	}
+	return b, nil
+}
