@@ -37,6 +37,7 @@ type backendFlags struct {
 	azureConcurrency   int
 	azureThrottle      time.Duration
 	azurePEMChain      bool
+	azureMINamespaces  string
 
 	kubeAudience string
 	kubeQPS      float64
@@ -93,6 +94,8 @@ func (b *backendFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&b.azureConcurrency, "azure-max-concurrent-per-vault", 8, "azure: in-flight Key Vault requests per vault")
 	fs.DurationVar(&b.azureThrottle, "azure-throttle-budget", 60*time.Second, "azure: how long one object may retry HTTP 429 before the mount fails Unavailable")
 	fs.BoolVar(&b.azurePEMChain, "azure-construct-pem-chain", true, "azure: order PEM certificate chains leaf to root")
+	fs.StringVar(&b.azureMINamespaces, strings.TrimPrefix(azure.ManagedIdentityFlag, "--"), "",
+		`azure: comma-separated namespaces whose classes may use the node's managed identity (useVMManagedIdentity), "*" for all; empty: none (the identity is the node's, not the pod's)`)
 	fs.StringVar(&b.kubeAudience, "kubernetes-audience", "", `kubernetes: audience of the CSIDriver tokenRequests item whose pod token reads Secrets ("" = the API server's own)`)
 	fs.Float64Var(&b.kubeQPS, "kubernetes-qps", 50, "kubernetes: requests per second to the API server for all pods together")
 }
@@ -100,12 +103,13 @@ func (b *backendFlags) register(fs *flag.FlagSet) {
 // builtins constructs the in-process backends by provider name.
 func (b *backendFlags) builtins(cfg *rest.Config, log *slog.Logger) (map[string]provider.Provider, error) {
 	azureOpts := azure.Options{
-		VaultDNSSuffix:          b.azureVaultSuffix,
-		AuthorityHost:           b.azureAuthorityHost,
-		VaultAddress:            b.azureVaultAddress,
-		MaxConcurrentPerVault:   b.azureConcurrency,
-		ThrottleBudget:          b.azureThrottle,
-		DisablePEMChainOrdering: !b.azurePEMChain,
+		VaultDNSSuffix:            b.azureVaultSuffix,
+		AuthorityHost:             b.azureAuthorityHost,
+		VaultAddress:              b.azureVaultAddress,
+		MaxConcurrentPerVault:     b.azureConcurrency,
+		ThrottleBudget:            b.azureThrottle,
+		DisablePEMChainOrdering:   !b.azurePEMChain,
+		ManagedIdentityNamespaces: splitList(b.azureMINamespaces),
 	}
 	if b.azureCAFile != "" {
 		pem, err := os.ReadFile(b.azureCAFile)

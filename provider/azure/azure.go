@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -74,6 +75,21 @@ type Options struct {
 	DisablePEMChainOrdering bool
 	// MaxCachedClients bounds the identity/vault client cache (default 256).
 	MaxCachedClients int
+	// ManagedIdentityNamespaces are the namespaces whose classes may use the
+	// node's managed identity (useVMManagedIdentity): an identity of the
+	// node, not of the pod, so any class could read whatever it may read.
+	// "*" allows every namespace; empty allows none.
+	ManagedIdentityNamespaces []string
+}
+
+// ManagedIdentityFlag is the driver flag behind
+// Options.ManagedIdentityNamespaces; refusals name it.
+const ManagedIdentityFlag = "--azure-managed-identity-namespaces"
+
+// managedIdentityAllowed reports whether classes of namespace may use the
+// node's managed identity.
+func (o *Options) managedIdentityAllowed(namespace string) bool {
+	return slices.Contains(o.ManagedIdentityNamespaces, "*") || slices.Contains(o.ManagedIdentityNamespaces, namespace)
 }
 
 // Provider fetches Key Vault objects. It is safe for concurrent use.
@@ -165,6 +181,11 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 	cfg, err := parseConfig(req.Parameters, req.Secrets, req.DefaultMode)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.mode == modeManaged && !p.opts.managedIdentityAllowed(req.Pod.Namespace) {
+		return nil, provider.PermissionDenied("the node's managed identity (useVMManagedIdentity) is not available to namespace %q on this node: "+
+			"the node admin allows it with the driver flag %s (Helm value azure.managedIdentityNamespaces); "+
+			"otherwise use workload identity (clientID)", req.Pod.Namespace, ManagedIdentityFlag)
 	}
 	var wiToken string
 	if cfg.mode == modeWorkload {

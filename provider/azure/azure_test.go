@@ -307,7 +307,8 @@ func TestWorkloadIdentityAssertionReadsNewestToken(t *testing.T) {
 func TestManagedIdentity(t *testing.T) {
 	// MSAL caches managed identity tokens process-wide by resource; a vault
 	// suffix of its own keeps tokens of earlier fakes (-count=N) out.
-	e := newTestEnvWith(t, fakeazure.Config{VaultSuffix: fmt.Sprintf("mi%d.azure.test", time.Now().UnixNano())}, nil)
+	e := newTestEnvWith(t, fakeazure.Config{VaultSuffix: fmt.Sprintf("mi%d.azure.test", time.Now().UnixNano())},
+		func(o *Options) { o.ManagedIdentityNamespaces = []string{"other", "team-a"} })
 	t.Setenv("IDENTITY_ENDPOINT", e.fake.ManagedIdentityEndpoint())
 	t.Setenv("IDENTITY_HEADER", e.fake.IdentityHeader())
 	e.vault.SetSecret("s", "mi", "")
@@ -547,5 +548,36 @@ func TestVaultAddressOption(t *testing.T) {
 	e.vault.SetSecret("s", "via-address", "")
 	if got := string(e.fetch(t, e.spRequest("- objectName: s\n  objectType: secret\n")).Files[0].Contents); got != "via-address" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// The node's managed identity is for the namespaces the admin names only:
+// by default none, and the refusal names the flag. No token is requested.
+func TestManagedIdentityNamespaceAllowList(t *testing.T) {
+	for name, allow := range map[string][]string{"default": nil, "other namespaces": {"team-b"}} {
+		e := newTestEnvWith(t, fakeazure.Config{VaultSuffix: fmt.Sprintf("mi%d.azure.test", time.Now().UnixNano())},
+			func(o *Options) { o.ManagedIdentityNamespaces = allow })
+		t.Setenv("IDENTITY_ENDPOINT", e.fake.ManagedIdentityEndpoint())
+		t.Setenv("IDENTITY_HEADER", e.fake.IdentityHeader())
+		e.vault.SetSecret("s", "mi", "")
+		req := e.spRequest("- objectName: s\n  objectType: secret\n")
+		req.Secrets = nil
+		req.Parameters["useVMManagedIdentity"] = "true"
+		_, err := e.p.Fetch(context.Background(), req)
+		wantCode(t, err, codes.PermissionDenied, ManagedIdentityFlag, `namespace "team-a"`)
+		if n := e.fake.Count("token.managed"); n != 0 {
+			t.Fatalf("%s: %d managed identity tokens requested", name, n)
+		}
+	}
+	e := newTestEnvWith(t, fakeazure.Config{VaultSuffix: fmt.Sprintf("mi%d.azure.test", time.Now().UnixNano())},
+		func(o *Options) { o.ManagedIdentityNamespaces = []string{"*"} })
+	t.Setenv("IDENTITY_ENDPOINT", e.fake.ManagedIdentityEndpoint())
+	t.Setenv("IDENTITY_HEADER", e.fake.IdentityHeader())
+	e.vault.SetSecret("s", "mi", "")
+	req := e.spRequest("- objectName: s\n  objectType: secret\n")
+	req.Secrets = nil
+	req.Parameters["useVMManagedIdentity"] = "true"
+	if res := e.fetch(t, req); string(res.Files[0].Contents) != "mi" {
+		t.Fatal("\"*\" does not allow every namespace")
 	}
 }
