@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 
@@ -44,16 +45,28 @@ func (d *Driver) Serve(ctx context.Context, endpoint string) error {
 	return nil
 }
 
+// HealthReporter adds detail lines to /healthz, such as the state of each
+// external provider. It never changes the status code.
+type HealthReporter interface {
+	WriteHealth(w io.Writer)
+}
+
 // HealthHandler answers 200 when the driver is ready (recovery done and
-// serving) and 503 otherwise; mount it at /healthz.
-func (d *Driver) HealthHandler() http.Handler {
+// serving) and 503 otherwise; mount it at /healthz. The first line is "ok"
+// or "not ready"; each reporter adds its lines after it. An unhealthy
+// external provider shows there but leaves the driver ready: the volumes of
+// every other provider keep working.
+func (d *Driver) HealthHandler(reporters ...HealthReporter) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !d.ready() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintln(w, "not ready")
-			return
+		} else {
+			fmt.Fprintln(w, "ok")
 		}
-		fmt.Fprintln(w, "ok")
+		for _, rep := range reporters {
+			rep.WriteHealth(w)
+		}
 	})
 }

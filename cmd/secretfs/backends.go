@@ -29,6 +29,7 @@ type backendFlags struct {
 	providerDirs    string
 	providerTimeout time.Duration
 	providerMaxMsg  quantityFlag
+	audiences       plugin.Audiences
 
 	azureVaultSuffix   string
 	azureAuthorityHost string
@@ -82,6 +83,8 @@ func (b *backendFlags) registerExternal(fs *flag.FlagSet) {
 	fs.DurationVar(&b.providerTimeout, "provider-timeout", plugin.DefaultTimeout, "deadline of one call to an external provider")
 	b.providerMaxMsg.bytes = plugin.DefaultMaxRecvMsgSize
 	fs.Var(&b.providerMaxMsg, "provider-max-message-size", "largest response accepted from an external provider")
+	b.audiences = plugin.DefaultAudiences()
+	fs.Var(&b.audiences, "provider-audiences", `NAME=AUDIENCE[,AUDIENCE...]: the pod's service-account token audiences external provider NAME receives (repeat per provider; "" is the API server's audience, *.suffix matches a suffix, NAME= sends none); replaces that provider's default`)
 }
 
 // register registers the flags of the built-in backends.
@@ -151,8 +154,9 @@ func (u unconfigured) Fetch(context.Context, *provider.Request) (*provider.Resul
 }
 
 // resolver returns the function the driver uses to find a class's provider:
-// a built-in backend by name, or else an external provider's socket.
-func (b *backendFlags) resolver(cfg *rest.Config, log *slog.Logger) (func(string) (provider.Provider, error), func(), error) {
+// a built-in backend by name, or else an external provider's socket, and the
+// client for the external ones.
+func (b *backendFlags) resolver(cfg *rest.Config, log *slog.Logger) (func(string) (provider.Provider, error), *plugin.Client, error) {
 	builtin, err := b.builtins(cfg, log)
 	if err != nil {
 		return nil, nil, err
@@ -161,6 +165,8 @@ func (b *backendFlags) resolver(cfg *rest.Config, log *slog.Logger) (func(string
 		SocketDirs:     splitList(b.providerDirs),
 		Timeout:        b.providerTimeout,
 		MaxRecvMsgSize: int(b.providerMaxMsg.bytes),
+		Audiences:      &b.audiences,
+		Logger:         log,
 	})
 	enabled := strings.Join(b.enabled, ",")
 	if enabled == "" {
@@ -176,7 +182,7 @@ func (b *backendFlags) resolver(cfg *rest.Config, log *slog.Logger) (func(string
 		}
 		return external.Provider(name)
 	}
-	return resolve, func() { _ = external.Close() }, nil
+	return resolve, external, nil
 }
 
 func splitList(s string) []string {

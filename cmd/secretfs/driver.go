@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/provider/plugin"
 )
 
 // driverFlags are the flags of `secretfs driver`, parsed by
@@ -39,6 +40,7 @@ type driverFlags struct {
 	cache          bool
 	events         bool
 	rotationEvents bool
+	healthEvery    time.Duration
 	tmpfsSize      quantityFlag
 	logs           logFlags
 	backends       backendFlags
@@ -58,6 +60,7 @@ func (f *driverFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.cache, "cache", true, "share backend results between the volumes of one identity (namespace, service account, secret-ref data, class parameters) on this node, in memory only; false: every volume fetches for itself")
 	fs.BoolVar(&f.events, "events", true, "post a Warning SecretRefreshFailed Event on the pod when a refresh of its mounted volume fails (at most one per volume and rotation interval); needs the API server, so ignored with -class-dir and no kubeconfig or in-cluster config")
 	fs.BoolVar(&f.rotationEvents, "rotation-events", false, "also post a Normal SecretRotated Event on the pod each time its volume's content changes (one API write per rotation and volume)")
+	fs.DurationVar(&f.healthEvery, "provider-health-interval", plugin.DefaultHealthInterval, "ask every external provider socket for its version this often; an unhealthy provider shows in /healthz, the secretfs_provider_healthy metric and the log (0: off)")
 	f.tmpfsSize.bytes = driver.DefaultTmpfsSize
 	fs.Var(&f.tmpfsSize, "tmpfs-size", "size cap of each volume's tmpfs (a quantity, e.g. 8Mi)")
 	f.logs.register(fs)
@@ -108,11 +111,11 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	} else if classes, err = driver.NewAPIClassSource(ctx, restConfig); err != nil {
 		return fail(1, "watching SecretProviderClasses: %v", err)
 	}
-	providers, closeProviders, err := f.backends.resolver(restConfig, log)
+	providers, external, err := f.backends.resolver(restConfig, log)
 	if err != nil {
 		return fail(1, "%v", err)
 	}
-	defer closeProviders()
+	defer external.Close()
 
 	var events driver.EventSink
 	if f.events && restConfig != nil {
@@ -145,11 +148,20 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		return fail(1, "%v", err)
 	}
 
+	var reporters []driver.HealthReporter
 	g, ctx := errgroup.WithContext(ctx)
+	if f.healthEvery > 0 {
+		health, err := external.Health(plugin.HealthOptions{Interval: f.healthEvery, Logger: log, Registerer: registry})
+		if err != nil {
+			return fail(1, "%v", err)
+		}
+		reporters = append(reporters, health)
+		g.Go(func() error { health.Run(ctx); return nil })
+	}
 	g.Go(func() error { return d.Serve(ctx, f.endpoint) })
 	if f.healthAddr != "" {
 		mux := http.NewServeMux()
-		mux.Handle("/healthz", d.HealthHandler())
+		mux.Handle("/healthz", d.HealthHandler(reporters...))
 		g.Go(func() error { return serveHTTP(ctx, f.healthAddr, mux, log) })
 	}
 	if f.metricsAddr != "" {

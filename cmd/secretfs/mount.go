@@ -37,11 +37,11 @@ func runMount(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, fs, 2, "%v", err)
 	}
-	providers, closeProviders, err := backends.resolver(nil, log)
+	providers, external, err := backends.resolver(nil, log)
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
 	}
-	defer closeProviders()
+	defer external.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

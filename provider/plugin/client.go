@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -42,12 +43,19 @@ type Options struct {
 	// MaxRecvMsgSize bounds a provider's response in bytes.
 	// Zero means DefaultMaxRecvMsgSize.
 	MaxRecvMsgSize int
+	// Audiences says which of the pod's tokens each provider receives;
+	// nil means DefaultAudiences.
+	Audiences *Audiences
+	// Logger says once per provider which token audiences it is not sent
+	// (default slog.Default()).
+	Logger *slog.Logger
 }
 
 // Client reaches external providers over their unix sockets. Connections are
 // made per provider name on first use and kept until Close.
 type Client struct {
-	opts Options
+	opts      Options
+	audiences Audiences
 
 	mu        sync.Mutex
 	closed    bool
@@ -69,7 +77,14 @@ func New(opts Options) *Client {
 		}
 	}
 	opts.SocketDirs = dirs
-	return &Client{opts: opts, providers: map[string]*remote{}}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	aud := DefaultAudiences()
+	if opts.Audiences != nil {
+		aud = *opts.Audiences
+	}
+	return &Client{opts: opts, audiences: aud, providers: map[string]*remote{}}
 }
 
 // nameRE accepts upstream's provider names ([a-zA-Z0-9_-]) and dots; a name
@@ -154,6 +169,8 @@ type remote struct {
 	mu     sync.Mutex
 	closed bool
 	cur    *conn
+	// withheld is the last set of audiences logged as not forwarded.
+	withheld string
 }
 
 type conn struct {
@@ -169,7 +186,11 @@ type fileID struct{ dev, ino uint64 }
 
 // Fetch implements provider.Provider.
 func (r *remote) Fetch(ctx context.Context, req *provider.Request) (*provider.Result, error) {
-	m, err := encodeMountRequest(req)
+	fwd := *req
+	var withheld []string
+	fwd.Tokens, withheld = r.c.audiences.Filter(r.name, req.Tokens)
+	r.noteWithheld(withheld)
+	m, err := encodeMountRequest(&fwd)
 	if err != nil {
 		return nil, err
 	}
@@ -187,6 +208,29 @@ func (r *remote) Fetch(ctx context.Context, req *provider.Request) (*provider.Re
 		return nil, err
 	}
 	return r.result(resp, req.DefaultMode, budget)
+}
+
+// noteWithheld logs which token audiences the provider is not sent, once
+// for each set: a provider that fails for want of a token is then explained
+// in the driver's log. Audiences are names, never tokens.
+func (r *remote) noteWithheld(withheld []string) {
+	if len(withheld) == 0 {
+		return
+	}
+	for i, a := range withheld {
+		if a == "" {
+			withheld[i] = apiServerAudience
+		}
+	}
+	key := strings.Join(withheld, ",")
+	r.mu.Lock()
+	changed := r.withheld != key
+	r.withheld = key
+	r.mu.Unlock()
+	if changed {
+		r.c.opts.Logger.Info("not forwarding these service-account token audiences to an external provider; if it needs one, add it with --provider-audiences",
+			"provider", r.name, "withheld", withheld, "forwarded", r.c.audiences.For(r.name))
+	}
 }
 
 // call runs fn with the call deadline. On Unavailable (the provider went

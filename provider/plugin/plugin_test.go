@@ -82,6 +82,8 @@ func TestRoundTrip(t *testing.T) {
 	}
 	want := *req
 	want.Parameters = map[string]string{"roleName": "web", "objects": "- objectName: db\n"}
+	// By default "vault" receives its own audience only (DefaultAudiences).
+	want.Tokens = map[string]provider.Token{"vault": req.Tokens["vault"]}
 	if !reflect.DeepEqual(got, &want) {
 		t.Fatalf("provider got\n%+v\nwant\n%+v", got, &want)
 	}
