@@ -60,7 +60,7 @@ func TestAudiencesFilter(t *testing.T) {
 		"my-proj.svc.id.goog.io": tok("other"),
 	}
 	for _, tc := range []struct {
-		name         string
+		name          string
 		fwd, withheld []string
 	}{
 		{"gcp", []string{"my-proj.svc.id.goog"}, []string{"", ".svc.id.goog", "my-proj.svc.id.goog.io", "svc.id.goog"}},
