@@ -26,11 +26,11 @@ func TestBackendAllowList(t *testing.T) {
 	if err := fs.Parse([]string{"-provider-dir", t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
-	resolve, closeAll, err := b.resolver(nil, nil)
+	resolve, external, err := b.resolver(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer closeAll()
+	defer external.Close()
 	_, err = resolve("fake")
 	if provider.CodeOf(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "--backends=azure,kubernetes") {
 		t.Fatalf("fake by default: %v", err)
