@@ -13,6 +13,7 @@ const usage = `secretfs mounts secrets on a per-pod tmpfs.
 Usage:
   secretfs driver   [flags]   run the CSI node plugin (DaemonSet)
   secretfs mount    [flags]   mount a SecretProviderClass at a directory and keep it fresh (local agent)
+  secretfs run [flags] -- CMD  run a command with a SecretProviderClass's files only it can see (local agent)
   secretfs provider [flags]   serve a built-in backend over the provider protocol
   secretfs probe    [flags]   check the driver's /healthz (exec probe)
   secretfs version            print the version
@@ -36,6 +37,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDriver(f, stderr)
 	case "mount":
 		return runMount(args[1:], stdout, stderr)
+	case "run":
+		return runRun(args[1:], stdout, stderr)
 	case "provider":
 		return runProvider(args[1:], stdout, stderr)
 	case "probe":
@@ -47,6 +50,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, provider, probe or version\n", args[0])
+	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, run, provider, probe or version\n", args[0])
 	return 2
 }

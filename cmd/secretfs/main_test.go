@@ -27,6 +27,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"driver", "extra"}, `unexpected argument "extra"`},
 		{[]string{"driver", "--events=maybe"}, `invalid boolean value "maybe" for -events`},
 		{[]string{"mount"}, "-class and -target are required"},
+		{[]string{"run", "--class", "c.yaml"}, "no command"},
+		{[]string{"run", "--", "true"}, "-class, or -kubeconfig with -class-name, is required"},
+		{[]string{"run", "--class", "c.yaml", "--on-change", "reload", "--", "true"}, "-on-change: \"reload\" is not none, restart or signal:NAME"},
+		{[]string{"run", "--class", "c.yaml", "--env", "1=x", "--", "true"}, "not an environment variable name"},
+		{[]string{"run", "--class", "c.yaml", "--gid", "0", "--", "true"}, "-gid needs -uid"},
+		{[]string{"run", "--class", "c.yaml", "--uid", "no-such-user-here", "--", "true"}, `-uid "no-such-user-here": no such user`},
 		{[]string{"provider", "--endpoint", "unix:///tmp/x.sock"}, "-backend and -endpoint are required"},
 		{[]string{"provider", "--backend", "vault", "--endpoint", "unix:///tmp/x.sock"}, `-backend "vault" is not a built-in backend`},
 	} {
@@ -46,7 +52,7 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	for _, args := range [][]string{{"-h"}, {"driver", "-h"}, {"mount", "-h"}, {"provider", "-h"}, {"version"}} {
+	for _, args := range [][]string{{"-h"}, {"driver", "-h"}, {"mount", "-h"}, {"run", "-h"}, {"provider", "-h"}, {"version"}} {
 		var stdout bytes.Buffer
 		if code := run(args, &stdout, io.Discard); code != 0 || stdout.Len() == 0 {
 			t.Errorf("%v: exit %d, output %q", args, code, stdout.String())
@@ -63,6 +69,7 @@ func TestHelpAndVersion(t *testing.T) {
 	}{
 		{"driver", "-provider-dir", true},
 		{"mount", "-provider-dir", true},
+		{"run", "-provider-dir", true},
 		{"provider", "-provider-dir", false},
 		{"provider", "-provider-timeout", false},
 	} {

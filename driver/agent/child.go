@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"syscall"
+	"time"
+)
+
+// child is one run of the command.
+type child struct {
+	pid     int
+	started time.Time
+	done    chan struct{} // closed when the process has exited
+	code    int           // exit code, set before done is closed
+}
+
+// command is how the command is started, each time the same way.
+type command struct {
+	argv []string
+	env  []string
+	uid  int // < 0: keep root
+	gid  int
+	// foreground: give the command the terminal (secretfs had it).
+	foreground bool
+}
+
+// start runs the command: as uid/gid with no supplementary groups when
+// given, in its own process group (the terminal's foreground group when
+// secretfs had the terminal), killed when this process dies. The extra
+// environment is added to the inherited one.
+func (c *command) start(extraEnv []string) (*child, error) {
+	path, err := exec.LookPath(c.argv[0])
+	if err != nil {
+		return nil, err
+	}
+	ch := &child{done: make(chan struct{})}
+	started := make(chan error, 1)
+	go func() {
+		// PR_SET_PDEATHSIG fires when the thread that started the child
+		// exits: keep this goroutine on its thread while the child lives.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		cmd := &exec.Cmd{Path: path, Args: c.argv, Env: append(c.env[:len(c.env):len(c.env)], extraEnv...)}
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+		if c.foreground {
+			attr.Foreground, attr.Ctty = true, 0
+		}
+		if c.uid >= 0 {
+			// Set after the credentials in the child, so the change of
+			// user does not clear the parent-death signal.
+			attr.Credential = &syscall.Credential{Uid: uint32(c.uid), Gid: uint32(c.gid), Groups: []uint32{}}
+		}
+		cmd.SysProcAttr = attr
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		ch.pid, ch.started = cmd.Process.Pid, time.Now()
+		started <- nil
+		err := cmd.Wait()
+		ch.code = exitCode(cmd.ProcessState, err)
+		close(ch.done)
+	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("starting %s: %w", c.argv[0], err)
+	}
+	return ch, nil
+}
+
+// signal sends sig to the command (not to its process group: the command
+// decides what its children get, as it would without secretfs).
+func (ch *child) signal(sig syscall.Signal) {
+	select {
+	case <-ch.done:
+	default:
+		_ = syscall.Kill(ch.pid, sig)
+	}
+}
+
+// exited reports whether the command has exited.
+func (ch *child) exited() bool {
+	select {
+	case <-ch.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// backoff spaces restarts: each restart waits twice as long as the one
+// before (from min up to max) since the last start, and a command that ran
+// at least max starts over at min.
+type backoff struct {
+	min, max time.Duration
+	next     time.Duration
+}
+
+// wait returns how long to wait before starting again, for a command that
+// was started at started and has run until now.
+func (b *backoff) wait(started, now time.Time) time.Duration {
+	ran := now.Sub(started)
+	if b.next == 0 || ran >= b.max {
+		b.next = b.min
+	}
+	w := b.next - ran
+	b.next = min(2*b.next, b.max)
+	return max(w, 0)
+}

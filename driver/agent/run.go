@@ -1,0 +1,239 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+
+	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/tmpfs"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// RunConfig configures `secretfs run`: one class mounted for one command.
+type RunConfig struct {
+	// ClassFile is a YAML file with the class (ClassName picks one of
+	// several). Without it the class is Classes' ClassName in Namespace.
+	ClassFile string
+	ClassName string
+	Classes   class.ClassSource
+	Namespace string
+	// Target is where the command finds the files. It is created (0700) if
+	// missing and removed when secretfs exits. The tmpfs is mounted only in
+	// the command's private mount namespace. One run per target: removing
+	// a directory detaches what other namespaces mounted on it.
+	Target         string
+	Interval       time.Duration
+	ServiceAccount string
+	Providers      func(name string) (provider.Provider, error)
+	TmpfsSize      int64
+	// UID and GID (>= 0) are the user and group the command runs as, with
+	// no supplementary groups. GID also owns the files (the volume's group,
+	// like a pod's fsGroup). Negative: root.
+	UID, GID int
+	// Env puts the content of files into the command's environment at each
+	// start.
+	Env      []EnvVar
+	OnChange OnChange
+	// StopTimeout is how long a restart waits after SIGTERM before SIGKILL.
+	StopTimeout time.Duration
+	// Command is the program and its arguments.
+	Command []string
+	Logger  *slog.Logger
+}
+
+// TargetEnv is set in the command's environment to the directory of the
+// files.
+const TargetEnv = "SECRETFS_TARGET"
+
+// DefaultRunTarget is the target of a run without one: a directory of its
+// own per process under /run.
+func DefaultRunTarget() string { return fmt.Sprintf("/run/secretfs/run-%d", os.Getpid()) }
+
+// RunCommand runs cfg.Command with the class's files on a tmpfs at cfg.Target that
+// only the command (and what it starts) can see, keeps the files fresh,
+// tells the command about changes, and returns the command's exit code
+// (128+N when signal N killed it). Nothing stays mounted afterwards.
+//
+// Run starts this program a second time in a new mount namespace (see
+// isolate); that second stage calls RunCommand again, which then does the work.
+// The program must therefore call RunCommand with the same configuration in both
+// stages: build it from the same arguments.
+func RunCommand(ctx context.Context, cfg RunConfig) (int, error) {
+	if os.Geteuid() != 0 {
+		return 0, fmt.Errorf("%w (running as uid %d)", ErrNotRoot, os.Geteuid())
+	}
+	if len(cfg.Command) == 0 {
+		return 0, errors.New("no command to run")
+	}
+	if cfg.Target == "" {
+		return 0, errors.New("no target directory")
+	}
+	target, err := filepath.Abs(cfg.Target)
+	if err != nil {
+		return 0, err
+	}
+	cfg.Target = target
+	if os.Getenv(stageEnv) != "1" {
+		return isolate(target)
+	}
+	private, err := inPrivateNamespace()
+	if err != nil {
+		return 0, fmt.Errorf("checking the mount namespace: %w", err)
+	}
+	if !private {
+		return 0, fmt.Errorf("%s is set but this process shares its parent's mount namespace; refusing to mount", stageEnv)
+	}
+	return runIsolated(ctx, cfg)
+}
+
+// runIsolated is the second stage, in its own mount namespace.
+func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = driver.DefaultRotationInterval
+	}
+	if cfg.ServiceAccount == "" {
+		cfg.ServiceAccount = "default"
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
+	// Signals from now on are the command's; collect them before anything
+	// can take long.
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+
+	// Mounts made here never propagate to the host; mounts the host makes
+	// later still reach the command (slave, as systemd's PrivateTmp does).
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return 0, fmt.Errorf("making the mount namespace private: %w", err)
+	}
+	detachOthers(cfg.Target, log)
+
+	cls, classes, err := runClass(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	host, _ := os.Hostname()
+	d, err := driver.New(driver.Config{
+		NodeID:           "local-" + host,
+		Classes:          classes,
+		Providers:        cfg.Providers,
+		TmpfsSize:        cfg.TmpfsSize,
+		RotationInterval: cfg.Interval,
+		Logger:           log,
+		RecoverUnder:     cfg.Target,
+	})
+	if err != nil {
+		return 0, err
+	}
+	defer d.Close()
+	req := publishRequest(cls, cfg.Target, cfg.ServiceAccount)
+	if cfg.GID >= 0 {
+		req.VolumeCapability.GetMount().VolumeMountGroup = fmt.Sprint(cfg.GID)
+	}
+	if _, err := d.NodePublishVolume(ctx, req); err != nil {
+		return 0, fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, cfg.Target, err)
+	}
+	defer func() {
+		stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := d.NodeUnpublishVolume(stop, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: cfg.Target}); err != nil {
+			log.Error("unmounting", "target", cfg.Target, "error", err)
+		}
+	}()
+	log.Info("mounted in a private mount namespace", "class", cls.Name, "namespace", cls.Namespace,
+		"target", cfg.Target, "refresh", cfg.Interval, "on_change", cfg.OnChange.String())
+
+	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs,
+		gen: generation(cfg.Target), back: backoff{min: time.Second, max: time.Minute}}
+	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target), uid: cfg.UID, gid: cfg.GID,
+		foreground: inForeground(pgidOf(os.Getppid()))}
+	return s.run(ctx)
+}
+
+// runClass finds the class to mount and the source the driver reads it
+// from on every refresh.
+func runClass(ctx context.Context, cfg RunConfig) (*class.Class, class.ClassSource, error) {
+	if cfg.ClassFile != "" {
+		cls, err := pickClass(cfg.ClassFile, cfg.ClassName)
+		if err != nil {
+			return nil, nil, err
+		}
+		return cls, class.NewFileClassSource(cfg.ClassFile), nil
+	}
+	if cfg.Classes == nil || cfg.ClassName == "" {
+		return nil, nil, errors.New("no class: give a class file, or a class name and an API server")
+	}
+	ns := cfg.Namespace
+	if ns == "" {
+		ns = "default"
+	}
+	cls, err := cfg.Classes.Get(ctx, ns, cfg.ClassName)
+	if err != nil {
+		return nil, nil, fmt.Errorf("class %s/%s: %w", ns, cfg.ClassName, err)
+	}
+	return cls, cfg.Classes, nil
+}
+
+// detachOthers removes from this namespace the copies of every other
+// secretfs tmpfs (pods' volumes, other agents): the command has no business
+// with them, and a copy held here would keep their secrets alive after the
+// host unmounts them.
+func detachOthers(target string, log *slog.Logger) {
+	mounts, err := tmpfs.List()
+	if err != nil {
+		log.Warn("listing mounts", "error", err)
+		return
+	}
+	for _, m := range mounts {
+		if m == target {
+			continue
+		}
+		if err := unix.Unmount(m, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			log.Warn("detaching another secretfs volume from the private namespace", "target", m, "error", err)
+		}
+	}
+}
+
+// childEnv is this process's environment without the stage marker, with
+// SECRETFS_TARGET.
+func childEnv(target string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, stageEnv+"=") && !strings.HasPrefix(kv, TargetEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, TargetEnv+"="+target)
+}
+
+func pgidOf(pid int) int {
+	pgid, err := unix.Getpgid(pid)
+	if err != nil {
+		return -1
+	}
+	return pgid
+}
+
+// generation is the generation the volume's ..data link points to; it
+// changes exactly when a refresh swaps in new content.
+func generation(target string) string {
+	g, _ := os.Readlink(filepath.Join(target, "..data"))
+	return g
+}

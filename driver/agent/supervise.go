@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/secretfs/secretfs/driver"
+)
+
+// supervisor runs the command of `secretfs run` and keeps its files fresh:
+// it passes signals on, refreshes on the interval, acts on changes
+// (OnChange) and returns the command's exit code when it exits on its own.
+type supervisor struct {
+	cfg  RunConfig
+	log  *slog.Logger
+	d    *driver.Driver
+	req  *csi.NodePublishVolumeRequest
+	sigs chan os.Signal
+	cmd  command
+	gen  string // the generation the command has seen
+	back backoff
+}
+
+// run starts the command and supervises it until it exits.
+func (s *supervisor) run(ctx context.Context) (int, error) {
+	ch, err := s.start()
+	if err != nil {
+		return 127, err
+	}
+	rctx, stopRefresh := context.WithCancel(ctx)
+	changes := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.refreshLoop(rctx, changes)
+	}()
+	defer func() {
+		stopRefresh()
+		wg.Wait()
+	}()
+
+	var (
+		restartAt <-chan time.Time // a stopped command starts again
+		killAt    <-chan time.Time // a command that ignores SIGTERM on restart
+		stopping  bool             // a restart has asked the command to stop
+		exiting   bool             // secretfs was asked to stop: no restarts
+		lastStart = ch.started
+		lastCode  = 0
+		ctxDone   = ctx.Done()
+	)
+	for {
+		var exited <-chan struct{}
+		if ch != nil {
+			exited = ch.done
+		}
+		select {
+		case sig := <-s.sigs:
+			n := sig.(syscall.Signal)
+			stop := n == syscall.SIGTERM || n == syscall.SIGINT || n == syscall.SIGQUIT
+			if ch == nil { // between a restart's stop and start
+				if stop {
+					return 128 + int(n), nil
+				}
+				continue
+			}
+			exiting = exiting || stop
+			ch.signal(n)
+		case <-ctxDone:
+			ctxDone = nil
+			if ch == nil {
+				return 128 + int(syscall.SIGTERM), nil
+			}
+			exiting = true
+			ch.signal(syscall.SIGTERM)
+		case <-exited:
+			lastCode = ch.code
+			if !stopping || exiting {
+				s.log.Info("command exited", "code", ch.code)
+				return ch.code, nil
+			}
+			stopping, killAt = false, nil
+			wait := s.back.wait(lastStart, time.Now())
+			s.log.Info("restarting the command after a change", "exit_code", ch.code, "in", wait)
+			ch, restartAt = nil, time.After(wait)
+		case <-restartAt:
+			restartAt = nil
+			next, err := s.start()
+			if err != nil {
+				wait := s.back.wait(time.Now(), time.Now())
+				s.log.Error("restarting the command failed; trying again", "error", err, "in", wait, "last_exit_code", lastCode)
+				restartAt = time.After(wait)
+				continue
+			}
+			ch, lastStart = next, next.started
+		case <-killAt:
+			killAt = nil
+			s.log.Warn("the command did not stop after SIGTERM; killing it", "timeout", s.cfg.StopTimeout)
+			ch.signal(syscall.SIGKILL)
+		case <-changes:
+			switch {
+			case ch == nil || stopping: // the next start reads the new files
+			case s.cfg.OnChange.Restart:
+				stopping = true
+				ch.signal(syscall.SIGTERM)
+				killAt = time.After(s.cfg.StopTimeout)
+			case s.cfg.OnChange.Signal != 0:
+				s.log.Info("files changed; signalling the command", "signal", s.cfg.OnChange.Signal.String())
+				ch.signal(s.cfg.OnChange.Signal)
+			default:
+				s.log.Info("files changed")
+			}
+		}
+	}
+}
+
+// start starts the command with the environment variables read from the
+// current files.
+func (s *supervisor) start() (*child, error) {
+	env, err := s.fileEnv()
+	if err != nil {
+		return nil, err
+	}
+	ch, err := s.cmd.start(env)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("command started", "pid", ch.pid, "command", s.cfg.Command[0])
+	return ch, nil
+}
+
+// maxEnvBytes bounds what --env may put into the environment: the kernel
+// refuses larger single strings (MAX_ARG_STRLEN, 32 pages).
+const maxEnvBytes = 128 << 10
+
+// fileEnv reads the --env files. A value is the file's content as it is
+// (no trailing newline is removed); it may not hold a NUL byte.
+func (s *supervisor) fileEnv() ([]string, error) {
+	out := make([]string, 0, len(s.cfg.Env))
+	for _, e := range s.cfg.Env {
+		p := filepath.Join(s.cfg.Target, e.File)
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("--env %s: object %q is not a file of the volume: %w", e.Name, e.File, err)
+		}
+		if !fi.Mode().IsRegular() || fi.Size() > maxEnvBytes {
+			return nil, fmt.Errorf("--env %s: object %q is not a regular file of at most %d bytes", e.Name, e.File, maxEnvBytes)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("--env %s: %w", e.Name, err)
+		}
+		for _, c := range b {
+			if c == 0 {
+				return nil, fmt.Errorf("--env %s: object %q holds a NUL byte and cannot be an environment variable", e.Name, e.File)
+			}
+		}
+		out = append(out, e.Name+"="+string(b))
+	}
+	return out, nil
+}
+
+// refreshLoop republishes the volume as kubelet would (the driver refetches
+// when the last fetch is an interval old, and keeps the last good files when
+// that fails) and reports each new generation of files on changes.
+func (s *supervisor) refreshLoop(ctx context.Context, changes chan<- struct{}) {
+	tick := time.NewTicker(republishEvery(s.cfg.Interval))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if _, err := s.d.NodePublishVolume(ctx, s.req); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Warn("refresh failed; the command keeps the last good files", "error", err)
+			continue
+		}
+		g := generation(s.cfg.Target)
+		if g == "" || g == s.gen {
+			continue
+		}
+		s.gen = g
+		select {
+		case changes <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
