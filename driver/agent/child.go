@@ -21,21 +21,25 @@ type child struct {
 type command struct {
 	argv []string
 	env  []string
-	uid  int // < 0: keep root
-	gid  int
-	// foreground: give the command the terminal (secretfs had it).
-	foreground bool
+	// tty: give the command the terminal (secretfs had it).
+	tty bool
 }
 
-// start runs the command: as uid/gid with no supplementary groups when
-// given, in its own process group (the terminal's foreground group when
-// secretfs had the terminal), killed when this process dies. The extra
-// environment is added to the inherited one.
+// start runs the command through the init stage (runInit), as this program
+// started again in a new pid namespace, in its own process group, killed
+// when this process dies. The extra environment is added to the inherited
+// one. The init stage drops to the user and group and reports the command's
+// exit code as its own.
 func (c *command) start(extraEnv []string) (*child, error) {
-	path, err := exec.LookPath(c.argv[0])
-	if err != nil {
+	if _, err := exec.LookPath(c.argv[0]); err != nil {
 		return nil, err
 	}
+	init := stageInit
+	if c.tty {
+		init += ttySuffix
+	}
+	env := append(c.env[:len(c.env):len(c.env)], extraEnv...)
+	env = append(env, stageEnv+"="+init)
 	ch := &child{done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {
@@ -43,18 +47,9 @@ func (c *command) start(extraEnv []string) (*child, error) {
 		// exits: keep this goroutine on its thread while the child lives.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		cmd := &exec.Cmd{Path: path, Args: c.argv, Env: append(c.env[:len(c.env):len(c.env)], extraEnv...)}
+		cmd := &exec.Cmd{Path: "/proc/self/exe", Args: os.Args, Env: env}
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-		attr := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-		if c.foreground {
-			attr.Foreground, attr.Ctty = true, 0
-		}
-		if c.uid >= 0 {
-			// Set after the credentials in the child, so the change of
-			// user does not clear the parent-death signal.
-			attr.Credential = &syscall.Credential{Uid: uint32(c.uid), Gid: uint32(c.gid), Groups: []uint32{}}
-		}
-		cmd.SysProcAttr = attr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL, Setpgid: true}
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
@@ -71,8 +66,9 @@ func (c *command) start(extraEnv []string) (*child, error) {
 	return ch, nil
 }
 
-// signal sends sig to the command (not to its process group: the command
-// decides what its children get, as it would without secretfs).
+// signal sends sig to the init stage, which passes it to the command (not
+// to its process group: the command decides what its children get, as it
+// would without secretfs); SIGKILL ends the whole pid namespace.
 func (ch *child) signal(sig syscall.Signal) {
 	select {
 	case <-ch.done:

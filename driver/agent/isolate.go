@@ -57,7 +57,11 @@ func isolate(target string) (int, error) {
 	defer runtime.UnlockOSThread()
 	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
-	cmd.Env = append(os.Environ(), stageEnv+"=1")
+	st := stageAgent
+	if foreground {
+		st += ttySuffix
+	}
+	cmd.Env = append(os.Environ(), stageEnv+"="+st)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNS,

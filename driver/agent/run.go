@@ -84,8 +84,15 @@ func RunCommand(ctx context.Context, cfg RunConfig) (int, error) {
 		return 0, err
 	}
 	cfg.Target = target
-	if os.Getenv(stageEnv) != "1" {
+	st, tty := stage()
+	switch st {
+	case "":
 		return isolate(target)
+	case stageInit:
+		return runInit(cfg.Command, cfg.UID, cfg.GID, tty)
+	case stageAgent:
+	default:
+		return 0, fmt.Errorf("%s=%q is not a stage of secretfs run", stageEnv, os.Getenv(stageEnv))
 	}
 	private, err := inPrivateNamespace()
 	if err != nil {
@@ -94,11 +101,11 @@ func RunCommand(ctx context.Context, cfg RunConfig) (int, error) {
 	if !private {
 		return 0, fmt.Errorf("%s is set but this process shares its parent's mount namespace; refusing to mount", stageEnv)
 	}
-	return runIsolated(ctx, cfg)
+	return runIsolated(ctx, cfg, tty)
 }
 
 // runIsolated is the second stage, in its own mount namespace.
-func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
+func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -162,8 +169,7 @@ func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
 
 	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs,
 		gen: generation(cfg.Target), back: backoff{min: time.Second, max: time.Minute}}
-	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target), uid: cfg.UID, gid: cfg.GID,
-		foreground: inForeground(pgidOf(os.Getppid()))}
+	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target), tty: tty}
 	return s.run(ctx)
 }
 
@@ -221,14 +227,6 @@ func childEnv(target string) []string {
 		}
 	}
 	return append(env, TargetEnv+"="+target)
-}
-
-func pgidOf(pid int) int {
-	pgid, err := unix.Getpgid(pid)
-	if err != nil {
-		return -1
-	}
-	return pgid
 }
 
 // generation is the generation the volume's ..data link points to; it

@@ -317,6 +317,9 @@ id -u > "$OUT/id" && : > "$OUT/ready" && while [ ! -e "$OUT/stop" ]; do sleep 0.
 	if len(inner) != 1 {
 		t.Fatalf("secretfs run has children %v, want the second stage only", inner)
 	}
+	if pid1 := children(inner[0]); len(pid1) != 1 || !strings.HasSuffix(grepLines([]byte(readFile(fmt.Sprintf("/proc/%d/status", pid1[0]))), "NSpid:"), "\t1") {
+		t.Fatalf("the command is not under a pid 1 of its own pid namespace (children of the agent: %v)", pid1)
+	}
 	info, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", inner[0]))
 	if err != nil || !bytes.Contains(info, []byte(e.target+" ")) {
 		t.Fatalf("the private namespace has no mount at the target (%v)", err)
@@ -334,6 +337,8 @@ id -u > "$OUT/id" && : > "$OUT/ready" && while [ ! -e "$OUT/stop" ]; do sleep 0.
 }
 
 func fileExists(p string) bool { _, err := os.Lstat(p); return err == nil }
+
+func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
 
 // Each change of the files reaches the command as exactly one SIGHUP; a
 // failed refresh keeps the files and sends nothing; a SIGTERM to secretfs
@@ -433,27 +438,32 @@ func TestRunExitCodes(t *testing.T) {
 	}
 }
 
-// kill -9 of either stage: the rest dies with it, the private namespace
-// has no process left (so the kernel has freed it and its tmpfs), and the
-// host never had the mount.
+// kill -9 of either stage: the rest dies with it, including what the
+// command started and detached from itself (setsid, TERM ignored), so the
+// private mount namespace has no process left: the kernel has freed it and
+// its tmpfs. The host never had the mount.
 func TestRunKill9LeavesNothing(t *testing.T) {
 	for _, victim := range []string{"first stage", "second stage"} {
 		t.Run(victim, func(t *testing.T) {
-			e := newRunEnv(t, "none", `: > "$OUT/ready"; while :; do sleep 0.01; done`)
+			e := newRunEnv(t, "none", `setsid sh -c 'trap "" TERM HUP INT; echo $$ > "$OUT/daemon"; while :; do sleep 1; done' &
+while [ ! -s "$OUT/daemon" ]; do sleep 0.01; done; : > "$OUT/ready"; while :; do sleep 0.01; done`)
 			e.start()
 			e.waitFor("the command", func() bool { return fileExists(filepath.Join(e.out, "ready")) })
-			inner := children(e.cmd.Process.Pid)
-			if len(inner) != 1 {
-				t.Fatalf("children %v", inner)
+			agent := children(e.cmd.Process.Pid)
+			if len(agent) != 1 {
+				t.Fatalf("children %v", agent)
 			}
-			command := children(inner[0])
-			ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", inner[0]))
-			if err != nil || len(command) != 1 {
-				t.Fatalf("namespace %q (%v), command %v", ns, err, command)
+			ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", agent[0]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			procs := processesIn(ns)
+			if len(procs) < 4 { // agent, init, command, daemon (and a sleep)
+				t.Fatalf("processes in the private namespace: %v", procs)
 			}
 			pid := e.cmd.Process.Pid
 			if victim == "second stage" {
-				pid = inner[0]
+				pid = agent[0]
 			}
 			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
@@ -462,10 +472,7 @@ func TestRunKill9LeavesNothing(t *testing.T) {
 			if victim == "second stage" && code != 128+9 {
 				t.Errorf("exit code %d, want 137", code)
 			}
-			e.waitFor("the command to die", func() bool { return !alive(command[0]) && !alive(inner[0]) })
-			if procs := processesIn(ns); len(procs) != 0 {
-				t.Fatalf("processes %v still hold the private mount namespace", procs)
-			}
+			e.waitFor("no process left in the private mount namespace", func() bool { return len(processesIn(ns)) == 0 })
 			e.assertNotOnHost()
 			// The first stage removes the directory it made when the second
 			// dies; killed itself, it leaves the empty directory.

@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Stages of `secretfs run`, the values of stageEnv. A trailing "+tty" says
+// that the first stage had the terminal, so the command gets it.
+const (
+	stageAgent = "agent" // in the private mount namespace: mounts, refreshes
+	stageInit  = "init"  // pid 1 of the command's pid namespace
+	ttySuffix  = "+tty"
+)
+
+// stage returns this process's stage ("" for the first) and whether the
+// command is to get the terminal.
+func stage() (string, bool) {
+	v := os.Getenv(stageEnv)
+	name, tty := strings.CutSuffix(v, ttySuffix)
+	return name, tty
+}
+
+// runInit is the third stage: pid 1 of a pid namespace of its own, started
+// by the agent for each run of the command. It starts the command, passes
+// signals on (pid 1 gets only signals it handles, so the command, not pid 1,
+// must be the one that decides about them), reaps every orphan, and exits
+// with the command's exit code. When it exits or is killed, the kernel kills
+// everything else in the pid namespace: nothing the command started can
+// outlive it, and so nothing keeps the private mount namespace (and its
+// tmpfs) alive once the agent is gone.
+func runInit(argv []string, uid, gid int, tty bool) (int, error) {
+	if os.Getpid() != 1 {
+		return 0, fmt.Errorf("%s=%s but this process is not pid 1 of a pid namespace", stageEnv, stageInit)
+	}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, forwarded...)
+	chld := make(chan os.Signal, 1)
+	signal.Notify(chld, syscall.SIGCHLD)
+
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return 127, fmt.Errorf("starting %s: %w", argv[0], err)
+	}
+	attr := &syscall.SysProcAttr{Setpgid: true}
+	if tty {
+		attr.Foreground, attr.Ctty = true, 0
+	}
+	if uid >= 0 {
+		attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}
+	}
+	p, err := os.StartProcess(path, argv, &os.ProcAttr{
+		Env:   withoutStage(os.Environ()),
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Sys:   attr,
+	})
+	if err != nil {
+		code := 126
+		if errors.Is(err, os.ErrNotExist) {
+			code = 127
+		}
+		return code, fmt.Errorf("starting %s: %w", argv[0], err)
+	}
+	for {
+		select {
+		case s := <-sigs:
+			_ = p.Signal(s)
+		case <-chld:
+			// Reap everything that has exited: the command and orphans.
+			for {
+				var ws unix.WaitStatus
+				pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil || pid <= 0 {
+					break
+				}
+				if pid == p.Pid {
+					if ws.Signaled() {
+						return 128 + int(ws.Signal()), nil
+					}
+					return ws.ExitStatus(), nil
+				}
+			}
+		}
+	}
+}
+
+// withoutStage is env without the stage marker.
+func withoutStage(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, stageEnv+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
