@@ -5,7 +5,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/provider"
 )
 
 // OnChange says what `secretfs run` does to the command after a refresh
@@ -86,7 +86,7 @@ func ParseEnv(s string) (EnvVar, error) {
 	if !validEnvName(name) {
 		return EnvVar{}, fmt.Errorf("%.60q is not an environment variable name (letters, digits and _, not starting with a digit)", name)
 	}
-	if err := atomicwriter.ValidatePath(file); err != nil {
+	if err := provider.ValidatePath(file); err != nil {
 		return EnvVar{}, fmt.Errorf("object %.60q of %s: %v", file, name, err)
 	}
 	return EnvVar{Name: name, File: file}, nil

@@ -136,8 +136,10 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	hook := newChangeHook()
 	host, _ := os.Hostname()
 	d, err := driver.New(driver.Config{
+		Hooks:            []driver.VolumeHook{hook},
 		NodeID:           "local-" + host,
 		Classes:          classes,
 		Providers:        cfg.Providers,
@@ -157,6 +159,7 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	if _, err := d.NodePublishVolume(ctx, req); err != nil {
 		return 0, fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, cfg.Target, err)
 	}
+	hook.published.Store(true)
 	defer func() {
 		stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -167,8 +170,8 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	log.Info("mounted in a private mount namespace", "class", cls.Name, "namespace", cls.Namespace,
 		"target", cfg.Target, "refresh", cfg.Interval, "on_change", cfg.OnChange.String())
 
-	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs,
-		gen: generation(cfg.Target), back: backoff{min: time.Second, max: time.Minute}}
+	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs, hook: hook,
+		back: backoff{min: time.Second, max: time.Minute}}
 	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target), tty: tty}
 	return s.run(ctx)
 }
@@ -227,11 +230,4 @@ func childEnv(target string) []string {
 		}
 	}
 	return append(env, TargetEnv+"="+target)
-}
-
-// generation is the generation the volume's ..data link points to; it
-// changes exactly when a refresh swaps in new content.
-func generation(target string) string {
-	g, _ := os.Readlink(filepath.Join(target, "..data"))
-	return g
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,7 +26,7 @@ type supervisor struct {
 	req  *csi.NodePublishVolumeRequest
 	sigs chan os.Signal
 	cmd  command
-	gen  string // the generation the command has seen
+	hook *changeHook
 	back backoff
 }
 
@@ -36,12 +37,11 @@ func (s *supervisor) run(ctx context.Context) (int, error) {
 		return 127, err
 	}
 	rctx, stopRefresh := context.WithCancel(ctx)
-	changes := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		s.refreshLoop(rctx, changes)
+		s.refreshLoop(rctx)
 	}()
 	defer func() {
 		stopRefresh()
@@ -105,7 +105,7 @@ func (s *supervisor) run(ctx context.Context) (int, error) {
 			killAt = nil
 			s.log.Warn("the command did not stop after SIGTERM; killing it", "timeout", s.cfg.StopTimeout)
 			ch.signal(syscall.SIGKILL)
-		case <-changes:
+		case <-s.hook.changes:
 			switch {
 			case ch == nil || stopping: // the next start reads the new files
 			case s.cfg.OnChange.Restart:
@@ -168,11 +168,11 @@ func (s *supervisor) fileEnv() ([]string, error) {
 	return out, nil
 }
 
-// refreshLoop republishes the volume as kubelet would (the driver refetches
-// when the last fetch is an interval old, and keeps the last good files when
-// that fails) and reports each new generation of files on changes.
-func (s *supervisor) refreshLoop(ctx context.Context, changes chan<- struct{}) {
-	tick := time.NewTicker(republishEvery(s.cfg.Interval))
+// refreshLoop republishes the volume as kubelet would: the driver's
+// rotation policy decides when to refetch, keeps the last good files when
+// that fails, and tells changeHook when the files changed.
+func (s *supervisor) refreshLoop(ctx context.Context) {
+	tick := time.NewTicker(driver.RepublishPeriod(s.cfg.Interval))
 	defer tick.Stop()
 	for {
 		select {
@@ -180,22 +180,31 @@ func (s *supervisor) refreshLoop(ctx context.Context, changes chan<- struct{}) {
 			return
 		case <-tick.C:
 		}
-		if _, err := s.d.NodePublishVolume(ctx, s.req); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
+		if _, err := s.d.NodePublishVolume(ctx, s.req); err != nil && ctx.Err() == nil {
 			s.log.Warn("refresh failed; the command keeps the last good files", "error", err)
-			continue
-		}
-		g := generation(s.cfg.Target)
-		if g == "" || g == s.gen {
-			continue
-		}
-		s.gen = g
-		select {
-		case changes <- struct{}{}:
-		case <-ctx.Done():
-			return
 		}
 	}
 }
+
+// changeHook reports refreshes that swapped in new files (from the
+// republishes of refreshLoop and from provider watches alike). Changes that
+// come faster than the supervisor acts on them are told once: the command
+// reads the newest files either way.
+type changeHook struct {
+	changes   chan struct{}
+	published atomic.Bool // the first publish is not a change
+}
+
+func newChangeHook() *changeHook { return &changeHook{changes: make(chan struct{}, 1)} }
+
+func (h *changeHook) Changed(context.Context, driver.VolumeInfo) {
+	if !h.published.Load() {
+		return
+	}
+	select {
+	case h.changes <- struct{}{}:
+	default:
+	}
+}
+
+func (h *changeHook) Gone(driver.VolumeInfo) {}
