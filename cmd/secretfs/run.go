@@ -94,11 +94,11 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 			return fail(stderr, fs, 1, "%v", err)
 		}
 	}
-	providers, closeProviders, err := backends.resolver(restConfig, log)
+	providers, external, err := backends.resolver(restConfig, log)
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
 	}
-	defer closeProviders()
+	defer external.Close()
 	cfg.Providers = providers
 	code, err := agent.RunCommand(ctx, cfg)
 	if errors.Is(err, agent.ErrNotRoot) {
