@@ -78,7 +78,7 @@ func TestRefreshFailureEvents(t *testing.T) {
 	republish := func() {
 		t.Helper()
 		req := publishReq("vol-1", target, "app", "team-a")
-		req.VolumeContext[AttrTokens] = `{"api":{"token":"` + token + `","expirationTimestamp":"2099-01-01T00:00:00Z"}}`
+		req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"` + token + `","expirationTimestamp":"2099-01-01T00:00:00Z"}}`
 		if _, err := e.node.NodePublishVolume(t.Context(), req); err != nil {
 			t.Fatalf("republish: %v", err)
 		}

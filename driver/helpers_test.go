@@ -233,12 +233,12 @@ func publishReq(id, target, class, ns string) *csi.NodePublishVolumeRequest {
 		},
 		Readonly: true,
 		VolumeContext: map[string]string{
-			AttrClass:          class,
-			AttrEphemeral:      "true",
-			AttrPodName:        "web-0",
-			AttrPodNamespace:   ns,
-			AttrPodUID:         "0f1e2d3c-aaaa-bbbb-cccc-000000000001",
-			AttrServiceAccount: "web",
+			provider.AttrClass:          class,
+			provider.AttrEphemeral:      "true",
+			provider.AttrPodName:        "web-0",
+			provider.AttrPodNamespace:   ns,
+			provider.AttrPodUID:         "0f1e2d3c-aaaa-bbbb-cccc-000000000001",
+			provider.AttrServiceAccount: "web",
 		},
 	}
 }

@@ -39,7 +39,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	d.metrics.observe(op, start, err)
 	if err != nil {
 		d.log.Warn("publish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
-			"namespace", req.GetVolumeContext()[AttrPodNamespace], "class", req.GetVolumeContext()[AttrClass],
+			"namespace", req.GetVolumeContext()[provider.AttrPodNamespace], "class", req.GetVolumeContext()[provider.AttrClass],
 			"code", status.Code(err).String(), "err", status.Convert(err).Message())
 		return nil, err
 	}

@@ -143,12 +143,12 @@ func TestPublishRejectsBadRequests(t *testing.T) {
 		{"mount flags", mod(func(r *csi.NodePublishVolumeRequest) { r.VolumeCapability.GetMount().MountFlags = []string{"exec"} }), codes.InvalidArgument, "mount options are not supported"},
 		{"bad group", mod(func(r *csi.NodePublishVolumeRequest) { r.VolumeCapability.GetMount().VolumeMountGroup = "wheel" }), codes.InvalidArgument, "not a numeric group id"},
 		{"read-write", mod(func(r *csi.NodePublishVolumeRequest) { r.Readonly = false }), codes.InvalidArgument, "set readOnly: true"},
-		{"persistent", mod(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, AttrEphemeral) }), codes.InvalidArgument, "only CSI ephemeral inline volumes"},
-		{"ephemeral false", mod(func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[AttrEphemeral] = "false" }), codes.InvalidArgument, `is "false"`},
-		{"no class", mod(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, AttrClass) }), codes.InvalidArgument, "secretProviderClass is missing"},
-		{"bad class name", mod(func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[AttrClass] = "../App" }), codes.InvalidArgument, "not a valid object name"},
-		{"no namespace", mod(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, AttrPodNamespace) }), codes.InvalidArgument, "podInfoOnMount"},
-		{"bad tokens", mod(func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[AttrTokens] = `{"aud":` }), codes.InvalidArgument, "serviceAccount.tokens is not a JSON object"},
+		{"persistent", mod(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, provider.AttrEphemeral) }), codes.InvalidArgument, "only CSI ephemeral inline volumes"},
+		{"ephemeral false", mod(func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[provider.AttrEphemeral] = "false" }), codes.InvalidArgument, `is "false"`},
+		{"no class", mod(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, provider.AttrClass) }), codes.InvalidArgument, "secretProviderClass is missing"},
+		{"bad class name", mod(func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[provider.AttrClass] = "../App" }), codes.InvalidArgument, "not a valid object name"},
+		{"no namespace", mod(func(r *csi.NodePublishVolumeRequest) { delete(r.VolumeContext, provider.AttrPodNamespace) }), codes.InvalidArgument, "podInfoOnMount"},
+		{"bad tokens", mod(func(r *csi.NodePublishVolumeRequest) { r.VolumeContext[provider.AttrTokens] = `{"aud":` }), codes.InvalidArgument, "serviceAccount.tokens is not a JSON object"},
 		{"class in another namespace", publishReq("vol-1", target, "other", "team-a"), codes.NotFound, `"other" not found in namespace "team-a"`},
 		{"unknown provider", publishReq("vol-1", target, "ghost", "team-a"), codes.InvalidArgument, `provider "nosuch"`},
 	}
@@ -538,7 +538,7 @@ func TestRestartRecovery(t *testing.T) {
 	e.prov.set(func(p *testProvider) { p.gen = 7 })
 	time.Sleep(100 * time.Millisecond)
 	req := publishReq("vol-0", e.target("t0"), "app", "team-a")
-	req.VolumeContext[AttrTokens] = `{"api":{"token":"tok","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"tok","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
 	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
@@ -620,8 +620,8 @@ func TestTokensFromSecrets(t *testing.T) {
 	e := newEnv(t, nil)
 	req := publishReq("vol-s", e.target("s"), "app", "team-a")
 	req.Secrets = map[string]string{
-		AttrTokens:     `{"":{"token":"pod-token","expirationTimestamp":"2030-01-01T00:00:00Z"}}`,
-		"clientsecret": "sp-secret",
+		provider.AttrTokens: `{"":{"token":"pod-token","expirationTimestamp":"2030-01-01T00:00:00Z"}}`,
+		"clientsecret":      "sp-secret",
 	}
 	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
 		t.Fatal(err)
@@ -630,7 +630,7 @@ func TestTokensFromSecrets(t *testing.T) {
 	if got.Tokens[""].Token != "pod-token" {
 		t.Fatalf("token not taken from secrets: %+v", got.Tokens)
 	}
-	if _, ok := got.Secrets[AttrTokens]; ok || got.Secrets["clientsecret"] != "sp-secret" || len(got.Secrets) != 1 {
+	if _, ok := got.Secrets[provider.AttrTokens]; ok || got.Secrets["clientsecret"] != "sp-secret" || len(got.Secrets) != 1 {
 		t.Fatalf("secrets seen by the backend: %v keys", len(got.Secrets))
 	}
 	if err := e.unpublish("vol-s", e.target("s")); err != nil {
@@ -638,7 +638,7 @@ func TestTokensFromSecrets(t *testing.T) {
 	}
 
 	bad := publishReq("vol-b", e.target("b"), "app", "team-a")
-	bad.Secrets = map[string]string{AttrTokens: `{"":`}
+	bad.Secrets = map[string]string{provider.AttrTokens: `{"":`}
 	_, err := e.node.NodePublishVolume(context.Background(), bad)
 	if status.Code(err) != codes.InvalidArgument || strings.Contains(err.Error(), `"":`) {
 		t.Fatalf("bad tokens in secrets: %v", err)

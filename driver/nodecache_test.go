@@ -59,9 +59,9 @@ func newFakeEnv(t *testing.T, tweak func(*Config)) *fakeEnv {
 // publishAs publishes volume i of class shared for service account sa.
 func (e *fakeEnv) publishAs(i int, sa string) error {
 	req := publishReq(fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i)), "shared", "team-a")
-	req.VolumeContext[AttrServiceAccount] = sa
-	req.VolumeContext[AttrPodName] = fmt.Sprintf("pod-%d", i)
-	req.VolumeContext[AttrTokens] = fmt.Sprintf(`{"vault":{"token":"token-of-pod-%d","expirationTimestamp":"2030-01-01T00:00:00Z"}}`, i)
+	req.VolumeContext[provider.AttrServiceAccount] = sa
+	req.VolumeContext[provider.AttrPodName] = fmt.Sprintf("pod-%d", i)
+	req.VolumeContext[provider.AttrTokens] = fmt.Sprintf(`{"vault":{"token":"token-of-pod-%d","expirationTimestamp":"2030-01-01T00:00:00Z"}}`, i)
 	_, err := e.node.NodePublishVolume(context.Background(), req)
 	return err
 }
@@ -204,7 +204,7 @@ func TestCacheNeverSharedBetweenServiceAccounts(t *testing.T) {
 	}
 	// Other nodePublishSecretRef data: another identity.
 	req = publishReq("vol-s", e.target("ts"), "shared", "team-a")
-	req.VolumeContext[AttrServiceAccount] = "web"
+	req.VolumeContext[provider.AttrServiceAccount] = "web"
 	req.Secrets = map[string]string{"clientsecret": "other"}
 	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
 		t.Fatal(err)
@@ -300,7 +300,7 @@ func TestCacheRevokedInBackend(t *testing.T) {
 	})
 	pub := func(id, sa string) {
 		req := publishReq(id, e.target(id), "app", "team-a")
-		req.VolumeContext[AttrServiceAccount] = sa
+		req.VolumeContext[provider.AttrServiceAccount] = sa
 		if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
 			t.Fatal(err)
 		}
@@ -370,7 +370,7 @@ func TestLastPodLeavesNothing(t *testing.T) {
 	const n = 4
 	publish := func(i int) {
 		req := publishReq(fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i)), "app", "team-a")
-		req.VolumeContext[AttrTokens] = `{"api":{"token":"tok","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+		req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"tok","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
 		if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
 			t.Fatal(err)
 		}

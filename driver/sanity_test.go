@@ -11,6 +11,7 @@ import (
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"github.com/onsi/ginkgo/v2"
 	"github.com/onsi/gomega"
+	"github.com/secretfs/secretfs/provider"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -66,7 +67,7 @@ func TestSanity(t *testing.T) {
 }
 
 func asKubelet(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if r, ok := req.(*csi.NodePublishVolumeRequest); ok && r.GetVolumeContext()[AttrEphemeral] == "true" {
+	if r, ok := req.(*csi.NodePublishVolumeRequest); ok && r.GetVolumeContext()[provider.AttrEphemeral] == "true" {
 		r = proto.Clone(r).(*csi.NodePublishVolumeRequest)
 		r.Readonly = true
 		req = r
@@ -103,12 +104,12 @@ func (c *sanityController) CreateVolume(_ context.Context, req *csi.CreateVolume
 		VolumeId:      "sanity-" + req.GetName(),
 		CapacityBytes: req.GetCapacityRange().GetRequiredBytes(),
 		VolumeContext: map[string]string{
-			AttrClass:          "app",
-			AttrEphemeral:      "true",
-			AttrPodNamespace:   "team-a",
-			AttrPodName:        "sanity",
-			AttrPodUID:         "00000000-0000-0000-0000-000000000001",
-			AttrServiceAccount: "default",
+			provider.AttrClass:          "app",
+			provider.AttrEphemeral:      "true",
+			provider.AttrPodNamespace:   "team-a",
+			provider.AttrPodName:        "sanity",
+			provider.AttrPodUID:         "00000000-0000-0000-0000-000000000001",
+			provider.AttrServiceAccount: "default",
 		},
 	}
 	c.vols[req.GetName()] = v

@@ -175,7 +175,7 @@ func TestNoSecretsInLogsOrMetrics(t *testing.T) {
 	})
 	target := e.target("vol")
 	req := publishReq("vol-1", target, "app", "team-a")
-	req.VolumeContext[AttrTokens] = fmt.Sprintf(`{"vault":{"token":%q,"expirationTimestamp":"2030-01-01T00:00:00Z"}}`, token)
+	req.VolumeContext[provider.AttrTokens] = fmt.Sprintf(`{"vault":{"token":%q,"expirationTimestamp":"2030-01-01T00:00:00Z"}}`, token)
 	req.Secrets = map[string]string{"clientsecret": pubSecret}
 	ctx := context.Background()
 	if _, err := e.node.NodePublishVolume(ctx, req); err != nil {
@@ -190,12 +190,12 @@ func TestNoSecretsInLogsOrMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := publishReq("vol-2", e.target("v2"), "app", "team-a")
-	bad.VolumeContext[AttrTokens] = fmt.Sprintf(`{"vault":{"token":%q,"expirationTimestamp":"not-a-time"}}`, token)
+	bad.VolumeContext[provider.AttrTokens] = fmt.Sprintf(`{"vault":{"token":%q,"expirationTimestamp":"not-a-time"}}`, token)
 	_, err := e.node.NodePublishVolume(ctx, bad)
 	if status.Code(err) != codes.InvalidArgument || strings.Contains(err.Error(), token) {
 		t.Fatalf("bad token attribute: %v", err)
 	}
-	bad.VolumeContext[AttrTokens] = `{"vault":{"token":"` + token + `",}`
+	bad.VolumeContext[provider.AttrTokens] = `{"vault":{"token":"` + token + `",}`
 	if _, err := e.node.NodePublishVolume(ctx, bad); err == nil || strings.Contains(err.Error(), token) {
 		t.Fatalf("malformed token JSON: %v", err)
 	}

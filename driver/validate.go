@@ -70,7 +70,7 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 	if !req.GetReadonly() {
 		return nil, provider.InvalidArgument("secretfs volumes are read-only: set readOnly: true on the pod's csi volume")
 	}
-	_, tokensInSecrets := req.GetSecrets()[AttrTokens]
+	_, tokensInSecrets := req.GetSecrets()[provider.AttrTokens]
 	vc, err := parseVolumeContext(req.GetVolumeContext(), tokensInSecrets)
 	if err != nil {
 		return nil, err
@@ -95,7 +95,7 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 // a fresh token per pod does not change the node cache key.
 //
 // Where tokens come from (tokenSource): when the secrets field carries the
-// key, it is the only source and the AttrTokens volume attribute is ignored.
+// key, it is the only source and the provider.AttrTokens volume attribute is ignored.
 // kubelet then leaves the attribute alone, so whatever is there was written
 // by the pod author, who could otherwise hand the driver a forged token
 // (with a far-future expiry, the "freshest" one for the shared Secret watch
@@ -104,13 +104,13 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 // without serviceAccountTokenInSecrets) overwrites the attribute with the
 // tokens it minted, so the attribute is trusted.
 func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string]string, error) {
-	raw, ok := secrets[AttrTokens]
+	raw, ok := secrets[provider.AttrTokens]
 	if !ok {
 		return secrets, nil
 	}
 	rest := make(map[string]string, len(secrets)-1)
 	for k, v := range secrets {
-		if k != AttrTokens {
+		if k != provider.AttrTokens {
 			rest[k] = v
 		}
 	}
@@ -118,7 +118,7 @@ func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string
 	if raw == "" {
 		return rest, nil
 	}
-	toks, err := parseTokens(raw)
+	toks, err := provider.ParseTokens(raw)
 	if err != nil {
 		return nil, err
 	}

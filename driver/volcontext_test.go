@@ -12,7 +12,7 @@ import (
 )
 
 func attrs(kv ...string) map[string]string {
-	m := map[string]string{AttrEphemeral: "true", AttrClass: "app", AttrPodNamespace: "team-a"}
+	m := map[string]string{provider.AttrEphemeral: "true", provider.AttrClass: "app", provider.AttrPodNamespace: "team-a"}
 	for i := 0; i+1 < len(kv); i += 2 {
 		if kv[i+1] == "<delete>" {
 			delete(m, kv[i])
@@ -24,8 +24,8 @@ func attrs(kv ...string) map[string]string {
 }
 
 func TestParseVolumeContext(t *testing.T) {
-	vc, err := parseVolumeContext(attrs(AttrPodName, "web-0", AttrPodUID, "0f1e2d3c-aaaa", AttrServiceAccount, "web",
-		AttrTokens, `{"api://AzureADTokenExchange":{"token":"abc","expirationTimestamp":"2030-01-02T03:04:05Z"},"vault":{"token":"def"}}`,
+	vc, err := parseVolumeContext(attrs(provider.AttrPodName, "web-0", provider.AttrPodUID, "0f1e2d3c-aaaa", provider.AttrServiceAccount, "web",
+		provider.AttrTokens, `{"api://AzureADTokenExchange":{"token":"abc","expirationTimestamp":"2030-01-02T03:04:05Z"},"vault":{"token":"def"}}`,
 		"unrelated", "ignored"), false)
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +37,7 @@ func TestParseVolumeContext(t *testing.T) {
 	if tok.Token != "abc" || !tok.ExpirationTimestamp.Equal(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)) || vc.Tokens["vault"].Token != "def" {
 		t.Fatalf("tokens %+v", vc.Tokens)
 	}
-	if vc, err := parseVolumeContext(attrs(AttrTokens, ""), false); err != nil || vc.Tokens != nil {
+	if vc, err := parseVolumeContext(attrs(provider.AttrTokens, ""), false); err != nil || vc.Tokens != nil {
 		t.Fatalf("empty tokens: %+v %v", vc, err)
 	}
 
@@ -45,23 +45,23 @@ func TestParseVolumeContext(t *testing.T) {
 		attrs map[string]string
 		msg   string
 	}{
-		"not ephemeral":      {attrs(AttrEphemeral, "<delete>"), "is missing: use a csi volume"},
-		"ephemeral garbage":  {attrs(AttrEphemeral, "yes"), `is "yes"`},
-		"no class":           {attrs(AttrClass, "<delete>"), "secretProviderClass is missing"},
-		"class uppercase":    {attrs(AttrClass, "App"), "not a valid object name"},
-		"class slash":        {attrs(AttrClass, "a/b"), "not a valid object name"},
-		"class too long":     {attrs(AttrClass, strings.Repeat("a", 254)), "longer than 253"},
-		"no namespace":       {attrs(AttrPodNamespace, "<delete>"), "pod.namespace is missing"},
-		"namespace with dot": {attrs(AttrPodNamespace, "a.b"), "not a valid namespace"},
-		"bad pod name":       {attrs(AttrPodName, "Web 0"), "pod.name"},
-		"tokens not json":    {attrs(AttrTokens, "{"), "not a JSON object"},
-		"tokens array":       {attrs(AttrTokens, "[]"), "not a JSON object"},
-		"tokens null":        {attrs(AttrTokens, "null"), "not a JSON object"},
-		"tokens trailing":    {attrs(AttrTokens, `{} {}`), "not a JSON object"},
-		"token missing":      {attrs(AttrTokens, `{"aud":{}}`), `token for audience "aud" is missing`},
-		"token null":         {attrs(AttrTokens, `{"aud":null}`), `token for audience "aud" is missing`},
-		"token wrong type":   {attrs(AttrTokens, `{"aud":{"token":5}}`), "not a JSON object"},
-		"bad expiry":         {attrs(AttrTokens, `{"aud":{"token":"x","expirationTimestamp":"tomorrow"}}`), "not an RFC 3339 time"},
+		"not ephemeral":      {attrs(provider.AttrEphemeral, "<delete>"), "is missing: use a csi volume"},
+		"ephemeral garbage":  {attrs(provider.AttrEphemeral, "yes"), `is "yes"`},
+		"no class":           {attrs(provider.AttrClass, "<delete>"), "secretProviderClass is missing"},
+		"class uppercase":    {attrs(provider.AttrClass, "App"), "not a valid object name"},
+		"class slash":        {attrs(provider.AttrClass, "a/b"), "not a valid object name"},
+		"class too long":     {attrs(provider.AttrClass, strings.Repeat("a", 254)), "longer than 253"},
+		"no namespace":       {attrs(provider.AttrPodNamespace, "<delete>"), "pod.namespace is missing"},
+		"namespace with dot": {attrs(provider.AttrPodNamespace, "a.b"), "not a valid namespace"},
+		"bad pod name":       {attrs(provider.AttrPodName, "Web 0"), "pod.name"},
+		"tokens not json":    {attrs(provider.AttrTokens, "{"), "not a JSON object"},
+		"tokens array":       {attrs(provider.AttrTokens, "[]"), "not a JSON object"},
+		"tokens null":        {attrs(provider.AttrTokens, "null"), "not a JSON object"},
+		"tokens trailing":    {attrs(provider.AttrTokens, `{} {}`), "not a JSON object"},
+		"token missing":      {attrs(provider.AttrTokens, `{"aud":{}}`), `token for audience "aud" is missing`},
+		"token null":         {attrs(provider.AttrTokens, `{"aud":null}`), `token for audience "aud" is missing`},
+		"token wrong type":   {attrs(provider.AttrTokens, `{"aud":{"token":5}}`), "not a JSON object"},
+		"bad expiry":         {attrs(provider.AttrTokens, `{"aud":{"token":"x","expirationTimestamp":"tomorrow"}}`), "not an RFC 3339 time"},
 	} {
 		_, err := parseVolumeContext(tc.attrs, false)
 		if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
@@ -76,7 +76,7 @@ func FuzzParseVolumeContext(f *testing.F) {
 	f.Add("a.b-c", "ns", "false", "Web", `{"x":{"token":"t"}}`)
 	f.Add("app", "team-a", "true", "web-0", `{"aud":{"token":"t","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
 	f.Fuzz(func(t *testing.T, class, ns, eph, pod, tokens string) {
-		vc, err := parseVolumeContext(map[string]string{AttrClass: class, AttrPodNamespace: ns, AttrEphemeral: eph, AttrPodName: pod, AttrTokens: tokens}, false)
+		vc, err := parseVolumeContext(map[string]string{provider.AttrClass: class, provider.AttrPodNamespace: ns, provider.AttrEphemeral: eph, provider.AttrPodName: pod, provider.AttrTokens: tokens}, false)
 		if err != nil {
 			if provider.CodeOf(err) != codes.InvalidArgument {
 				t.Fatalf("code %v: %v", provider.CodeOf(err), err)
@@ -85,33 +85,6 @@ func FuzzParseVolumeContext(f *testing.F) {
 		}
 		if eph != "true" || vc.Class != class || vc.Pod.Namespace != ns || checkName(class, 253, true) != nil || checkName(ns, 63, false) != nil {
 			t.Fatalf("accepted %+v", vc)
-		}
-	})
-}
-
-func FuzzParseTokens(f *testing.F) {
-	f.Add(`{"aud":{"token":"t","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
-	f.Add(`{"a":{"token":"t"},"b":{"token":"u"}}`)
-	f.Add(`{"aud":{"token":""}}`)
-	f.Add(`{`)
-	f.Add(`null`)
-	f.Add(`{"aud":{"token":"SECRET","expirationTimestamp":"x"}}`)
-	f.Fuzz(func(t *testing.T, raw string) {
-		toks, err := parseTokens(raw)
-		if err != nil {
-			if provider.CodeOf(err) != codes.InvalidArgument {
-				t.Fatalf("code %v", provider.CodeOf(err))
-			}
-			// Never echo the input back, except an audience name.
-			if len(raw) > 12 && strings.Contains(err.Error(), raw) {
-				t.Fatalf("error quotes the input: %v", err)
-			}
-			return
-		}
-		for aud, tok := range toks {
-			if tok.Token == "" {
-				t.Fatalf("empty token accepted for %q", aud)
-			}
 		}
 	})
 }
@@ -136,8 +109,8 @@ func TestTokensInSecretsOverrideTheAttribute(t *testing.T) {
 		req := &csi.NodePublishVolumeRequest{
 			VolumeId: "vol", TargetPath: "/t", Readonly: true,
 			VolumeCapability: &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}},
-			VolumeContext:    attrs(AttrTokens, attr),
-			Secrets:          map[string]string{AttrTokens: `{"":{"token":"kubelet","expirationTimestamp":"2030-01-01T00:00:00Z"}}`},
+			VolumeContext:    attrs(provider.AttrTokens, attr),
+			Secrets:          map[string]string{provider.AttrTokens: `{"":{"token":"kubelet","expirationTimestamp":"2030-01-01T00:00:00Z"}}`},
 		}
 		in, err := validatePublish(req)
 		if err != nil {
@@ -150,13 +123,13 @@ func TestTokensInSecretsOverrideTheAttribute(t *testing.T) {
 			t.Fatalf("%s: ignoring the attribute is not reported", name)
 		}
 		// Empty tokens in the secrets field still mean: no tokens.
-		req.Secrets = map[string]string{AttrTokens: ""}
+		req.Secrets = map[string]string{provider.AttrTokens: ""}
 		if in, err := validatePublish(req); err != nil || in.vc.Tokens != nil {
 			t.Fatalf("%s: empty secrets tokens: %v %v", name, in.vc.Tokens, err)
 		}
 	}
 	// Without the secrets key the attribute is kubelet's and is used.
-	vc, err := parseVolumeContext(attrs(AttrTokens, forged), false)
+	vc, err := parseVolumeContext(attrs(provider.AttrTokens, forged), false)
 	if err != nil || vc.Tokens[""].Token != "forged" || vc.IgnoredTokenAttr {
 		t.Fatalf("attribute without secrets: %+v %v", vc, err)
 	}

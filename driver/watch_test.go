@@ -79,7 +79,7 @@ func TestWatcher(t *testing.T) {
 	e := newEnv(t, withWatchProvider(&wp))
 	target := e.target("vol")
 	req := publishReq("vol-1", target, "app", "team-a")
-	req.VolumeContext[AttrTokens] = `{"api":{"token":"t1","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"t1","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
 	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestWatcher(t *testing.T) {
 		t.Fatalf("watch restarted without a token change: %+v", ws)
 	}
 	// New tokens: a new watch with them, the old one stopped.
-	req.VolumeContext[AttrTokens] = `{"api":{"token":"t2","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"t2","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
 	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}

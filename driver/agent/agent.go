@@ -158,12 +158,12 @@ func publishRequest(cls *class.Class, target, serviceAccount string) *csi.NodePu
 			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY},
 		},
 		VolumeContext: map[string]string{
-			driver.AttrClass:          cls.Name,
-			driver.AttrEphemeral:      "true",
-			driver.AttrPodName:        "local-agent",
-			driver.AttrPodNamespace:   cls.Namespace,
-			driver.AttrPodUID:         id,
-			driver.AttrServiceAccount: serviceAccount,
+			provider.AttrClass:          cls.Name,
+			provider.AttrEphemeral:      "true",
+			provider.AttrPodName:        "local-agent",
+			provider.AttrPodNamespace:   cls.Namespace,
+			provider.AttrPodUID:         id,
+			provider.AttrServiceAccount: serviceAccount,
 		},
 	}
 }

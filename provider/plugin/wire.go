@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -21,18 +20,8 @@ import (
 	"github.com/secretfs/secretfs/provider"
 )
 
-// Attribute keys of a MountRequest besides the class parameters. The
-// csi.storage.k8s.io/* keys are the volume attributes kubelet passes to the
-// driver (podInfoOnMount, tokenRequests); secretProviderClass is the class name.
-const (
-	kubeletPrefix      = "csi.storage.k8s.io/"
-	attrPodName        = kubeletPrefix + "pod.name"
-	attrPodNamespace   = kubeletPrefix + "pod.namespace"
-	attrPodUID         = kubeletPrefix + "pod.uid"
-	attrServiceAccount = kubeletPrefix + "serviceAccount.name"
-	attrTokens         = kubeletPrefix + "serviceAccount.tokens"
-	attrClass          = "secretProviderClass"
-)
+// The attributes of a MountRequest are the class parameters plus the
+// kubelet keys and the class name (provider.Attr*), as upstream drivers send them.
 
 // protocolVersion is what both sides put in Version requests and responses.
 const protocolVersion = "v1alpha1"
@@ -49,21 +38,17 @@ func encodeMountRequest(req *provider.Request) (*pb.MountRequest, error) {
 		}
 		attrs[k] = v
 	}
-	setIf(attrs, attrClass, req.Class)
-	setIf(attrs, attrPodName, req.Pod.Name)
-	setIf(attrs, attrPodNamespace, req.Pod.Namespace)
-	setIf(attrs, attrPodUID, req.Pod.UID)
-	setIf(attrs, attrServiceAccount, req.Pod.ServiceAccount)
+	setIf(attrs, provider.AttrClass, req.Class)
+	setIf(attrs, provider.AttrPodName, req.Pod.Name)
+	setIf(attrs, provider.AttrPodNamespace, req.Pod.Namespace)
+	setIf(attrs, provider.AttrPodUID, req.Pod.UID)
+	setIf(attrs, provider.AttrServiceAccount, req.Pod.ServiceAccount)
 	if len(req.Tokens) > 0 {
-		tokens := make(map[string]wireToken, len(req.Tokens))
-		for aud, t := range req.Tokens {
-			tokens[aud] = wireToken{Token: t.Token, ExpirationTimestamp: wireTime(t.ExpirationTimestamp)}
-		}
-		js, err := json.Marshal(tokens)
+		js, err := provider.EncodeTokens(req.Tokens)
 		if err != nil {
-			return nil, provider.Errorf(codes.Internal, "encoding service-account tokens: %v", err)
+			return nil, err
 		}
-		attrs[attrTokens] = string(js)
+		attrs[provider.AttrTokens] = js
 	}
 	attributes, err := json.Marshal(attrs)
 	if err != nil {
@@ -116,25 +101,22 @@ func decodeMountRequest(m *pb.MountRequest) (*provider.Request, error) {
 	}
 	req := &provider.Request{
 		Pod: provider.Pod{
-			Namespace:      attrs[attrPodNamespace],
-			Name:           attrs[attrPodName],
-			UID:            attrs[attrPodUID],
-			ServiceAccount: attrs[attrServiceAccount],
+			Namespace:      attrs[provider.AttrPodNamespace],
+			Name:           attrs[provider.AttrPodName],
+			UID:            attrs[provider.AttrPodUID],
+			ServiceAccount: attrs[provider.AttrServiceAccount],
 		},
-		Class:       attrs[attrClass],
+		Class:       attrs[provider.AttrClass],
 		Secrets:     secrets,
 		TargetPath:  m.GetTargetPath(),
 		DefaultMode: mode,
 	}
-	if raw := strings.TrimSpace(attrs[attrTokens]); raw != "" {
-		var tokens map[string]wireToken
-		if err := json.Unmarshal([]byte(raw), &tokens); err != nil {
-			return nil, provider.InvalidArgument("attribute %s is not a JSON object of audience to {token, expirationTimestamp}: %s", attrTokens, describeJSONError(err))
+	if raw := strings.TrimSpace(attrs[provider.AttrTokens]); raw != "" {
+		tokens, err := provider.ParseTokens(raw)
+		if err != nil {
+			return nil, err
 		}
-		req.Tokens = make(map[string]provider.Token, len(tokens))
-		for aud, t := range tokens {
-			req.Tokens[aud] = provider.Token{Token: t.Token, ExpirationTimestamp: time.Time(t.ExpirationTimestamp)}
-		}
+		req.Tokens = tokens
 	}
 	for k, v := range attrs {
 		if isReservedAttribute(k) {
@@ -173,7 +155,7 @@ func decodePermission(s string) (os.FileMode, error) {
 }
 
 func isReservedAttribute(k string) bool {
-	return k == attrClass || strings.HasPrefix(k, kubeletPrefix)
+	return k == provider.AttrClass || strings.HasPrefix(k, provider.AttrKubeletPrefix)
 }
 
 func setIf(m map[string]string, k, v string) {
@@ -182,43 +164,6 @@ func setIf(m map[string]string, k, v string) {
 	}
 }
 
-// wireToken is one entry of csi.storage.k8s.io/serviceAccount.tokens as
-// kubelet writes it (authenticationv1.TokenRequestStatus).
-type wireToken struct {
-	Token               string   `json:"token"`
-	ExpirationTimestamp wireTime `json:"expirationTimestamp"`
-}
-
-// wireTime encodes like metav1.Time: RFC 3339 in UTC to the second, or null.
-type wireTime time.Time
-
-func (t wireTime) MarshalJSON() ([]byte, error) {
-	if time.Time(t).IsZero() {
-		return []byte("null"), nil
-	}
-	return json.Marshal(time.Time(t).UTC().Format(time.RFC3339))
-}
-
-func (t *wireTime) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
-		*t = wireTime{}
-		return nil
-	}
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return errBadTime
-	}
-	parsed, err := time.Parse(time.RFC3339, s)
-	// Outside years 0-9999 in UTC, RFC 3339 cannot write the time back.
-	if err != nil || parsed.UTC().Year() < 0 || parsed.UTC().Year() > 9999 {
-		return errBadTime
-	}
-	*t = wireTime(parsed)
-	return nil
-}
-
-var errBadTime = errors.New("expirationTimestamp is not an RFC 3339 time")
-
 // describeJSONError says what is wrong with a JSON document without quoting
 // any of it: encoding/json messages may contain a character or a number of
 // the input, which here may be part of a secret.
@@ -226,8 +171,6 @@ func describeJSONError(err error) string {
 	var syntax *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {
-	case errors.Is(err, errBadTime):
-		return errBadTime.Error()
 	case errors.As(err, &syntax):
 		return fmt.Sprintf("invalid JSON at byte %d", syntax.Offset)
 	case errors.As(err, &typ):
