@@ -75,4 +75,3 @@ func FuzzParseTokens(f *testing.F) {
 		}
 	})
 }
-
