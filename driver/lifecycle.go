@@ -64,10 +64,13 @@ type VolumeHook interface {
 //  2. build the backend request: identity from kubelet (base), parameters
 //     from the class only, the versions mounted now;
 //  3. fetch, through the node cache under the volume's identity;
-//  4. check the file set: paths, modes, count, size cap;
+//  4. check the file set: paths, modes, count, directories, depth, size
+//     cap; and make room in the node budget (on a refresh only once the
+//     writer knows the content changed);
 //  5. on a first publish, mount the tmpfs (after every check, so a refused
 //     volume never mounts anything);
-//  6. write the files with the atomic writer (statfs-verified tmpfs);
+//  6. write the files with the atomic writer (statfs-verified tmpfs), then
+//     settle the volume's share of the node budget;
 //  7. record what was mounted in the volume and its metadata file;
 //  8. tell the hooks when the content changed.
 //
@@ -83,6 +86,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	// 2.
 	v.cls, v.provider = cls, cls.Provider
 	req := withClass(base, cls, v.versions)
+	req.Limits = provider.Limits{MaxBytes: d.capBytes, MaxFiles: d.limits.maxFiles}
 	// 3.
 	res, fetched, err := d.fetch(ctx, v, req)
 	if err != nil {
@@ -90,25 +94,39 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	}
 	defer res.Wipe()
 	// 4.
-	files, err := d.checkFiles(v, req, res)
+	files, need, err := d.checkFiles(v, req, res)
 	if err != nil {
 		return false, err
 	}
-	// 5.
 	first := !v.mounted
+	grow, settle := d.reserveFor(v, need)
+	if first && grow != nil {
+		if err := grow(); err != nil {
+			return false, err
+		}
+		grow = nil
+	}
+	// 5.
 	if first {
 		mode := os.FileMode(rootModeNoGroup)
 		if v.gid >= 0 {
 			mode = rootModeWithGroup
 		}
-		if err := tmpfs.Mount(v.target, tmpfs.Options{SizeBytes: d.mountBytes, Mode: mode, GID: v.gid}); err != nil {
+		opts := tmpfs.Options{SizeBytes: d.mountBytes, Mode: mode, GID: v.gid, Inodes: d.limits.inodes(), Logger: d.log}
+		if err := tmpfs.Mount(v.target, opts); err != nil {
+			settle(false)
 			return false, status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
 		}
 		v.mounted = true
 	}
 	// 6.
-	w := &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }}
-	if changed, err = w.Write(files); err != nil {
+	w := &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }, Grow: grow}
+	changed, err = w.Write(files)
+	settle(err == nil && (changed || first))
+	if err != nil {
+		if provider.CodeOf(err) == codes.ResourceExhausted {
+			return false, err // the node budget refused the new generation
+		}
 		return false, writeError(v, err)
 	}
 	// 7.
@@ -141,6 +159,10 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 // volume lock.
 func (d *Driver) forget(v *volume) {
 	d.stopWatch(v)
+	if d.budget != nil {
+		d.budget.Release(v.id)
+		d.metrics.budgetUsed.Set(float64(d.budget.Used()))
+	}
 	if d.cache != nil {
 		d.cache.Release(v.id)
 		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
@@ -246,38 +268,6 @@ func (d *Driver) providerFor(v *volume) (provider.Provider, error) {
 		return nil, provider.InvalidArgument("class %q in namespace %q uses provider %q, which this driver does not know", v.class, v.pod.Namespace, v.provider)
 	}
 	return p, nil
-}
-
-// pageSize is what tmpfs charges per started page of file data.
-const pageSize = 4096
-
-// maxFiles bounds the files of one volume (and so the inodes of its tmpfs).
-const maxFiles = 4096
-
-// checkFiles turns a backend result into the file set to write, refusing
-// one that is unusable (bad paths or modes), has too many files, or does
-// not fit the per-volume cap.
-func (d *Driver) checkFiles(v *volume, req *provider.Request, res *provider.Result) ([]atomicwriter.File, error) {
-	if len(res.Files) > maxFiles {
-		return nil, provider.Errorf(codes.ResourceExhausted, "class %q in namespace %q yields %d files; a volume holds at most %d: split the class", v.class, v.pod.Namespace, len(res.Files), maxFiles)
-	}
-	files := make([]atomicwriter.File, len(res.Files))
-	var need int64
-	for i, f := range res.Files {
-		mode := f.Mode
-		if mode == 0 {
-			mode = req.DefaultMode
-		}
-		files[i] = atomicwriter.File{Path: f.Path, Mode: mode, Data: f.Contents}
-		need += (int64(len(f.Contents)) + pageSize - 1) / pageSize * pageSize
-	}
-	if err := atomicwriter.ValidateFiles(files); err != nil {
-		return nil, provider.InvalidArgument("provider %q returned an unusable file set for class %q in namespace %q: %v", v.provider, v.class, v.pod.Namespace, err)
-	}
-	if need > d.capBytes {
-		return nil, provider.Errorf(codes.ResourceExhausted, "class %q in namespace %q needs %d bytes of tmpfs for %d files, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.class, v.pod.Namespace, need, len(files), d.capBytes)
-	}
-	return files, nil
 }
 
 // writeError turns a write failure into a status: a full tmpfs is the

@@ -26,6 +26,7 @@ type metrics struct {
 	cache        *prometheus.CounterVec // result
 	cacheGets    [3]prometheus.Counter  // by cache.Outcome
 	cacheEntries prometheus.Gauge
+	budgetUsed   prometheus.Gauge // bytes the node's volumes hold (driver/budget)
 
 	providersMu sync.Mutex
 	providers   map[string]bool // provider label values in use
@@ -77,6 +78,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "secretfs", Name: "cache_entries",
 			Help: "Node cache entries (one per identity and object set in use on the node).",
 		}),
+		budgetUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "secretfs", Name: "node_budget_used_bytes",
+			Help: "Bytes the volumes on this node hold against the node budget (--node-budget): tmpfs pages, metadata and cached content.",
+		}),
 		providers: map[string]bool{},
 	}
 	if reg == nil {
@@ -105,6 +110,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if err := register(reg, &m.cache); err != nil {
+		return nil, err
+	}
+	if err := register(reg, &m.budgetUsed); err != nil {
 		return nil, err
 	}
 	if err := register(reg, &m.cacheEntries); err != nil {

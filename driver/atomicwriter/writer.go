@@ -9,7 +9,7 @@
 // Steps of Write (the same numbers mark the code):
 //  1. validate the file set;
 //  2. if the current generation has exactly this content, stop;
-//  3. write every file into a new timestamped directory;
+//  3. write every file into a new timestamped directory (after Grow allows it);
 //  4. create the top-level symlinks that are missing;
 //  5. point ..data at the new directory (symlink ..data_tmp, rename over ..data);
 //  6. remove top-level symlinks that the new set no longer has;
@@ -69,6 +69,10 @@ type Writer struct {
 	// ErrRefused). It checks the very directory written to, so nothing can
 	// be swapped in between the check and the writes.
 	Check func(dirfd int) error
+	// Grow, when set, is called once the content is known to differ, before
+	// a new generation is written (which holds pages beside the old one
+	// until the swap); an error stops Write with nothing changed.
+	Grow func() error
 }
 
 // ErrRefused wraps the error of Writer.Check.
@@ -118,6 +122,11 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 
 	// 3. Write a new generation. Until the swap in 5 succeeds, every
 	// failure ends here: the new generation goes, the old view stays.
+	if w.Grow != nil {
+		if err := w.Grow(); err != nil {
+			return false, err
+		}
+	}
 	newGen, err := newGeneration(dfd)
 	if err != nil {
 		return false, err
