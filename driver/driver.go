@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/rest"
 
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/events"
@@ -73,6 +74,14 @@ type Config struct {
 	// Hooks are told when a volume's content changed and when a volume is
 	// gone (see VolumeHook).
 	Hooks []VolumeHook
+	// MaxFiles, MaxDirs and MaxDepth cap one volume's file set: files,
+	// directories, and directories on a file's path (defaults
+	// DefaultMaxFiles, DefaultMaxDirs, DefaultMaxDepth).
+	MaxFiles, MaxDirs, MaxDepth int
+	// NodeBudget caps the bytes all volumes on the node hold together: the
+	// kernel charges their tmpfs pages to the driver's memory cgroup (see
+	// package driver/budget). 0: no node-wide cap.
+	NodeBudget int64
 }
 
 // EventSink reports refresh outcomes on the pod whose volume it was; see
@@ -121,6 +130,8 @@ type Driver struct {
 	classes  ClassSource
 	resolve  func(string) (provider.Provider, error)
 	capBytes int64
+	limits   volumeLimits
+	budget   *budget.Budget // nil: no node budget
 	// mountBytes is the tmpfs size: room for two generations (old and new
 	// during a swap) plus the metadata file.
 	mountBytes   int64
@@ -181,6 +192,22 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	limits := volumeLimits{maxFiles: cfg.MaxFiles, maxDirs: cfg.MaxDirs, maxDepth: cfg.MaxDepth}
+	for _, l := range []struct {
+		v    *int
+		def  int
+		name string
+	}{{&limits.maxFiles, DefaultMaxFiles, "MaxFiles"}, {&limits.maxDirs, DefaultMaxDirs, "MaxDirs"}, {&limits.maxDepth, DefaultMaxDepth, "MaxDepth"}} {
+		if *l.v == 0 {
+			*l.v = l.def
+		}
+		if *l.v < 1 {
+			return nil, fmt.Errorf("driver: %s %d is below 1", l.name, *l.v)
+		}
+	}
+	if cfg.NodeBudget < 0 {
+		return nil, fmt.Errorf("driver: NodeBudget %d is negative", cfg.NodeBudget)
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("driver: registering metrics: %w", err)
@@ -191,6 +218,7 @@ func New(cfg Config) (*Driver, error) {
 		classes:      cfg.Classes,
 		resolve:      cfg.Providers,
 		capBytes:     cfg.TmpfsSize,
+		limits:       limits,
 		mountBytes:   2*cfg.TmpfsSize + 64<<10,
 		recoverUnder: cfg.RecoverUnder,
 		rotation:     newRotation(cfg.RotationInterval),
@@ -199,6 +227,9 @@ func New(cfg Config) (*Driver, error) {
 		events:       cfg.Events,
 		hooks:        cfg.Hooks,
 		vols:         map[string]*volume{},
+	}
+	if cfg.NodeBudget > 0 {
+		d.budget = budget.New(cfg.NodeBudget)
 	}
 	if !cfg.DisableCache {
 		d.keyer = cache.NewKeyer()

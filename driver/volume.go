@@ -141,6 +141,7 @@ func (d *Driver) recover() {
 			continue
 		}
 		d.setVolume(v)
+		d.holdMounted(v)
 		n++
 	}
 	if n > 0 || len(targets) > 0 {

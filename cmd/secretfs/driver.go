@@ -42,6 +42,7 @@ type driverFlags struct {
 	rotationEvents bool
 	healthEvery    time.Duration
 	tmpfsSize      quantityFlag
+	limits         limitFlags
 	logs           logFlags
 	backends       backendFlags
 }
@@ -63,6 +64,7 @@ func (f *driverFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.healthEvery, "provider-health-interval", plugin.DefaultHealthInterval, "ask every external provider socket for its version this often; an unhealthy provider shows in /healthz, the secretfs_provider_healthy metric and the log (0: off)")
 	f.tmpfsSize.bytes = driver.DefaultTmpfsSize
 	fs.Var(&f.tmpfsSize, "tmpfs-size", "size cap of each volume's tmpfs (a quantity, e.g. 8Mi)")
+	f.limits.register(fs)
 	f.logs.register(fs)
 	f.backends.register(fs)
 	f.backends.registerExternal(fs)
@@ -129,6 +131,10 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		log.Info("no API server configured: refresh failures are logged and counted, not posted as Events")
 	}
 
+	nodeBudget, err := f.limits.resolve(log)
+	if err != nil {
+		return fail(1, "%v", err)
+	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d, err := driver.New(driver.Config{
@@ -141,6 +147,10 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		Logger:           log,
 		Registerer:       registry,
 		RecoverUnder:     f.kubeletDir,
+		MaxFiles:         f.limits.maxFiles,
+		MaxDirs:          f.limits.maxDirs,
+		MaxDepth:         f.limits.maxDepth,
+		NodeBudget:       nodeBudget,
 		DisableCache:     !f.cache,
 		Events:           events,
 	})

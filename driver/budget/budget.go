@@ -81,6 +81,15 @@ func (b *Budget) Reserve(id string, n int64) error {
 	return nil
 }
 
+// Hold records that volume id holds n bytes, whatever the limit: a volume
+// found mounted after a restart holds its pages already.
+func (b *Budget) Hold(id string, n int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.used += n - b.held[id]
+	b.held[id] = n
+}
+
 // Release drops what volume id holds.
 func (b *Budget) Release(id string) {
 	b.mu.Lock()

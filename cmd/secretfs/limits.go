@@ -1,0 +1,50 @@
+package main
+
+import (
+	"flag"
+	"log/slog"
+	"os"
+	"runtime/debug"
+
+	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/budget"
+)
+
+// limitFlags are the caps a class or pod cannot raise: per volume (files,
+// directories, depth; the byte cap is -tmpfs-size) and per node.
+type limitFlags struct {
+	maxFiles, maxDirs, maxDepth int
+	nodeBudget                  quantityFlag // 0: derived from the cgroup
+}
+
+func (l *limitFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&l.maxFiles, "max-files", driver.DefaultMaxFiles, "most files in one volume")
+	fs.IntVar(&l.maxDirs, "max-dirs", driver.DefaultMaxDirs, "most directories in one volume")
+	fs.IntVar(&l.maxDepth, "max-depth", driver.DefaultMaxDepth, "most path elements of a file path in a volume")
+	fs.Var(&l.nodeBudget, "node-budget", "bytes all volumes on the node may hold together (tmpfs pages are charged to the driver's memory cgroup); default: the container's memory limit minus max(64Mi, a quarter of it), or a quarter of the node's RAM without a limit")
+}
+
+// resolve returns the node budget: the flag's, or derived from the
+// driver's memory cgroup. Unless GOMEMLIMIT is set, the Go heap is held to
+// the headroom outside the budget, so the collector works harder before the
+// cgroup's limit is near.
+func (l *limitFlags) resolve(log *slog.Logger) (int64, error) {
+	limit, where, err := budget.MemoryLimit("/proc/self/cgroup", "/proc/self/mountinfo")
+	if err != nil {
+		log.Warn("cannot read the driver's memory limit from its cgroup", "err", err)
+		limit = 0
+	}
+	if limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(budget.Headroom(limit))
+	}
+	if l.nodeBudget.bytes > 0 {
+		log.Info("node budget for secret volumes", "bytes", l.nodeBudget.bytes, "source", budget.Flag, "memory_limit", limit, "cgroup_file", where)
+		return l.nodeBudget.bytes, nil
+	}
+	b, source, err := budget.Default()
+	if err != nil {
+		return 0, err
+	}
+	log.Info("node budget for secret volumes", "bytes", b, "source", source)
+	return b, nil
+}
