@@ -55,6 +55,10 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 		return false, err
 	}
 	defer d.locks.Unlock(in.volumeID)
+	if in.vc.IgnoredTokenAttr {
+		d.log.Warn("ignoring the volume attribute "+AttrTokens+" that the pod spec sets: kubelet passed the pod's tokens in the secrets field",
+			"volume_id", in.volumeID, "namespace", in.vc.Pod.Namespace, "pod", in.vc.Pod.Name)
+	}
 
 	if d.volume(in.volumeID) == nil {
 		d.adopt(in)
@@ -77,6 +81,7 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 // failure unmounts and removes the target and forgets the volume.
 func (d *Driver) firstPublish(ctx context.Context, in *publishInput) error {
 	v := &volume{id: in.volumeID, target: in.target, pod: in.vc.Pod, class: in.vc.Class, gid: in.gid}
+	d.reclaim(in.target)
 	if err := prepareTarget(in.target); err != nil {
 		return err
 	}
@@ -108,6 +113,26 @@ func (d *Driver) adopt(in *publishInput) {
 	}
 	d.log.Info("adopted a mounted volume", "volume_id", v.id, "target", v.target)
 	d.setVolume(v)
+	d.holdMounted(v)
+}
+
+// reclaim unmounts a secretfs tmpfs at target that has no readable
+// metadata: a driver that died between mounting and writing the metadata
+// left it (with whatever files it had written), and no volume owns it. It
+// is ours to redo: without this every retry would fail on "already a mount
+// point", kubelet would never unpublish, and the partial secrets would stay
+// on the host. A tmpfs whose metadata names another volume is left alone.
+func (d *Driver) reclaim(target string) {
+	if mounted, err := tmpfs.IsMountPoint(target); err != nil || !mounted || !tmpfs.IsSecretfs(target) {
+		return
+	}
+	if _, err := loadVolume(target); err == nil {
+		return
+	}
+	d.log.Warn("found a secretfs tmpfs without volume metadata at the target (a publish interrupted by a crash); unmounting it to publish afresh", "target", target)
+	if err := tmpfs.Unmount(target); err != nil {
+		d.log.Error("unmounting an interrupted publish", "target", target, "err", err)
+	}
 }
 
 // republish checks that the request matches the mounted volume, takes over

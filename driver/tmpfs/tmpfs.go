@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -210,6 +211,17 @@ func List() ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// IsSecretfs reports whether target is the mount point of a secretfs
+// tmpfs: a tmpfs (statfs, not following a final symlink) whose mount source
+// in /proc/self/mountinfo is Source.
+func IsSecretfs(target string) bool {
+	if Verify(target) != nil {
+		return false
+	}
+	list, err := List()
+	return err == nil && slices.Contains(list, target)
 }
 
 // unescape decodes the octal escapes (\040 for a space) of mountinfo paths.
