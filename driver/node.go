@@ -56,7 +56,7 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 	}
 	defer d.locks.Unlock(in.volumeID)
 	if in.vc.IgnoredTokenAttr {
-		d.log.Warn("ignoring the volume attribute "+AttrTokens+" that the pod spec sets: kubelet passed the pod's tokens in the secrets field",
+		d.log.Warn("ignoring the volume attribute "+provider.AttrTokens+" that the pod spec sets: kubelet passed the pod's tokens in the secrets field",
 			"volume_id", in.volumeID, "namespace", in.vc.Pod.Namespace, "pod", in.vc.Pod.Name)
 	}
 
