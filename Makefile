@@ -8,8 +8,14 @@ LDFLAGS   := -s -w -X github.com/secretfs/secretfs/driver.Version=$(VERSION)
 FUZZTIME  ?= 15s
 PKGS      := ./...
 
-.PHONY: all build demo test unit sanity fuzz lint bench deps clean help
+.PHONY: all build demo test unit sanity fuzz lint bench deps deps-apt chart-test clean help
 all: build
+
+# Tools built with go install into a per-machine cache, pinned here.
+TOOLS_CACHE  ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/secretfs
+HELM_VERSION := v4.3.2
+HELM         ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
+export HELM
 
 include proto/proto.mk
 include test/cluster/cluster.mk
@@ -28,7 +34,8 @@ help:
 	@echo "make e2e-kind    the e2e suite on a kind cluster"
 	@echo "make cluster-up  keep the local cluster running (make cluster-down stops it)"
 	@echo "make proto       regenerate the provider protocol's Go code"
-	@echo "make deps        install the Debian packages the tests need"
+	@echo "make chart-test  lint, render and install the Helm chart against a real API server"
+	@echo "make deps        install the Debian packages and tools (helm) the tests need; every target that needs them runs it"
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/secretfs ./cmd/secretfs
@@ -37,11 +44,14 @@ demo: build
 	@$(GO) run ./test/demo -secretfs $(BIN)/secretfs
 
 # The unit and integration tests need etcd and kube-apiserver (built once per
-# machine by k8s-bins); e2e needs the whole local cluster.
-test: lint verify-proto k8s-bins unit e2e
+# machine by k8s-bins) and helm (deps); e2e needs the whole local cluster.
+test: deps lint verify-proto k8s-bins unit e2e
 
-unit:
+unit: deps
 	$(GO) test -count=1 $(PKGS)
+
+chart-test: deps
+	$(GO) test -count=1 -v ./test/chart/
 
 sanity:
 	$(GO) test -count=1 -run 'Sanity' -v ./driver/
@@ -64,11 +74,21 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 	$(MAKE) bench-load
 
-# Debian packages the tests need; idempotent.
+# Everything the tests need that Go does not fetch by itself: Debian packages
+# and helm. Idempotent: a second run checks and prints nothing.
+deps: deps-apt $(HELM)
+
 APT_PACKAGES := openssl containerd runc containernetworking-plugins busybox-static protobuf-compiler iptables file
-deps:
+deps-apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 $$missing >/dev/null; \
+	fi
+
+$(HELM):
+	@echo "deps: building helm $(HELM_VERSION) with go install (a few minutes the first time)"
+	@GOBIN=$(dir $(HELM)) CGO_ENABLED=0 $(GO) install -trimpath -ldflags '-s -w' helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 clean:
 	rm -rf $(BIN)

@@ -10,6 +10,7 @@
 .PHONY: k8s-bins image test-images cluster-up cluster-down e2e e2e-kind
 
 k8s-bins:
+	@echo "k8s-bins: etcd and Kubernetes $$(sed -n 's/^K8S_VERSION=//p' test/tools/build.sh) into the per-machine cache (20-40 min the first time, seconds after)"
 	test/tools/build.sh
 
 image:
@@ -18,13 +19,13 @@ image:
 test-images:
 	test/image/build.sh
 
-cluster-up:
+cluster-up: deps
 	test/cluster/up.sh
 
 cluster-down:
 	test/cluster/down.sh
 
-e2e:
+e2e: deps
 	test/e2e/local.sh
 
 e2e-kind:

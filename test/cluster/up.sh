@@ -311,6 +311,23 @@ patches:
               - name: providers-dir
                 hostPath: {path: $PROVIDERS_DIR}
 EOF
+# Values for installing the Helm chart on this cluster (the e2e suite's
+# TestHelmChart installs a second driver with them).
+cat >"$W/deploy/helm-values.yaml" <<EOF
+image: {repository: secretfs, tag: e2e, pullPolicy: Never}
+kubeletDir: $KUBELET_ROOT
+providersDir: $PROVIDERS_DIR
+additionalProvidersDirs: []
+hostNetwork: true
+health: {port: 19808}
+metrics: {host: 127.0.0.1, port: 19809}
+backends: [azure, kubernetes, fake]
+env:
+  - {name: KUBERNETES_SERVICE_HOST, value: 127.0.0.1}
+  - {name: KUBERNETES_SERVICE_PORT, value: "$APISERVER_PORT"}
+rotationInterval: 5s
+terminationGracePeriodSeconds: 5
+EOF
 log "deploying secretfs (test/cluster/overlay, kubelet root $KUBELET_ROOT)"
 # kubelet's root dir is this cluster's, not /var/lib/kubelet: every host path
 # of the driver lives under it.

@@ -199,19 +199,19 @@ func TestChartCRDMatchesKustomize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(deployDir, "charts/secretfs/crds/secretproviderclasses.yaml"))
+	b, err := os.ReadFile(filepath.Join(deployDir, "charts/secretfs/files/secretproviderclasses.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(a, b) {
-		t.Error("deploy/charts/secretfs/crds/secretproviderclasses.yaml differs from deploy/crd.yaml; copy it over")
+		t.Error("deploy/charts/secretfs/files/secretproviderclasses.yaml differs from deploy/crd.yaml; copy it over")
 	}
 }
 
 // Every example and the CRD are valid YAML with apiVersion and kind.
 func TestAllManifestsParse(t *testing.T) {
 	err := filepath.WalkDir(deployDir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".yaml") || strings.Contains(p, "/charts/secretfs/") && !strings.Contains(p, "/crds/") {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".yaml") || strings.Contains(p, "/charts/secretfs/") && !strings.Contains(p, "/files/") {
 			return err
 		}
 		data, err := os.ReadFile(p)
