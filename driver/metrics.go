@@ -18,10 +18,10 @@ type metrics struct {
 	ops      *prometheus.CounterVec   // operation, code
 	duration *prometheus.HistogramVec // operation
 	mounted  prometheus.Gauge
-	refresh  *prometheus.CounterVec // trigger, result
-	fetches  *prometheus.CounterVec // provider, code
-	fetchDur prometheus.Histogram
-	watches  *prometheus.CounterVec // result
+	refresh  *prometheus.CounterVec   // trigger, result
+	fetches  *prometheus.CounterVec   // provider, code
+	fetchDur *prometheus.HistogramVec // provider
+	watches  *prometheus.CounterVec   // result
 
 	cache        *prometheus.CounterVec // result
 	cacheGets    [3]prometheus.Counter  // by cache.Outcome
@@ -30,6 +30,8 @@ type metrics struct {
 
 	providersMu sync.Mutex
 	providers   map[string]bool // provider label values in use
+
+	sscd *sscdMetrics // the Secrets Store CSI Driver's series (metrics_sscd.go)
 }
 
 // maxProviderLabels bounds the provider label: external provider names come
@@ -62,10 +64,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "secretfs", Name: "provider_fetches_total",
 			Help: "Backend requests (provider fetches, cache misses) by provider and gRPC result code.",
 		}, []string{"provider", "code"}),
-		fetchDur: prometheus.NewHistogram(prometheus.HistogramOpts{
+		fetchDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "secretfs", Name: "provider_fetch_duration_seconds",
-			Help: "Latency of provider fetches.", Buckets: buckets,
-		}),
+			Help: "Latency of provider fetches, by provider.", Buckets: buckets,
+		}, []string{"provider"}),
 		watches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "provider_watches_total",
 			Help: "Provider watches started, by result (started, failed).",
@@ -83,6 +85,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Bytes the volumes on this node hold against the node budget (--node-budget): tmpfs pages, metadata and cached content.",
 		}),
 		providers: map[string]bool{},
+		sscd:      newSSCDMetrics(),
 	}
 	if reg == nil {
 		m.curry()
@@ -118,6 +121,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if err := register(reg, &m.cacheEntries); err != nil {
 		return nil, err
 	}
+	if err := m.sscd.register(reg); err != nil {
+		return nil, err
+	}
 	m.curry()
 	return m, nil
 }
@@ -150,15 +156,21 @@ func (m *metrics) curry() {
 
 // fetched counts one backend request.
 func (m *metrics) fetched(provider string, code codes.Code, took time.Duration) {
+	provider = m.providerLabel(provider)
+	m.fetches.WithLabelValues(provider, code.String()).Inc()
+	m.fetchDur.WithLabelValues(provider).Observe(took.Seconds())
+}
+
+// providerLabel bounds the provider label: external provider names come from
+// classes, so beyond maxProviderLabels distinct names they count as "other".
+func (m *metrics) providerLabel(provider string) string {
 	m.providersMu.Lock()
+	defer m.providersMu.Unlock()
 	if !m.providers[provider] {
 		if len(m.providers) >= maxProviderLabels {
-			provider = "other"
-		} else {
-			m.providers[provider] = true
+			return "other"
 		}
+		m.providers[provider] = true
 	}
-	m.providersMu.Unlock()
-	m.fetches.WithLabelValues(provider, code.String()).Inc()
-	m.fetchDur.Observe(took.Seconds())
+	return provider
 }
