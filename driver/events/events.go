@@ -145,6 +145,17 @@ func ServedStaleMessage(class string, age time.Duration, err error) string {
 		class, age.Round(time.Second), provider.CodeOf(err), msg))
 }
 
+// Warning posts a Warning event with reason and message on pod (for the
+// Secret sync and other hooks). The message must not hold a secret value
+// or a token; it is capped at MaxMessage bytes.
+func (r *Recorder) Warning(pod provider.Pod, reason, message string) {
+	ref, ok := podRef(pod)
+	if !ok {
+		return
+	}
+	r.recorder.Event(ref, corev1.EventTypeWarning, reason, truncate(message))
+}
+
 // Close stops posting; events still queued are dropped.
 func (r *Recorder) Close() {
 	r.broadcaster.Shutdown()

@@ -1,0 +1,481 @@
+// Package secretsync mirrors a volume's mounted objects into Kubernetes
+// Secrets, as a SecretProviderClass's spec.secretObjects asks: the Secrets
+// Store CSI Driver's "sync as Kubernetes secret", with the same observable
+// contract (the managed label, kubernetes.io/tls split from a PEM bundle,
+// updates on rotation) and without its gaps:
+//
+//   - The Secret is written before the first publish returns, so a container
+//     whose env refers to it starts on the first try.
+//   - Only Secrets the class names, only in the pod's namespace, and never a
+//     Secret without the managed label: such a Secret is a conflict, posted
+//     as a Warning Event on the pod naming it; the volume mounts anyway.
+//   - The pods are the Secret's owners (ownerReferences, one per pod, from
+//     every node), so the cluster's garbage collector deletes the Secret
+//     when the last pod that uses it is gone, on whatever node. The driver
+//     never deletes a Secret itself and makes no request on unpublish.
+//   - A failed write (RBAC missing, API down) is a Warning Event and a
+//     metric, and is retried with back-off from the newest content, so after
+//     the next success the Secret holds what the files hold.
+//
+// Cost: one write per Secret and content change on each node, plus owner
+// additions: a first publish adds at most one request (a patch that adds
+// its pod, or the create), and publishes of pods that arrive while a write
+// of the same Secret is in flight share the next one, so N simultaneous
+// publishes on a node cost at most two writes. A refresh that changes
+// nothing makes no request. The first sync of an existing Secret on a node
+// costs three requests once (create refused, get to check the label, patch).
+package secretsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Reasons of the Events the sync posts on pods.
+const (
+	ReasonFailed   = "SecretSyncFailed"
+	ReasonConflict = "SecretSyncConflict"
+)
+
+// Volume is what the sync sees of a volume whose content changed: never
+// tokens. Files are read during Changed and not retained.
+type Volume struct {
+	ID       string
+	Target   string
+	Pod      provider.Pod
+	Class    *class.Class
+	Provider string
+	Files    []atomicwriter.File
+}
+
+// EventSink posts an Event on a pod; it must not block.
+type EventSink interface {
+	Warning(pod provider.Pod, reason, message string)
+}
+
+// Options configure a Syncer.
+type Options struct {
+	// Client writes Secrets: create, get and patch on secrets.
+	Client kubernetes.Interface
+	// Events receives Warning Events for pods (nil: logs and metrics only).
+	Events     EventSink
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	// Wait bounds how long Changed waits for the write (default 10s): a
+	// publish never hangs on an API server that does not answer; the write
+	// goes on in the background.
+	Wait time.Duration
+	// Timeout bounds one write attempt (default 30s).
+	Timeout time.Duration
+	// MinBackoff and MaxBackoff bound the retry delay after a failure
+	// (defaults 1s and 5m); it doubles with each failure in a row.
+	MinBackoff, MaxBackoff time.Duration
+	// FieldManager names the driver in the Secrets' managedFields.
+	FieldManager string
+}
+
+// Syncer keeps Secrets in step with the volumes on one node. Its methods
+// are safe for concurrent use.
+type Syncer struct {
+	client       kubernetes.Interface
+	events       EventSink
+	log          *slog.Logger
+	metrics      *metrics
+	wait         time.Duration
+	timeout      time.Duration
+	minBackoff   time.Duration
+	maxBackoff   time.Duration
+	fieldManager string
+
+	mu      sync.Mutex
+	secrets map[key]*entry
+	vols    map[string][]key // volume id -> the Secrets it syncs
+	closed  bool
+	running sync.WaitGroup
+}
+
+type key struct{ ns, name string }
+
+// entry is one Secret as this node sees it. Guarded by Syncer.mu.
+type entry struct {
+	key key
+	// users are the volumes on this node that sync this Secret.
+	users map[string]*user
+	// want is the newest content a volume asked for; inflight is the content
+	// a write is sending (wiped once nothing refers to it).
+	want, inflight *desired
+	provider       string
+	// What the API server last said: the Secret's uid (empty: unknown),
+	// its owners, and the hash of the content this node last wrote.
+	uid     types.UID
+	owners  map[types.UID]bool
+	written [32]byte
+
+	running  bool
+	waiters  []chan error
+	failures int
+	retry    *time.Timer
+}
+
+type user struct {
+	pod provider.Pod
+	// lastEvent is the message last posted on the pod for this Secret, so a
+	// failure that repeats on every retry is posted once.
+	lastEvent string
+}
+
+// New returns a Syncer.
+func New(opts Options) (*Syncer, error) {
+	if opts.Client == nil {
+		return nil, errors.New("secretsync: Client is required")
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("secretsync: registering metrics: %w", err)
+	}
+	s := &Syncer{
+		client: opts.Client, events: opts.Events, log: opts.Logger, metrics: m,
+		wait: opts.Wait, timeout: opts.Timeout, minBackoff: opts.MinBackoff, maxBackoff: opts.MaxBackoff,
+		fieldManager: opts.FieldManager,
+		secrets:      map[key]*entry{}, vols: map[string][]key{},
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.wait <= 0 {
+		s.wait = 10 * time.Second
+	}
+	if s.timeout <= 0 {
+		s.timeout = 30 * time.Second
+	}
+	if s.minBackoff <= 0 {
+		s.minBackoff = time.Second
+	}
+	if s.maxBackoff < s.minBackoff {
+		s.maxBackoff = max(s.minBackoff, 5*time.Minute)
+	}
+	if s.fieldManager == "" {
+		s.fieldManager = "secretfs"
+	}
+	return s, nil
+}
+
+// Changed syncs the Secrets of v's class from v's files and waits (at most
+// Options.Wait, or until ctx ends) until each is written. Failures are
+// posted on the pod and retried in the background; Changed never fails the
+// caller's operation.
+func (s *Syncer) Changed(ctx context.Context, v Volume) {
+	var objs []class.SecretObject
+	if v.Class != nil {
+		objs = v.Class.SecretObjects
+	}
+	if len(objs) == 0 {
+		s.Gone(v)
+		return
+	}
+	if v.Pod.Namespace == "" || v.Pod.Name == "" || v.Pod.UID == "" {
+		s.warn(v.Pod, ReasonFailed, "Not syncing spec.secretObjects: the driver does not know the pod's name and uid (the CSIDriver needs podInfoOnMount: true)")
+		return
+	}
+	ds, errs := build(objs, v.Files)
+	for _, err := range errs {
+		s.metrics.results.WithLabelValues("invalid").Inc()
+		s.warn(v.Pod, ReasonFailed, fmt.Sprintf("Not syncing a Secret of SecretProviderClass %q: %v", v.Class.Name, err))
+	}
+	keys := make([]key, len(ds))
+	for i, d := range ds {
+		keys[i] = key{v.Pod.Namespace, d.name}
+	}
+	s.use(v.ID, keys)
+	var waits []<-chan error
+	for i, d := range ds {
+		if ch := s.submit(keys[i], d, v); ch != nil {
+			waits = append(waits, ch)
+		}
+	}
+	if len(waits) == 0 {
+		return
+	}
+	timer := time.NewTimer(s.wait)
+	defer timer.Stop()
+	for _, ch := range waits {
+		select {
+		case <-ch: // failures are posted by the writer, for every pod it concerns
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			s.log.Warn("Secret sync still in progress; the publish returns without waiting for it", "namespace", v.Pod.Namespace, "pod", v.Pod.Name)
+			return
+		}
+	}
+}
+
+// Gone forgets v: the Secrets it synced stay until the garbage collector
+// removes them with the last pod that owns them.
+func (s *Syncer) Gone(v Volume) {
+	s.use(v.ID, nil)
+}
+
+// Close stops retries. Writes in flight finish.
+func (s *Syncer) Close() {
+	s.mu.Lock()
+	s.closed = true
+	for k, e := range s.secrets {
+		s.dropLocked(k, e)
+	}
+	s.mu.Unlock()
+	s.running.Wait()
+}
+
+// use records that volume id syncs exactly keys now, and drops Secrets no
+// volume on this node syncs any longer.
+func (s *Syncer) use(id string, keys []key) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range s.vols[id] {
+		if slices.Contains(keys, k) {
+			continue
+		}
+		if e := s.secrets[k]; e != nil {
+			delete(e.users, id)
+			if len(e.users) == 0 {
+				s.dropLocked(k, e)
+			}
+		}
+	}
+	if len(keys) == 0 {
+		delete(s.vols, id)
+	} else {
+		s.vols[id] = keys
+	}
+}
+
+// dropLocked forgets a Secret and wipes its content; a write in flight
+// finishes and then sees the entry is gone.
+func (s *Syncer) dropLocked(k key, e *entry) {
+	if s.secrets[k] == e {
+		delete(s.secrets, k)
+	}
+	if e.retry != nil {
+		e.retry.Stop()
+		e.retry = nil
+	}
+	if e.want != nil && e.want != e.inflight {
+		e.want.wipe()
+	}
+	e.want = nil
+	for _, ch := range e.waiters {
+		ch <- nil
+	}
+	e.waiters = nil
+}
+
+// submit asks for d to be written on behalf of v. It returns nil when the
+// Secret already holds d with v's pod among its owners, else a channel that
+// receives the outcome of the write that includes this request.
+func (s *Syncer) submit(k key, d *desired, v Volume) <-chan error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		d.wipe()
+		return nil
+	}
+	e := s.secrets[k]
+	if e == nil {
+		e = &entry{key: k, users: map[string]*user{}, owners: map[types.UID]bool{}}
+		s.secrets[k] = e
+	}
+	if u := e.users[v.ID]; u == nil {
+		e.users[v.ID] = &user{pod: v.Pod}
+	} else {
+		u.pod = v.Pod
+	}
+	e.provider = v.Provider
+	if !e.running && e.retry == nil && e.uid != "" && e.written == d.hash && e.owners[types.UID(v.Pod.UID)] {
+		if e.want != d && e.want != e.inflight {
+			e.want.wipe()
+		}
+		e.want = d
+		s.metrics.results.WithLabelValues("unchanged").Inc()
+		return nil
+	}
+	if e.want != nil && e.want != e.inflight {
+		e.want.wipe()
+	}
+	e.want = d
+	ch := make(chan error, 1)
+	e.waiters = append(e.waiters, ch)
+	if e.retry != nil {
+		// New content or a new pod: try now rather than at the end of the
+		// back-off, so a first publish gets its Secret if the API is back.
+		e.retry.Stop()
+		e.retry = nil
+	}
+	if !e.running {
+		s.startLocked(e)
+	}
+	return ch
+}
+
+func (s *Syncer) startLocked(e *entry) {
+	e.running = true
+	s.running.Add(1)
+	go s.run(e)
+}
+
+// run writes e until it holds the newest content with every pod of the
+// node among its owners, coalescing requests that arrive meanwhile.
+func (s *Syncer) run(e *entry) {
+	defer s.running.Done()
+	for {
+		s.mu.Lock()
+		if s.closed || s.secrets[e.key] != e {
+			e.running = false
+			s.mu.Unlock()
+			return
+		}
+		d := e.want
+		owners, adds := e.ownersLocked()
+		if d == nil || (e.uid != "" && e.written == d.hash && len(adds) == 0) {
+			e.running = false
+			waiters := e.waiters
+			e.waiters = nil
+			s.mu.Unlock()
+			for _, ch := range waiters {
+				ch <- nil
+			}
+			return
+		}
+		e.inflight = d
+		uid, waiters, prov := e.uid, e.waiters, e.provider
+		e.waiters = nil
+		s.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		start := time.Now()
+		sec, err := s.write(ctx, e.key, uid, d, owners, adds)
+		cancel()
+
+		s.mu.Lock()
+		e.inflight = nil
+		if e.want != d {
+			d.wipe() // newer content arrived; this one was sent or dropped
+		}
+		var notify []provider.Pod
+		var msg, reason string
+		if err == nil {
+			s.metrics.written(prov, time.Since(start))
+			e.uid = sec.UID
+			clear(e.owners)
+			for _, o := range sec.OwnerReferences {
+				e.owners[o.UID] = true
+			}
+			e.written = d.hash
+			e.failures = 0
+			for _, u := range e.users {
+				u.lastEvent = ""
+			}
+		} else {
+			var conflict *conflictError
+			reason, msg = ReasonFailed, fmt.Sprintf("Syncing Secret %q from the volume's files failed; retrying: %v", e.key.name, err)
+			if errors.As(err, &conflict) {
+				reason, msg = ReasonConflict, conflict.msg
+				s.metrics.results.WithLabelValues("conflict").Inc()
+			} else {
+				s.metrics.results.WithLabelValues("failed").Inc()
+			}
+			e.uid = "" // learn the Secret afresh on the next attempt
+			e.failures++
+			for _, u := range e.users {
+				if u.lastEvent != msg {
+					u.lastEvent = msg
+					notify = append(notify, u.pod)
+				}
+			}
+			if s.secrets[e.key] == e && !s.closed {
+				e.retry = time.AfterFunc(s.backoff(e.failures), func() { s.retryNow(e) })
+			}
+			e.running = false
+			// Requests that came in during this attempt learn of the
+			// failure too, rather than wait out the back-off.
+			waiters = append(waiters, e.waiters...)
+			e.waiters = nil
+		}
+		s.mu.Unlock()
+		if err != nil {
+			s.log.Warn("Secret sync failed; retrying with back-off", "namespace", e.key.ns, "secret", e.key.name, "err", err.Error())
+			for _, pod := range notify {
+				s.warn(pod, reason, msg)
+			}
+		}
+		for _, ch := range waiters {
+			ch <- err
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (s *Syncer) retryNow(e *entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.secrets[e.key] != e || e.running {
+		return
+	}
+	e.retry = nil
+	s.startLocked(e)
+}
+
+// ownersLocked returns the owner references of every pod on this node that
+// syncs e, and those of them the Secret is not known to have.
+func (e *entry) ownersLocked() (all, adds []metav1.OwnerReference) {
+	seen := map[string]bool{}
+	for _, u := range e.users {
+		if seen[u.pod.UID] {
+			continue
+		}
+		seen[u.pod.UID] = true
+		ref := metav1.OwnerReference{APIVersion: "v1", Kind: "Pod", Name: u.pod.Name, UID: types.UID(u.pod.UID)}
+		all = append(all, ref)
+		if e.uid == "" || !e.owners[ref.UID] {
+			adds = append(adds, ref)
+		}
+	}
+	byName := func(a, b metav1.OwnerReference) int { return strings.Compare(a.Name, b.Name) }
+	slices.SortFunc(all, byName)
+	slices.SortFunc(adds, byName)
+	return all, adds
+}
+
+func (s *Syncer) backoff(failures int) time.Duration {
+	d := s.minBackoff
+	for i := 1; i < failures && d < s.maxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, s.maxBackoff)
+	// Up to 10% jitter, so that nodes do not retry in lockstep.
+	return d + time.Duration(rand.Int64N(int64(d)/10+1))
+}
+
+func (s *Syncer) warn(pod provider.Pod, reason, msg string) {
+	if s.events != nil {
+		s.events.Warning(pod, reason, msg)
+	}
+}

@@ -1,0 +1,342 @@
+package secretsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// events records Warning events.
+type events struct {
+	mu   sync.Mutex
+	list []string // "pod reason message"
+}
+
+func (e *events) Warning(pod provider.Pod, reason, msg string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.list = append(e.list, pod.Name+" "+reason+" "+msg)
+}
+
+func (e *events) all() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.list...)
+}
+
+func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, *events) {
+	t.Helper()
+	client := fake.NewClientset(objs...)
+	// The fake does not assign uids; the API server does.
+	var n atomic.Int64
+	client.PrependReactor("create", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		sec := a.(k8stesting.CreateAction).GetObject().(*corev1.Secret).DeepCopy()
+		sec.UID = types.UID(fmt.Sprint("secret-uid-", n.Add(1)))
+		if err := client.Tracker().Create(a.GetResource(), sec, a.GetNamespace()); err != nil {
+			return true, nil, err
+		}
+		return true, sec, nil
+	})
+	ev := &events{}
+	s, err := New(Options{Client: client, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s, client, ev
+}
+
+var testClass = &class.Class{Name: "app", Namespace: "ns", Provider: "fake", SecretObjects: []class.SecretObject{{
+	SecretName: "app-env", Type: "Opaque", Labels: map[string]string{"team": "a"},
+	Data: []class.SecretObjectData{{ObjectName: "user", Key: "USER"}, {ObjectName: "pass", Key: "PASS"}},
+}}}
+
+func vol(id, pod, pass string) Volume {
+	return Volume{ID: id, Pod: provider.Pod{Namespace: "ns", Name: pod, UID: "uid-" + pod}, Class: testClass, Provider: "fake",
+		Files: files("user", "admin", "pass", pass)}
+}
+
+// writes counts the create/update/patch/delete requests on secrets.
+func writes(c *fake.Clientset) (n int) {
+	for _, a := range c.Actions() {
+		if a.GetResource().Resource == "secrets" && a.GetVerb() != "get" && a.GetVerb() != "list" && a.GetVerb() != "watch" {
+			n++
+		}
+	}
+	return n
+}
+
+func requests(c *fake.Clientset) int {
+	n := 0
+	for _, a := range c.Actions() {
+		if a.GetResource().Resource == "secrets" {
+			n++
+		}
+	}
+	return n
+}
+
+func getSecret(t *testing.T, c *fake.Clientset) *corev1.Secret {
+	t.Helper()
+	s, err := c.CoreV1().Secrets("ns").Get(context.Background(), "app-env", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func ownerNames(s *corev1.Secret) string {
+	var names []string
+	for _, o := range s.OwnerReferences {
+		names = append(names, o.Name)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ",")
+}
+
+func TestSyncLifecycle(t *testing.T) {
+	s, c, ev := newSyncer(t)
+	ctx := context.Background()
+
+	// First publish: the Secret exists when Changed returns, in one request.
+	s.Changed(ctx, vol("v1", "p1", "one"))
+	sec := getSecret(t, c)
+	if n := requests(c) - 1; n != 1 {
+		t.Errorf("first publish made %d requests, want 1 (create)", n)
+	}
+	if sec.Type != corev1.SecretTypeOpaque || string(sec.Data["USER"]) != "admin" || string(sec.Data["PASS"]) != "one" ||
+		sec.Labels[ManagedLabel] != "true" || sec.Labels["team"] != "a" || ownerNames(sec) != "p1" {
+		t.Fatalf("secret %+v", sec)
+	}
+	o := sec.OwnerReferences[0]
+	if o.APIVersion != "v1" || o.Kind != "Pod" || o.UID != "uid-p1" {
+		t.Errorf("owner %+v", o)
+	}
+
+	// A refresh that changes nothing: no request at all.
+	before := requests(c)
+	s.Changed(ctx, vol("v1", "p1", "one"))
+	if n := requests(c) - before; n != 0 {
+		t.Errorf("unchanged refresh made %d requests, want 0: %v", n, c.Actions())
+	}
+
+	// A second pod on the node: one patch adds it as an owner.
+	before = writes(c)
+	s.Changed(ctx, vol("v2", "p2", "one"))
+	if n := writes(c) - before; n != 1 {
+		t.Errorf("second pod made %d writes, want 1", n)
+	}
+	if got := ownerNames(getSecret(t, c)); got != "p1,p2" {
+		t.Errorf("owners %q, want p1,p2", got)
+	}
+
+	// Rotation: one write, the new value.
+	before = writes(c)
+	s.Changed(ctx, vol("v1", "p1", "two"))
+	if n := writes(c) - before; n != 1 {
+		t.Errorf("rotation made %d writes, want 1", n)
+	}
+	if got := string(getSecret(t, c).Data["PASS"]); got != "two" {
+		t.Errorf("after rotation PASS=%q", got)
+	}
+
+	// Unpublish makes no request: the garbage collector counts the owners.
+	before = requests(c)
+	s.Gone(vol("v1", "p1", ""))
+	s.Gone(vol("v2", "p2", ""))
+	if n := requests(c) - before; n != 0 {
+		t.Errorf("unpublish made %d requests", n)
+	}
+	if e := ev.all(); len(e) != 0 {
+		t.Errorf("events: %q", e)
+	}
+}
+
+func TestUnmanagedSecretIsNeverTouched(t *testing.T) {
+	existing := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "app-env", Namespace: "ns", Labels: map[string]string{"owner": "me"}},
+		Data: map[string][]byte{"PASS": []byte("mine")}}
+	s, c, ev := newSyncer(t, existing)
+	s.Changed(context.Background(), vol("v1", "p1", "one"))
+	sec := getSecret(t, c)
+	if string(sec.Data["PASS"]) != "mine" || len(sec.OwnerReferences) != 0 || sec.Labels[ManagedLabel] != "" {
+		t.Fatalf("an unmanaged Secret was changed: %+v", sec)
+	}
+	for _, a := range c.Actions() {
+		if a.GetVerb() == "patch" || a.GetVerb() == "update" {
+			t.Fatalf("wrote an unmanaged Secret: %v", a)
+		}
+	}
+	e := ev.all()
+	if len(e) != 1 || !strings.Contains(e[0], "p1 "+ReasonConflict) || !strings.Contains(e[0], `Secret "app-env"`) {
+		t.Fatalf("want one conflict event naming the Secret, got %q", e)
+	}
+}
+
+func TestOtherTypeIsAConflict(t *testing.T) {
+	existing := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "app-env", Namespace: "ns", Labels: map[string]string{ManagedLabel: "true"}},
+		Type: corev1.SecretTypeDockerConfigJson}
+	s, _, ev := newSyncer(t, existing)
+	s.Changed(context.Background(), vol("v1", "p1", "one"))
+	if e := ev.all(); len(e) != 1 || !strings.Contains(e[0], "cannot change") {
+		t.Fatalf("events %q", e)
+	}
+}
+
+func TestManagedSecretFromElsewhereIsUpdated(t *testing.T) {
+	// Left by the Secrets Store CSI Driver, or written by another node.
+	existing := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "app-env", Namespace: "ns", UID: "sec-uid",
+		Labels:          map[string]string{ManagedLabel: "true"},
+		OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: "elsewhere", UID: "uid-elsewhere"}}},
+		Type: corev1.SecretTypeOpaque, Data: map[string][]byte{"PASS": []byte("old"), "STALE": []byte("x")}}
+	s, c, ev := newSyncer(t, existing)
+	s.Changed(context.Background(), vol("v1", "p1", "one"))
+	sec := getSecret(t, c)
+	if string(sec.Data["PASS"]) != "one" || sec.Data["STALE"] != nil || ownerNames(sec) != "elsewhere,p1" {
+		t.Fatalf("secret data %q owners %q", sec.Data, ownerNames(sec))
+	}
+	if e := ev.all(); len(e) != 0 {
+		t.Errorf("events %q", e)
+	}
+}
+
+func TestFailureIsPostedAndRetried(t *testing.T) {
+	s, c, ev := newSyncer(t)
+	var mu sync.Mutex
+	fails := 3
+	c.PrependReactor("create", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if fails > 0 {
+			fails--
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "app-env", errors.New("RBAC: no"))
+		}
+		return false, nil, nil
+	})
+	s.Changed(context.Background(), vol("v1", "p1", "one"))
+	// The publish returned after the first failure; the retries go on.
+	waitFor(t, func() bool {
+		_, err := c.CoreV1().Secrets("ns").Get(context.Background(), "app-env", metav1.GetOptions{})
+		return err == nil
+	})
+	e := ev.all()
+	if len(e) != 1 || !strings.Contains(e[0], ReasonFailed) || !strings.Contains(e[0], "forbidden") {
+		t.Fatalf("want one failure event (repeats are not posted again), got %q", e)
+	}
+	if got := string(getSecret(t, c).Data["PASS"]); got != "one" {
+		t.Errorf("PASS=%q", got)
+	}
+}
+
+func TestRetryWritesNewestContent(t *testing.T) {
+	s, c, _ := newSyncer(t)
+	var mu sync.Mutex
+	down := true
+	c.PrependReactor("*", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return true, nil, apierrors.NewServiceUnavailable("down")
+		}
+		return false, nil, nil
+	})
+	s.Changed(context.Background(), vol("v1", "p1", "one"))
+	s.Changed(context.Background(), vol("v1", "p1", "two")) // rotated while the API was down
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	waitFor(t, func() bool {
+		sec, err := c.CoreV1().Secrets("ns").Get(context.Background(), "app-env", metav1.GetOptions{})
+		return err == nil && string(sec.Data["PASS"]) == "two"
+	})
+}
+
+func TestSimultaneousPublishesCoalesce(t *testing.T) {
+	s, c, _ := newSyncer(t)
+	release := make(chan struct{})
+	var once sync.Once
+	c.PrependReactor("create", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
+		once.Do(func() { <-release })
+		return false, nil, nil
+	})
+	const pods = 20
+	var wg sync.WaitGroup
+	for i := range pods {
+		wg.Go(func() { s.Changed(context.Background(), vol(fmt.Sprint("v", i), fmt.Sprint("p", i), "one")) })
+	}
+	// Let every publish queue up behind the first write.
+	waitFor(t, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		e := s.secrets[key{"ns", "app-env"}]
+		return e != nil && len(e.users) == pods
+	})
+	close(release)
+	wg.Wait()
+	if n := writes(c); n > 2 {
+		t.Errorf("%d simultaneous publishes made %d writes, want at most 2", pods, n)
+	}
+	if n := len(getSecret(t, c).OwnerReferences); n != pods {
+		t.Errorf("%d owners, want %d", n, pods)
+	}
+}
+
+func TestSecretDeletedIsRecreatedOnChange(t *testing.T) {
+	s, c, _ := newSyncer(t)
+	s.Changed(context.Background(), vol("v1", "p1", "one"))
+	if err := c.CoreV1().Secrets("ns").Delete(context.Background(), "app-env", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s.Changed(context.Background(), vol("v1", "p1", "two"))
+	if got := string(getSecret(t, c).Data["PASS"]); got != "two" {
+		t.Errorf("PASS=%q", got)
+	}
+}
+
+func TestInvalidEntriesArePosted(t *testing.T) {
+	s, c, ev := newSyncer(t)
+	v := vol("v1", "p1", "one")
+	cls := *testClass
+	cls.SecretObjects = append([]class.SecretObject{{SecretName: "bad", Data: []class.SecretObjectData{{ObjectName: "missing", Key: "k"}}}}, cls.SecretObjects...)
+	v.Class = &cls
+	s.Changed(context.Background(), v)
+	getSecret(t, c) // the valid entry is still synced
+	e := ev.all()
+	if len(e) != 1 || !strings.Contains(e[0], `Secret "bad"`) || !strings.Contains(e[0], "missing") {
+		t.Fatalf("events %q", e)
+	}
+	noPod := vol("v2", "", "one")
+	noPod.Pod.UID = ""
+	s.Changed(context.Background(), noPod)
+	if e := ev.all(); len(e) != 2 || !strings.Contains(e[1], "podInfoOnMount") {
+		t.Fatalf("events %q", e)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,134 @@
+package secretsync
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// conflictError: the Secret exists and the driver must not write it.
+type conflictError struct{ msg string }
+
+func (e *conflictError) Error() string { return e.msg }
+
+// errReplaced: the Secret the node knew is gone or is another object now.
+var errReplaced = errors.New("the Secret was deleted or replaced")
+
+// write makes the Secret k hold d, with every pod in owners among its
+// owners, in as few requests as it can (see the package comment for why
+// each count is what it is):
+//
+//  1. The node knows the Secret (uid from its last response): one strategic
+//     merge patch. The patch carries the uid, which the API server refuses
+//     to change, so it can only ever land on the very object the node
+//     created or checked for the managed label; owners merge by uid on the
+//     server, so concurrent patches from other nodes lose nothing.
+//  2. It does not (first sync on this node, or step 1 found it deleted or
+//     replaced): one create, with every owner.
+//  3. The create finds it exists: a get, refusing a Secret without the
+//     managed label or of another type, then the patch of step 1.
+func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, owners, adds []metav1.OwnerReference) (*corev1.Secret, error) {
+	if uid != "" {
+		sec, err := s.patch(ctx, k, uid, d, adds)
+		if !errors.Is(err, errReplaced) {
+			return sec, err
+		}
+	}
+	sec, err := s.create(ctx, k, d, owners)
+	if !apierrors.IsAlreadyExists(err) {
+		return sec, err
+	}
+	cur, err := s.client.CoreV1().Secrets(k.ns).Get(ctx, k.name, metav1.GetOptions{})
+	s.count("get", err)
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("Secret %q was deleted while the driver created it; retrying", k.name)
+		}
+		return nil, err
+	}
+	if cur.Labels[ManagedLabel] != "true" {
+		return nil, &conflictError{fmt.Sprintf("Secret %q already exists in namespace %q without the label %s=true: the driver never overwrites or adopts a Secret it does not manage; delete it or rename secretName in the class", k.name, k.ns, ManagedLabel)}
+	}
+	if cur.Type != d.typ {
+		return nil, &conflictError{fmt.Sprintf("Secret %q in namespace %q has type %q, the class asks for %q; the type of a Secret cannot change: delete the Secret (pods that use it recreate it)", k.name, k.ns, cur.Type, d.typ)}
+	}
+	known := map[types.UID]bool{}
+	for _, o := range cur.OwnerReferences {
+		known[o.UID] = true
+	}
+	var missing []metav1.OwnerReference
+	for _, o := range owners {
+		if !known[o.UID] {
+			missing = append(missing, o)
+		}
+	}
+	sec, err = s.patch(ctx, k, cur.UID, d, missing)
+	if errors.Is(err, errReplaced) {
+		return nil, fmt.Errorf("Secret %q was replaced while the driver updated it; retrying", k.name)
+	}
+	return sec, err
+}
+
+func (s *Syncer) create(ctx context.Context, k key, d *desired, owners []metav1.OwnerReference) (*corev1.Secret, error) {
+	sec, err := s.client.CoreV1().Secrets(k.ns).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: k.name, Namespace: k.ns, Labels: d.labels, Annotations: d.annotations, OwnerReferences: owners,
+		},
+		Type: d.typ,
+		Data: d.data,
+	}, metav1.CreateOptions{FieldManager: s.fieldManager})
+	s.count("create", err)
+	return sec, err
+}
+
+// patch is a strategic merge patch: labels and annotations merge (keys
+// others added stay), owners merge by uid, data is replaced as a whole (a
+// key the class no longer lists goes).
+func (s *Syncer) patch(ctx context.Context, k key, uid types.UID, d *desired, adds []metav1.OwnerReference) (*corev1.Secret, error) {
+	data := make(map[string]any, len(d.data)+1)
+	data["$patch"] = "replace"
+	for key, v := range d.data {
+		data[key] = v // []byte: base64 in JSON
+	}
+	meta := map[string]any{"uid": uid, "labels": d.labels}
+	if len(d.annotations) > 0 {
+		meta["annotations"] = d.annotations
+	}
+	if len(adds) > 0 {
+		meta["ownerReferences"] = adds
+	}
+	body, err := json.Marshal(map[string]any{"metadata": meta, "data": data})
+	if err != nil {
+		return nil, err
+	}
+	sec, err := s.client.CoreV1().Secrets(k.ns).Patch(ctx, k.name, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: s.fieldManager})
+	clear(body)
+	s.count("patch", err)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, errReplaced
+	case apierrors.IsInvalid(err) && strings.Contains(err.Error(), "metadata.uid"):
+		return nil, errReplaced
+	case apierrors.IsConflict(err) && strings.Contains(err.Error(), "UID"):
+		return nil, errReplaced
+	}
+	return sec, err
+}
+
+func (s *Syncer) count(verb string, err error) {
+	result := "ok"
+	if err != nil {
+		result = string(apierrors.ReasonForError(err))
+		if result == "" {
+			result = "error"
+		}
+	}
+	s.metrics.requests.WithLabelValues(verb, result).Inc()
+}
