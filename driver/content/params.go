@@ -253,11 +253,6 @@ func (p *Plan) parseObjects() error {
 	return nil
 }
 
-// owned says whether params is already this Plan's own copy.
-func (p *Plan) owned() bool {
-	return p.templates != nil || p.hideObjects || p.rotation != 0 || p.staleIfError != 0
-}
-
 // objectItems returns the object maps of either spelling (see
 // provider.DecodeObjects) and whether it was the `array:` one.
 func objectItems(root *yaml.Node) ([]*yaml.Node, bool, bool) {

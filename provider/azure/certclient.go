@@ -78,7 +78,7 @@ func (c *certClient) versions(ctx context.Context, name string) ([]versionInfo, 
 			return nil, fmt.Errorf("certificate %q has more than %d pages of versions", name, maxListPages)
 		}
 		if !first && !strings.HasPrefix(next, c.vaultURL+"/") {
-			return nil, fmt.Errorf("Key Vault returned a nextLink outside the vault")
+			return nil, errors.New("the vault answered with a nextLink outside the vault")
 		}
 		var page certList
 		if err := c.do(ctx, next, first, &page); err != nil {
@@ -151,14 +151,14 @@ func (a *challengeAuth) onChallenge(req *policy.Request, resp *http.Response, au
 		scope = params["resource"]
 	}
 	if scope == "" {
-		return errors.New("Key Vault challenge names no resource")
+		return errors.New("the vault's authentication challenge names no resource")
 	}
 	su, err := url.Parse(scope)
 	if err != nil || su.Host == "" {
-		return fmt.Errorf("Key Vault challenge resource %q is not a URL", scope)
+		return fmt.Errorf("the vault's authentication challenge resource %q is not a URL", scope)
 	}
 	if !strings.HasSuffix(req.Raw().URL.Host, "."+su.Host) {
-		return fmt.Errorf("Key Vault challenge resource %q does not match the vault's domain", scope)
+		return fmt.Errorf("the vault's authentication challenge resource %q does not match the vault's domain", scope)
 	}
 	if !strings.HasSuffix(scope, "/.default") {
 		scope = strings.TrimSuffix(scope, "/") + "/.default"

@@ -206,10 +206,7 @@ func shouldRetryTransient(resp *http.Response, err error) bool {
 			return false
 		}
 		var certErr *tls.CertificateVerificationError
-		if errors.As(err, &certErr) {
-			return false
-		}
-		return true
+		return !errors.As(err, &certErr)
 	}
 	switch resp.StatusCode {
 	case http.StatusRequestTimeout, http.StatusInternalServerError, http.StatusBadGateway,
