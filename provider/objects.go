@@ -63,7 +63,7 @@ func decodeObject(item *yaml.Node, out any) error {
 				names = append(names, k)
 			}
 			sort.Strings(names)
-			return fmt.Errorf("unknown field %q; known fields: %s", truncate(key.Value, 64), strings.Join(names, ", "))
+			return fmt.Errorf("unknown field %q; known fields: %s", Clip(key.Value, 64), strings.Join(names, ", "))
 		}
 		pair := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Content: []*yaml.Node{key, value}}
 		if err := pair.Decode(out); err != nil {
@@ -110,13 +110,6 @@ func kindName(n *yaml.Node) string {
 		return "a number"
 	}
 	return "text"
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
 }
 
 // objectList returns the sequence of object maps in either spelling.

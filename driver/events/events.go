@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -105,7 +104,7 @@ func (r *Recorder) Rotated(pod provider.Pod, class string) {
 		return
 	}
 	r.recorder.Event(ref, corev1.EventTypeNormal, ReasonRotated,
-		truncate(fmt.Sprintf("Refreshed the files of SecretProviderClass %q with new content", class)))
+		clip(fmt.Sprintf("Refreshed the files of SecretProviderClass %q with new content", class)))
 }
 
 // Omitted posts a Normal SecretObjectsOmitted event on pod: optional
@@ -120,7 +119,7 @@ func (r *Recorder) Omitted(pod provider.Pod, class string, objects []string) {
 
 // OmittedMessage is the message of a SecretObjectsOmitted event.
 func OmittedMessage(class string, objects []string) string {
-	return truncate(fmt.Sprintf("SecretProviderClass %q: optional objects not found, left out of the volume: %s",
+	return clip(fmt.Sprintf("SecretProviderClass %q: optional objects not found, left out of the volume: %s",
 		class, strings.Join(objects, ", ")))
 }
 
@@ -141,7 +140,7 @@ func ServedStaleMessage(class string, age time.Duration, err error) string {
 	if st, ok := status.FromError(err); ok {
 		msg = st.Message()
 	}
-	return truncate(fmt.Sprintf("The backend of SecretProviderClass %q failed, so the volume holds content this node fetched %s ago for the same service account and class (staleIfError): %s: %s",
+	return clip(fmt.Sprintf("The backend of SecretProviderClass %q failed, so the volume holds content this node fetched %s ago for the same service account and class (staleIfError): %s: %s",
 		class, age.Round(time.Second), provider.CodeOf(err), msg))
 }
 
@@ -167,7 +166,7 @@ func RefreshFailedMessage(class string, err error) string {
 	if st, ok := status.FromError(err); ok {
 		msg = st.Message() // without the "rpc error: code = ..." prefix
 	}
-	return truncate(fmt.Sprintf("Refreshing the files of SecretProviderClass %q failed; the volume keeps its last good content: %s: %s",
+	return clip(fmt.Sprintf("Refreshing the files of SecretProviderClass %q failed; the volume keeps its last good content: %s: %s",
 		class, provider.CodeOf(err), msg))
 }
 
@@ -183,15 +182,5 @@ func podRef(pod provider.Pod) (*corev1.ObjectReference, bool) {
 	}, true
 }
 
-// truncate cuts s to MaxMessage bytes on a rune boundary, marking the cut.
-func truncate(s string) string {
-	if len(s) <= MaxMessage {
-		return s
-	}
-	const mark = "..."
-	cut := MaxMessage - len(mark)
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + mark
-}
+// clip bounds an Event message to what the API server accepts.
+func clip(s string) string { return provider.Clip(s, MaxMessage) }

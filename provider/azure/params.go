@@ -348,11 +348,11 @@ func (o *object) normalize(defaultMode os.FileMode) error {
 	}
 	o.mode = defaultMode
 	if o.FilePermission != "" {
-		m, err := strconv.ParseUint(o.FilePermission, 8, 32)
-		if err != nil || m > 0o777 {
-			return fmt.Errorf("filePermission %q of %q is not an octal file mode such as \"0440\"", o.FilePermission, o.ObjectName)
+		m, err := provider.ParseFileMode(o.FilePermission)
+		if err != nil {
+			return fmt.Errorf("filePermission %q of %q %v", provider.Clip(o.FilePermission, 80), o.ObjectName, err)
 		}
-		o.mode = os.FileMode(m)
+		o.mode = m
 	}
 	return nil
 }

@@ -84,7 +84,7 @@ func (f *Fake) Fetch(ctx context.Context, req *provider.Request) (*provider.Resu
 	}
 	ns := req.Pod.Namespace
 	if !dnsLabel(ns) {
-		return nil, provider.InvalidArgument("fake backend: pod namespace %q is not a valid namespace name", truncate(ns, 64))
+		return nil, provider.InvalidArgument("fake backend: pod namespace %q is not a valid namespace name", provider.Clip(ns, 64))
 	}
 	cfg, err := parseConfig(req.Parameters, f.parseObjects)
 	if err != nil {

@@ -107,9 +107,9 @@ func validateObject(i int, s objectSpec) (object, error) {
 		return o, provider.InvalidArgument("%s must be 1-%d characters of A-Z a-z 0-9 . _ - and must not start with '.'", where("objectVersion"), maxVersionLen)
 	}
 	if s.FilePermission != "" {
-		m, err := parseFileMode(s.FilePermission)
-		if err != "" {
-			return o, provider.InvalidArgument("%s %s", where("filePermission"), err)
+		m, err := provider.ParseFileMode(s.FilePermission)
+		if err != nil {
+			return o, provider.InvalidArgument("%s %v", where("filePermission"), err)
 		}
 		o.mode, o.modeSet = m, true
 	}
@@ -183,22 +183,6 @@ func validAlias(a string) string {
 		}
 	}
 	return ""
-}
-
-// parseFileMode accepts the Azure provider's spelling: an octal string such
-// as "0644" or "644". Only permission bits are allowed.
-func parseFileMode(s string) (os.FileMode, string) {
-	if len(s) > 4 {
-		return 0, "must be an octal mode such as \"0644\" (at most 4 digits)"
-	}
-	v, err := strconv.ParseUint(s, 8, 32)
-	if err != nil {
-		return 0, "must be an octal mode such as \"0644\""
-	}
-	if v > 0o777 {
-		return 0, "must not set bits beyond 0777 (no setuid, setgid or sticky bits)"
-	}
-	return os.FileMode(v), ""
 }
 
 // decodeValue applies objectEncoding to a literal value, as the Azure

@@ -46,7 +46,7 @@ type config struct {
 func parseConfig(params map[string]string, parse func(string) ([]object, error)) (*config, error) {
 	for k := range params {
 		if !knownParam(k) {
-			return nil, provider.InvalidArgument("unknown parameter %q for provider fake; known parameters: %s", truncate(k, 64), strings.Join(knownParams(), ", "))
+			return nil, provider.InvalidArgument("unknown parameter %q for provider fake; known parameters: %s", provider.Clip(k, 64), strings.Join(knownParams(), ", "))
 		}
 	}
 	objectsParam, ok := params[paramObjects]
@@ -91,7 +91,7 @@ func parseConfig(params map[string]string, parse func(string) ([]object, error))
 				continue
 			}
 			if !dnsSubdomain(sa) {
-				return nil, provider.InvalidArgument("parameter deny must be a comma-separated list of service-account names (lowercase DNS subdomains); %q is not one", truncate(sa, 64))
+				return nil, provider.InvalidArgument("parameter deny must be a comma-separated list of service-account names (lowercase DNS subdomains); %q is not one", provider.Clip(sa, 64))
 			}
 			cfg.deny[sa] = true
 		}
@@ -163,12 +163,4 @@ func dnsSubdomain(s string) bool {
 		}
 	}
 	return true
-}
-
-// truncate shortens names echoed in errors.
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
-	}
-	return s
 }

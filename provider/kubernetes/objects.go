@@ -3,7 +3,6 @@ package kubernetes
 import (
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -62,11 +61,11 @@ func validateObject(o object, defaultMode os.FileMode) (spec, error) {
 		return s, fmt.Errorf("secretName is required")
 	}
 	if msgs := validation.IsDNS1123Subdomain(o.SecretName); len(msgs) > 0 {
-		return s, fmt.Errorf("secretName %q is not a valid Secret name: %s", clip(o.SecretName), strings.Join(msgs, "; "))
+		return s, fmt.Errorf("secretName %q is not a valid Secret name: %s", provider.Clip(o.SecretName, 80), strings.Join(msgs, "; "))
 	}
 	if o.Key != "" {
 		if msgs := validation.IsConfigMapKey(o.Key); len(msgs) > 0 {
-			return s, fmt.Errorf("key %q is not a valid Secret key: %s", clip(o.Key), strings.Join(msgs, "; "))
+			return s, fmt.Errorf("key %q is not a valid Secret key: %s", provider.Clip(o.Key, 80), strings.Join(msgs, "; "))
 		}
 	}
 	if o.Path != "" {
@@ -75,11 +74,11 @@ func validateObject(o object, defaultMode os.FileMode) (spec, error) {
 		}
 	}
 	if o.FilePermission != "" {
-		m, err := strconv.ParseUint(o.FilePermission, 8, 32)
-		if err != nil || m > 0o777 {
-			return s, fmt.Errorf("filePermission %q is not an octal file mode between 0000 and 0777", clip(o.FilePermission))
+		m, err := provider.ParseFileMode(o.FilePermission)
+		if err != nil {
+			return s, fmt.Errorf("filePermission %q %v", provider.Clip(o.FilePermission, 80), err)
 		}
-		s.mode = os.FileMode(m)
+		s.mode = m
 	}
 	return s, nil
 }
@@ -109,12 +108,4 @@ func secretNames(specs []spec) []string {
 		}
 	}
 	return names
-}
-
-// clip keeps user input in messages short.
-func clip(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "..."
-	}
-	return s
 }

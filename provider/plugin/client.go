@@ -277,15 +277,15 @@ func (r *remote) callError(ctx context.Context, path string, start time.Time, ma
 		return provider.Errorf(codes.ResourceExhausted, "provider %q returned a response %s; the driver accepts at most %d bytes (the lower of --provider-max-message-size and twice the per-volume --tmpfs-size plus 1 MiB): mount fewer or smaller objects",
 			r.name, size, maxMsg)
 	case st.Code() == codes.Unavailable:
-		return provider.Unavailable("provider %q at %s is unavailable: %s", r.name, path, clip(st.Message()))
+		return provider.Unavailable("provider %q at %s is unavailable: %s", r.name, path, provider.Clip(st.Message(), 1024))
 	}
-	return provider.Errorf(st.Code(), "provider %q: %s", r.name, clip(st.Message()))
+	return provider.Errorf(st.Code(), "provider %q: %s", r.name, provider.Clip(st.Message(), 1024))
 }
 
 // result checks a MountResponse and turns it into a provider.Result.
 func (r *remote) result(resp *pb.MountResponse, defaultMode os.FileMode, budget *provider.Budget) (*provider.Result, error) {
 	if code := resp.GetError().GetCode(); code != "" {
-		return nil, provider.Errorf(codeFromString(code), "provider %q failed with error code %q", r.name, clip(code))
+		return nil, provider.Errorf(codeFromString(code), "provider %q failed with error code %q", r.name, provider.Clip(code, 1024))
 	}
 	if len(resp.GetFiles()) == 0 {
 		return nil, provider.Errorf(codes.FailedPrecondition, "provider %q returned no files: it writes into the volume itself (the legacy protocol), which secretfs does not allow; upgrade it to a version that returns files in its Mount response", r.name)
@@ -297,7 +297,7 @@ func (r *remote) result(resp *pb.MountResponse, defaultMode os.FileMode, budget 
 	for _, f := range resp.GetFiles() {
 		mode := f.GetMode()
 		if mode < 0 || mode > 0o777 {
-			return nil, provider.Errorf(codes.Internal, "provider %q returned file %q with mode %d, outside 0..511 (0777)", r.name, clip(f.GetPath()), mode)
+			return nil, provider.Errorf(codes.Internal, "provider %q returned file %q with mode %d, outside 0..511 (0777)", r.name, provider.Clip(f.GetPath(), 1024), mode)
 		}
 		fm := os.FileMode(mode)
 		if fm == 0 {
@@ -390,15 +390,6 @@ func (c *Client) find(name string) (string, fileID, error) {
 		return "", fileID{}, provider.Unavailable("provider %q: no provider socket directories are configured", name)
 	}
 	return "", fileID{}, provider.Unavailable("provider %q is not running on this node: no socket at %s", name, strings.Join(tried, " or "))
-}
-
-// clip keeps provider-supplied text short enough for kubectl describe.
-func clip(s string) string {
-	const max = 1024
-	if len(s) > max {
-		return s[:max] + "..."
-	}
-	return s
 }
 
 // codeFromString reads a MountResponse error code. Providers choose these

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/secretfs/secretfs/provider"
 )
 
 // DefaultHealthInterval is how often Health asks each provider for its version.
@@ -233,7 +234,7 @@ func oneLine(s string) string {
 			return ' '
 		}
 		return r
-	}, clip(s))
+	}, provider.Clip(s, 1024))
 }
 
 // socketNames lists the provider names that have a socket in the client's
