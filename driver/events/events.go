@@ -152,7 +152,7 @@ func (r *Recorder) Warning(pod provider.Pod, reason, message string) {
 	if !ok {
 		return
 	}
-	r.recorder.Event(ref, corev1.EventTypeWarning, reason, truncate(message))
+	r.recorder.Event(ref, corev1.EventTypeWarning, reason, clip(message))
 }
 
 // Close stops posting; events still queued are dropped.
