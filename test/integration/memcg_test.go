@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/secretfs/secretfs/driver/budget"
+	"github.com/secretfs/secretfs/driver/tmpfs"
 )
 
 // memcg is a real memory cgroup below this process's own (v1 memory
@@ -171,5 +173,16 @@ func mkdir(t *testing.T, dir string) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// unmountAllUnder detaches every secretfs tmpfs below dir (a stopped
+// driver leaves its volumes mounted, as it should).
+func unmountAllUnder(dir string) {
+	list, _ := tmpfs.List()
+	for _, m := range list {
+		if strings.HasPrefix(m, dir+"/") {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+		}
 	}
 }
