@@ -45,6 +45,7 @@ type driverFlags struct {
 	limits         limitFlags
 	logs           logFlags
 	backends       backendFlags
+	sync           syncFlags
 }
 
 func (f *driverFlags) register(fs *flag.FlagSet) {
@@ -65,6 +66,7 @@ func (f *driverFlags) register(fs *flag.FlagSet) {
 	f.tmpfsSize.bytes = driver.DefaultTmpfsSize
 	fs.Var(&f.tmpfsSize, "tmpfs-size", "size cap of each volume's tmpfs (a quantity, e.g. 8Mi)")
 	f.limits.register(fs)
+	f.sync.register(fs)
 	f.logs.register(fs)
 	f.backends.register(fs)
 	f.backends.registerExternal(fs)
@@ -137,6 +139,11 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	hooks, closeHooks, err := f.sync.hooks(restConfig, events, f.driverName, registry, log)
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	defer closeHooks()
 	d, err := driver.New(driver.Config{
 		DriverName:       f.driverName,
 		NodeID:           f.nodeID,
@@ -153,6 +160,7 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		NodeBudget:       nodeBudget,
 		DisableCache:     !f.cache,
 		Events:           events,
+		Hooks:            hooks,
 	})
 	if err != nil {
 		return fail(1, "%v", err)

@@ -79,6 +79,9 @@ func (s *apiSource) Get(ctx context.Context, namespace, name string) (*Class, er
 	}
 	c := o.class()
 	c.Namespace = namespace
+	if spec, ok := u.Object["spec"].(map[string]any); ok {
+		c.Unknown = unknownFields(spec)
+	}
 	if err := c.check(); err != nil {
 		return nil, err
 	}

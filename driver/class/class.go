@@ -7,6 +7,7 @@ package class
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/secretfs/secretfs/provider"
@@ -29,9 +30,27 @@ type Class struct {
 	Provider string
 	// Parameters is spec.parameters, passed to the provider as they are.
 	Parameters map[string]string
-	// SecretObjects is spec.secretObjects (sync to Kubernetes Secrets), kept
-	// so that nothing of an existing class is lost.
+	// SecretObjects is spec.secretObjects: Kubernetes Secrets to mirror
+	// mounted objects into (driver/secretsync, when sync is on).
 	SecretObjects []SecretObject
+	// Unknown names the spec fields the driver does not act on (sorted), so
+	// that the pod's owner can be told instead of the fields being dropped.
+	Unknown []string
+}
+
+// specFields are the spec fields the driver acts on.
+var specFields = map[string]bool{"provider": true, "parameters": true, "secretObjects": true}
+
+// unknownFields returns the keys of spec that are not specFields, sorted.
+func unknownFields(spec map[string]any) []string {
+	var out []string
+	for k := range spec {
+		if !specFields[k] {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // SecretObject is one entry of spec.secretObjects.
@@ -71,8 +90,12 @@ type object struct {
 	} `json:"spec"`
 }
 
+// DeprecatedVersion is the version the Secrets Store CSI Driver still
+// serves with the same schema; classes written as it work unchanged.
+const DeprecatedVersion = "v1alpha1"
+
 func (o *object) isClass() bool {
-	return o.Kind == Kind && o.APIVersion == Group+"/"+Version
+	return o.Kind == Kind && (o.APIVersion == Group+"/"+Version || o.APIVersion == Group+"/"+DeprecatedVersion)
 }
 
 func (o *object) class() *Class {
@@ -98,7 +121,9 @@ func (c *Class) check() error {
 }
 
 func notFound(namespace, name, hint string) error {
-	msg := fmt.Sprintf("SecretProviderClass %q not found in namespace %q: create it in the pod's namespace (classes are never looked up elsewhere)", name, namespace)
+	// The first words are the Secrets Store CSI Driver's, which users and
+	// their scripts grep for; ours follow.
+	msg := fmt.Sprintf("failed to get secretproviderclass %s/%s: SecretProviderClass %q not found in namespace %q: create it in the pod's namespace (classes are never looked up elsewhere)", namespace, name, name, namespace)
 	if hint != "" {
 		msg += "; " + hint
 	}

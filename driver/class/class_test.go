@@ -195,3 +195,35 @@ func FuzzParseDocuments(f *testing.F) {
 		}
 	})
 }
+
+// A class written as v1alpha1 (the Secrets Store CSI Driver still serves it)
+// is a class; spec fields the driver does not act on are named, not dropped.
+func TestDeprecatedVersionAndUnknownFields(t *testing.T) {
+	classes, err := parseDocuments([]byte(`apiVersion: secrets-store.csi.x-k8s.io/v1alpha1
+kind: SecretProviderClass
+metadata:
+  name: old
+  namespace: ns
+spec:
+  provider: fake
+  rotationPollInterval: 2m
+  extra: {a: b}
+`))
+	if err != nil || len(classes) != 1 {
+		t.Fatalf("got %d classes, %v", len(classes), err)
+	}
+	if got := strings.Join(classes[0].Unknown, ","); got != "extra,rotationPollInterval" {
+		t.Errorf("Unknown = %q", got)
+	}
+	classes, _ = parseDocuments([]byte(twoClasses))
+	if len(classes[0].Unknown) != 0 {
+		t.Errorf("known fields reported as unknown: %v", classes[0].Unknown)
+	}
+}
+
+func TestNotFoundKeepsSSCDWording(t *testing.T) {
+	err := notFound("team-a", "app", "")
+	if !strings.HasPrefix(err.Error(), "failed to get secretproviderclass team-a/app: ") {
+		t.Errorf("message %q", err.Error())
+	}
+}

@@ -153,7 +153,14 @@ func parseDocuments(data []byte) ([]*Class, error) {
 		if o.Metadata.Name == "" {
 			return nil, fmt.Errorf("document %d: SecretProviderClass without metadata.name", i+1)
 		}
-		out = append(out, o.class())
+		c := o.class()
+		var raw struct {
+			Spec map[string]any `json:"spec"`
+		}
+		if err := yaml.Unmarshal(doc, &raw); err == nil {
+			c.Unknown = unknownFields(raw.Spec)
+		}
+		out = append(out, c)
 	}
 	return out, nil
 }

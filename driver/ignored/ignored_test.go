@@ -1,0 +1,47 @@
+package ignored
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/provider"
+)
+
+type sink struct{ msgs []string }
+
+func (s *sink) Warning(_ provider.Pod, reason, msg string) { s.msgs = append(s.msgs, reason+": "+msg) }
+
+func TestOneEventPerVolume(t *testing.T) {
+	cls := &class.Class{Name: "app", SecretObjects: []class.SecretObject{{SecretName: "s"}}, Unknown: []string{"rotationPollInterval"}}
+	s := &sink{}
+	h := New(s, false)
+	v := driver.VolumeInfo{ID: "v1", Pod: provider.Pod{Namespace: "ns", Name: "p"}, Class: cls}
+	h.Changed(context.Background(), v)
+	h.Changed(context.Background(), v) // a rotation: not again
+	if len(s.msgs) != 1 {
+		t.Fatalf("want one event, got %q", s.msgs)
+	}
+	for _, want := range []string{Reason, "spec.secretObjects (1 Secrets) is not synced", "--sync-secrets", "rotationPollInterval"} {
+		if !strings.Contains(s.msgs[0], want) {
+			t.Errorf("message %q lacks %q", s.msgs[0], want)
+		}
+	}
+	h.Gone(v)
+	h.Changed(context.Background(), v) // a new publish of the same id
+	if len(s.msgs) != 2 {
+		t.Fatalf("want a second event after Gone, got %d", len(s.msgs))
+	}
+}
+
+func TestNothingIgnoredNoEvent(t *testing.T) {
+	s := &sink{}
+	h := New(s, true)
+	h.Changed(context.Background(), driver.VolumeInfo{ID: "v", Class: &class.Class{Name: "a", SecretObjects: []class.SecretObject{{SecretName: "s"}}}})
+	h.Changed(context.Background(), driver.VolumeInfo{ID: "w"}) // recovered, class unknown yet
+	if len(s.msgs) != 0 {
+		t.Fatalf("events %q", s.msgs)
+	}
+}
