@@ -12,7 +12,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
+
+	"github.com/secretfs/secretfs/driver/budget"
 )
 
 const deployDir = "../../deploy"
@@ -176,6 +179,25 @@ func TestDaemonSet(t *testing.T) {
 		if (m.Name == "pods-dir") != (propagation == corev1.MountPropagationBidirectional) {
 			t.Errorf("volume %s has propagation %s; only pods-dir is Bidirectional", m.Name, propagation)
 		}
+	}
+	// The node budget (explicit, or derived from the memory limit) fits in
+	// the limit with the driver's headroom and holds at least two full
+	// volumes (content, metadata and the node cache's copy).
+	limit := driver.Resources.Limits.Memory().Value()
+	nodeBudget, err := budget.ForMemoryLimit(limit)
+	tmpfsSize := int64(0)
+	for _, a := range driver.Args {
+		if v, ok := strings.CutPrefix(a, "--node-budget="); ok {
+			q := resource.MustParse(v)
+			nodeBudget = q.Value()
+		}
+		if v, ok := strings.CutPrefix(a, "--tmpfs-size="); ok {
+			q := resource.MustParse(v)
+			tmpfsSize = q.Value()
+		}
+	}
+	if err != nil || nodeBudget+budget.Headroom(limit) > limit || nodeBudget < 2*(2*tmpfsSize+4096) || tmpfsSize == 0 {
+		t.Errorf("memory limit %d, node budget %d (%v), tmpfs size %d: the budget must fit the limit and hold two full volumes", limit, nodeBudget, err, tmpfsSize)
 	}
 	args := strings.Join(driver.Args, " ")
 	for _, want := range []string{
