@@ -152,6 +152,8 @@ type Driver struct {
 	mu   sync.Mutex
 	vols map[string]*volume // by volume id
 
+	status statusBoard // what `secretfs status` shows (status.go)
+
 	recovered atomic.Bool
 	serving   atomic.Bool
 	closed    atomic.Bool
@@ -275,6 +277,7 @@ func (d *Driver) volume(id string) *volume {
 }
 
 func (d *Driver) setVolume(v *volume) {
+	d.noteStatus(v, nil)
 	d.mu.Lock()
 	d.vols[v.id] = v
 	n := len(d.vols)

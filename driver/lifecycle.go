@@ -131,6 +131,10 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	}
 	// 7.
 	v.req, v.lastFetch, v.versions = req, fetched, res.Versions
+	v.files, v.bytes = len(files), 0
+	for _, f := range files {
+		v.bytes += int64(len(f.Data))
+	}
 	if err := v.saveMetadata(); err != nil {
 		if first {
 			return false, writeError(v, err)
@@ -170,6 +174,7 @@ func (d *Driver) forget(v *volume) {
 	d.mu.Lock()
 	if d.vols[v.id] == v {
 		delete(d.vols, v.id)
+		d.dropStatus(v.id)
 	}
 	n := len(d.vols)
 	d.mu.Unlock()

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"slices"
@@ -13,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/secretfs/secretfs/provider"
 )
 
 // The Secrets Store CSI Driver 1.6 series, as its Prometheus exporter
@@ -99,5 +102,57 @@ func TestSSCDMetricValues(t *testing.T) {
 		if got := testutil.ToFloat64(c.c); got != c.want {
 			t.Errorf("case %d = %v, want %v", i, got, c.want)
 		}
+	}
+}
+
+// The SSCD series count what the CSI calls did: first publishes (ok and
+// failed, with the class's provider once known), unpublishes, and refreshes
+// on republish.
+func TestSSCDSeriesFromCSICalls(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	e := newEnv(t, func(c *Config) { c.RotationInterval = interval })
+	ctx := context.Background()
+	target := e.target("vol")
+	if err := e.publish("vol-1", target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.node.NodePublishVolume(ctx, publishReq("vol-2", e.target("ghost"), "ghost", "team-a")); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("publish of a class with an unknown provider: %v", err)
+	}
+	if _, err := e.node.NodePublishVolume(ctx, publishReq("vol-3", e.target("none"), "none", "team-a")); status.Code(err) != codes.NotFound {
+		t.Fatalf("publish of a missing class: %v", err)
+	}
+	e.prov.set(func(p *testProvider) { p.gen = 1 })
+	time.Sleep(interval) // let the rotation come due
+	if err := e.publish("vol-1", target); err != nil {
+		t.Fatal(err)
+	}
+	e.prov.set(func(p *testProvider) { p.err = provider.Unavailable("backend down") })
+	time.Sleep(interval)
+	if err := e.publish("vol-1", target); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.unpublish("vol-1", target); err != nil {
+		t.Fatal(err)
+	}
+	s := e.d.metrics.sscd
+	for i, c := range []struct {
+		c    prometheus.Collector
+		want float64
+	}{
+		{s.publish.WithLabelValues("test", osType), 1},
+		{s.publishErrors.WithLabelValues("nosuch", "InvalidArgument", osType), 1},
+		{s.publishErrors.WithLabelValues("", "NotFound", osType), 1}, // no class, no provider
+		{s.rotations.WithLabelValues("test", "true", osType), 1},
+		{s.rotationErrors.WithLabelValues("test", "false", "Unavailable", osType), 1},
+		{s.unpublish.WithLabelValues(osType), 1},
+		{s.unpublishErrors.WithLabelValues(osType), 0},
+	} {
+		if got := testutil.ToFloat64(c.c); got != c.want {
+			t.Errorf("case %d: %v, want %v", i, got, c.want)
+		}
+	}
+	if n := testutil.CollectAndCount(s.rotationDuration); n != 1 {
+		t.Errorf("rotation_reconcile_duration_sec has %d series, want 1", n)
 	}
 }

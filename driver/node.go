@@ -30,13 +30,16 @@ const (
 // the target (a kubelet republish), refreshes it when its rotation is due.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	start := time.Now()
-	republish, err := d.publish(ctx, req)
+	republish, prov, err := d.publish(ctx, req)
 	op := "publish"
 	if republish {
 		op = "republish"
 	}
 	err = toStatus(err)
 	d.metrics.observe(op, start, err)
+	if !republish {
+		d.metrics.published(prov, err)
+	}
 	if err != nil {
 		d.log.Warn("publish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
 			"namespace", req.GetVolumeContext()[provider.AttrPodNamespace], "class", req.GetVolumeContext()[provider.AttrClass],
@@ -46,13 +49,15 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) (republish bool, err error) {
+// publish returns whether the call was a republish and, for a first
+// publish, the provider of the volume's class once it is known (metrics).
+func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) (republish bool, prov string, err error) {
 	in, err := validatePublish(req)
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
 	if err := d.locks.LockForCall(ctx, in.volumeID); err != nil {
-		return false, err
+		return false, "", err
 	}
 	defer d.locks.Unlock(in.volumeID)
 	if in.vc.IgnoredTokenAttr {
@@ -66,24 +71,25 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 	if v := d.volume(in.volumeID); v != nil {
 		mounted, err := tmpfs.IsMountPoint(v.target)
 		if err == nil && mounted {
-			return true, d.republish(ctx, v, in)
+			return true, v.provider, d.republish(ctx, v, in)
 		}
 		// Unmounted behind our back: forget it and publish afresh.
 		d.log.Warn("volume no longer mounted; publishing again", "volume_id", v.id, "target", v.target)
 		d.forget(v)
 	}
-	return false, d.firstPublish(ctx, in)
+	prov, err = d.firstPublish(ctx, in)
+	return false, prov, err
 }
 
 // firstPublish prepares the target, applies the volume (which mounts the
 // tmpfs and writes the files) and starts its provider watch. A target we
 // refuse (symlink, not empty, mounted) is left as it is; after that, any
 // failure unmounts and removes the target and forgets the volume.
-func (d *Driver) firstPublish(ctx context.Context, in *publishInput) error {
+func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (prov string, err error) {
 	v := &volume{id: in.volumeID, target: in.target, pod: in.vc.Pod, class: in.vc.Class, gid: in.gid}
 	d.reclaim(in.target)
 	if err := prepareTarget(in.target); err != nil {
-		return err
+		return "", err
 	}
 	if _, err := d.apply(ctx, v, request(v, in)); err != nil {
 		if !v.mounted {
@@ -92,12 +98,12 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) error {
 			d.log.Error("cleaning up after a failed publish", "volume_id", v.id, "target", in.target, "err", uerr)
 		}
 		d.forget(v)
-		return err
+		return v.provider, err
 	}
 	v.lastTry = time.Now()
 	d.setVolume(v)
 	d.startWatch(ctx, v)
-	return nil
+	return v.provider, nil
 }
 
 // adopt takes over a volume of ours that recovery did not find (mounted
@@ -216,6 +222,7 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 	start := time.Now()
 	err := toStatus(d.unpublish(ctx, req))
 	d.metrics.observe("unpublish", start, err)
+	d.metrics.unpublished(err)
 	if err != nil {
 		d.log.Warn("unpublish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
 			"code", status.Code(err).String(), "err", status.Convert(err).Message())

@@ -65,10 +65,8 @@ func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 	start := time.Now()
 	v.lastTry = start
 	changed, err := d.apply(ctx, v, v.req)
-	result := "unchanged"
 	switch {
 	case err != nil:
-		result = "failed"
 		d.log.Warn("refresh failed; keeping the last good content", "volume_id", v.id, "namespace", v.pod.Namespace,
 			"class", v.class, "trigger", trigger, "code", provider.CodeOf(err).String(), "err", err.Error())
 		if d.events != nil && d.rotation.failureEventDue(v, start) {
@@ -76,7 +74,6 @@ func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 			d.events.RefreshFailed(v.pod, v.class, err)
 		}
 	case changed:
-		result = "rotated"
 		d.log.Info("volume rotated", "volume_id", v.id, "namespace", v.pod.Namespace, "class", v.class,
 			"trigger", trigger, "duration", time.Since(start))
 		if d.events != nil {
@@ -85,5 +82,8 @@ func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 	default:
 		d.log.Debug("volume refreshed, unchanged", "volume_id", v.id, "trigger", trigger)
 	}
-	d.metrics.refresh.WithLabelValues(trigger, result).Inc()
+	d.metrics.refreshed(v.provider, trigger, changed, err, time.Since(start))
+	if d.volume(v.id) == v { // not forgotten meanwhile
+		d.noteStatus(v, err)
+	}
 }

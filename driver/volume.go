@@ -31,6 +31,9 @@ type volume struct {
 	// memory only: after a restart one more event is fine.
 	lastFailEvent time.Time
 	versions      []provider.ObjectVersion
+	// files and bytes count the content last written (status only).
+	files int
+	bytes int64
 	// mounted: the tmpfs at target is this volume's (recovered, or mounted
 	// by apply).
 	mounted bool

@@ -41,6 +41,7 @@ type driverFlags struct {
 	events         bool
 	rotationEvents bool
 	healthEvery    time.Duration
+	statusSocket   string
 	tmpfsSize      quantityFlag
 	limits         limitFlags
 	logs           logFlags
@@ -63,6 +64,7 @@ func (f *driverFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.events, "events", true, "post a Warning SecretRefreshFailed Event on the pod when a refresh of its mounted volume fails (at most one per volume and rotation interval); needs the API server, so ignored with -class-dir and no kubeconfig or in-cluster config")
 	fs.BoolVar(&f.rotationEvents, "rotation-events", false, "also post a Normal SecretRotated Event on the pod each time its volume's content changes (one API write per rotation and volume)")
 	fs.DurationVar(&f.healthEvery, "provider-health-interval", plugin.DefaultHealthInterval, "ask every external provider socket for its version this often; an unhealthy provider shows in /healthz, the secretfs_provider_healthy metric and the log (0: off)")
+	fs.StringVar(&f.statusSocket, "status-socket", "", "unix socket `secretfs status` reads the volume table from (empty: status.sock next to the CSI socket; off: none); root only (0600)")
 	f.tmpfsSize.bytes = driver.DefaultTmpfsSize
 	fs.Var(&f.tmpfsSize, "tmpfs-size", "size cap of each volume's tmpfs (a quantity, e.g. 8Mi)")
 	f.limits.register(fs)
@@ -95,6 +97,10 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	}
 	if f.nodeID == "" {
 		return fail(2, "-node-id is required (the Kubernetes node name)")
+	}
+	statusPath, err := statusSocketPath(f.statusSocket, f.endpoint)
+	if err != nil {
+		return fail(2, "-status-socket: %v", err)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -186,6 +192,9 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(registry, promhttp.HandlerOpts{Registry: registry}))
 		g.Go(func() error { return serveHTTP(ctx, f.metricsAddr, mux, log) })
+	}
+	if statusPath != "" {
+		g.Go(func() error { return serveStatus(ctx, statusPath, d, log) })
 	}
 	if f.regDir != "" {
 		g.Go(func() error { return registerWithKubelet(ctx, f.regDir, f.driverName, f.endpoint, log) })

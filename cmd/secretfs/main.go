@@ -16,6 +16,7 @@ Usage:
   secretfs run [flags] -- CMD  run a command with a SecretProviderClass's files only it can see (local agent)
   secretfs provider [flags]   serve a built-in backend over the provider protocol
   secretfs probe    [flags]   check the driver's /healthz (exec probe)
+  secretfs status   [flags]   show the volumes the driver on this node has mounted (never secret values)
   secretfs version            print the version
 
 Run "secretfs COMMAND -h" for the flags of a command.
@@ -43,6 +44,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runProvider(args[1:], stdout, stderr)
 	case "probe":
 		return runProbe(args[1:], stdout, stderr)
+	case "status":
+		return runStatus(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, versionString())
 		return 0
@@ -50,6 +53,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, run, provider, probe or version\n", args[0])
+	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, run, provider, probe, status or version\n", args[0])
 	return 2
 }

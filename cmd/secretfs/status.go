@@ -1,0 +1,157 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/internal/unixsock"
+)
+
+// statusSocketName is the driver's status socket, next to its CSI socket:
+// the plugin directory, which the DaemonSet mounts at the host's path, so
+// `secretfs status` finds it on the node and in the driver container alike.
+const statusSocketName = "status.sock"
+
+var defaultStatusSocket = "/var/lib/kubelet/plugins/" + driver.DefaultDriverName + "/" + statusSocketName
+
+// statusSocketPath is where `secretfs driver` serves its status: flag, or
+// next to the CSI endpoint; "" when turned off.
+func statusSocketPath(flag, endpoint string) (string, error) {
+	switch flag {
+	case "off":
+		return "", nil
+	case "":
+		csiSock, err := unixsock.Parse(endpoint)
+		if err != nil {
+			return "", err
+		}
+		return filepath.Join(filepath.Dir(csiSock), statusSocketName), nil
+	}
+	return unixsock.Parse(flag)
+}
+
+// serveStatus serves the volume table on a unix socket only root can use
+// (0600) until ctx is done. It carries no secret values, but pod and class
+// names are the node's business.
+func serveStatus(ctx context.Context, path string, d *driver.Driver, log *slog.Logger) error {
+	lis, err := unixsock.Listen(path, 0o600)
+	if err != nil {
+		return fmt.Errorf("status socket: %w", err)
+	}
+	srv := &http.Server{Handler: d.StatusHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	log.Info("serving status", "socket", path)
+	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// runStatus prints the running driver's mounted volumes.
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("status", "Show the volumes the driver on this node has mounted (run it on the node, or with kubectl exec in the driver pod). Never shows secret values.", stdout)
+	socket := fs.String("socket", defaultStatusSocket, "the driver's status socket (status.sock next to its CSI socket, see driver -status-socket)")
+	output := fs.String("o", "table", "output: table or json")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the driver")
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	if *output != "table" && *output != "json" {
+		return fail(stderr, fs, 2, "-o must be table or json, not %q", *output)
+	}
+	path, err := unixsock.Parse(*socket)
+	if err != nil {
+		return fail(stderr, fs, 2, "-socket: %v", err)
+	}
+	vols, err := fetchStatus(path, *timeout)
+	if err != nil {
+		return fail(stderr, fs, 1, "%v", err)
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(vols)
+		return 0
+	}
+	printStatus(stdout, vols, time.Now())
+	return 0
+}
+
+func fetchStatus(path string, timeout time.Duration) ([]driver.VolumeStatus, error) {
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", path)
+		},
+	}}
+	resp, err := client.Get("http://secretfs/volumes")
+	if err != nil {
+		return nil, fmt.Errorf("asking the driver at %s: %w (is the driver running, and is this its -status-socket?)", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("the driver at %s answered %s", path, resp.Status)
+	}
+	var vols []driver.VolumeStatus
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&vols); err != nil {
+		return nil, fmt.Errorf("reading the driver's answer: %w", err)
+	}
+	return vols, nil
+}
+
+func printStatus(w io.Writer, vols []driver.VolumeStatus, now time.Time) {
+	if len(vols) == 0 {
+		fmt.Fprintln(w, "No volumes mounted.")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tCLASS\tPROVIDER\tFILES\tBYTES\tLAST FETCH\tNEXT REFRESH\tLAST ERROR")
+	for _, v := range vols {
+		lastErr := strings.Join(strings.Fields(v.LastError), " ")
+		if lastErr == "" {
+			lastErr = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", dash(v.Namespace), dash(v.Pod), dash(v.Class), dash(v.Provider),
+			v.Files, v.Bytes, ago(v.LastFetch, now), until(v.NextRefresh, now), lastErr)
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func ago(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return now.Sub(t).Round(time.Second).String() + " ago"
+}
+
+func until(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	if d := t.Sub(now); d > 0 {
+		return "in " + d.Round(time.Second).String()
+	}
+	return "due"
+}

@@ -1,0 +1,104 @@
+package driver
+
+import (
+	"cmp"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/status"
+)
+
+// VolumeStatus is what `secretfs status` shows of one mounted volume: where
+// it is, what it holds in counts, and how its refreshes go. Never a secret
+// value, a token or a file name: only counts, times and the last error's
+// message (the message kubelet or the pod's events would show).
+type VolumeStatus struct {
+	VolumeID  string `json:"volumeID"`
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	Class     string `json:"class"`
+	Provider  string `json:"provider"`
+	// Files and Bytes are the files and bytes of content last written (for
+	// a volume recovered after a restart and not refreshed since: the
+	// objects mounted, and 0 bytes).
+	Files int   `json:"files"`
+	Bytes int64 `json:"bytes"`
+	// LastFetch is when the backend call behind the content started.
+	LastFetch time.Time `json:"lastFetch"`
+	// NextRefresh is when the next republish refreshes the volume (a
+	// provider watch can refresh it sooner).
+	NextRefresh time.Time `json:"nextRefresh"`
+	// LastError is the message of the last failed refresh, empty after a
+	// successful one.
+	LastError string `json:"lastError,omitempty"`
+}
+
+// statusBoard holds a VolumeStatus per volume, written by the holder of the
+// volume's lock and read without it, so `secretfs status` never waits for a
+// publish or a slow backend.
+type statusBoard struct {
+	mu   sync.Mutex
+	vols map[string]VolumeStatus
+}
+
+// noteStatus records v's status after a publish, recovery or refresh whose
+// error is err. The caller holds v's lock.
+func (d *Driver) noteStatus(v *volume, err error) {
+	s := VolumeStatus{
+		VolumeID: v.id, Namespace: v.pod.Namespace, Pod: v.pod.Name, Class: v.class, Provider: v.provider,
+		Files: v.files, Bytes: v.bytes, LastFetch: v.lastFetch,
+	}
+	if s.Files == 0 && s.Bytes == 0 {
+		s.Files = len(v.versions)
+	}
+	r := d.rotation
+	s.NextRefresh = v.lastFetch.Add(r.interval)
+	if retry := v.lastTry.Add(r.interval / 4); retry.After(s.NextRefresh) {
+		s.NextRefresh = retry
+	}
+	if err != nil {
+		s.LastError = status.Convert(toStatus(err)).Message()
+	}
+	b := &d.status
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.vols == nil {
+		b.vols = map[string]VolumeStatus{}
+	}
+	b.vols[v.id] = s
+}
+
+// dropStatus forgets v's status.
+func (d *Driver) dropStatus(id string) {
+	d.status.mu.Lock()
+	delete(d.status.vols, id)
+	d.status.mu.Unlock()
+}
+
+// Status returns the mounted volumes, by namespace, pod and volume id.
+func (d *Driver) Status() []VolumeStatus {
+	d.status.mu.Lock()
+	out := make([]VolumeStatus, 0, len(d.status.vols))
+	for _, s := range d.status.vols {
+		out = append(out, s)
+	}
+	d.status.mu.Unlock()
+	slices.SortFunc(out, func(a, b VolumeStatus) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Pod, b.Pod), cmp.Compare(a.VolumeID, b.VolumeID))
+	})
+	return out
+}
+
+// StatusHandler serves Status as JSON (GET /volumes), for `secretfs status`
+// over the driver's local status socket.
+func (d *Driver) StatusHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /volumes", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(d.Status())
+	})
+	return mux
+}
