@@ -82,6 +82,9 @@ type Config struct {
 	// kernel charges their tmpfs pages to the driver's memory cgroup (see
 	// package driver/budget). 0: no node-wide cap.
 	NodeBudget int64
+	// Owner, when set, makes every volume one local user's (the local
+	// agent); nil: the Kubernetes ownership (root, the pod's fsGroup).
+	Owner *Owner
 }
 
 // EventSink reports refresh outcomes on the pod whose volume it was; see
@@ -141,6 +144,7 @@ type Driver struct {
 	metrics      *metrics
 	events       EventSink // nil: none
 	hooks        []VolumeHook
+	owner        *Owner // nil: Kubernetes ownership
 
 	// cache shares backend results between volumes of one identity; nil
 	// when disabled. keyer derives its keys.
@@ -210,6 +214,11 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.NodeBudget < 0 {
 		return nil, fmt.Errorf("driver: NodeBudget %d is negative", cfg.NodeBudget)
 	}
+	if cfg.Owner != nil {
+		if err := cfg.Owner.validate(); err != nil {
+			return nil, err
+		}
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("driver: registering metrics: %w", err)
@@ -228,6 +237,7 @@ func New(cfg Config) (*Driver, error) {
 		metrics:      m,
 		events:       cfg.Events,
 		hooks:        cfg.Hooks,
+		owner:        cfg.Owner,
 		vols:         map[string]*volume{},
 	}
 	if cfg.NodeBudget > 0 {

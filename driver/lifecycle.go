@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
-	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -87,6 +86,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	v.cls, v.provider = cls, cls.Provider
 	req := withClass(base, cls, v.versions)
 	req.Limits = provider.Limits{MaxBytes: d.capBytes, MaxFiles: d.limits.maxFiles}
+	req.DefaultMode = d.defaultFileMode()
 	// 3.
 	res, fetched, err := d.fetch(ctx, v, req)
 	if err != nil {
@@ -108,20 +108,14 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	}
 	// 5.
 	if first {
-		mode := os.FileMode(rootModeNoGroup)
-		if v.gid >= 0 {
-			mode = rootModeWithGroup
-		}
-		opts := tmpfs.Options{SizeBytes: d.mountBytes, Mode: mode, GID: v.gid, Inodes: d.limits.inodes(), Logger: d.log}
-		if err := tmpfs.Mount(v.target, opts); err != nil {
+		if err := tmpfs.Mount(v.target, d.mountOptions(v)); err != nil {
 			settle(false)
 			return false, status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
 		}
 		v.mounted = true
 	}
 	// 6.
-	w := &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }, Grow: grow}
-	changed, err = w.Write(files)
+	changed, err = d.writer(v, grow).Write(files)
 	settle(err == nil && (changed || first))
 	if err != nil {
 		if provider.CodeOf(err) == codes.ResourceExhausted {

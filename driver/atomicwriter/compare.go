@@ -87,7 +87,7 @@ func (c *comparer) file(dfd int, name string, f *File) bool {
 		st.Mode&0o777 != uint32(f.Mode) || st.Size != int64(len(f.Data)) {
 		return false
 	}
-	if c.w.GID >= 0 && int(st.Gid) != c.w.GID {
+	if c.w.GID >= 0 && int(st.Gid) != c.w.GID || c.w.UID > 0 && int(st.Uid) != c.w.UID {
 		return false
 	}
 	// One read of one byte more than expected: a regular file returns all

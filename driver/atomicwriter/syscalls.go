@@ -196,17 +196,18 @@ func renameat(olddfd int, oldname string, newdfd int, newname string) error {
 	}
 }
 
-func fchown(fd, gid int) error {
+// fchown and lchownat take -1 for "leave it".
+func fchown(fd, uid, gid int) error {
 	for {
-		if err := unix.Fchown(fd, -1, gid); err != unix.EINTR {
+		if err := unix.Fchown(fd, uid, gid); err != unix.EINTR {
 			return err
 		}
 	}
 }
 
-func lchownat(dfd int, name string, gid int) error {
+func lchownat(dfd int, name string, uid, gid int) error {
 	for {
-		if err := unix.Fchownat(dfd, name, -1, gid, unix.AT_SYMLINK_NOFOLLOW); err != unix.EINTR {
+		if err := unix.Fchownat(dfd, name, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != unix.EINTR {
 			return err
 		}
 	}

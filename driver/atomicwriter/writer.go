@@ -64,6 +64,9 @@ type Writer struct {
 	// GID, when >= 0, becomes the group of every file and directory written
 	// (the pod's fsGroup), so group-readable modes work for the pod.
 	GID int
+	// UID, when > 0, becomes the owner of every file and directory written
+	// (the local agent's user); 0 leaves them root's.
+	UID int
 	// Check, when set, is called with the directory's descriptor before
 	// anything is read or written; an error stops Write (wrapped in
 	// ErrRefused). It checks the very directory written to, so nothing can
@@ -73,6 +76,14 @@ type Writer struct {
 	// a new generation is written (which holds pages beside the old one
 	// until the swap); an error stops Write with nothing changed.
 	Grow func() error
+}
+
+// owner is the uid argument of chown: -1 leaves the owner.
+func (w *Writer) owner() int {
+	if w.UID > 0 {
+		return w.UID
+	}
+	return -1
 }
 
 // ErrRefused wraps the error of Writer.Check.
@@ -248,8 +259,8 @@ func (w *Writer) writeFile(gfd int, f File) error {
 		return fmt.Errorf("creating %q: %w", f.Path, err)
 	}
 	werr := writeAll(fd, f.Data)
-	if werr == nil && w.GID >= 0 {
-		werr = fchown(fd, w.GID)
+	if werr == nil && (w.GID >= 0 || w.UID > 0) {
+		werr = fchown(fd, w.owner(), w.GID)
 	}
 	if werr == nil && uint32(f.Mode)&processUmask() != 0 {
 		// The umask took bits away at create time; chown never clears
@@ -269,9 +280,9 @@ func (w *Writer) writeFile(gfd int, f File) error {
 // fixDir gives the directory name, just made by mkdirat, its group and
 // (when the umask took bits away) its mode.
 func (w *Writer) fixDir(dfd int, name string) error {
-	if w.GID >= 0 {
-		if err := lchownat(dfd, name, w.GID); err != nil {
-			return fmt.Errorf("setting the group of %q: %w", name, err)
+	if w.GID >= 0 || w.UID > 0 {
+		if err := lchownat(dfd, name, w.owner(), w.GID); err != nil {
+			return fmt.Errorf("setting the owner of %q: %w", name, err)
 		}
 	}
 	if dirMode&processUmask() != 0 {

@@ -36,6 +36,7 @@ type Options struct {
 	SizeBytes int64       // the tmpfs size= cap
 	Mode      os.FileMode // mode of the root directory
 	GID       int         // group of the root directory; < 0 keeps root's
+	UID       int         // owner of the root directory; 0 keeps root
 	// Inodes is the nr_inodes= cap: files, directories and symlinks of the
 	// volume together. 0 leaves the kernel's default (half the pages of
 	// RAM), which is far more than any volume needs.
@@ -51,6 +52,9 @@ func (o Options) data(noswap bool) string {
 	}
 	if o.GID >= 0 {
 		s += ",gid=" + strconv.Itoa(o.GID)
+	}
+	if o.UID > 0 {
+		s += ",uid=" + strconv.Itoa(o.UID)
 	}
 	if noswap {
 		s += ",noswap"
