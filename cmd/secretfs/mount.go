@@ -14,30 +14,53 @@ import (
 func runMount(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("mount", "Mount a SecretProviderClass at a directory on a tmpfs, refresh it on an interval,\nand unmount it on SIGINT or SIGTERM (the local agent; needs root).", stdout)
 	var (
-		classFile = fs.String("class", "", "YAML file with the SecretProviderClass to mount (required)")
-		className = fs.String("class-name", "", "which class of the file, when it has several")
-		target    = fs.String("target", "", "directory to mount at (required; created if missing, removed on exit)")
-		interval  = fs.Duration("interval", driver.DefaultRotationInterval, "refresh interval")
-		sa        = fs.String("service-account", "default", "service account name the backend sees")
-		tmpfsSize = quantityFlag{bytes: driver.DefaultTmpfsSize}
-		logs      logFlags
-		backends  backendFlags
+		classFile  = fs.String("class", "", "YAML file with the SecretProviderClass to mount")
+		className  = fs.String("class-name", "", "which class of the file, or the class to read from the API server with -kubeconfig")
+		kubeconfig = fs.String("kubeconfig", "", "API server (and its token) for the kubernetes backend, and for the class -class-name when there is no -class")
+		namespace  = fs.String("namespace", "default", "namespace of the class read from the API server (-kubeconfig without -class)")
+		target     = fs.String("target", "", "directory to mount at (required; created if missing, removed on exit)")
+		interval   = fs.Duration("interval", driver.DefaultRotationInterval, "refresh interval")
+		sa         = fs.String("service-account", "default", "service account name the backend sees")
+		tmpfsSize  = quantityFlag{bytes: driver.DefaultTmpfsSize}
+		logs       logFlags
+		backends   backendFlags
 	)
 	fs.Var(&tmpfsSize, "tmpfs-size", "size cap of the tmpfs (a quantity, e.g. 8Mi)")
+	var owner ownerFlags
+	owner.register(fs, "owner of the files")
 	logs.register(fs)
 	backends.register(fs)
 	backends.registerExternal(fs)
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}
-	if *classFile == "" || *target == "" {
-		return fail(stderr, fs, 2, "-class and -target are required (see %s -h)", fs.Name())
+	localAgentDefaults(fs, &backends)
+	if (*classFile == "" && (*kubeconfig == "" || *className == "")) || *target == "" {
+		return fail(stderr, fs, 2, "-target, and -class or -kubeconfig with -class-name, are required (see %s -h)", fs.Name())
+	}
+	files, _, _, err := owner.resolve()
+	if err != nil {
+		return fail(stderr, fs, 2, "%v", err)
 	}
 	log, err := logs.logger(stderr)
 	if err != nil {
 		return fail(stderr, fs, 2, "%v", err)
 	}
-	providers, external, err := backends.resolver(nil, log)
+	restConfig, err := localRESTConfig(*kubeconfig)
+	if err != nil {
+		return fail(stderr, fs, 1, "%v", err)
+	}
+	var classes driver.ClassSource
+	if *classFile == "" {
+		if classes, err = driver.NewAPIClassSource(context.Background(), restConfig); err != nil {
+			return fail(stderr, fs, 1, "%v", err)
+		}
+	}
+	token, err := kubeconfigToken(restConfig)
+	if err != nil {
+		return fail(stderr, fs, 1, "%v", err)
+	}
+	providers, external, err := backends.resolver(restConfig, log)
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
 	}
@@ -53,6 +76,11 @@ func runMount(args []string, stdout, stderr io.Writer) int {
 		ServiceAccount: *sa,
 		Providers:      providers,
 		TmpfsSize:      tmpfsSize.bytes,
+		Owner:          &files,
+		TokenAudience:  backends.kubeAudience,
+		Token:          token,
+		Classes:        classes,
+		Namespace:      *namespace,
 		Logger:         log,
 	})
 	if errors.Is(err, agent.ErrNotRoot) {

@@ -6,8 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os/user"
-	"strconv"
+	"os"
 	"strings"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/agent"
+	"github.com/secretfs/secretfs/provider/azure"
 )
 
 const runSynopsis = `Run a command with the files of a SecretProviderClass on a tmpfs that only it
@@ -32,21 +32,21 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		classFile   = fs.String("class", "", "YAML file with the SecretProviderClass to mount")
 		className   = fs.String("class-name", "", "which class of the file, or the class to read from the API server with -kubeconfig")
 		kubeconfig  = fs.String("kubeconfig", "", "API server (and its token) for the kubernetes backend, and for the class -class-name when there is no -class")
-		namespace   = fs.String("namespace", "default", "namespace of the class (with -kubeconfig) and of the identity the backend sees")
+		namespace   = fs.String("namespace", "default", "namespace of the class read from the API server (-kubeconfig without -class)")
 		target      = fs.String("target", "", "directory the command finds the files in (default /run/secretfs/run-PID); exported as "+agent.TargetEnv)
 		interval    = fs.Duration("interval", 2*time.Minute, "refresh interval")
 		sa          = fs.String("service-account", "default", "service account name the backend sees")
-		uidFlag     = fs.String("uid", "", "run the command as this user (name or number); default root")
-		gidFlag     = fs.String("gid", "", "run the command as this group (name or number), which also owns the files; default the user's primary group")
 		onChange    = fs.String("on-change", "none", "after new files are swapped in: none, restart, or signal:NAME (e.g. signal:HUP)")
 		stopTimeout = fs.Duration("stop-timeout", 10*time.Second, "-on-change restart: SIGKILL the command this long after SIGTERM")
 		envs        envFlag
+		owner       ownerFlags
 		tmpfsSize   = quantityFlag{bytes: 8 << 20}
 		logs        logFlags
 		backends    backendFlags
 	)
 	fs.Var(&envs, "env", "NAME=object: put the content of a file of the volume into the command's environment (repeatable; weaker than files: see the README)")
 	fs.Var(&tmpfsSize, "tmpfs-size", "size cap of the tmpfs (a quantity, e.g. 8Mi)")
+	owner.register(fs, "run the command as this user, who owns the files,")
 	logs.register(fs)
 	backends.register(fs)
 	backends.registerExternal(fs)
@@ -56,6 +56,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		}
 		return fail(stderr, fs, 2, "%v (see %s -h)", err, fs.Name())
 	}
+	localAgentDefaults(fs, &backends)
 	command := fs.Args()
 	switch {
 	case len(command) == 0:
@@ -67,9 +68,12 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, fs, 2, "-on-change: %v", err)
 	}
-	uid, gid, err := lookupIDs(*uidFlag, *gidFlag)
+	files, uid, gid, err := owner.resolve()
 	if err != nil {
 		return fail(stderr, fs, 2, "%v", err)
+	}
+	if gid >= 0 && uid < 0 {
+		return fail(stderr, fs, 2, "-gid needs -uid: the command would keep root's user")
 	}
 	log, err := logs.logger(stderr)
 	if err != nil {
@@ -78,7 +82,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	cfg := agent.RunConfig{
 		ClassFile: *classFile, ClassName: *className, Namespace: *namespace,
 		Target: *target, Interval: *interval, ServiceAccount: *sa, TmpfsSize: tmpfsSize.bytes,
-		UID: uid, GID: gid, Env: envs.vars, OnChange: change, StopTimeout: *stopTimeout,
+		UID: uid, GID: gid, Owner: files, Env: envs.vars, OnChange: change, StopTimeout: *stopTimeout,
 		Command: command, Logger: log,
 	}
 	if cfg.Target == "" {
@@ -100,6 +104,10 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	}
 	defer external.Close()
 	cfg.Providers = providers
+	if cfg.Token, err = kubeconfigToken(restConfig); err != nil {
+		return fail(stderr, fs, 1, "%v", err)
+	}
+	cfg.TokenAudience = backends.kubeAudience
 	code, err := agent.RunCommand(ctx, cfg)
 	if errors.Is(err, agent.ErrNotRoot) {
 		return fail(stderr, fs, 1, "%v: run it with sudo or as root", err)
@@ -133,48 +141,6 @@ func (e *envFlag) Set(s string) error {
 	return nil
 }
 
-// lookupIDs resolves -uid and -gid (names or numbers); -1 means root. A
-// user without -gid runs as its primary group, never as root's group.
-func lookupIDs(uidFlag, gidFlag string) (int, int, error) {
-	uid, gid := -1, -1
-	primary := ""
-	if uidFlag != "" {
-		if n, err := strconv.ParseUint(uidFlag, 10, 31); err == nil {
-			uid = int(n)
-			if u, err := user.LookupId(uidFlag); err == nil {
-				primary = u.Gid
-			}
-		} else {
-			u, err := user.Lookup(uidFlag)
-			if err != nil {
-				return 0, 0, fmt.Errorf("-uid %q: no such user", uidFlag)
-			}
-			uid, _ = strconv.Atoi(u.Uid)
-			primary = u.Gid
-		}
-	}
-	switch {
-	case gidFlag != "":
-		if n, err := strconv.ParseUint(gidFlag, 10, 31); err == nil {
-			gid = int(n)
-		} else {
-			g, err := user.LookupGroup(gidFlag)
-			if err != nil {
-				return 0, 0, fmt.Errorf("-gid %q: no such group", gidFlag)
-			}
-			gid, _ = strconv.Atoi(g.Gid)
-		}
-	case uid >= 0 && primary != "":
-		gid, _ = strconv.Atoi(primary)
-	case uid >= 0:
-		return 0, 0, fmt.Errorf("-uid %s has no entry in the user database: give -gid too", uidFlag)
-	}
-	if gid >= 0 && uid < 0 {
-		return 0, 0, errors.New("-gid needs -uid: the command would keep root's user")
-	}
-	return uid, gid, nil
-}
-
 // localRESTConfig loads the kubeconfig of a local agent; none is fine.
 func localRESTConfig(kubeconfig string) (*rest.Config, error) {
 	if kubeconfig == "" {
@@ -185,4 +151,35 @@ func localRESTConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("-kubeconfig: %v", err)
 	}
 	return cfg, nil
+}
+
+// localAgentDefaults sets what differs for a local agent once its flags are
+// parsed: the VM's managed identity is the host admin's own identity, who
+// runs the agent, so every class may use it unless the flag says otherwise.
+func localAgentDefaults(fs *flag.FlagSet, b *backendFlags) {
+	set := false
+	name := strings.TrimPrefix(azure.ManagedIdentityFlag, "--")
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	if !set {
+		b.azureMINamespaces = "*"
+	}
+}
+
+// kubeconfigToken is the bearer token of a local agent's kubeconfig (inline
+// or from its token file), which the kubernetes backend reads Secrets with.
+// None is fine: other backends need none.
+func kubeconfigToken(cfg *rest.Config) (string, error) {
+	switch {
+	case cfg == nil:
+		return "", nil
+	case cfg.BearerToken != "":
+		return cfg.BearerToken, nil
+	case cfg.BearerTokenFile != "":
+		b, err := os.ReadFile(cfg.BearerTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("-kubeconfig: reading its token file: %v", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return "", nil
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,10 @@ type Config struct {
 	// ClassName picks one).
 	ClassFile string
 	ClassName string
+	// Classes and Namespace: without ClassFile, the class is ClassName in
+	// Namespace of this source (the API server).
+	Classes   class.ClassSource
+	Namespace string
 	// Target is the directory to mount at; its parent is created if needed.
 	Target string
 	// Interval is how often the content is refreshed.
@@ -38,6 +43,14 @@ type Config struct {
 	Providers      func(name string) (provider.Provider, error)
 	TmpfsSize      int64
 	Logger         *slog.Logger
+	// Token, when set, is handed to backends as the identity's token for
+	// TokenAudience, as kubelet hands a pod's token to the driver: the
+	// kubernetes backend reads Secrets with it (a kubeconfig's token).
+	// Memory only.
+	Token         string
+	TokenAudience string
+	// Owner owns the files; nil: driver.LocalOwner (root, 0700/0600).
+	Owner *driver.Owner
 	// Mounted, when set, is called once the first mount succeeded.
 	Mounted func()
 }
@@ -61,7 +74,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.ServiceAccount == "" {
 		cfg.ServiceAccount = "default"
 	}
-	cls, err := pickClass(cfg.ClassFile, cfg.ClassName)
+	cls, classes, err := findClass(ctx, cfg.ClassFile, cfg.ClassName, cfg.Classes, cfg.Namespace)
 	if err != nil {
 		return err
 	}
@@ -72,10 +85,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
 		return err
 	}
+	owner := driver.LocalOwner
+	if cfg.Owner != nil {
+		owner = *cfg.Owner
+	}
 	host, _ := os.Hostname()
 	d, err := driver.New(driver.Config{
 		NodeID:           "local-" + host,
-		Classes:          class.NewFileClassSource(cfg.ClassFile),
+		Classes:          classes,
 		Providers:        cfg.Providers,
 		TmpfsSize:        cfg.TmpfsSize,
 		RotationInterval: cfg.Interval,
@@ -83,6 +100,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// Adopt only this agent's own mount after a restart, never a
 		// kubelet volume or another agent's.
 		RecoverUnder: target,
+		Owner:        &owner,
 	})
 	if err != nil {
 		return err
@@ -90,6 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer d.Close()
 
 	req := publishRequest(cls, target, cfg.ServiceAccount)
+	withToken(req, cfg.TokenAudience, cfg.Token)
 	if _, err := d.NodePublishVolume(ctx, req); err != nil {
 		return fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, target, err)
 	}
@@ -166,4 +185,14 @@ func publishRequest(cls *class.Class, target, serviceAccount string) *csi.NodePu
 			provider.AttrServiceAccount: serviceAccount,
 		},
 	}
+}
+
+// withToken puts token into req's secrets field where kubelet puts the pod's
+// tokens, for audience aud. An empty token adds nothing.
+func withToken(req *csi.NodePublishVolumeRequest, aud, token string) {
+	if token == "" {
+		return
+	}
+	raw, _ := json.Marshal(map[string]map[string]string{aud: {"token": token}})
+	req.Secrets = map[string]string{provider.AttrTokens: string(raw)}
 }

@@ -3,11 +3,14 @@ package agent
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/provider/fake"
@@ -85,8 +88,12 @@ func TestAgentMountsRefreshesAndUnmounts(t *testing.T) {
 	if err := tmpfs.Verify(target); err != nil {
 		t.Fatalf("target is not a tmpfs: %v", err)
 	}
+	// Root's alone by default; the class's filePermission still applies.
+	if fi, err := os.Stat(target); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("target mode %v (%v), want 0700", fi.Mode().Perm(), err)
+	}
 	assertFile(t, filepath.Join(target, "token"), "first", 0o400)
-	assertFile(t, filepath.Join(target, "etc/app.conf"), "a=1", 0o644)
+	assertFile(t, filepath.Join(target, "etc/app.conf"), "a=1", 0o600)
 
 	// Rotate through the fake's data directory; the refresh loop picks it up.
 	tmp := filepath.Join(dataDir, "team-a", ".token")
@@ -186,4 +193,76 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// The files of `secretfs mount` are the owner's alone: another local user
+// can read none of them, the owner all that the class lets it.
+func TestAgentFilesAreTheOwnersAlone(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		name  string
+		owner *driver.Owner
+		who   uint32 // the owner's uid
+	}{
+		{"default root", nil, 0},
+		{"uid 65534", &driver.Owner{UID: 65534, GID: 65534, RootMode: 0o700, FileMode: 0o600}, 65534},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "secretfs-agent-test-") // reachable by all users
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer os.RemoveAll(dir)
+			if err := os.Chmod(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			classFile := filepath.Join(dir, "class.yaml")
+			if err := os.WriteFile(classFile, []byte(testClass), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			target := filepath.Join(dir, "secrets")
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			mounted := make(chan struct{})
+			done := make(chan error, 1)
+			go func() {
+				done <- Run(ctx, Config{
+					ClassFile: classFile, Target: target, Owner: tc.owner,
+					Providers: func(string) (provider.Provider, error) { return fake.New(fake.Options{}), nil },
+					Mounted:   func() { close(mounted) },
+				})
+			}()
+			select {
+			case <-mounted:
+			case err := <-done:
+				t.Fatalf("agent stopped: %v", err)
+			}
+			for _, f := range []string{"etc/app.conf", "token"} {
+				if out, err := catAs(65533, filepath.Join(target, f)); err == nil {
+					t.Errorf("another user read %s: %q", f, out)
+				}
+			}
+			if tc.who != 0 {
+				if out, err := catAs(tc.who, filepath.Join(target, "etc/app.conf")); err != nil || out != "a=1" {
+					t.Errorf("the owner cannot read its file: %q %v", out, err)
+				}
+				// filePermission 0400 still applies, to the owner's file.
+				if out, err := catAs(tc.who, filepath.Join(target, "token")); err != nil || out != "first" {
+					t.Errorf("the owner cannot read the 0400 token: %q %v", out, err)
+				}
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// catAs reads a file as the user uid (group uid, no supplementary groups).
+func catAs(uid uint32, path string) (string, error) {
+	cmd := exec.Command("cat", path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}}
+	out, err := cmd.Output()
+	return string(out), err
 }

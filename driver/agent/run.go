@@ -38,9 +38,12 @@ type RunConfig struct {
 	Providers      func(name string) (provider.Provider, error)
 	TmpfsSize      int64
 	// UID and GID (>= 0) are the user and group the command runs as, with
-	// no supplementary groups. GID also owns the files (the volume's group,
-	// like a pod's fsGroup). Negative: root.
+	// no supplementary groups. Negative: root.
 	UID, GID int
+	// Owner owns the files (default driver.LocalOwner: root, 0700/0600).
+	Owner driver.Owner
+	// Token and TokenAudience: see Config.
+	Token, TokenAudience string
 	// Env puts the content of files into the command's environment at each
 	// start.
 	Env      []EnvVar
@@ -132,11 +135,15 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	}
 	detachOthers(cfg.Target, log)
 
-	cls, classes, err := runClass(ctx, cfg)
+	cls, classes, err := findClass(ctx, cfg.ClassFile, cfg.ClassName, cfg.Classes, cfg.Namespace)
 	if err != nil {
 		return 0, err
 	}
 	hook := newChangeHook()
+	owner := cfg.Owner
+	if owner == (driver.Owner{}) {
+		owner = driver.LocalOwner
+	}
 	host, _ := os.Hostname()
 	d, err := driver.New(driver.Config{
 		Hooks:            []driver.VolumeHook{hook},
@@ -147,15 +154,14 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 		RotationInterval: cfg.Interval,
 		Logger:           log,
 		RecoverUnder:     cfg.Target,
+		Owner:            &owner,
 	})
 	if err != nil {
 		return 0, err
 	}
 	defer d.Close()
 	req := publishRequest(cls, cfg.Target, cfg.ServiceAccount)
-	if cfg.GID >= 0 {
-		req.VolumeCapability.GetMount().VolumeMountGroup = fmt.Sprint(cfg.GID)
-	}
+	withToken(req, cfg.TokenAudience, cfg.Token)
 	if _, err := d.NodePublishVolume(ctx, req); err != nil {
 		return 0, fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, cfg.Target, err)
 	}
@@ -176,28 +182,28 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	return s.run(ctx)
 }
 
-// runClass finds the class to mount and the source the driver reads it
+// findClass finds the class to mount, in file (name picks one of several)
+// or else in classes (the API server), and the source the driver reads it
 // from on every refresh.
-func runClass(ctx context.Context, cfg RunConfig) (*class.Class, class.ClassSource, error) {
-	if cfg.ClassFile != "" {
-		cls, err := pickClass(cfg.ClassFile, cfg.ClassName)
+func findClass(ctx context.Context, file, name string, classes class.ClassSource, ns string) (*class.Class, class.ClassSource, error) {
+	if file != "" {
+		cls, err := pickClass(file, name)
 		if err != nil {
 			return nil, nil, err
 		}
-		return cls, class.NewFileClassSource(cfg.ClassFile), nil
+		return cls, class.NewFileClassSource(file), nil
 	}
-	if cfg.Classes == nil || cfg.ClassName == "" {
+	if classes == nil || name == "" {
 		return nil, nil, errors.New("no class: give a class file, or a class name and an API server")
 	}
-	ns := cfg.Namespace
 	if ns == "" {
 		ns = "default"
 	}
-	cls, err := cfg.Classes.Get(ctx, ns, cfg.ClassName)
+	cls, err := classes.Get(ctx, ns, name)
 	if err != nil {
-		return nil, nil, fmt.Errorf("class %s/%s: %w", ns, cfg.ClassName, err)
+		return nil, nil, fmt.Errorf("class %s/%s: %w", ns, name, err)
 	}
-	return cls, cfg.Classes, nil
+	return cls, classes, nil
 }
 
 // detachOthers removes from this namespace the copies of every other

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/provider/fake"
 )
@@ -53,9 +54,13 @@ func runHelper(raw string) int {
 		return 2
 	}
 	backend := fake.New(fake.Options{DataDir: hc.DataDir})
+	owner := driver.LocalOwner
+	if hc.UID >= 0 {
+		owner.UID, owner.GID = hc.UID, hc.GID
+	}
 	code, err := RunCommand(context.Background(), RunConfig{
 		ClassFile: hc.ClassFile, Target: hc.Target, Interval: hc.Interval,
-		UID: hc.UID, GID: hc.GID, Env: hc.Env, OnChange: oc, Command: hc.Command,
+		UID: hc.UID, GID: hc.GID, Owner: owner, Env: hc.Env, OnChange: oc, Command: hc.Command,
 		StopTimeout: 5 * time.Second,
 		Providers:   func(string) (provider.Provider, error) { return backend, nil },
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
