@@ -123,7 +123,7 @@ func (p *Plan) parseOwn(params map[string]string) error {
 		var err error
 		switch k {
 		case ParamTemplates:
-			p.templates, err = parseTemplates(v)
+			p.templates, err = memo.get(v)
 		case ParamHideObjects:
 			p.hideObjects, err = strconv.ParseBool(strings.TrimSpace(v))
 			if err != nil {

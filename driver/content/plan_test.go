@@ -254,3 +254,32 @@ func TestRenderHideObjects(t *testing.T) {
 		t.Errorf("template over an object's path: %v", err)
 	}
 }
+
+// One class's parsed templates serve concurrent volumes.
+func TestRenderConcurrent(t *testing.T) {
+	params := map[string]string{"objects": "- objectName: a\n", ParamTemplates: "- path: t\n  template: \"{{ range 3 }}{{ $.a | base64 }}{{ end }}\"\n"}
+	p1, err := Parse(params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, _ := Parse(params)
+	if p1.templates[0] != p2.templates[0] {
+		t.Error("the same templates were parsed twice")
+	}
+	done := make(chan error)
+	for i := range 8 {
+		go func() {
+			v := strings.Repeat("x", i)
+			out, err := p1.Render(&provider.Result{Files: []provider.File{{Path: "a", Contents: []byte(v)}}}, 1<<20, 0o644)
+			if err == nil && len(out.Files) != 2 {
+				err = context.Canceled
+			}
+			done <- err
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
