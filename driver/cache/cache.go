@@ -30,6 +30,7 @@ const (
 	Miss      Outcome = iota // this call went to the backend
 	Hit                      // served from a fresh entry
 	Collapsed                // waited for another caller's backend call
+	Stale                    // the backend failed; served the last good result (Policy.ServeStale)
 )
 
 func (o Outcome) String() string {
@@ -38,6 +39,8 @@ func (o Outcome) String() string {
 		return "hit"
 	case Collapsed:
 		return "collapsed"
+	case Stale:
+		return "stale"
 	}
 	return "miss"
 }
@@ -119,6 +122,34 @@ type Fetch func(ctx context.Context) (*provider.Result, error)
 // result's age. Errors are never cached. A caller whose ctx ends stops
 // waiting; the backend call goes on while another caller waits for it.
 func (c *Cache) Get(ctx context.Context, user string, key Key, fetch Fetch) (*provider.Result, time.Time, Outcome, error) {
+	return c.GetWith(ctx, user, key, Policy{}, fetch)
+}
+
+// Policy is how one Get may be served. Every Get of a key should pass the
+// same MaxAge and StaleIfError: both come from what the key is made of
+// (the class's parameters).
+type Policy struct {
+	// MaxAge replaces Options.MaxAge for this Get when positive (a class's
+	// own rotation interval).
+	MaxAge time.Duration
+	// StaleIfError keeps an expired result, up to this age, instead of
+	// wiping it at once, so that ServeStale can fall back on it.
+	StaleIfError time.Duration
+	// ServeStale: when the backend call fails Unavailable or
+	// DeadlineExceeded (the backend is down, not a refusal), return the
+	// kept result if it is at most StaleIfError old, with Outcome Stale and
+	// the failure as the error. Keys include the identity, so only the same
+	// identity ever gets it.
+	ServeStale bool
+}
+
+// GetWith is Get under pol. With Outcome Stale it returns both the last
+// good result and the backend's error; otherwise a result or an error.
+func (c *Cache) GetWith(ctx context.Context, user string, key Key, pol Policy, fetch Fetch) (*provider.Result, time.Time, Outcome, error) {
+	maxAge := c.maxAge
+	if pol.MaxAge > 0 {
+		maxAge = pol.MaxAge
+	}
 	c.mu.Lock()
 	e := c.entries[key]
 	if e == nil {
@@ -126,13 +157,18 @@ func (c *Cache) Get(ctx context.Context, user string, key Key, fetch Fetch) (*pr
 		c.entries[key] = e
 	}
 	if d := e.data; d != nil {
-		if c.now().Sub(d.started) < c.maxAge {
+		age := c.now().Sub(d.started)
+		if age < maxAge {
 			c.hold(user, key, e)
 			d.readers++
 			c.mu.Unlock()
 			return c.copyOut(d), d.started, Hit, nil
 		}
-		c.detach(e) // expired: nobody may be served it any more
+		if age > pol.StaleIfError {
+			c.detach(e) // expired: nobody may be served it any more
+		}
+		// else kept (never as a Hit) until a new result replaces it, the
+		// last holder lets go, or it is too old for StaleIfError.
 	}
 	outcome := Collapsed
 	f := e.flight
@@ -167,11 +203,35 @@ func (c *Cache) Get(ctx context.Context, user string, key Key, fetch Fetch) (*pr
 		}
 	}
 	if f.err != nil {
+		if res, at, ok := c.stale(user, key, e, pol, f.err); ok {
+			return res, at, Stale, f.err
+		}
 		return nil, time.Time{}, outcome, f.err
 	}
 	// finish made us a holder of key and a reader of f.data.
 	res := c.copyOut(f.data)
 	return res, f.data.started, outcome, nil
+}
+
+// stale serves the result e keeps for StaleIfError after a backend failure
+// that says the backend is down.
+func (c *Cache) stale(user string, key Key, e *entry, pol Policy, err error) (*provider.Result, time.Time, bool) {
+	if !pol.ServeStale || pol.StaleIfError <= 0 {
+		return nil, time.Time{}, false
+	}
+	if code := provider.CodeOf(err); code != codes.Unavailable && code != codes.DeadlineExceeded {
+		return nil, time.Time{}, false
+	}
+	c.mu.Lock()
+	d := e.data
+	if d == nil || c.entries[key] != e || c.now().Sub(d.started) > pol.StaleIfError {
+		c.mu.Unlock()
+		return nil, time.Time{}, false
+	}
+	c.hold(user, key, e)
+	d.readers++
+	c.mu.Unlock()
+	return c.copyOut(d), d.started, true
 }
 
 // startFlight starts the backend call for key. Its context keeps the

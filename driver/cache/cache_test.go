@@ -296,3 +296,75 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A class's own interval is the entry's max age for its Gets.
+func TestPolicyMaxAge(t *testing.T) {
+	c, clk := newTestCache()
+	b := &backend{}
+	ctx := context.Background()
+	pol := Policy{MaxAge: 10 * time.Second}
+	c.GetWith(ctx, "v1", key("web"), pol, b.fetch)
+	clk.add(9 * time.Second)
+	if _, _, out, _ := c.GetWith(ctx, "v2", key("web"), pol, b.fetch); out != Hit {
+		t.Fatalf("young entry: %v", out)
+	}
+	clk.add(time.Second)
+	if _, _, out, _ := c.GetWith(ctx, "v2", key("web"), pol, b.fetch); out != Miss {
+		t.Fatalf("entry older than the class's interval served: %v", out)
+	}
+}
+
+// Stale-if-error: a new volume of the same key gets the last good result
+// when the backend is down, within the age bound, never on a refusal and
+// never without ServeStale; it is wiped with the last holder as always.
+func TestStaleIfError(t *testing.T) {
+	c, clk := newTestCache()
+	b := &backend{}
+	ctx := context.Background()
+	keep := Policy{StaleIfError: 5 * time.Minute}
+	serve := keep
+	serve.ServeStale = true
+	if _, _, _, err := c.GetWith(ctx, "v1", key("web"), keep, b.fetch); err != nil {
+		t.Fatal(err)
+	}
+	clk.add(2 * time.Minute) // expired (MaxAge 1m), within 5m
+	b.err = provider.Unavailable("vault down")
+	// A refresh of a mounted volume (no ServeStale) just fails.
+	if res, _, out, err := c.GetWith(ctx, "v1", key("web"), keep, b.fetch); res != nil || out == Stale || err == nil {
+		t.Fatalf("refresh without ServeStale: %v %v %v", res, out, err)
+	}
+	if b.wiped(0) {
+		t.Fatal("the kept result was wiped by a failed refresh")
+	}
+	res, at, out, err := c.GetWith(ctx, "new", key("web"), serve, b.fetch)
+	if out != Stale || res == nil || string(res.Files[0].Contents) != "secret-a" || provider.CodeOf(err).String() != "Unavailable" {
+		t.Fatalf("new pod: %v %v %v", res, out, err)
+	}
+	if got := clk.now().Sub(at); got != 2*time.Minute {
+		t.Fatalf("stale age %v", got)
+	}
+	// Another identity never sees it.
+	if res, _, out, _ := c.GetWith(ctx, "other", key("api"), serve, b.fetch); res != nil || out == Stale {
+		t.Fatalf("another identity was served %v", out)
+	}
+	// A refusal is not "down": no stale content.
+	b.err = provider.PermissionDenied("revoked")
+	if res, _, out, _ := c.GetWith(ctx, "new2", key("web"), serve, b.fetch); res != nil || out == Stale {
+		t.Fatalf("served stale content after PermissionDenied: %v", out)
+	}
+	// Too old.
+	b.err = provider.Unavailable("vault down")
+	clk.add(4 * time.Minute)
+	if res, _, out, _ := c.GetWith(ctx, "new3", key("web"), serve, b.fetch); res != nil || out == Stale {
+		t.Fatalf("served content older than StaleIfError: %v", out)
+	}
+	if !b.wiped(0) {
+		t.Fatal("content older than StaleIfError is still kept")
+	}
+	for _, u := range []string{"v1", "new", "other", "new2", "new3"} {
+		c.Release(u)
+	}
+	if s := c.Stats(); s != (Stats{}) {
+		t.Fatalf("stats after all released: %+v", s)
+	}
+}
