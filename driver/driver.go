@@ -55,7 +55,14 @@ type Config struct {
 	// and the new generation both fit while a rotation swaps them.
 	TmpfsSize        int64
 	RotationInterval time.Duration // default 2m
-	Logger           *slog.Logger  // default slog.Default()
+	// MinRotationInterval and MaxRotationInterval bound a class's own
+	// interval (secretfs.dev/rotationInterval); defaults 10s and 24h.
+	MinRotationInterval, MaxRotationInterval time.Duration
+	// MaxStaleIfError bounds a class's secretfs.dev/staleIfError: the oldest
+	// cached content a new volume may get when its backend is down.
+	// Default 1h; negative: never.
+	MaxStaleIfError time.Duration
+	Logger          *slog.Logger // default slog.Default()
 	// Registerer receives the driver's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// RecoverUnder limits restart recovery to secretfs mounts below this
@@ -146,6 +153,9 @@ type Driver struct {
 	hooks        []VolumeHook
 	owner        *Owner // nil: Kubernetes ownership
 
+	// Bounds of a class's own settings (content.go).
+	minInterval, maxInterval, maxStale time.Duration
+
 	// cache shares backend results between volumes of one identity; nil
 	// when disabled. keyer derives its keys.
 	cache *cache.Cache
@@ -195,6 +205,18 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.RotationInterval < 0 {
 		return nil, fmt.Errorf("driver: RotationInterval %v is negative", cfg.RotationInterval)
 	}
+	if cfg.MinRotationInterval == 0 {
+		cfg.MinRotationInterval = DefaultMinRotationInterval
+	}
+	if cfg.MaxRotationInterval == 0 {
+		cfg.MaxRotationInterval = DefaultMaxRotationInterval
+	}
+	if cfg.MinRotationInterval < 0 || cfg.MaxRotationInterval < cfg.MinRotationInterval {
+		return nil, fmt.Errorf("driver: rotation interval bounds [%v, %v] are not a range", cfg.MinRotationInterval, cfg.MaxRotationInterval)
+	}
+	if cfg.MaxStaleIfError == 0 {
+		cfg.MaxStaleIfError = DefaultMaxStaleIfError
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -233,6 +255,9 @@ func New(cfg Config) (*Driver, error) {
 		mountBytes:   2*cfg.TmpfsSize + 64<<10,
 		recoverUnder: cfg.RecoverUnder,
 		rotation:     newRotation(cfg.RotationInterval),
+		minInterval:  cfg.MinRotationInterval,
+		maxInterval:  cfg.MaxRotationInterval,
+		maxStale:     max(cfg.MaxStaleIfError, 0),
 		log:          cfg.Logger,
 		metrics:      m,
 		events:       cfg.Events,

@@ -14,6 +14,7 @@ import (
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/content"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -61,9 +62,11 @@ type VolumeHook interface {
 //
 //  1. look the class up, only in the pod's namespace;
 //  2. build the backend request: identity from kubelet (base), parameters
-//     from the class only, the versions mounted now;
+//     from the class only (less the driver's own settings, see content.go),
+//     the versions mounted now;
 //  3. fetch, through the node cache under the volume's identity;
-//  4. check the file set: paths, modes, count, directories, depth, size
+//  4. shape the content (key paths, templates, optional objects), then
+//     check the file set: paths, modes, count, directories, depth, size
 //     cap; and make room in the node budget (on a refresh only once the
 //     writer knows the content changed);
 //  5. on a first publish, mount the tmpfs (after every check, so a refused
@@ -83,17 +86,27 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		return false, err
 	}
 	// 2.
-	v.cls, v.provider = cls, cls.Provider
-	req := withClass(base, cls, v.versions)
+	plan, err := d.plan(cls)
+	if err != nil {
+		return false, err
+	}
+	v.cls, v.provider, v.interval = cls, cls.Provider, d.classInterval(plan)
+	req := withClass(base, plan.Parameters(cls.Parameters), v.versions)
 	req.Limits = provider.Limits{MaxBytes: d.capBytes, MaxFiles: d.limits.maxFiles}
 	req.DefaultMode = d.defaultFileMode()
 	// 3.
-	res, fetched, err := d.fetch(ctx, v, req)
+	res, fetched, err := d.fetch(ctx, v, req, cls, plan)
 	if err != nil {
 		return false, err
 	}
 	defer res.Wipe()
 	// 4.
+	if plan != nil {
+		if res, err = d.shape(v, plan, req, res); err != nil {
+			return false, err
+		}
+		defer res.Wipe() // the rendered files; the fetched ones are wiped above
+	}
 	files, need, err := d.checkFiles(v, req, res)
 	if err != nil {
 		return false, err
@@ -193,11 +206,11 @@ func request(v *volume, in *publishInput) *provider.Request {
 	}
 }
 
-// withClass returns a copy of base with the class's parameters and the
-// volume's current versions.
-func withClass(base *provider.Request, cls *class.Class, current []provider.ObjectVersion) *provider.Request {
+// withClass returns a copy of base with the class's provider parameters
+// and the volume's current versions.
+func withClass(base *provider.Request, params map[string]string, current []provider.ObjectVersion) *provider.Request {
 	req := *base
-	req.Parameters = maps.Clone(cls.Parameters)
+	req.Parameters = maps.Clone(params)
 	if req.Parameters == nil {
 		req.Parameters = map[string]string{}
 	}
@@ -212,7 +225,7 @@ func withClass(base *provider.Request, cls *class.Class, current []provider.Obje
 // fetches under another identity. It returns when the backend call behind
 // the result started: the age of the content. The result is the caller's
 // own: wipe it when done.
-func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request) (*provider.Result, time.Time, error) {
+func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request, cls *class.Class, plan *content.Plan) (*provider.Result, time.Time, error) {
 	p, err := d.providerFor(v)
 	if err != nil {
 		return nil, time.Time{}, err
@@ -221,18 +234,29 @@ func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request) (*
 		res *provider.Result
 		at  time.Time
 	)
-	if d.cache == nil {
-		at = time.Now()
-		res, err = d.backend(ctx, p, v.provider, req)
-	} else {
-		key := d.keyer.Key(cache.Identity{
-			Provider: v.provider, Namespace: req.Pod.Namespace, ServiceAccount: req.Pod.ServiceAccount,
-			Tokens: req.Tokens, Secrets: req.Secrets, Parameters: req.Parameters,
-		})
-		var outcome cache.Outcome
-		res, at, outcome, err = d.cache.Get(ctx, v.id, key, func(ctx context.Context) (*provider.Result, error) {
+	fetch := func(ctx context.Context) (*provider.Result, error) {
+		if plan == nil {
+			return d.backend(ctx, p, v.provider, req)
+		}
+		return plan.Fetch(ctx, req, int(d.capBytes), func(ctx context.Context, req *provider.Request) (*provider.Result, error) {
 			return d.backend(ctx, p, v.provider, req)
 		})
+	}
+	if d.cache == nil {
+		at = time.Now()
+		res, err = fetch(ctx)
+	} else {
+		pol := d.cachePolicy(v, plan)
+		key := d.keyer.Key(cache.Identity{
+			Provider: v.provider, Namespace: req.Pod.Namespace, ServiceAccount: req.Pod.ServiceAccount,
+			Tokens: req.Tokens, Secrets: req.Secrets, Parameters: keyParameters(cls, pol),
+		})
+		var outcome cache.Outcome
+		res, at, outcome, err = d.cache.GetWith(ctx, v.id, key, pol, fetch)
+		if outcome == cache.Stale {
+			d.servedStale(ctx, v, at, err)
+			err = nil
+		}
 		d.metrics.cacheGets[outcome].Inc()
 		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
 	}

@@ -24,7 +24,7 @@ type metrics struct {
 	watches  *prometheus.CounterVec   // result
 
 	cache        *prometheus.CounterVec // result
-	cacheGets    [3]prometheus.Counter  // by cache.Outcome
+	cacheGets    [4]prometheus.Counter  // by cache.Outcome
 	cacheEntries prometheus.Gauge
 	budgetUsed   prometheus.Gauge // bytes the node's volumes hold (driver/budget)
 
@@ -74,7 +74,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"result"}),
 		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "cache_requests_total",
-			Help: "Node cache lookups by result: hit (fresh entry), miss (went to the backend), collapsed (joined a backend request in flight).",
+			Help: "Node cache lookups by result: hit (fresh entry), miss (went to the backend), collapsed (joined a backend request in flight), stale (the backend was down; a new volume got the last good result, staleIfError).",
 		}, []string{"result"}),
 		cacheEntries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "secretfs", Name: "cache_entries",
@@ -149,7 +149,7 @@ func (m *metrics) observe(op string, start time.Time, err error) {
 
 // curry resolves the label values of hot counters once.
 func (m *metrics) curry() {
-	for _, o := range []cache.Outcome{cache.Miss, cache.Hit, cache.Collapsed} {
+	for _, o := range []cache.Outcome{cache.Miss, cache.Hit, cache.Collapsed, cache.Stale} {
 		m.cacheGets[o] = m.cache.WithLabelValues(o.String())
 	}
 }

@@ -34,18 +34,29 @@ func newRotation(interval time.Duration) rotation {
 // next one waits a quarter interval, so a broken backend is not hammered by
 // every republish.
 func (r rotation) due(v *volume, now time.Time) bool {
-	return now.Sub(v.lastFetch) >= r.interval && now.Sub(v.lastTry) >= r.interval/4
+	iv := r.every(v)
+	return now.Sub(v.lastFetch) >= iv && now.Sub(v.lastTry) >= iv/4
+}
+
+// every is v's interval: its class's own (secretfs.dev/rotationInterval,
+// clamped to the driver's bounds) or the driver's.
+func (r rotation) every(v *volume) time.Duration {
+	if v.interval > 0 {
+		return v.interval
+	}
+	return r.interval
 }
 
 // failureEventDue reports whether a failed refresh is reported on the pod:
 // at most once per volume and interval.
 func (r rotation) failureEventDue(v *volume, now time.Time) bool {
-	return v.lastFailEvent.IsZero() || now.Sub(v.lastFailEvent) >= r.interval
+	return v.lastFailEvent.IsZero() || now.Sub(v.lastFailEvent) >= r.every(v)
 }
 
 // cacheMaxAge is how long the node cache serves an answer: one interval
 // from the backend call that produced it, so no volume's content is ever
-// older than the interval after a refresh.
+// older than the interval after a refresh. A class with its own interval
+// passes it with each cache Get (cachePolicy).
 func (r rotation) cacheMaxAge() time.Duration { return r.interval }
 
 // RepublishPeriod is how often a caller without kubelet (the local agent)

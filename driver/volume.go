@@ -34,6 +34,12 @@ type volume struct {
 	// files and bytes count the content last written (status only).
 	files int
 	bytes int64
+	// interval is the class's own rotation interval (clamped); 0: the
+	// driver's.
+	interval time.Duration
+	// omitted are the optional objects last reported missing, in memory
+	// only.
+	omitted []string
 	// mounted: the tmpfs at target is this volume's (recovered, or mounted
 	// by apply).
 	mounted bool
@@ -68,6 +74,15 @@ type metadata struct {
 	GID       int                      `json:"gid"`
 	LastFetch time.Time                `json:"lastFetch"`
 	Versions  []provider.ObjectVersion `json:"versions,omitempty"`
+	// RotationInterval is the class's own interval in force, if it set one.
+	RotationInterval string `json:"rotationInterval,omitempty"`
+}
+
+func (v *volume) intervalText() string {
+	if v.interval == 0 {
+		return ""
+	}
+	return v.interval.String()
 }
 
 // saveMetadata writes the metadata file atomically (temp file + rename),
@@ -75,7 +90,7 @@ type metadata struct {
 func (v *volume) saveMetadata() error {
 	data, err := json.Marshal(metadata{
 		Version: 1, VolumeID: v.id, Target: v.target, Pod: v.pod, Class: v.class,
-		Provider: v.provider, GID: v.gid, LastFetch: v.lastFetch.UTC(), Versions: v.versions,
+		Provider: v.provider, GID: v.gid, LastFetch: v.lastFetch.UTC(), Versions: v.versions, RotationInterval: v.intervalText(),
 	})
 	if err != nil {
 		return err
@@ -111,9 +126,11 @@ func loadVolume(target string) (*volume, error) {
 	if m.Version != 1 || validateVolumeID(m.VolumeID) != nil {
 		return nil, fmt.Errorf("volume metadata has version %d / an invalid volume id", m.Version)
 	}
+	interval, _ := time.ParseDuration(m.RotationInterval) // "" or bad: the driver's until the next refresh
 	return &volume{
 		id: m.VolumeID, target: target, pod: m.Pod, class: m.Class, provider: m.Provider,
 		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions, mounted: true,
+		interval: max(interval, 0),
 	}, nil
 }
 

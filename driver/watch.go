@@ -44,7 +44,13 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 			d.metrics.watches.WithLabelValues("failed").Inc()
 			return
 		}
-		req = withClass(req, cls, v.versions)
+		plan, err := d.plan(cls)
+		if err != nil {
+			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
+			d.metrics.watches.WithLabelValues("failed").Inc()
+			return
+		}
+		req = withClass(req, plan.Parameters(cls.Parameters), v.versions)
 		v.req = req
 	}
 	kick := make(chan struct{}, 1)

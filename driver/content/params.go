@@ -87,7 +87,8 @@ type object struct {
 func (o *object) special() bool { return o.optional || o.keyPath != nil }
 
 // Parse reads a class's parameters. A class that uses none of this package
-// gets a Plan whose Parameters are the class's own map.
+// gets a nil Plan (every method of which is fine to call): its parameters
+// go to the provider as they are, and nothing is allocated.
 func Parse(params map[string]string) (*Plan, error) {
 	p := &Plan{params: params}
 	own := false
@@ -105,6 +106,9 @@ func Parse(params map[string]string) (*Plan, error) {
 	}
 	if err := p.parseObjects(); err != nil {
 		return nil, err
+	}
+	if !own && p.objects == nil {
+		return nil, nil // nothing of ours: the provider gets params as they are
 	}
 	return p, nil
 }
@@ -351,10 +355,11 @@ func encodeObjects(objs []object, array bool, keep func(*object) bool) string {
 }
 
 // Parameters are what the provider gets: the class's parameters without
-// this package's, objects without optional and keyPath. Do not modify.
-func (p *Plan) Parameters() map[string]string {
+// this package's, objects without optional and keyPath; for a nil Plan,
+// params (the class's, as given to Parse). Do not modify.
+func (p *Plan) Parameters(params map[string]string) map[string]string {
 	if p == nil {
-		return nil
+		return params
 	}
 	return p.params
 }
