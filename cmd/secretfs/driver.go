@@ -33,6 +33,9 @@ type driverFlags struct {
 	kubeconfig     string
 	classDir       string
 	rotation       time.Duration
+	minRotation    time.Duration
+	maxRotation    time.Duration
+	maxStale       time.Duration
 	healthAddr     string
 	metricsAddr    string
 	regDir         string
@@ -56,6 +59,9 @@ func (f *driverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for reading SecretProviderClasses (in-cluster config when empty)")
 	fs.StringVar(&f.classDir, "class-dir", "", "read SecretProviderClass YAML files from this directory instead of the API")
 	fs.DurationVar(&f.rotation, "rotation-interval", driver.DefaultRotationInterval, "refresh a volume on republish when its last fetch is older than this")
+	fs.DurationVar(&f.minRotation, "min-rotation-interval", driver.DefaultMinRotationInterval, "lowest rotation interval a class may set for itself (secretfs.dev/rotationInterval); lower values are raised to it")
+	fs.DurationVar(&f.maxRotation, "max-rotation-interval", driver.DefaultMaxRotationInterval, "highest rotation interval a class may set for itself; higher values are lowered to it")
+	fs.DurationVar(&f.maxStale, "max-stale-if-error", driver.DefaultMaxStaleIfError, "oldest node-cache content a class's secretfs.dev/staleIfError may give a new pod when its backend is down (0: never)")
 	fs.StringVar(&f.healthAddr, "health-addr", defaultHealthAddr, "address for /healthz (empty: off); loopback, for the exec probe `secretfs probe`")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9809", "address for /metrics (empty: off); the manifests set the pod's own IP, so a scraper reaches it and nothing else listens")
 	fs.StringVar(&f.regDir, "registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
@@ -151,22 +157,25 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	}
 	defer closeHooks()
 	d, err := driver.New(driver.Config{
-		DriverName:       f.driverName,
-		NodeID:           f.nodeID,
-		Classes:          classes,
-		Providers:        providers,
-		TmpfsSize:        f.tmpfsSize.bytes,
-		RotationInterval: f.rotation,
-		Logger:           log,
-		Registerer:       registry,
-		RecoverUnder:     f.kubeletDir,
-		MaxFiles:         f.limits.maxFiles,
-		MaxDirs:          f.limits.maxDirs,
-		MaxDepth:         f.limits.maxDepth,
-		NodeBudget:       nodeBudget,
-		DisableCache:     !f.cache,
-		Events:           events,
-		Hooks:            hooks,
+		DriverName:          f.driverName,
+		NodeID:              f.nodeID,
+		Classes:             classes,
+		Providers:           providers,
+		TmpfsSize:           f.tmpfsSize.bytes,
+		RotationInterval:    f.rotation,
+		MinRotationInterval: f.minRotation,
+		MaxRotationInterval: f.maxRotation,
+		MaxStaleIfError:     staleBound(f.maxStale),
+		Logger:              log,
+		Registerer:          registry,
+		RecoverUnder:        f.kubeletDir,
+		MaxFiles:            f.limits.maxFiles,
+		MaxDirs:             f.limits.maxDirs,
+		MaxDepth:            f.limits.maxDepth,
+		NodeBudget:          nodeBudget,
+		DisableCache:        !f.cache,
+		Events:              events,
+		Hooks:               hooks,
 	})
 	if err != nil {
 		return fail(1, "%v", err)
@@ -247,4 +256,13 @@ func serveHTTP(ctx context.Context, addr string, handler http.Handler, log *slog
 		return err
 	}
 	return nil
+}
+
+// staleBound maps the -max-stale-if-error flag (0: off) to
+// Config.MaxStaleIfError (0: the default, negative: off).
+func staleBound(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }
