@@ -47,8 +47,9 @@ func reportLatency(b *testing.B, name string, samples []time.Duration) {
 // BenchmarkNodePublish publishes (first publish: fetch, mount, write) and
 // unpublishes volumes of a 5-object class over the real socket, one at a
 // time, and reports publish and unpublish latency percentiles.
-func BenchmarkNodePublish(b *testing.B) {
-	e := newBenchEnv(b)
+func BenchmarkNodePublish(b *testing.B) { benchmarkNodePublish(b, newBenchEnv(b)) }
+
+func benchmarkNodePublish(b *testing.B, e *env) {
 	pub := make([]time.Duration, 0, b.N)
 	unpub := make([]time.Duration, 0, b.N)
 	ctx := context.Background()
@@ -69,6 +70,41 @@ func BenchmarkNodePublish(b *testing.B) {
 	b.StopTimer()
 	reportLatency(b, "publish", pub)
 	reportLatency(b, "unpublish", unpub)
+}
+
+// BenchmarkObjects10NodePublish is BenchmarkNodePublish for a class of 10
+// objects of 64 bytes: the baseline for BenchmarkTemplate10NodePublish.
+func BenchmarkObjects10NodePublish(b *testing.B) {
+	e := newBenchEnv(b)
+	e.classes["team-a/app"].Parameters["objects"] = "o0,o1,o2,o3,o4,o5,o6,o7,o8,o9"
+	benchmarkNodePublish(b, e)
+}
+
+// BenchmarkTemplate10NodePublish is BenchmarkNodePublish for a class of 10
+// objects of 64 bytes rendered into one templated file (the objects
+// hidden): the cost of templates on the publish path.
+func BenchmarkTemplate10NodePublish(b *testing.B) {
+	e := newBenchEnv(b)
+	var names, tmpl []string
+	for i := range 10 {
+		names = append(names, fmt.Sprintf("o%d", i))
+		tmpl = append(tmpl, fmt.Sprintf("O%d={{ .o%d | quote }}", i, i))
+	}
+	e.classes["team-a/app"].Parameters = map[string]string{
+		"objects": strings.Join(names, ","), "value": strings.Repeat("s", 56),
+		"secretfs.dev/templates":   "- path: app.env\n  template: |\n    " + strings.Join(tmpl, "\n    ") + "\n",
+		"secretfs.dev/hideObjects": "true",
+	}
+	if err := e.publish("check", e.target("check")); err != nil {
+		b.Fatal(err)
+	}
+	if got := readFile(b, e.target("check")+"/app.env"); !strings.HasPrefix(got, `O0="o0=`) {
+		b.Fatalf("app.env = %q", got)
+	}
+	if err := e.unpublish("check", e.target("check")); err != nil {
+		b.Fatal(err)
+	}
+	benchmarkNodePublish(b, e)
 }
 
 // BenchmarkNodePublishParallel is the same at concurrency 50 (the load the
