@@ -161,7 +161,20 @@ start etcd "$BIN/etcd" --name default --data-dir "$W/etcd" \
 	--initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
 wait_for etcd 30 "$BIN/etcdctl" --endpoints "127.0.0.1:$ETCD_PORT" endpoint health
 
+# Audit reads of Secrets (who read which, with what result), so the e2e
+# tests can show whose token the driver used; nothing else is logged.
+cat >"$W/audit-policy.yaml" <<'EOF_AUDIT'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [get, watch]
+    resources: [{group: "", resources: [secrets]}]
+  - level: None
+EOF_AUDIT
 start kube-apiserver "$BIN/kube-apiserver" \
+	--audit-policy-file "$W/audit-policy.yaml" --audit-log-path "$W/audit.log" \
 	--etcd-servers "http://127.0.0.1:$ETCD_PORT" \
 	--bind-address 127.0.0.1 --secure-port "$APISERVER_PORT" --advertise-address 127.0.0.1 \
 	--endpoint-reconciler-type none \
