@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -52,6 +53,10 @@ type requestLog struct {
 	gets        int
 	watches     int
 	watchTokens []string
+	// GETs whose response body is not closed yet, the most at once, and
+	// the bytes read from the network by the provider's client.
+	inFlight, maxInFlight int
+	bodyBytes             int64
 }
 
 func (l *requestLog) wrap(next http.RoundTripper) http.RoundTripper {
@@ -60,12 +65,48 @@ func (l *requestLog) wrap(next http.RoundTripper) http.RoundTripper {
 		if req.URL.Query().Get("watch") == "true" {
 			l.watches++
 			l.watchTokens = append(l.watchTokens, strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer "))
-		} else {
-			l.gets++
+			l.mu.Unlock()
+			return next.RoundTrip(req)
 		}
+		l.gets++
+		l.inFlight++
+		l.maxInFlight = max(l.maxInFlight, l.inFlight)
 		l.mu.Unlock()
-		return next.RoundTrip(req)
+		resp, err := next.RoundTrip(req)
+		if err != nil || resp.Body == nil {
+			l.mu.Lock()
+			l.inFlight--
+			l.mu.Unlock()
+			return resp, err
+		}
+		resp.Body = &countingBody{ReadCloser: resp.Body, l: l}
+		return resp, nil
 	})
+}
+
+// countingBody counts what is read and ends the GET's flight on Close.
+type countingBody struct {
+	io.ReadCloser
+	l    *requestLog
+	done bool
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.l.mu.Lock()
+	b.l.bodyBytes += int64(n)
+	b.l.mu.Unlock()
+	return n, err
+}
+
+func (b *countingBody) Close() error {
+	b.l.mu.Lock()
+	if !b.done {
+		b.done = true
+		b.l.inFlight--
+	}
+	b.l.mu.Unlock()
+	return b.ReadCloser.Close()
 }
 
 func (l *requestLog) counts() (gets, watches int) {
