@@ -59,6 +59,8 @@ type config struct {
 	rateLimit   float64
 	rotation    time.Duration
 	modes       []bool // cache on/off
+	syncModes   []bool // --sync-secrets off/on
+	kubeconfig  string // of the API server the sync writes to (sync.go)
 	binary      string
 	timeout     time.Duration
 	keepLogs    bool
@@ -75,6 +77,8 @@ func main() {
 	flag.Float64Var(&cfg.rateLimit, "rate-limit", 80, "fake backend requests per second before it answers \"throttled (429)\" (class parameter rateLimit; 0: none). One request reads all objects of a volume, so 80 with 5 objects is Key Vault's 4,000 GETs per 10 s")
 	flag.DurationVar(&cfg.rotation, "rotation-interval", 3*time.Second, "driver --rotation-interval; the rotation pass republishes after it")
 	flag.StringVar(&modes, "cache", "on,off", "driver --cache settings to run, comma-separated")
+	var syncModes string
+	flag.StringVar(&syncModes, "sync", "off", "driver --sync-secrets settings to run, comma-separated (on: a real kube-apiserver + etcd from test/kubeapi receives the Secrets)")
 	flag.StringVar(&cfg.binary, "secretfs", "", "secretfs binary to test (default: build ./cmd/secretfs)")
 	flag.DurationVar(&cfg.timeout, "timeout", 5*time.Minute, "give up after this long")
 	flag.BoolVar(&cfg.keepLogs, "print-logs", false, "print the driver logs after each run")
@@ -89,6 +93,11 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: -cache takes on and/or off, not %q\n", m)
 			os.Exit(2)
 		}
+	}
+	var err error
+	if cfg.syncModes, err = parseModes(syncModes); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: -sync: %v\n", err)
+		os.Exit(2)
 	}
 	if cfg.volumes < 1 || cfg.objects < 1 || cfg.concurrency < 1 || cfg.volumes > 20000 || cfg.objects > 100 {
 		fmt.Fprintln(os.Stderr, "bench: -volumes 1..20000, -objects 1..100, -concurrency >= 1")
@@ -113,6 +122,9 @@ type result struct {
 	backend, throttle int64 // driver-side backend requests and 429s, publish phase
 	rotBackend        int64 // backend requests of the rotation pass
 	rotThrottle       int64
+	sync              bool  // --sync-secrets
+	syncRequests      int64 // API requests of the Secret sync, publish phase
+	rotSyncRequests   int64 // and rotation pass
 	rssMiB, anonMiB   float64
 	// Driver CPU time (user + system) per call of each phase: unlike
 	// latency, it does not depend on what else the machine is running.
@@ -153,14 +165,23 @@ func run(cfg config) error {
 	if err := writeClass(dir, cfg); err != nil {
 		return err
 	}
+	if slices.Contains(cfg.syncModes, true) {
+		stopAPI, err := startAPI(ctx, &cfg, dir)
+		if err != nil {
+			return err
+		}
+		defer stopAPI()
+	}
 	var rows []result
 	for _, on := range cfg.modes {
-		fmt.Fprintf(os.Stderr, "run: cache=%v, %d volumes x %d objects, concurrency %d ...\n", on, cfg.volumes, cfg.objects, cfg.concurrency)
-		r, err := runOnce(ctx, cfg, bin, dir, on)
-		if err != nil {
-			return fmt.Errorf("cache=%v: %w", on, err)
+		for _, sync := range cfg.syncModes {
+			fmt.Fprintf(os.Stderr, "run: cache=%v sync=%v, %d volumes x %d objects, concurrency %d ...\n", on, sync, cfg.volumes, cfg.objects, cfg.concurrency)
+			r, err := runOnce(ctx, cfg, bin, dir, on, sync)
+			if err != nil {
+				return fmt.Errorf("cache=%v sync=%v: %w", on, sync, err)
+			}
+			rows = append(rows, r)
 		}
-		rows = append(rows, r)
 	}
 	printTable(os.Stdout, cfg, rows)
 	for _, r := range rows {
@@ -213,7 +234,14 @@ spec:
   parameters:
 %s    objects: |
       array:
-%s`, className, namespace, params, objs.String())
+%s  # Synced only in -sync on runs (--sync-secrets); one Secret shared by every pod.
+  secretObjects:
+    - secretName: load-env
+      type: Opaque
+      data:
+        - objectName: object-0
+          key: OBJECT_0
+`, className, namespace, params, objs.String())
 	for _, d := range []string{"classes", "fake-data", "providers"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return err
@@ -230,7 +258,7 @@ type driverProc struct {
 	exited  chan error
 }
 
-func startDriver(ctx context.Context, cfg config, bin, dir, kubeletDir string, cache bool) (*driverProc, csi.NodeClient, func(), error) {
+func startDriver(ctx context.Context, cfg config, bin, dir, kubeletDir string, cache, sync bool) (*driverProc, csi.NodeClient, func(), error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, nil, nil, err
@@ -242,20 +270,24 @@ func startDriver(ctx context.Context, cfg config, bin, dir, kubeletDir string, c
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	cmd := exec.Command(bin, "driver",
-		"--endpoint", "unix://"+sock,
+	args := []string{"driver",
+		"--endpoint", "unix://" + sock,
 		"--node-id", "bench-node",
 		"--class-dir", filepath.Join(dir, "classes"),
 		"--fake-data-dir", filepath.Join(dir, "fake-data"),
 		"--backends", "fake",
 		"--provider-dir", filepath.Join(dir, "providers"),
 		"--kubelet-dir", kubeletDir,
-		"--metrics-addr", "127.0.0.1:"+strconv.Itoa(port),
+		"--metrics-addr", "127.0.0.1:" + strconv.Itoa(port),
 		"--health-addr", "",
 		"--rotation-interval", cfg.rotation.String(),
-		"--cache="+strconv.FormatBool(cache),
+		"--cache=" + strconv.FormatBool(cache),
 		"--log-format", "json",
-	)
+	}
+	if sync {
+		args = append(args, "--kubeconfig", cfg.kubeconfig, "--sync-secrets", "--events=false")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -308,8 +340,8 @@ func (p *driverProc) stop() {
 	}
 }
 
-func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r result, err error) {
-	r.cache = cache
+func runOnce(ctx context.Context, cfg config, bin, dir string, cache, sync bool) (r result, err error) {
+	r.cache, r.sync = cache, sync
 	kubeletDir := filepath.Join(dir, "kubelet")
 	if err := os.MkdirAll(kubeletDir, 0o750); err != nil {
 		return r, err
@@ -318,7 +350,7 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 		unmountUnder(kubeletDir)
 		os.RemoveAll(kubeletDir)
 	}()
-	proc, node, stopDriver, err := startDriver(ctx, cfg, bin, dir, kubeletDir, cache)
+	proc, node, stopDriver, err := startDriver(ctx, cfg, bin, dir, kubeletDir, cache, sync)
 	if err != nil {
 		return r, err
 	}
@@ -358,7 +390,7 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 	if err != nil {
 		return r, err
 	}
-	r.backend, r.throttle = m.backend, m.throttled
+	r.backend, r.throttle, r.syncRequests = m.backend, m.throttled, m.syncRequests
 	if mounts := mountsUnder(kubeletDir); mounts != cfg.volumes {
 		return r, fmt.Errorf("%d mounts after publishing %d volumes", mounts, cfg.volumes)
 	}
@@ -397,6 +429,7 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, cache bool) (r re
 		return r, err
 	}
 	r.rotBackend, r.rotThrottle = m2.backend-m.backend, m2.throttled-m.throttled
+	r.rotSyncRequests = m2.syncRequests - m.syncRequests
 	if m2.refreshFailed > 0 {
 		fmt.Fprintf(os.Stderr, "note: %d refreshes failed in the rotation pass (throttled; the volumes kept their content)\n", m2.refreshFailed)
 	}
@@ -535,7 +568,7 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 
 // metricValues are the counters the table needs from the driver's /metrics.
 type metricValues struct {
-	backend, throttled, refreshFailed int64
+	backend, throttled, refreshFailed, syncRequests int64
 }
 
 // scrape reads the driver's /metrics (Prometheus text format).
@@ -566,6 +599,8 @@ func scrape(ctx context.Context, url string) (metricValues, error) {
 			if strings.Contains(labels, `code="Unavailable"`) {
 				m.throttled += int64(v) // the only Unavailable the fake gives here
 			}
+		case name == "secretfs_secret_sync_requests_total":
+			m.syncRequests += int64(v)
 		case name == "secretfs_volume_refreshes_total" && strings.Contains(labels, `result="failed"`):
 			m.refreshFailed += int64(v)
 		}
@@ -672,19 +707,24 @@ func printTable(w io.Writer, cfg config, rows []result) {
 	fmt.Fprintf(w, "\nsecretfs load: %d volumes x %d objects (%d B), concurrency %d, backend latency %v, rate limit %g req/s, rotation interval %v\n\n",
 		cfg.volumes, cfg.objects, cfg.objectBytes, cfg.concurrency, cfg.latency, cfg.rateLimit, cfg.rotation)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "cache\tpublish p50 ms\tp99 ms\tpublishes/s\tCPU µs/publish\tbackend requests\tobject reads\t429s\tretries\tRSS MiB\tanon MiB\tfile MiB\trotation backend requests\trotation 429s\trotation p99 ms\tCPU µs/republish\tunpublish p99 ms\tCPU µs/unpublish\tfailed unpublishes\t")
+	fmt.Fprintln(tw, "cache\tsync\tpublish p50 ms\tp99 ms\tpublishes/s\tCPU µs/publish\tbackend requests\tobject reads\t429s\tretries\tRSS MiB\tanon MiB\tfile MiB\trotation backend requests\trotation 429s\trotation p99 ms\tCPU µs/republish\tunpublish p99 ms\tCPU µs/unpublish\tfailed unpublishes\tsync API requests\trotation sync API requests\t")
 	for _, r := range rows {
 		mode := "off"
 		if r.cache {
 			mode = "on"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%d\t%s\t%d\t%s\t%d\t%d\t\n", mode,
+		syncMode := "off"
+		if r.sync {
+			syncMode = "on"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.0f\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%d\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t\n", mode, syncMode,
 			ms(r.publish.p50), ms(r.publish.p99), r.publish.perSec, r.pubCPU.Microseconds(), r.backend, (r.backend-r.throttle)*int64(cfg.objects), r.throttle, r.publish.retries,
-			r.rssMiB, r.anonMiB, r.rssMiB-r.anonMiB, r.rotBackend, r.rotThrottle, ms(r.rotation.p99), r.rotCPU.Microseconds(), ms(r.unpublish.p99), r.unpubCPU.Microseconds(), r.unpublishFailures)
+			r.rssMiB, r.anonMiB, r.rssMiB-r.anonMiB, r.rotBackend, r.rotThrottle, ms(r.rotation.p99), r.rotCPU.Microseconds(), ms(r.unpublish.p99), r.unpubCPU.Microseconds(), r.unpublishFailures, r.syncRequests, r.rotSyncRequests)
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\nbackend requests: fetches the driver sent to the fake backend (driver metric secretfs_provider_fetches_total), throttled ones included;")
 	fmt.Fprintln(w, "object reads: objects read by successful requests; retries: calls the harness retried like kubelet (throttled or busy);")
 	fmt.Fprintln(w, "RSS: driver VmRSS with every volume mounted; anon: its RssAnon (heap and stacks); file: the rest (RssFile + RssShmem: the binary's")
 	fmt.Fprintln(w, "pages, shared with the page cache and reclaimable); CPU: driver user + system time per call, 10 ms ticks spread over all calls.")
+	fmt.Fprintln(w, "sync API requests: requests the Secret sync made to the API server (secretfs_secret_sync_requests_total); the class syncs one Secret.")
 }
