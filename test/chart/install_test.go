@@ -177,8 +177,8 @@ func TestUpgradeChangesCRD(t *testing.T) {
 
 	h.must("install", "secretfs", prev, "--namespace", namespace, "--create-namespace")
 	before := c.mustCRD(t)
-	if printerColumns(before) != "Age" {
-		t.Fatalf("installed CRD printer columns %q, want only Age (the old chart's)", printerColumns(before))
+	if printerColumns(before) != "Age,Age" {
+		t.Fatalf("installed CRD printer columns %q, want only Age in each version (the old chart's)", printerColumns(before))
 	}
 	if before.GetAnnotations()["meta.helm.sh/release-name"] != "secretfs" || before.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
 		t.Errorf("installed CRD annotations %v: want it owned by the release and kept", before.GetAnnotations())
@@ -196,8 +196,8 @@ func TestUpgradeChangesCRD(t *testing.T) {
 
 	h.must("upgrade", "secretfs", chartDir, "--namespace", namespace)
 	after := c.mustCRD(t)
-	if printerColumns(after) != "Provider,Age" {
-		t.Errorf("after helm upgrade the CRD's printer columns are %q, want Provider,Age", printerColumns(after))
+	if printerColumns(after) != "Provider,Age,Provider,Age" {
+		t.Errorf("after helm upgrade the CRD's printer columns are %q, want Provider,Age in each version", printerColumns(after))
 	}
 	tooLong := class.DeepCopy()
 	tooLong.SetName("too-long")
@@ -243,8 +243,8 @@ func TestUpgradeFromCRDsDirectory(t *testing.T) {
 	h.must("upgrade", "secretfs", chartDir, "--namespace", namespace)
 }
 
-// Next to the Secrets Store CSI Driver, whose CRD has the same name and also
-// serves v1alpha1, the chart neither fails nor touches that CRD, and says so.
+// Next to the Secrets Store CSI Driver, whose CRD has the same name, the
+// chart neither fails nor touches that CRD, and says so.
 func TestInstallNextToSSCD(t *testing.T) {
 	h := newHelm(t)
 	c := startCluster(t)
@@ -258,7 +258,7 @@ func TestInstallNextToSSCD(t *testing.T) {
 		{"upgrade", "secretfs", chartDir, "--namespace", namespace, "--set", "crds.adopt=true"},
 	} {
 		out := h.must(args...)
-		if !strings.Contains(out, "left as it is: it also serves v1alpha1") {
+		if !strings.Contains(out, "left as it is: the Secrets Store CSI Driver's installer") {
 			t.Errorf("helm %s: notes do not say the CRD was left alone:\n%s", args[0], out)
 		}
 		if strings.Contains(out, "kind: CustomResourceDefinition") {
@@ -323,7 +323,49 @@ func replaceInFile(t *testing.T, path, old, new string) {
 	if !strings.Contains(string(data), old) {
 		t.Fatalf("%s does not contain %q", path, old)
 	}
-	if err := os.WriteFile(path, []byte(strings.Replace(string(data), old, new, 1)), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(data), old, new)), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The Secrets Store CSI Driver installed after secretfs: its upgrade hook
+// applies its CRD over ours (controller-gen's annotation, its schema). The
+// next helm upgrade leaves that CRD alone instead of applying ours back,
+// and does not delete it although it no longer renders it.
+func TestSSCDAppliedOverOurs(t *testing.T) {
+	h := newHelm(t)
+	c := startCluster(t)
+	h.withServer(c.Server)
+	ctx := context.Background()
+	h.must("install", "secretfs", chartDir, "--namespace", namespace, "--create-namespace")
+
+	theirs := &unstructured.Unstructured{}
+	data, err := os.ReadFile("testdata/sscd-crd.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &theirs.Object); err != nil {
+		t.Fatal(err)
+	}
+	live := c.mustCRD(t)
+	annotations := live.GetAnnotations()
+	annotations["controller-gen.kubebuilder.io/version"] = theirs.GetAnnotations()["controller-gen.kubebuilder.io/version"]
+	live.SetAnnotations(annotations)
+	versions, _, _ := unstructured.NestedSlice(theirs.Object, "spec", "versions")
+	if err := unstructured.SetNestedSlice(live.Object, versions, "spec", "versions"); err != nil {
+		t.Fatal(err)
+	}
+	updated, err := c.dyn.Resource(crdGVR).Update(ctx, live, metav1.UpdateOptions{FieldManager: "kubectl-client-side-apply"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	out := h.must("upgrade", "secretfs", chartDir, "--namespace", namespace)
+	if !strings.Contains(out, "left as it is: the Secrets Store CSI Driver's installer") {
+		t.Errorf("upgrade notes do not say the CRD was left alone:\n%s", out)
+	}
+	after := c.mustCRD(t)
+	if after.GetResourceVersion() != updated.GetResourceVersion() {
+		t.Errorf("helm upgrade changed the CRD SSCD applied (resourceVersion %s -> %s)", updated.GetResourceVersion(), after.GetResourceVersion())
 	}
 }

@@ -295,9 +295,15 @@ func checkInvariants(t *testing.T, r *rendered) {
 		t.Errorf("CSIDriver spec %+v", s)
 	}
 	if r.clusterRole != nil {
+		// Secrets only for secret sync (spec.secretObjects), and then never
+		// listed, watched or deleted.
+		sync, _ := arg(driver, "--sync-secrets")
 		for _, rule := range r.clusterRole.Rules {
-			if slices.Contains(rule.Resources, "secrets") || slices.Contains(rule.Resources, "*") || slices.Contains(rule.Verbs, "*") {
-				t.Errorf("ClusterRole rule %+v reaches Secrets", rule)
+			if slices.Contains(rule.Resources, "*") || slices.Contains(rule.Verbs, "*") || slices.Contains(rule.APIGroups, "*") {
+				t.Errorf("ClusterRole rule %+v has a wildcard", rule)
+			}
+			if slices.Contains(rule.Resources, "secrets") && (sync != "true" || !slices.Equal(rule.Verbs, []string{"create", "get", "patch"})) {
+				t.Errorf("ClusterRole rule %+v reaches Secrets (--sync-secrets=%s)", rule, sync)
 			}
 		}
 		if r.binding == nil || r.binding.RoleRef.Name != r.clusterRole.Name || len(r.binding.Subjects) != 1 ||

@@ -143,6 +143,9 @@ func Start() (_ *Server, err error) {
 		"--service-account-issuer="+Issuer,
 		"--service-account-key-file="+p.saKeyFile, "--service-account-signing-key-file="+p.saKeyFile,
 		"--service-cluster-ip-range=10.0.0.0/24", "--profiling=false",
+		// As clusters that run CSI node plugins are: their DaemonSets are
+		// privileged (the chart tests install one).
+		"--allow-privileged=true",
 		"--audit-policy-file="+policy, "--audit-log-path="+s.auditFile, "--audit-log-format=json",
 		"--audit-log-mode=blocking", "--audit-log-maxbackup=0",
 	); err != nil {

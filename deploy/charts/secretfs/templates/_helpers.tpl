@@ -47,11 +47,13 @@ app.kubernetes.io/component: node
 {{/*
 secretfs.crd decides about the SecretProviderClass CRD. It prints "render"
 when this release should apply it: the CRD is absent (or `helm template`,
-which cannot look), or this release owns it, or nobody's Helm release owns
-it and crds.adopt is set. Otherwise it prints why it is left alone, which
-NOTES.txt shows. A CRD that serves versions this chart does not define was
-written by someone else too (the Secrets Store CSI Driver's CRD also serves
-v1alpha1): applying ours would take those versions away, so it is left.
+which cannot look), or this release owns it, or it is secretfs's own (our
+label) from outside Helm and crds.adopt is set. Otherwise it prints why it is
+left alone, which NOTES.txt shows. The Secrets Store CSI Driver's CRD has the
+same name; its installer (kubectl apply of controller-gen output, from its
+chart's crds/ directory and upgrade hook) marks it with controller-gen's
+annotation, also when it applied over ours: applying ours then would undo
+theirs on every upgrade, and theirs ours.
 */}}
 {{- define "secretfs.crd" -}}
 {{- $name := "secretproviderclasses.secrets-store.csi.x-k8s.io" -}}
@@ -61,21 +63,22 @@ crds.install is false
 {{- else if not $live -}}
 render
 {{- else -}}
-{{- $owner := dig "metadata" "annotations" "meta.helm.sh/release-name" "" $live -}}
-{{- $ownerNS := dig "metadata" "annotations" "meta.helm.sh/release-namespace" "" $live -}}
-{{- $versions := list -}}
-{{- range (dig "spec" "versions" list $live) }}{{ $versions = append $versions .name }}{{ end -}}
-{{- $foreign := without $versions "v1" -}}
-{{- if $foreign -}}
-it also serves {{ join ", " $foreign }}, so another installation (such as the Secrets Store CSI Driver's) writes it
-{{- else if and (eq $owner .Release.Name) (eq $ownerNS .Release.Namespace) -}}
-render
-{{- else if $owner -}}
+{{- $annotations := dig "metadata" "annotations" dict $live -}}
+{{- $owner := get $annotations "meta.helm.sh/release-name" -}}
+{{- $ownerNS := get $annotations "meta.helm.sh/release-namespace" -}}
+{{- $ours := eq (dig "metadata" "labels" "app.kubernetes.io/name" "" $live) "secretfs" -}}
+{{- if hasKey $annotations "controller-gen.kubebuilder.io/version" -}}
+the Secrets Store CSI Driver's installer (controller-gen) wrote it; it serves v1, which secretfs uses
+{{- else if and $owner (or (ne $owner .Release.Name) (ne $ownerNS .Release.Namespace)) -}}
 Helm release {{ $ownerNS }}/{{ $owner }} owns it
+{{- else if $owner -}}
+render
+{{- else if not $ours -}}
+another tool installed it (no Helm release and no app.kubernetes.io/name=secretfs label); it is used as it is
 {{- else if .Values.crds.adopt -}}
 render
 {{- else -}}
-no Helm release owns it (kubectl, kustomize or a crds/ directory installed it); set crds.adopt=true and run helm upgrade --take-ownership once to let this release manage it
+no Helm release owns it (kubectl, kustomize or chart 0.1.0's crds/ directory installed it); set crds.adopt=true and run helm upgrade --take-ownership once to let this release manage it
 {{- end -}}
 {{- end -}}
 {{- end }}
