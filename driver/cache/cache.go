@@ -385,31 +385,11 @@ func (c *Cache) Purge() {
 	}
 }
 
-// Stats are counts for tests and metrics.
-type Stats struct {
-	Entries int // keys with holders or a call in flight
-	Data    int // entries holding a result in memory
-	Users   int // holders (volumes)
-}
-
-// Len returns the number of entries (cheaper than Stats).
+// Len returns the number of entries: keys with holders or a call in flight.
 func (c *Cache) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.entries)
-}
-
-// Stats returns the current counts.
-func (c *Cache) Stats() Stats {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s := Stats{Entries: len(c.entries), Users: len(c.users)}
-	for _, e := range c.entries {
-		if e.data != nil {
-			s.Data++
-		}
-	}
-	return s
 }
 
 var errNoResult = provider.Errorf(codes.Internal, "provider returned no result and no error")

@@ -72,12 +72,12 @@ func New(cfg *rest.Config, opts Options) (*Recorder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the events client: %w", err)
 	}
-	return NewWithSink(&corev1client.EventSinkImpl{Interface: client.Events("")}, opts), nil
+	return newWithSink(&corev1client.EventSinkImpl{Interface: client.Events("")}, opts), nil
 }
 
-// NewWithSink returns a Recorder that writes to sink (an API client, or a
+// newWithSink returns a Recorder that writes to sink (an API client, or a
 // fake in tests).
-func NewWithSink(sink record.EventSink, opts Options) *Recorder {
+func newWithSink(sink record.EventSink, opts Options) *Recorder {
 	b := record.NewBroadcaster()
 	b.StartRecordingToSink(sink)
 	// Objects are passed as ObjectReferences, which need no scheme.

@@ -63,7 +63,7 @@ var pod = provider.Pod{Namespace: "team-a", Name: "web-0", UID: "0f1e2d3c-aaaa-b
 
 func TestRefreshFailedEvent(t *testing.T) {
 	sink := &recordingSink{}
-	r := NewWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
+	r := newWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
 	defer r.Close()
 
 	err := provider.PermissionDenied(`class "app" in namespace "team-a", provider "fake": service account "web" is denied`)
@@ -109,7 +109,7 @@ func TestRefreshFailedEvent(t *testing.T) {
 
 func TestRotatedEvent(t *testing.T) {
 	sink := &recordingSink{}
-	r := NewWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1", Rotated: true})
+	r := newWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1", Rotated: true})
 	defer r.Close()
 	r.Rotated(pod, "app")
 	waitCounts(t, sink, 1, 0)
@@ -145,7 +145,7 @@ func TestRefreshFailedMessage(t *testing.T) {
 
 func TestOmittedAndServedStaleEvents(t *testing.T) {
 	sink := &recordingSink{}
-	r := NewWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
+	r := newWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
 	defer r.Close()
 	r.Omitted(pod, "app", nil) // nothing left out: no event
 	r.Omitted(pod, "app", []string{`objects[1] (objectName "tls")`})

@@ -87,14 +87,6 @@ func (s *Server) NotifyRegistrationStatus(_ context.Context, st *registerapi.Reg
 	return &registerapi.RegistrationStatusResponse{}, nil
 }
 
-// Status reports kubelet's last verdict: notified is false until kubelet has
-// called NotifyRegistrationStatus; errMsg is kubelet's reason for a refusal.
-func (s *Server) Status() (notified, registered bool, errMsg string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.notified, s.registered, s.lastError
-}
-
 // stopGrace bounds how long Serve waits for a registration call in flight
 // when its context ends; kubelet's calls are single small answers.
 const stopGrace = time.Second

@@ -64,18 +64,6 @@ func New(opts Options) *Fake {
 	return f
 }
 
-// Calls returns the number of Fetch calls so far, failed ones included.
-func (f *Fake) Calls() int64 { return f.calls.Load() }
-
-// ObjectFetches returns how often objectName was read for namespace, that is
-// how many Fetch calls got past fault injection and read it.
-func (f *Fake) ObjectFetches(namespace, objectName string) int64 {
-	if c, ok := f.fetches.Load(namespace + "/" + objectName); ok {
-		return c.(*atomic.Int64).Load()
-	}
-	return 0
-}
-
 // Fetch returns all files of the class's objects, or an error and no files.
 func (f *Fake) Fetch(ctx context.Context, req *provider.Request) (*provider.Result, error) {
 	f.calls.Add(1)
