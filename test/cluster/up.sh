@@ -33,7 +33,7 @@ if ((${#need_pkgs[@]})); then
 fi
 
 # --- binaries and images ----------------------------------------------------
-log "building Kubernetes binaries if missing (test/tools/build.sh)"
+log "building etcd and Kubernetes binaries if missing (test/tools/build.sh: 20-40 min the first time on 2 cores, seconds after)"
 find_bin
 log "building images"
 images="pause testapp"
