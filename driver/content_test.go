@@ -152,6 +152,11 @@ func TestContentClassInterval(t *testing.T) {
 			t.Errorf("%s status %s, want %s", name, got, want)
 		}
 	}
+	for _, st := range e.d.Status() {
+		if want := map[string]string{"fast": "5m0s", "tiny": "1m0s"}[st.Class]; st.RotationInterval != want || !st.NextRefresh.Equal(st.LastFetch.Add(mustDuration(t, want))) {
+			t.Errorf("status of %s: interval %s next refresh %v after the last fetch, want %s", st.Class, st.RotationInterval, st.NextRefresh.Sub(st.LastFetch), want)
+		}
+	}
 	calls := e.fake.Calls()
 	e.age("fast", 4*time.Minute)
 	if err := e.publishClass("fast", "fast", "web"); err != nil {
@@ -208,4 +213,13 @@ func TestContentStaleIfError(t *testing.T) {
 	if _, n := sink.counts(); n != 1 {
 		t.Fatalf("%d stale events, want 1", n)
 	}
+}
+
+func mustDuration(t *testing.T, s string) time.Duration {
+	t.Helper()
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

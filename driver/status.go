@@ -28,6 +28,9 @@ type VolumeStatus struct {
 	Bytes int64 `json:"bytes"`
 	// LastFetch is when the backend call behind the content started.
 	LastFetch time.Time `json:"lastFetch"`
+	// RotationInterval is the volume's rotation interval: its class's own
+	// (secretfs.dev/rotationInterval, clamped) or the driver's.
+	RotationInterval string `json:"rotationInterval"`
 	// NextRefresh is when the next republish refreshes the volume (a
 	// provider watch can refresh it sooner).
 	NextRefresh time.Time `json:"nextRefresh"`
@@ -54,9 +57,10 @@ func (d *Driver) noteStatus(v *volume, err error) {
 	if s.Files == 0 && s.Bytes == 0 {
 		s.Files = len(v.versions)
 	}
-	r := d.rotation
-	s.NextRefresh = v.lastFetch.Add(r.interval)
-	if retry := v.lastTry.Add(r.interval / 4); retry.After(s.NextRefresh) {
+	iv := d.rotation.every(v)
+	s.RotationInterval = iv.String()
+	s.NextRefresh = v.lastFetch.Add(iv)
+	if retry := v.lastTry.Add(iv / 4); retry.After(s.NextRefresh) {
 		s.NextRefresh = retry
 	}
 	if err != nil {

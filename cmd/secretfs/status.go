@@ -120,14 +120,14 @@ func printStatus(w io.Writer, vols []driver.VolumeStatus, now time.Time) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAMESPACE\tPOD\tCLASS\tPROVIDER\tFILES\tBYTES\tLAST FETCH\tNEXT REFRESH\tLAST ERROR")
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tCLASS\tPROVIDER\tFILES\tBYTES\tLAST FETCH\tINTERVAL\tNEXT REFRESH\tLAST ERROR")
 	for _, v := range vols {
 		lastErr := strings.Join(strings.Fields(v.LastError), " ")
 		if lastErr == "" {
 			lastErr = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", dash(v.Namespace), dash(v.Pod), dash(v.Class), dash(v.Provider),
-			v.Files, v.Bytes, ago(v.LastFetch, now), until(v.NextRefresh, now), lastErr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", dash(v.Namespace), dash(v.Pod), dash(v.Class), dash(v.Provider),
+			v.Files, v.Bytes, ago(v.LastFetch, now), dash(v.RotationInterval), until(v.NextRefresh, now), lastErr)
 	}
 	tw.Flush()
 }
