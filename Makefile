@@ -8,7 +8,7 @@ LDFLAGS   := -s -w -X github.com/secretfs/secretfs/driver.Version=$(VERSION)
 FUZZTIME  ?= 15s
 PKGS      := ./...
 
-.PHONY: all build demo test unit sanity fuzz lint bench deps deps-apt chart-test clean help
+.PHONY: all build demo demo-run systemd-verify test unit sanity fuzz lint bench deps deps-apt chart-test clean help
 all: build
 
 # Tools built with go install into a per-machine cache, pinned here.
@@ -24,6 +24,8 @@ include test/bench/bench.mk
 help:
 	@echo "make build       bin/secretfs"
 	@echo "make demo        build and run the driver with the fake backend on a real tmpfs"
+	@echo "make demo-run    secretfs run: a command with its secrets in a private mount namespace"
+	@echo "make systemd-verify  systemd-analyze verify of deploy/systemd"
 	@echo "make test        lint, unit, integration, csi-sanity and e2e tests (root)"
 	@echo "make unit        go test of every package (root; includes integration and csi-sanity)"
 	@echo "make lint        gofmt and go vet"
@@ -42,6 +44,14 @@ build:
 
 demo: build
 	@$(GO) run ./test/demo -secretfs $(BIN)/secretfs
+
+# The local agent's run mode: a command with its secrets in a private mount namespace.
+demo-run: build
+	@test/demo/run.sh $(BIN)/secretfs
+
+# The systemd units of deploy/systemd parse (systemd-analyze verify) and keep their sandboxing.
+systemd-verify:
+	$(GO) test -count=1 -run Systemd -v ./test/manifests
 
 # The unit and integration tests need etcd and kube-apiserver (built once per
 # machine by k8s-bins) and helm (deps); e2e needs the whole local cluster.
