@@ -40,6 +40,7 @@ type driverFlags struct {
 	metricsAddr    string
 	regDir         string
 	kubeletDir     string
+	pprofAddr      string
 	cache          bool
 	events         bool
 	rotationEvents bool
@@ -65,6 +66,7 @@ func (f *driverFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.healthAddr, "health-addr", defaultHealthAddr, "address for /healthz (empty: off); loopback, for the exec probe `secretfs probe`")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9809", "address for /metrics (empty: off); the manifests set the pod's own IP, so a scraper reaches it and nothing else listens")
 	fs.StringVar(&f.regDir, "registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
+	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve Go's pprof profiles (/debug/pprof/) here: a unix socket (unix:///path) or a loopback host:port; empty: off")
 	fs.StringVar(&f.kubeletDir, "kubelet-dir", "/var/lib/kubelet", "kubelet's root directory: after a restart only volumes below it are recovered")
 	fs.BoolVar(&f.cache, "cache", true, "share backend results between the volumes of one identity (namespace, service account, secret-ref data, class parameters) on this node, in memory only; false: every volume fetches for itself")
 	fs.BoolVar(&f.events, "events", true, "post a Warning SecretRefreshFailed Event on the pod when a refresh of its mounted volume fails (at most one per volume and rotation interval); needs the API server, so ignored with -class-dir and no kubeconfig or in-cluster config")
@@ -107,6 +109,13 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	statusPath, err := statusSocketPath(f.statusSocket, f.endpoint)
 	if err != nil {
 		return fail(2, "-status-socket: %v", err)
+	}
+	var pprofLn net.Listener
+	if f.pprofAddr != "" {
+		if pprofLn, err = pprofListener(f.pprofAddr); err != nil {
+			return fail(2, "%v", err)
+		}
+		defer pprofLn.Close()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -205,6 +214,9 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	if statusPath != "" {
 		g.Go(func() error { return serveStatus(ctx, statusPath, d, log) })
 	}
+	if pprofLn != nil {
+		g.Go(func() error { return serveHTTPOn(ctx, pprofLn, pprofHandler(), log) })
+	}
 	if f.regDir != "" {
 		g.Go(func() error { return registerWithKubelet(ctx, f.regDir, f.driverName, f.endpoint, log) })
 	}
@@ -244,6 +256,11 @@ func serveHTTP(ctx context.Context, addr string, handler http.Handler, log *slog
 	if err != nil {
 		return err
 	}
+	return serveHTTPOn(ctx, ln, handler, log)
+}
+
+// serveHTTPOn serves handler on ln until ctx is done.
+func serveHTTPOn(ctx context.Context, ln net.Listener, handler http.Handler, log *slog.Logger) error {
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

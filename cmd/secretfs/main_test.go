@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +30,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"driver", "extra"}, `unexpected argument "extra"`},
 		{[]string{"driver", "--events=maybe"}, `invalid boolean value "maybe" for -events`},
 		{[]string{"mount"}, "-target, and -class or -kubeconfig with -class-name, are required"},
+		{[]string{"driver", "--class-dir", ".", "--pprof-addr", ":6060"}, `-pprof-addr ":6060": want a loopback address`},
+		{[]string{"driver", "--class-dir", ".", "--pprof-addr", "0.0.0.0:6060"}, `"0.0.0.0" is not a loopback address`},
+		{[]string{"driver", "--class-dir", ".", "--pprof-addr", "192.0.2.1:6060"}, `"192.0.2.1" is not a loopback address`},
+		{[]string{"driver", "--class-dir", ".", "--pprof-addr", "tcp://127.0.0.1:6060"}, `want a loopback address`},
+		{[]string{"driver", "--class-dir", ".", "--pprof-addr", "unix://pprof.sock"}, `three slashes`},
 		{[]string{"run", "--class", "c.yaml"}, "no command"},
 		{[]string{"run", "--", "true"}, "-class, or -kubeconfig with -class-name, is required"},
 		{[]string{"run", "--class", "c.yaml", "--on-change", "reload", "--", "true"}, "-on-change: \"reload\" is not none, restart or signal:NAME"},
@@ -144,5 +152,42 @@ func TestDriverBadKubeconfig(t *testing.T) {
 	code := run([]string{"driver", "--class-dir", t.TempDir(), "--kubeconfig", missing, "--health-addr", "", "--metrics-addr", ""}, io.Discard, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), "missing.kubeconfig") {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// pprof is served only where nobody else can reach it: a loopback address
+// or a unix socket only root can open.
+func TestPprofListener(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "localhost:0", "127.1.2.3:0"} {
+		ln, err := pprofListener(addr)
+		if err != nil {
+			if strings.Contains(addr, "::1") && strings.Contains(err.Error(), "cannot assign") {
+				continue // no IPv6 loopback on this host
+			}
+			t.Errorf("%s: %v", addr, err)
+			continue
+		}
+		ln.Close()
+	}
+	sock := filepath.Join(t.TempDir(), "pprof.sock")
+	ln, err := pprofListener("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("pprof socket %v, %v; want mode 0600", fi, err)
+	}
+	go http.Serve(ln, pprofHandler())
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := client.Get("http://localhost/debug/pprof/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("pprof over the socket: %s", resp.Status)
 	}
 }
