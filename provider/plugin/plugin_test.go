@@ -557,3 +557,34 @@ func benchSetup(b *testing.B) (provider.Provider, *provider.Request) {
 	}
 	return pr, req
 }
+
+// The volume's limits bound an external provider's response before gRPC
+// receives it (the wire allowance, below -provider-max-message-size), and
+// its files as they are taken over.
+func TestResponseBoundedByTheVolumeLimits(t *testing.T) {
+	dir := t.TempDir()
+	serve(t, sockPath(dir, "big"), staticProvider(provider.File{Path: "huge", Contents: make([]byte, 4<<20)}))
+	serve(t, sockPath(dir, "many"), staticProvider(
+		provider.File{Path: "a", Contents: make([]byte, 600<<10)}, provider.File{Path: "b", Contents: make([]byte, 600<<10)}))
+	c := New(Options{SocketDirs: []string{dir}})
+	defer c.Close()
+	limits := provider.Limits{MaxBytes: 1 << 20, MaxFiles: 10}
+	pr, _ := c.Provider("big")
+	_, err := pr.Fetch(context.Background(), &provider.Request{Limits: limits})
+	wantCodeText(t, err, codes.ResourceExhausted, "at most 3145728 bytes", "--tmpfs-size")
+	pr, _ = c.Provider("many")
+	_, err = pr.Fetch(context.Background(), &provider.Request{Limits: limits})
+	wantCodeText(t, err, codes.ResourceExhausted, `provider "many"`, "1048576 bytes")
+	_, err = pr.Fetch(context.Background(), &provider.Request{Limits: provider.Limits{MaxBytes: 8 << 20, MaxFiles: 1}})
+	wantCodeText(t, err, codes.ResourceExhausted, "--max-files")
+}
+
+func wantCodeText(t *testing.T, err error, code codes.Code, contains ...string) {
+	t.Helper()
+	wantCode(t, err, code)
+	for _, s := range contains {
+		if !strings.Contains(err.Error(), s) {
+			t.Fatalf("error lacks %q: %v", s, err)
+		}
+	}
+}
