@@ -43,6 +43,9 @@ type VolumeInfo struct {
 	// Files is the content just written (Changed only). The slices belong to
 	// the driver and are wiped after the hook returns: copy what you keep.
 	Files []atomicwriter.File
+	// Versions are the object versions the backend reported for the files
+	// mounted now.
+	Versions []provider.ObjectVersion
 }
 
 // VolumeHook is told when a volume's content changed and when it is gone.

@@ -56,7 +56,7 @@ type volume struct {
 
 // info is what hooks see of v.
 func (v *volume) info() VolumeInfo {
-	return VolumeInfo{ID: v.id, Target: v.target, Pod: v.pod, Class: v.cls, Provider: v.provider}
+	return VolumeInfo{ID: v.id, Target: v.target, Pod: v.pod, Class: v.cls, Provider: v.provider, Versions: v.versions}
 }
 
 // metadataFile lives in each tmpfs, so state survives a driver restart

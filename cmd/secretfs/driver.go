@@ -160,7 +160,7 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	hooks, closeHooks, err := f.sync.hooks(restConfig, events, f.driverName, registry, log)
+	hooks, closeHooks, err := f.sync.hooks(ctx, restConfig, f.nodeID, events, f.driverName, registry, log)
 	if err != nil {
 		return fail(1, "%v", err)
 	}

@@ -8,11 +8,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/ignored"
+	"github.com/secretfs/secretfs/driver/podstatus"
 	"github.com/secretfs/secretfs/driver/secretsync"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -20,12 +22,16 @@ import (
 // syncFlags turn on the mirroring of mounted objects into Kubernetes
 // Secrets (SecretProviderClass spec.secretObjects).
 type syncFlags struct {
-	secrets bool
-	wait    time.Duration
+	secrets   bool
+	wait      time.Duration
+	podStatus bool
+	statusQPS float64
 }
 
 func (s *syncFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&s.secrets, "sync-secrets", false, "mirror mounted objects into the Kubernetes Secrets a class's spec.secretObjects declares, in the pod's namespace, owned by the pods (needs create/get/patch on secrets: the sync-secrets RBAC); off: such classes mount and the pod gets a Warning Event saying the Secrets are not synced")
+	fs.BoolVar(&s.podStatus, "pod-status", false, "keep a SecretProviderClassPodStatus per pod volume, as the Secrets Store CSI Driver does (needs its CRD and the pod-status RBAC); written off the publish path")
+	fs.Float64Var(&s.statusQPS, "pod-status-qps", 5, "API requests per second the SecretProviderClassPodStatus writer may make (burst twice that)")
 	fs.DurationVar(&s.wait, "sync-secrets-wait", 10*time.Second, "how long a first publish waits for its Secrets to be written before returning (the write goes on in the background)")
 }
 
@@ -36,7 +42,7 @@ type warner interface {
 
 // hooks returns the volume hooks of the driver: the Secret sync when on, and
 // the Warning Event about class fields the driver ignores when Events are on.
-func (s *syncFlags) hooks(restConfig *rest.Config, events driver.EventSink, fieldManager string, reg prometheus.Registerer, log *slog.Logger) ([]driver.VolumeHook, func(), error) {
+func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID string, events driver.EventSink, fieldManager string, reg prometheus.Registerer, log *slog.Logger) ([]driver.VolumeHook, func(), error) {
 	var hooks []driver.VolumeHook
 	closeAll := func() {}
 	w, _ := events.(warner)
@@ -61,6 +67,22 @@ func (s *syncFlags) hooks(restConfig *rest.Config, events driver.EventSink, fiel
 		hooks = append(hooks, syncHook{syncer})
 		closeAll = syncer.Close
 	}
+	if s.podStatus {
+		if restConfig == nil {
+			return nil, nil, errors.New("-pod-status needs the API server (a kubeconfig or in-cluster config)")
+		}
+		client, err := dynamic.NewForConfig(restConfig)
+		if err != nil {
+			return nil, nil, err
+		}
+		writer, err := podstatus.New(podstatus.Options{Client: client, Node: nodeID, QPS: s.statusQPS, Burst: int(2 * s.statusQPS),
+			Logger: log, Registerer: reg, FieldManager: fieldManager})
+		if err != nil {
+			return nil, nil, err
+		}
+		go writer.Run(ctx)
+		hooks = append(hooks, writer)
+	}
 	if w != nil {
 		hooks = append(hooks, ignored.New(w, s.secrets))
 	}
@@ -71,6 +93,10 @@ func (s *syncFlags) hooks(restConfig *rest.Config, events driver.EventSink, fiel
 type syncHook struct{ s *secretsync.Syncer }
 
 func (h syncHook) Changed(ctx context.Context, v driver.VolumeInfo) {
-	h.s.Changed(ctx, secretsync.Volume(v))
+	h.s.Changed(ctx, syncVolume(v))
 }
-func (h syncHook) Gone(v driver.VolumeInfo) { h.s.Gone(secretsync.Volume(v)) }
+func (h syncHook) Gone(v driver.VolumeInfo) { h.s.Gone(syncVolume(v)) }
+
+func syncVolume(v driver.VolumeInfo) secretsync.Volume {
+	return secretsync.Volume{ID: v.ID, Target: v.Target, Pod: v.Pod, Class: v.Class, Provider: v.Provider, Files: v.Files}
+}

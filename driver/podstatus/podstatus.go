@@ -1,0 +1,240 @@
+// Package podstatus writes a SecretProviderClassPodStatus per pod volume,
+// the object the Secrets Store CSI Driver keeps (same group, version, kind,
+// schema and naming), so `kubectl get secretproviderclasspodstatus` and the
+// scripts built on it keep working: which pod mounts which class where, and
+// which object versions it holds.
+//
+// Writes never happen on the publish path: Changed and Gone only queue. One
+// worker sends the queue through a rate limiter (so it can never throttle
+// publishes, unlike a client shared with them), coalescing by object: a
+// volume that changes twice before its turn is written once. An object is
+// written with a server-side apply (one request, create or update) and
+// deleted on unpublish; its owner is the pod, so the garbage collector
+// removes it too if the driver never gets to.
+package podstatus
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/secretfs/secretfs/driver"
+)
+
+// GVR of SecretProviderClassPodStatus.
+var GVR = schema.GroupVersionResource{Group: "secrets-store.csi.x-k8s.io", Version: "v1", Resource: "secretproviderclasspodstatuses"}
+
+// NodeLabel is the label the Secrets Store CSI Driver puts on the object:
+// the node the volume is on.
+const NodeLabel = "internal.secrets-store.csi.k8s.io/node-name"
+
+// Name is the Secrets Store CSI Driver's name of the object for a pod's
+// volume of a class: <pod>-<namespace>-<class>.
+func Name(pod, namespace, class string) string {
+	return pod + "-" + namespace + "-" + class
+}
+
+// Options configure a Writer.
+type Options struct {
+	Client dynamic.Interface
+	Node   string
+	// QPS and Burst limit the writer's requests (defaults 5 and 10).
+	QPS        float64
+	Burst      int
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// FieldManager names the driver in managedFields (default "secretfs").
+	FieldManager string
+}
+
+// Writer is a driver.VolumeHook; run it with Run.
+type Writer struct {
+	client  dynamic.Interface
+	node    string
+	limiter *rate.Limiter
+	log     *slog.Logger
+	manager string
+	writes  *prometheus.CounterVec
+
+	mu      sync.Mutex
+	pending map[key]*op // the newest wanted state per object
+	queue   []key       // objects with a pending op, in arrival order
+	wake    chan struct{}
+}
+
+var _ driver.VolumeHook = (*Writer)(nil)
+
+type key struct{ ns, name string }
+
+// op is an apply (obj set) or a delete.
+type op struct {
+	obj     map[string]any
+	retries int
+}
+
+// New returns a Writer; nothing is sent until Run.
+func New(opts Options) (*Writer, error) {
+	if opts.QPS <= 0 {
+		opts.QPS = 5
+	}
+	if opts.Burst <= 0 {
+		opts.Burst = 10
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.FieldManager == "" {
+		opts.FieldManager = "secretfs"
+	}
+	w := &Writer{
+		client: opts.Client, node: opts.Node, limiter: rate.NewLimiter(rate.Limit(opts.QPS), opts.Burst),
+		log: opts.Logger, manager: opts.FieldManager,
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "secretfs", Name: "pod_status_writes_total",
+			Help: "SecretProviderClassPodStatus requests by operation (apply, delete) and result (ok, or the API error reason).",
+		}, []string{"operation", "result"}),
+		pending: map[key]*op{}, wake: make(chan struct{}, 1),
+	}
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(w.writes); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// Changed queues the volume's status object.
+func (w *Writer) Changed(_ context.Context, v driver.VolumeInfo) {
+	if v.Class == nil || v.Pod.Name == "" || v.Pod.UID == "" {
+		return
+	}
+	name := Name(v.Pod.Name, v.Pod.Namespace, v.Class.Name)
+	if len(validation.IsDNS1123Subdomain(name)) > 0 {
+		w.log.Warn("no SecretProviderClassPodStatus: its name would not be a valid object name", "namespace", v.Pod.Namespace, "pod", v.Pod.Name, "class", v.Class.Name)
+		return
+	}
+	objects := make([]any, 0, len(v.Versions))
+	for _, o := range v.Versions {
+		objects = append(objects, map[string]any{"id": o.ID, "version": o.Version})
+	}
+	obj := map[string]any{
+		"apiVersion": GVR.GroupVersion().String(),
+		"kind":       "SecretProviderClassPodStatus",
+		"metadata": map[string]any{
+			"name": name, "namespace": v.Pod.Namespace,
+			"labels": map[string]any{NodeLabel: w.node},
+			"ownerReferences": []any{map[string]any{
+				"apiVersion": "v1", "kind": "Pod", "name": v.Pod.Name, "uid": v.Pod.UID,
+			}},
+		},
+		"status": map[string]any{
+			"podName": v.Pod.Name, "secretProviderClassName": v.Class.Name, "mounted": true,
+			"targetPath": v.Target, "objects": objects,
+		},
+	}
+	w.enqueue(key{v.Pod.Namespace, name}, &op{obj: obj})
+}
+
+// Gone queues the deletion of the volume's status object.
+func (w *Writer) Gone(v driver.VolumeInfo) {
+	if v.Class == nil || v.Pod.Name == "" {
+		return
+	}
+	w.enqueue(key{v.Pod.Namespace, Name(v.Pod.Name, v.Pod.Namespace, v.Class.Name)}, &op{})
+}
+
+func (w *Writer) enqueue(k key, o *op) {
+	w.mu.Lock()
+	if _, queued := w.pending[k]; !queued {
+		w.queue = append(w.queue, k)
+	}
+	w.pending[k] = o
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run sends queued writes until ctx ends.
+func (w *Writer) Run(ctx context.Context) {
+	for {
+		w.mu.Lock()
+		if len(w.queue) == 0 {
+			w.mu.Unlock()
+			select {
+			case <-w.wake:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		k := w.queue[0]
+		w.queue = w.queue[1:]
+		o := w.pending[k]
+		delete(w.pending, k)
+		w.mu.Unlock()
+		if err := w.limiter.Wait(ctx); err != nil {
+			return
+		}
+		if err := w.do(ctx, k, o); err != nil {
+			w.log.Warn("writing SecretProviderClassPodStatus failed; retrying", "namespace", k.ns, "name", k.name, "err", err.Error())
+			o.retries++
+			delay := min(time.Second<<min(o.retries, 8), 5*time.Minute)
+			time.AfterFunc(delay, func() {
+				w.mu.Lock()
+				_, newer := w.pending[k]
+				w.mu.Unlock()
+				if !newer {
+					w.enqueue(k, o)
+				}
+			})
+		}
+	}
+}
+
+func (w *Writer) do(ctx context.Context, k key, o *op) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	res := w.client.Resource(GVR).Namespace(k.ns)
+	var err error
+	operation := "apply"
+	if o.obj == nil {
+		operation = "delete"
+		err = res.Delete(ctx, k.name, metav1.DeleteOptions{})
+		if apierrors.IsNotFound(err) {
+			err = nil
+		}
+	} else {
+		var body []byte
+		if body, err = json.Marshal(o.obj); err != nil {
+			return err
+		}
+		force := true
+		_, err = res.Patch(ctx, k.name, types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: w.manager, Force: &force})
+	}
+	result := "ok"
+	if err != nil {
+		result = string(apierrors.ReasonForError(err))
+		if result == "" {
+			result = "error"
+		}
+	}
+	w.writes.WithLabelValues(operation, result).Inc()
+	if err != nil {
+		return fmt.Errorf("%s: %w", operation, err)
+	}
+	return nil
+}
