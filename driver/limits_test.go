@@ -196,3 +196,33 @@ func TestPublishRedoesAnInterruptedPublish(t *testing.T) {
 func unixMount(source, dir string) error {
 	return unix.Mount(source, dir, "tmpfs", 0, "size=64k")
 }
+
+// After a restart the volumes found mounted count in the node budget with
+// the pages they hold: a new volume does not fit in room they already use.
+func TestNodeBudgetAfterRestart(t *testing.T) {
+	big := func(*provider.Request) []provider.File {
+		return []provider.File{{Path: "a", Contents: make([]byte, 256<<10)}}
+	}
+	e := newEnv(t, func(c *Config) { c.NodeBudget = 1 << 20; c.DisableCache = true })
+	e.prov.set(func(p *testProvider) { p.files = big })
+	for i := range 3 {
+		if err := e.publish(fmt.Sprint("vol-", i), e.target(fmt.Sprint(i))); err != nil {
+			t.Fatalf("volume %d: %v", i, err)
+		}
+	}
+	cfg := Config{
+		NodeID: "node-1", Classes: e.classes, RecoverUnder: e.dir, NodeBudget: 1 << 20, DisableCache: true,
+		Providers: func(string) (provider.Provider, error) { return e.prov, nil },
+		Logger:    e.d.log, Registerer: e.reg,
+	}
+	used := e.d.budget.Used()
+	e.stop()
+	e.start(cfg)
+	// Recovery counts what the tmpfs holds: data, metadata, and links.
+	if got := e.d.budget.Used(); got < used || got > used+3*2*pageSize {
+		t.Fatalf("after the restart the budget counts %d bytes; before it %d", got, used)
+	}
+	if err := e.publish("vol-3", e.target("3")); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a 4th volume after the restart: %v", err)
+	}
+}
