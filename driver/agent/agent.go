@@ -117,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Mounted()
 	}
 
-	tick := time.NewTicker(driver.RepublishPeriod(cfg.Interval))
+	tick := newRepublisher(d, req.VolumeId, cfg.Interval)
 	defer tick.Stop()
 	for {
 		select {
@@ -127,6 +127,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if _, err := d.NodePublishVolume(ctx, req); err != nil && ctx.Err() == nil {
 				log.Warn("refresh failed; keeping the last good content", "error", err)
 			}
+			tick.follow()
 		case <-ctx.Done():
 			stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -195,4 +196,33 @@ func withToken(req *csi.NodePublishVolumeRequest, aud, token string) {
 	}
 	raw, _ := json.Marshal(map[string]map[string]string{aud: {"token": token}})
 	req.Secrets = map[string]string{provider.AttrTokens: string(raw)}
+}
+
+// republisher ticks at the republish period of a volume's interval in
+// force: the agent's, or its class's own (secretfs.dev/rotationInterval),
+// as the driver reports it after each publish.
+type republisher struct {
+	*time.Ticker
+	d        *driver.Driver
+	volumeID string
+	interval time.Duration
+}
+
+func newRepublisher(d *driver.Driver, volumeID string, interval time.Duration) *republisher {
+	r := &republisher{Ticker: time.NewTicker(driver.RepublishPeriod(interval)), d: d, volumeID: volumeID, interval: interval}
+	r.follow()
+	return r
+}
+
+// follow adjusts the period to the volume's interval in force.
+func (r *republisher) follow() {
+	for _, st := range r.d.Status() {
+		if st.VolumeID != r.volumeID {
+			continue
+		}
+		if iv, err := time.ParseDuration(st.RotationInterval); err == nil && iv > 0 && iv != r.interval {
+			r.interval = iv
+			r.Reset(driver.RepublishPeriod(iv))
+		}
+	}
 }

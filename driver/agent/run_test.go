@@ -39,7 +39,9 @@ func TestMain(m *testing.M) {
 	if raw := os.Getenv(helperEnv); raw != "" {
 		os.Exit(runHelper(raw))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	stopAPIServer()
+	os.Exit(code)
 }
 
 func runHelper(raw string) int {
@@ -486,4 +488,19 @@ while [ ! -s "$OUT/daemon" ]; do sleep 0.01; done; : > "$OUT/ready"; while :; do
 			}
 		})
 	}
+}
+
+// A class's own interval (secretfs.dev/rotationInterval) sets the pace when
+// it is shorter than the agent's: with the agent at an hour, a change still
+// reaches the command.
+func TestRunFollowsTheClassInterval(t *testing.T) {
+	e := newRunEnv(t, "signal:HUP", `trap 'echo hup >> "$OUT/hups"' HUP; : > "$OUT/ready"; while :; do sleep 0.01; done`)
+	e.hc.Interval = time.Hour
+	e.writeClass(strings.Replace(testRunClass, "  parameters:\n", "  parameters:\n    secretfs.dev/rotationInterval: 10s\n", 1))
+	e.start()
+	e.waitFor("the command", func() bool { return fileExists(filepath.Join(e.out, "ready")) })
+	e.setToken("second")
+	e.waitFor("a SIGHUP within the class's interval", func() bool { return strings.Count(e.outFile("hups"), "hup") == 1 })
+	_ = e.cmd.Process.Signal(syscall.SIGTERM)
+	e.wait()
 }

@@ -172,7 +172,7 @@ func (s *supervisor) fileEnv() ([]string, error) {
 // rotation policy decides when to refetch, keeps the last good files when
 // that fails, and tells changeHook when the files changed.
 func (s *supervisor) refreshLoop(ctx context.Context) {
-	tick := time.NewTicker(driver.RepublishPeriod(s.cfg.Interval))
+	tick := newRepublisher(s.d, s.req.VolumeId, s.cfg.Interval)
 	defer tick.Stop()
 	for {
 		select {
@@ -183,6 +183,7 @@ func (s *supervisor) refreshLoop(ctx context.Context) {
 		if _, err := s.d.NodePublishVolume(ctx, s.req); err != nil && ctx.Err() == nil {
 			s.log.Warn("refresh failed; the command keeps the last good files", "error", err)
 		}
+		tick.follow()
 	}
 }
 

@@ -1,0 +1,109 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+
+	"github.com/secretfs/secretfs/provider"
+	"github.com/secretfs/secretfs/provider/kubernetes"
+	"github.com/secretfs/secretfs/test/kubeapi"
+)
+
+var (
+	serverOnce sync.Once
+	server     *kubeapi.Server
+	serverErr  error
+)
+
+func apiServer(t *testing.T) *kubeapi.Server {
+	t.Helper()
+	serverOnce.Do(func() { server, serverErr = kubeapi.Start() })
+	return kubeapi.Require(t, server, serverErr)
+}
+
+func stopAPIServer() {
+	if server != nil {
+		server.Stop()
+	}
+}
+
+// A host that is a cluster member mounts a Secret with the token of its
+// kubeconfig, as a pod does with its own: the API server's RBAC decides.
+func TestAgentKubernetesBackendWithAKubeconfigToken(t *testing.T) {
+	requireRoot(t)
+	s := apiServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const ns, sa = "host-agent", "web-vm"
+	c := s.Client
+	for _, err := range []error{
+		create(c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})),
+		create(c.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})),
+		create(c.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db"}, StringData: map[string]string{"password": "from-the-cluster"}}, metav1.CreateOptions{})),
+		create(c.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "db"},
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"db"}, Verbs: []string{"get", "watch"}}}}, metav1.CreateOptions{})),
+		create(c.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "db"},
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "db"},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}}}, metav1.CreateOptions{})),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	token, _, err := s.Token(ctx, ns, sa, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend, err := kubernetes.New(kubernetes.OptionsFromConfig(&rest.Config{Host: s.Host, TLSClientConfig: rest.TLSClientConfig{CAData: s.CAData}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	classFile := filepath.Join(dir, "class.yaml")
+	class := "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {name: db, namespace: " + ns +
+		"}\nspec:\n  provider: kubernetes\n  parameters:\n    objects: |\n      - {secretName: db, key: password, path: db-password}\n"
+	if err := os.WriteFile(classFile, []byte(class), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(token string) (string, error) {
+		target := filepath.Join(dir, "secrets")
+		rctx, stop := context.WithCancel(ctx)
+		defer stop()
+		mounted := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- Run(rctx, Config{ClassFile: classFile, Target: target, ServiceAccount: sa, Token: token,
+				Providers: func(string) (provider.Provider, error) { return backend, nil },
+				Mounted:   func() { close(mounted) }})
+		}()
+		select {
+		case err := <-done:
+			return "", err
+		case <-mounted:
+		}
+		b, err := os.ReadFile(filepath.Join(target, "db-password"))
+		stop()
+		if rerr := <-done; rerr != nil {
+			t.Fatal(rerr)
+		}
+		return string(b), err
+	}
+	if got, err := run(token); err != nil || got != "from-the-cluster" {
+		t.Fatalf("with the kubeconfig's token: %q, %v", got, err)
+	}
+	if _, err := run(""); err == nil || !strings.Contains(err.Error(), "token") {
+		t.Fatalf("without a token: %v, want an error about the missing token", err)
+	}
+}
+
+func create[T any](_ T, err error) error { return err }
