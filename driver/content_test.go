@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -70,7 +71,7 @@ func (e *fakeEnv) publishClass(id, class, sa string) error {
 // template and line, and mounts nothing.
 func TestContentKeyPathAndTemplate(t *testing.T) {
 	e := newFakeEnv(t, nil)
-	e.classes["team-a/tpl"] = &Class{Name: "tpl", Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
+	e.classes["team-a/tpl"] = &class.Class{Name: "tpl", Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
 		"objects": "- objectName: cfg\n  objectAlias: password\n  value: '{\"db\":{\"password\":\"pw-1\"}}'\n  keyPath: db.password\n" +
 			"- objectName: user\n  value: app\n",
 		"secretfs.dev/templates":   "- path: app.env\n  mode: \"0400\"\n  template: \"USER={{ .user }}\\nPASSWORD={{ .password | quote }}\\n\"\n",
@@ -92,7 +93,7 @@ func TestContentKeyPathAndTemplate(t *testing.T) {
 		t.Errorf("%d backend calls, want 2 (the plain object, the keyPath object)", n)
 	}
 
-	e.classes["team-a/broken"] = &Class{Name: "broken", Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
+	e.classes["team-a/broken"] = &class.Class{Name: "broken", Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
 		"objects":                "- objectName: user\n  value: app\n",
 		"secretfs.dev/templates": "- path: app.env\n  template: \"USER={{ .user }}\\nX={{ .nope }}\\n\"\n",
 	}}
@@ -110,7 +111,7 @@ func TestContentKeyPathAndTemplate(t *testing.T) {
 func TestContentOptionalObject(t *testing.T) {
 	sink := &contentEvents{}
 	e := newFakeEnv(t, func(c *Config) { c.Events = sink })
-	e.classes["team-a/opt"] = &Class{Name: "opt", Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
+	e.classes["team-a/opt"] = &class.Class{Name: "opt", Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
 		"objects": "array:\n  - |\n    objectName: here\n    value: x\n  - |\n    objectName: gone\n    optional: true\n",
 	}}
 	if err := e.publishClass("opt", "opt", "web"); err != nil {
@@ -128,7 +129,7 @@ func TestContentOptionalObject(t *testing.T) {
 	if n, _ := sink.counts(); n != 1 || !strings.Contains(sink.omitted[0][0], `"gone"`) {
 		t.Fatalf("%d omitted events (%v), want 1 naming gone", n, sink.omitted)
 	}
-	e.classes["team-a/req"] = &Class{Name: "req", Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
+	e.classes["team-a/req"] = &class.Class{Name: "req", Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
 		"objects": "- objectName: here\n  value: x\n- objectName: gone\n",
 	}}
 	if err := e.publishClass("req", "req", "web"); status.Code(err) != codes.NotFound {
@@ -141,7 +142,7 @@ func TestContentOptionalObject(t *testing.T) {
 func TestContentClassInterval(t *testing.T) {
 	e := newFakeEnv(t, func(c *Config) { c.RotationInterval = time.Hour; c.MinRotationInterval = time.Minute })
 	for name, iv := range map[string]string{"fast": "5m", "tiny": "1s"} {
-		e.classes["team-a/"+name] = &Class{Name: name, Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
+		e.classes["team-a/"+name] = &class.Class{Name: name, Namespace: "team-a", Provider: "fake", Parameters: map[string]string{
 			"objects": "- objectName: a\n  value: x\n", "secretfs.dev/rotationInterval": iv}}
 		if err := e.publishClass(name, name, "web"); err != nil {
 			t.Fatal(err)
@@ -181,7 +182,7 @@ func TestContentStaleIfError(t *testing.T) {
 	sink := &contentEvents{}
 	e := newFakeEnv(t, func(c *Config) { c.Events = sink; c.MinRotationInterval = time.Millisecond })
 	params := map[string]string{"objects": "a", "value": "v", "secretfs.dev/rotationInterval": "1ms", "secretfs.dev/staleIfError": "1h"}
-	e.classes["team-a/stale"] = &Class{Name: "stale", Namespace: "team-a", Provider: "test", Parameters: params}
+	e.classes["team-a/stale"] = &class.Class{Name: "stale", Namespace: "team-a", Provider: "test", Parameters: params}
 	if err := e.publishClass("s1", "stale", "web"); err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +203,7 @@ func TestContentStaleIfError(t *testing.T) {
 	if err := e.publishClass("s3", "stale", "api"); status.Code(err) != codes.Unavailable {
 		t.Fatalf("another identity: %v", err)
 	}
-	e.classes["team-a/plain"] = &Class{Name: "plain", Namespace: "team-a", Provider: "test", Parameters: map[string]string{"objects": "a", "value": "v"}}
+	e.classes["team-a/plain"] = &class.Class{Name: "plain", Namespace: "team-a", Provider: "test", Parameters: map[string]string{"objects": "a", "value": "v"}}
 	if err := e.publishClass("s4", "plain", "web"); status.Code(err) != codes.Unavailable {
 		t.Fatalf("class without staleIfError: %v", err)
 	}

@@ -11,7 +11,6 @@
 package driver
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,12 +20,10 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/rest"
 
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
-	"github.com/secretfs/secretfs/driver/events"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -46,7 +43,7 @@ type Config struct {
 	DriverName string // default "csi.secretfs.dev"
 	NodeID     string // required
 	// Classes is where SecretProviderClasses come from.
-	Classes ClassSource
+	Classes class.Source
 	// Providers resolves a class's spec.provider; an unknown name returns an
 	// error, reported to kubelet as InvalidArgument naming the provider.
 	Providers func(name string) (provider.Provider, error)
@@ -95,38 +92,13 @@ type Config struct {
 }
 
 // EventSink reports refresh outcomes on the pod whose volume it was; see
-// NewAPIEvents. Its methods must not block.
+// events.New. Its methods must not block.
 type EventSink interface {
 	// RefreshFailed: the volume keeps its last good content. err's message
 	// names what failed and never holds a secret value or a token.
 	RefreshFailed(pod provider.Pod, class string, err error)
 	// Rotated: a refresh swapped in files with new content.
 	Rotated(pod provider.Pod, class string)
-}
-
-// EventOptions configure NewAPIEvents; see package driver/events.
-type EventOptions = events.Options
-
-// NewAPIEvents returns an EventSink that posts Kubernetes Events on pods
-// through the API server of cfg (Warning SecretRefreshFailed, and Normal
-// SecretRotated when opts.Rotated), aggregated and rate-limited by
-// client-go's event correlator. Close it when done.
-func NewAPIEvents(cfg *rest.Config, opts EventOptions) (*events.Recorder, error) {
-	return events.New(cfg, opts)
-}
-
-// Class is a SecretProviderClass; see package driver/class.
-type Class = class.Class
-
-// ClassSource looks SecretProviderClasses up; see package driver/class.
-type ClassSource = class.ClassSource
-
-// NewDirClassSource reads SecretProviderClass YAML files from dir.
-func NewDirClassSource(dir string) ClassSource { return class.NewDirClassSource(dir) }
-
-// NewAPIClassSource watches SecretProviderClasses through the Kubernetes API.
-func NewAPIClassSource(ctx context.Context, cfg *rest.Config) (ClassSource, error) {
-	return class.NewAPIClassSource(ctx, cfg)
 }
 
 // Driver is the CSI node plugin. It implements csi.IdentityServer and
@@ -137,7 +109,7 @@ type Driver struct {
 
 	name     string
 	nodeID   string
-	classes  ClassSource
+	classes  class.Source
 	resolve  func(string) (provider.Provider, error)
 	capBytes int64
 	limits   volumeLimits

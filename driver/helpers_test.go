@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -79,10 +80,10 @@ func (p *testProvider) callCount() int {
 	return p.calls
 }
 
-// mapClasses is a ClassSource over a map keyed "namespace/name".
-type mapClasses map[string]*Class
+// mapClasses is a class.Source over a map keyed "namespace/name".
+type mapClasses map[string]*class.Class
 
-func (m mapClasses) Get(_ context.Context, ns, name string) (*Class, error) {
+func (m mapClasses) Get(_ context.Context, ns, name string) (*class.Class, error) {
 	if c, ok := m[ns+"/"+name]; ok {
 		return c, nil
 	}

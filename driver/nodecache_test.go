@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/provider/fake"
 )
@@ -83,7 +84,7 @@ func newFakeEnv(t *testing.T, tweak func(*Config)) *fakeEnv {
 			tweak(c)
 		}
 	})
-	e.classes["team-a/shared"] = &Class{Name: "shared", Namespace: "team-a", Provider: "fake",
+	e.classes["team-a/shared"] = &class.Class{Name: "shared", Namespace: "team-a", Provider: "fake",
 		Parameters: map[string]string{"objects": fakeObjectsParam}}
 	return &fakeEnv{env: e, fake: f}
 }
@@ -218,7 +219,7 @@ func TestCacheNeverSharedBetweenServiceAccounts(t *testing.T) {
 	}
 	// Another namespace's pod of the same service-account name and the same
 	// parameters is another identity too.
-	e.classes["team-b/shared"] = &Class{Name: "shared", Namespace: "team-b", Provider: "fake",
+	e.classes["team-b/shared"] = &class.Class{Name: "shared", Namespace: "team-b", Provider: "fake",
 		Parameters: map[string]string{"objects": fakeObjectsParam}}
 	req := publishReq("vol-b", e.target("tb"), "shared", "team-b")
 	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {

@@ -21,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/events"
 	"github.com/secretfs/secretfs/provider/plugin"
 )
 
@@ -130,10 +132,10 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		}
 		restConfig = nil // classes from files, and no API server
 	}
-	var classes driver.ClassSource
+	var classes class.Source
 	if f.classDir != "" {
-		classes = driver.NewDirClassSource(f.classDir)
-	} else if classes, err = driver.NewAPIClassSource(ctx, restConfig); err != nil {
+		classes = class.NewDir(f.classDir)
+	} else if classes, err = class.NewAPI(ctx, restConfig); err != nil {
 		return fail(1, "watching SecretProviderClasses: %v", err)
 	}
 	providers, external, err := f.backends.resolver(restConfig, log)
@@ -142,14 +144,14 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	}
 	defer external.Close()
 
-	var events driver.EventSink
+	var sink driver.EventSink
 	if f.events && restConfig != nil {
-		rec, err := driver.NewAPIEvents(restConfig, driver.EventOptions{Component: f.driverName, Host: f.nodeID, Rotated: f.rotationEvents})
+		rec, err := events.New(restConfig, events.Options{Component: f.driverName, Host: f.nodeID, Rotated: f.rotationEvents})
 		if err != nil {
 			return fail(1, "%v", err)
 		}
 		defer rec.Close()
-		events = rec
+		sink = rec
 	} else if f.events {
 		log.Info("no API server configured: refresh failures are logged and counted, not posted as Events")
 	}
@@ -160,7 +162,7 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	hooks, closeHooks, err := f.sync.hooks(ctx, restConfig, f.nodeID, events, f.driverName, registry, log)
+	hooks, closeHooks, err := f.sync.hooks(ctx, restConfig, f.nodeID, sink, f.driverName, registry, log)
 	if err != nil {
 		return fail(1, "%v", err)
 	}
@@ -183,7 +185,7 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		MaxDepth:            f.limits.maxDepth,
 		NodeBudget:          nodeBudget,
 		DisableCache:        !f.cache,
-		Events:              events,
+		Events:              sink,
 		Hooks:               hooks,
 	})
 	if err != nil {

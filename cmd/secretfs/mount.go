@@ -9,6 +9,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/agent"
+	"github.com/secretfs/secretfs/driver/class"
 )
 
 func runMount(args []string, stdout, stderr io.Writer) int {
@@ -50,9 +51,9 @@ func runMount(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
 	}
-	var classes driver.ClassSource
+	var classes class.Source
 	if *classFile == "" {
-		if classes, err = driver.NewAPIClassSource(context.Background(), restConfig); err != nil {
+		if classes, err = class.NewAPI(context.Background(), restConfig); err != nil {
 			return fail(stderr, fs, 1, "%v", err)
 		}
 	}

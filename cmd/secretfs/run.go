@@ -13,8 +13,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/agent"
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider/azure"
 )
 
@@ -94,7 +94,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		return fail(stderr, fs, 1, "%v", err)
 	}
 	if *classFile == "" {
-		if cfg.Classes, err = driver.NewAPIClassSource(ctx, restConfig); err != nil {
+		if cfg.Classes, err = class.NewAPI(ctx, restConfig); err != nil {
 			return fail(stderr, fs, 1, "%v", err)
 		}
 	}

@@ -32,7 +32,7 @@ type Config struct {
 	ClassName string
 	// Classes and Namespace: without ClassFile, the class is ClassName in
 	// Namespace of this source (the API server).
-	Classes   class.ClassSource
+	Classes   class.Source
 	Namespace string
 	// Target is the directory to mount at; its parent is created if needed.
 	Target string

@@ -26,7 +26,7 @@ type RunConfig struct {
 	// several). Without it the class is Classes' ClassName in Namespace.
 	ClassFile string
 	ClassName string
-	Classes   class.ClassSource
+	Classes   class.Source
 	Namespace string
 	// Target is where the command finds the files. It is created (0700) if
 	// missing and removed when secretfs exits. The tmpfs is mounted only in
@@ -185,13 +185,13 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 // findClass finds the class to mount, in file (name picks one of several)
 // or else in classes (the API server), and the source the driver reads it
 // from on every refresh.
-func findClass(ctx context.Context, file, name string, classes class.ClassSource, ns string) (*class.Class, class.ClassSource, error) {
+func findClass(ctx context.Context, file, name string, classes class.Source, ns string) (*class.Class, class.Source, error) {
 	if file != "" {
 		cls, err := pickClass(file, name)
 		if err != nil {
 			return nil, nil, err
 		}
-		return cls, class.NewFileClassSource(file), nil
+		return cls, class.NewFile(file), nil
 	}
 	if classes == nil || name == "" {
 		return nil, nil, errors.New("no class: give a class file, or a class name and an API server")

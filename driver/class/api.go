@@ -25,15 +25,15 @@ var GVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: 
 // resync only refreshes the informer's view; changes arrive by watch.
 const resync = 10 * time.Minute
 
-// syncWait bounds how long NewAPIClassSource waits for the first list, so a
+// syncWait bounds how long NewAPI waits for the first list, so a
 // slow or missing API server delays start-up but never blocks it.
 const syncWait = 10 * time.Second
 
-// NewAPIClassSource returns a ClassSource backed by a dynamic informer on
+// NewAPI returns a Source backed by a dynamic informer on
 // SecretProviderClasses: a publish reads the local cache, not the API server.
 // A class missing from the cache (just created, or the cache not synced yet)
 // is fetched with one direct GET. The informer stops when ctx is done.
-func NewAPIClassSource(ctx context.Context, cfg *rest.Config) (ClassSource, error) {
+func NewAPI(ctx context.Context, cfg *rest.Config) (Source, error) {
 	client, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating Kubernetes client: %w", err)

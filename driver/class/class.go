@@ -68,8 +68,8 @@ type SecretObjectData struct {
 	Key        string `json:"key,omitempty"`
 }
 
-// ClassSource looks classes up by namespace and name.
-type ClassSource interface {
+// Source looks classes up by namespace and name.
+type Source interface {
 	// Get returns the class or an error with a gRPC code: NotFound (naming
 	// the class and namespace) when there is none.
 	Get(ctx context.Context, namespace, name string) (*Class, error)

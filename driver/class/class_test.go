@@ -57,7 +57,7 @@ func TestDirSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("not yaml ["), 0o644)
-	src := NewDirClassSource(dir)
+	src := NewDir(dir)
 	// The source looks at the directory at most once per RecheckInterval;
 	// the test moves its clock instead of sleeping.
 	clock := time.Now()
@@ -117,14 +117,14 @@ func TestDirSource(t *testing.T) {
 func TestDirSourceClassWithoutProvider(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "c.yml"), []byte("apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {name: x, namespace: ns1}\nspec: {}\n"), 0o644)
-	_, err := NewDirClassSource(dir).Get(context.Background(), "ns1", "x")
+	_, err := NewDir(dir).Get(context.Background(), "ns1", "x")
 	if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "spec.provider") {
 		t.Fatalf("got %v", err)
 	}
 }
 
 func TestDirSourceMissingDir(t *testing.T) {
-	_, err := NewDirClassSource(filepath.Join(t.TempDir(), "nope")).Get(context.Background(), "ns1", "x")
+	_, err := NewDir(filepath.Join(t.TempDir(), "nope")).Get(context.Background(), "ns1", "x")
 	if provider.CodeOf(err) != codes.NotFound {
 		t.Fatalf("got %v", err)
 	}

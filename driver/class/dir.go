@@ -14,19 +14,19 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// NewDirClassSource returns a ClassSource that reads SecretProviderClass
+// NewDir returns a Source that reads SecretProviderClass
 // YAML files (*.yaml, *.yml, *.json; several documents per file allowed) from
 // dir. A class without metadata.namespace is in "default". Files are re-read
 // when their size or mtime changes; the directory is looked at again at most
 // once per RecheckInterval, so edits apply within that time, and a burst of
 // lookups (every pod of a Deployment starting) costs no system call at all.
-func NewDirClassSource(dir string) ClassSource {
+func NewDir(dir string) Source {
 	return &dirSource{dir: dir, files: map[string]*dirFile{}, recheck: RecheckInterval, now: time.Now}
 }
 
-// NewFileClassSource returns a ClassSource that reads the classes of one
+// NewFile returns a Source that reads the classes of one
 // file, re-read when it changes (the local agent's --class).
-func NewFileClassSource(path string) ClassSource {
+func NewFile(path string) Source {
 	return &dirSource{dir: filepath.Dir(path), only: filepath.Base(path), files: map[string]*dirFile{}, recheck: RecheckInterval, now: time.Now}
 }
 
