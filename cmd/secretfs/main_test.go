@@ -191,3 +191,15 @@ func TestPprofListener(t *testing.T) {
 		t.Fatalf("pprof over the socket: %s", resp.Status)
 	}
 }
+
+// The local agent may use the VM's managed identity for every class by
+// default; the driver for none.
+func TestLocalAgentManagedIdentityDefault(t *testing.T) {
+	for cmd, want := range map[string]bool{"mount": true, "run": true, "driver": false} {
+		var stdout bytes.Buffer
+		run([]string{cmd, "-h"}, &stdout, io.Discard)
+		if got := strings.Contains(stdout.String(), `all (default "*")`); got != want {
+			t.Errorf("secretfs %s: managed identity for all classes by default: %v, want %v", cmd, got, want)
+		}
+	}
+}

@@ -32,10 +32,10 @@ func runMount(args []string, stdout, stderr io.Writer) int {
 	logs.register(fs)
 	backends.register(fs)
 	backends.registerExternal(fs)
+	localAgentDefaults(fs)
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}
-	localAgentDefaults(fs, &backends)
 	if (*classFile == "" && (*kubeconfig == "" || *className == "")) || *target == "" {
 		return fail(stderr, fs, 2, "-target, and -class or -kubeconfig with -class-name, are required (see %s -h)", fs.Name())
 	}

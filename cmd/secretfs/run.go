@@ -50,13 +50,13 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	logs.register(fs)
 	backends.register(fs)
 	backends.registerExternal(fs)
+	localAgentDefaults(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return fail(stderr, fs, 2, "%v (see %s -h)", err, fs.Name())
 	}
-	localAgentDefaults(fs, &backends)
 	command := fs.Args()
 	switch {
 	case len(command) == 0:
@@ -153,15 +153,15 @@ func localRESTConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// localAgentDefaults sets what differs for a local agent once its flags are
-// parsed: the VM's managed identity is the host admin's own identity, who
-// runs the agent, so every class may use it unless the flag says otherwise.
-func localAgentDefaults(fs *flag.FlagSet, b *backendFlags) {
-	set := false
-	name := strings.TrimPrefix(azure.ManagedIdentityFlag, "--")
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	if !set {
-		b.azureMINamespaces = "*"
+// localAgentDefaults sets, before parsing, the defaults that differ for a
+// local agent: the VM's managed identity is the identity of the host admin
+// who runs the agent, so every class may use it unless the flag says
+// otherwise.
+func localAgentDefaults(fs *flag.FlagSet) {
+	if f := fs.Lookup(strings.TrimPrefix(azure.ManagedIdentityFlag, "--")); f != nil {
+		_ = f.Value.Set("*")
+		f.DefValue = "*"
+		f.Usage = `azure: comma-separated namespaces whose classes may use the VM's managed identity (useVMManagedIdentity); "*" (default for the local agent): all`
 	}
 }
 
