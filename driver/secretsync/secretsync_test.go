@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -242,6 +243,12 @@ func TestFailureIsPostedAndRetried(t *testing.T) {
 	}
 	if got := string(getSecret(t, c).Data["PASS"]); got != "one" {
 		t.Errorf("PASS=%q", got)
+	}
+	if n := testutil.ToFloat64(s.metrics.results.WithLabelValues("failed")); n != 3 {
+		t.Errorf("secretfs_secret_syncs_total{result=failed} = %v, want 3", n)
+	}
+	if n := testutil.ToFloat64(s.metrics.requests.WithLabelValues("create", "Forbidden")); n != 3 {
+		t.Errorf("secretfs_secret_sync_requests_total{verb=create,result=Forbidden} = %v, want 3", n)
 	}
 }
 

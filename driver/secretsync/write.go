@@ -49,7 +49,7 @@ func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, ow
 	s.count("get", err)
 	if err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("Secret %q was deleted while the driver created it; retrying", k.name)
+			return nil, fmt.Errorf("the Secret %q was deleted while the driver created it; retrying", k.name)
 		}
 		return nil, err
 	}
@@ -71,7 +71,7 @@ func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, ow
 	}
 	sec, err = s.patch(ctx, k, cur.UID, d, missing)
 	if errors.Is(err, errReplaced) {
-		return nil, fmt.Errorf("Secret %q was replaced while the driver updated it; retrying", k.name)
+		return nil, fmt.Errorf("the Secret %q was replaced while the driver updated it; retrying", k.name)
 	}
 	return sec, err
 }
