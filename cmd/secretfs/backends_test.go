@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -86,4 +87,19 @@ func TestHostPort(t *testing.T) {
 			t.Errorf("hostPort(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+func FuzzHostPort(f *testing.F) {
+	for _, s := range []string{"127.0.0.1:9809", "::1:9809", "[::1]:9809", ":9809", "fd00::5:80", "bogus", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, addr string) {
+		got := hostPort(addr)
+		if got == addr {
+			return
+		}
+		if _, _, err := net.SplitHostPort(got); err != nil {
+			t.Fatalf("hostPort(%q) = %q, which does not split: %v", addr, got, err)
+		}
+	})
 }
