@@ -296,23 +296,29 @@ func (w *Writer) fixDir(dfd int, name string) error {
 
 // linkTopLevel makes each top-level name a symlink into ..data, replacing
 // a symlink that points elsewhere. Anything else at such a name is refused.
+// The link is tried first: on a first write every name is new, and one
+// symlinkat is all it costs.
 func linkTopLevel(dfd int, top map[string]struct{}) error {
 	for name := range top {
 		want := dataDirName + "/" + name
-		var st unix.Stat_t
-		err := fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		err := symlinkat(want, dfd, name)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("linking %q: %w", name, err)
+		}
+		got, err := readlinkat(dfd, name)
 		switch {
-		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
-			if got, _ := readlinkat(dfd, name); got == want {
-				continue // already points into ..data
-			}
-			if err := unlinkat(dfd, name, 0); err != nil {
-				return fmt.Errorf("replacing link %q: %w", name, err)
-			}
-		case err == nil:
+		case errors.Is(err, unix.EINVAL):
 			return fmt.Errorf("volume directory has a non-symlink entry %q where a file link belongs", name)
-		case !errors.Is(err, unix.ENOENT):
+		case err != nil:
 			return fmt.Errorf("checking %q: %w", name, err)
+		case got == want:
+			continue // already points into ..data
+		}
+		if err := unlinkat(dfd, name, 0); err != nil {
+			return fmt.Errorf("replacing link %q: %w", name, err)
 		}
 		if err := symlinkat(want, dfd, name); err != nil {
 			return fmt.Errorf("linking %q: %w", name, err)
