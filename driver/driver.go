@@ -69,6 +69,11 @@ type Config struct {
 	// DisableCache turns the node cache off: every volume fetches for
 	// itself (one backend request per volume and rotation).
 	DisableCache bool
+	// CacheExternal names the external providers whose answers the node
+	// cache shares ("*": all). Others are fetched per volume unless their
+	// class sets secretfs.dev/nodeCache: "true" (see shareable). Built-in
+	// backends are always shared, unless a class sets it "false".
+	CacheExternal []string
 	// Events receives what the pod's owner should see on the pod: failed
 	// refreshes of a mounted volume (at most one per volume and rotation
 	// interval) and rotations. Nil: none are reported beyond logs and
@@ -132,6 +137,8 @@ type Driver struct {
 	// when disabled. keyer derives its keys.
 	cache *cache.Cache
 	keyer *cache.Keyer
+	// cacheExternal: the external providers the admin lets the cache share.
+	cacheExternal map[string]bool
 
 	locks keyLock
 
@@ -239,6 +246,10 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if cfg.NodeBudget > 0 {
 		d.budget = budget.New(cfg.NodeBudget)
+	}
+	d.cacheExternal = map[string]bool{}
+	for _, name := range cfg.CacheExternal {
+		d.cacheExternal[name] = true
 	}
 	if !cfg.DisableCache {
 		d.keyer = cache.NewKeyer()

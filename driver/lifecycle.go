@@ -15,7 +15,6 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
-	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -67,17 +66,21 @@ type VolumeHook interface {
 //  2. build the backend request: identity from kubelet (base), parameters
 //     from the class only (less the driver's own settings, see content.go),
 //     the versions mounted now;
-//  3. fetch, through the node cache under the volume's identity;
-//  4. shape the content (key paths, templates, optional objects), then
+//  3. for an external provider, which may write into the target itself,
+//     mount the tmpfs first and verify it (external.go);
+//  4. fetch, through the node cache under the volume's identity where its
+//     answers may be shared (shareable);
+//  5. shape the content (key paths, templates, optional objects), then
 //     check the file set: paths, modes, count, directories, depth, size
 //     cap; and make room in the node budget (on a refresh only once the
-//     writer knows the content changed);
-//  5. on a first publish, mount the tmpfs (after every check, so a refused
-//     volume never mounts anything);
-//  6. write the files with the atomic writer (statfs-verified tmpfs), then
+//     writer knows the content changed). When the provider wrote the files
+//     itself, check what it wrote instead (6. and 7. were the provider's);
+//  6. on a first publish, mount the tmpfs (after every check, so a refused
+//     volume of a built-in backend never mounts anything);
+//  7. write the files with the atomic writer (statfs-verified tmpfs), then
 //     settle the volume's share of the node budget;
-//  7. record what was mounted in the volume and its metadata file;
-//  8. tell the hooks when the content changed.
+//  8. record what was mounted in the volume and its metadata file;
+//  9. tell the hooks when the content changed.
 //
 // A first publish that fails leaves v.mounted telling the caller whether to
 // unmount. A refresh that fails leaves the last good content in place. The
@@ -97,49 +100,73 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	req := withClass(base, plan.Parameters(cls.Parameters), v.versions)
 	req.Limits = provider.Limits{MaxBytes: d.capBytes, MaxFiles: d.limits.maxFiles}
 	req.DefaultMode = d.defaultFileMode()
-	// 3.
-	res, fetched, err := d.fetch(ctx, v, req, cls, plan)
+	p, err := d.providerFor(v)
 	if err != nil {
 		return false, err
 	}
-	defer res.Wipe()
-	// 4.
-	if plan != nil {
-		if res, err = d.shape(v, plan, req, res); err != nil {
-			return false, err
-		}
-		defer res.Wipe() // the rendered files; the fetched ones are wiped above
-	}
-	files, need, err := d.checkFiles(v, req, res)
+	share, err := d.shareable(p, v.provider, cls)
 	if err != nil {
 		return false, err
 	}
 	first := !v.mounted
-	grow, settle := d.reserveFor(v, need)
-	if first && grow != nil {
-		if err := grow(); err != nil {
+	// 3.
+	external := isExternal(p)
+	if external {
+		if err := d.mountTmpfs(v); err != nil {
 			return false, err
 		}
-		grow = nil
-	}
-	// 5.
-	if first {
-		if err := tmpfs.Mount(v.target, d.mountOptions(v)); err != nil {
-			settle(false)
-			return false, status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
+		if err := verifyTarget(v); err != nil {
+			return false, err
 		}
-		v.mounted = true
 	}
-	// 6.
-	changed, err = d.writer(v, grow).Write(files)
-	settle(err == nil && (changed || first))
+	// 4.
+	res, fetched, err := d.fetch(ctx, v, p, req, cls, plan, share)
 	if err != nil {
-		if provider.CodeOf(err) == codes.ResourceExhausted {
-			return false, err // the node budget refused the new generation
-		}
-		return false, writeError(v, err)
+		return false, err
 	}
-	// 7.
+	defer res.Wipe()
+	var files []atomicwriter.File
+	if res.WrittenByProvider {
+		// 5.
+		if files, changed, err = d.checkWritten(v, external, first, plan, res); err != nil {
+			return false, err
+		}
+		defer wipeFiles(files)
+	} else {
+		// 5.
+		if plan != nil {
+			if res, err = d.shape(v, plan, req, res); err != nil {
+				return false, err
+			}
+			defer res.Wipe() // the rendered files; the fetched ones are wiped above
+		}
+		var need int64
+		if files, need, err = d.checkFiles(v, req, res); err != nil {
+			return false, err
+		}
+		grow, settle := d.reserveFor(v, need)
+		if first && grow != nil {
+			if err := grow(); err != nil {
+				return false, err
+			}
+			grow = nil
+		}
+		// 6.
+		if err := d.mountTmpfs(v); err != nil {
+			settle(false)
+			return false, err
+		}
+		// 7.
+		changed, err = d.writer(v, grow).Write(files)
+		settle(err == nil && (changed || first))
+		if err != nil {
+			if provider.CodeOf(err) == codes.ResourceExhausted {
+				return false, err // the node budget refused the new generation
+			}
+			return false, writeError(v, err)
+		}
+	}
+	// 8.
 	v.req, v.lastFetch, v.versions = req, fetched, res.Versions
 	v.files, v.bytes = len(files), 0
 	for _, f := range files {
@@ -151,11 +178,11 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		}
 		d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)
 	}
-	// 8.
+	// 9.
 	if first {
 		d.log.LogAttrs(ctx, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
 			slog.String("namespace", v.pod.Namespace), slog.String("pod", v.pod.Name), slog.String("class", v.class),
-			slog.String("provider", v.provider), slog.Int("files", len(files)))
+			slog.String("provider", v.provider), slog.Int("files", len(files)), slog.Bool("written_by_provider", res.WrittenByProvider))
 	}
 	if changed || first {
 		info := v.info()
@@ -222,20 +249,17 @@ func withClass(base *provider.Request, params map[string]string, current []provi
 }
 
 // fetch is the one way the driver asks a backend for a volume's files. With
-// the node cache on, it goes through the cache under the volume's identity
-// (see package driver/cache for why sharing keeps every authorization
-// decision intact), and the volume holds the entry until it is forgotten or
-// fetches under another identity. It returns when the backend call behind
-// the result started: the age of the content. The result is the caller's
-// own: wipe it when done.
-func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request, cls *class.Class, plan *content.Plan) (*provider.Result, time.Time, error) {
-	p, err := d.providerFor(v)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
+// the node cache on and share set (shareable), it goes through the cache
+// under the volume's identity (see package driver/cache for why sharing
+// keeps every authorization decision intact), and the volume holds the
+// entry until it is forgotten or fetches under another identity. It returns
+// when the backend call behind the result started: the age of the content.
+// The result is the caller's own: wipe it when done.
+func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req *provider.Request, cls *class.Class, plan *content.Plan, share bool) (*provider.Result, time.Time, error) {
 	var (
 		res *provider.Result
 		at  time.Time
+		err error
 	)
 	fetch := func(ctx context.Context) (*provider.Result, error) {
 		if plan == nil {
@@ -245,10 +269,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request, cl
 			return d.backend(ctx, p, v.provider, req)
 		})
 	}
-	if d.cache == nil {
-		at = time.Now()
-		res, err = fetch(ctx)
-	} else {
+	if d.cache != nil && share {
 		pol := d.cachePolicy(v, plan)
 		key := d.keyer.Key(cache.Identity{
 			Provider: v.provider, Namespace: req.Pod.Namespace, ServiceAccount: req.Pod.ServiceAccount,
@@ -261,6 +282,20 @@ func (d *Driver) fetch(ctx context.Context, v *volume, req *provider.Request, cl
 			err = nil
 		}
 		d.metrics.cacheGets[outcome].Inc()
+		// Files a provider wrote are on the tmpfs of the volume whose call
+		// it was: another volume asks the provider itself.
+		if err == nil && res.WrittenByProvider && outcome != cache.Miss {
+			share = false
+		}
+	}
+	if d.cache != nil && !share {
+		d.cache.Release(v.id)
+	}
+	if d.cache == nil || !share {
+		at = time.Now()
+		res, err = fetch(ctx)
+	}
+	if d.cache != nil {
 		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
 	}
 	if err != nil {

@@ -49,8 +49,10 @@ type Request struct {
 	Parameters map[string]string
 	// Secrets is the data of the volume's nodePublishSecretRef, if any.
 	Secrets map[string]string
-	// TargetPath is where the volume will be mounted. Backends must not
-	// write there: the driver writes the returned files itself.
+	// TargetPath is where the volume is mounted. Backends must not write
+	// there (the driver writes the returned files itself), except External
+	// ones, which may (see Result.WrittenByProvider): for them it is always
+	// the volume's mounted tmpfs, verified with statfs before the call.
 	TargetPath string
 	// DefaultMode is the mode for files whose object sets none.
 	DefaultMode os.FileMode
@@ -76,6 +78,11 @@ type File struct {
 type Result struct {
 	Files    []File
 	Versions []ObjectVersion
+	// WrittenByProvider: an External backend wrote the volume's files into
+	// Request.TargetPath itself and returned none (the Secrets Store CSI
+	// Driver's provider-writes mode, the AWS provider's default). The files
+	// are on that volume's tmpfs only: such a result is never shared.
+	WrittenByProvider bool
 }
 
 // Clone returns a deep copy of r, the file contents in one allocation.
@@ -94,6 +101,7 @@ func (r *Result) Clone() *Result {
 	if r.Versions != nil {
 		out.Versions = append([]ObjectVersion(nil), r.Versions...)
 	}
+	out.WrittenByProvider = r.WrittenByProvider
 	return out
 }
 
@@ -111,6 +119,19 @@ func (r *Result) Wipe() {
 // Implementations must be safe for concurrent use.
 type Provider interface {
 	Fetch(ctx context.Context, req *Request) (*Result, error)
+}
+
+// External is implemented by backends that are programs of their own,
+// reached over the provider protocol. The driver treats them as code it
+// does not control: they may write a volume's files into the target path
+// themselves, so they are called only once the target is the volume's
+// mounted, statfs-verified tmpfs; and their answers may differ per pod or
+// per call (dynamic credentials, per-pod certificates), so the node cache
+// shares them only where the node admin or the class opts in.
+type External interface {
+	Provider
+	// ExternalProvider is a marker; it does nothing.
+	ExternalProvider()
 }
 
 // Watcher is implemented by backends that learn of changes as they happen

@@ -48,6 +48,7 @@ type driverFlags struct {
 	rotationEvents bool
 	healthEvery    time.Duration
 	statusSocket   string
+	cacheExternal  string
 	tmpfsSize      quantityFlag
 	limits         limitFlags
 	logs           logFlags
@@ -73,6 +74,7 @@ func (f *driverFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.cache, "cache", true, "share backend results between the volumes of one identity (namespace, service account, secret-ref data, class parameters) on this node, in memory only; false: every volume fetches for itself")
 	fs.BoolVar(&f.events, "events", true, "post a Warning SecretRefreshFailed Event on the pod when a refresh of its mounted volume fails (at most one per volume and rotation interval); needs the API server, so ignored with -class-dir and no kubeconfig or in-cluster config")
 	fs.BoolVar(&f.rotationEvents, "rotation-events", false, "also post a Normal SecretRotated Event on the pod each time its volume's content changes (one API write per rotation and volume)")
+	fs.StringVar(&f.cacheExternal, "cache-external", "", `comma-separated external providers whose answers the node cache shares between the volumes of one identity ("*": all); others fetch per volume, since their answers may differ per pod (a class can opt in or out with parameter secretfs.dev/nodeCache)`)
 	fs.DurationVar(&f.healthEvery, "provider-health-interval", plugin.DefaultHealthInterval, "ask every external provider socket for its version this often; an unhealthy provider shows in /healthz, the secretfs_provider_healthy metric and the log (0: off)")
 	fs.StringVar(&f.statusSocket, "status-socket", "", "unix socket `secretfs status` reads the volume table from (empty: status.sock next to the CSI socket; off: none); root only (0600)")
 	f.tmpfsSize.bytes = driver.DefaultTmpfsSize
@@ -185,6 +187,7 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		MaxDepth:            f.limits.maxDepth,
 		NodeBudget:          nodeBudget,
 		DisableCache:        !f.cache,
+		CacheExternal:       splitList(f.cacheExternal),
 		Events:              sink,
 		Hooks:               hooks,
 	})

@@ -13,6 +13,9 @@
 //	secretfs.dev/rotationInterval  this class's rotation interval (Go duration)
 //	secretfs.dev/staleIfError      serve the node cache's last good content
 //	                               up to this age to new pods when the backend fails
+//	secretfs.dev/nodeCache         "true": share an external provider's answers
+//	                               through the node cache; "false": never share
+//	                               (read by the driver, see NodeCache)
 //
 // Fields of an item of the objects parameter (Azure, Vault, AWS, fake,
 // kubernetes) or of the secrets parameter (GCP), removed before the
@@ -48,6 +51,7 @@ const (
 	ParamHideObjects      = Prefix + "hideObjects"
 	ParamRotationInterval = Prefix + "rotationInterval"
 	ParamStaleIfError     = Prefix + "staleIfError"
+	ParamNodeCache        = Prefix + "nodeCache"
 )
 
 // Object fields.
@@ -137,9 +141,13 @@ func (p *Plan) parseOwn(params map[string]string) error {
 			p.rotation, err = parseDuration(v)
 		case ParamStaleIfError:
 			p.staleIfError, err = parseDuration(v)
+		case ParamNodeCache:
+			if _, perr := strconv.ParseBool(strings.TrimSpace(v)); perr != nil {
+				err = fmt.Errorf("must be true or false")
+			}
 		default:
-			return provider.InvalidArgument("class parameter %q is not one secretfs knows; known: %s, %s, %s, %s",
-				clip(k), ParamTemplates, ParamHideObjects, ParamRotationInterval, ParamStaleIfError)
+			return provider.InvalidArgument("class parameter %q is not one secretfs knows; known: %s, %s, %s, %s, %s",
+				clip(k), ParamTemplates, ParamHideObjects, ParamRotationInterval, ParamStaleIfError, ParamNodeCache)
 		}
 		if err != nil {
 			return provider.InvalidArgument("class parameter %s: %v", k, err)
@@ -149,6 +157,21 @@ func (p *Plan) parseOwn(params map[string]string) error {
 		return provider.InvalidArgument("class parameter %s is true but %s declares no file: nothing would be written", ParamHideObjects, ParamTemplates)
 	}
 	return nil
+}
+
+// NodeCache reads the class's secretfs.dev/nodeCache parameter: whether the
+// node cache may share this class's answers between the volumes of one
+// identity, and whether the class says so at all.
+func NodeCache(params map[string]string) (share, set bool, err error) {
+	v, ok := params[ParamNodeCache]
+	if !ok {
+		return false, false, nil
+	}
+	share, err = strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return false, false, provider.InvalidArgument("class parameter %s must be true or false", ParamNodeCache)
+	}
+	return share, true, nil
 }
 
 func parseDuration(v string) (time.Duration, error) {
@@ -400,6 +423,11 @@ func (p *Plan) StaleIfErrorAsked() time.Duration {
 
 // Shapes reports whether Render changes anything (templates or hidden objects).
 func (p *Plan) Shapes() bool { return p != nil && len(p.templates) > 0 }
+
+// NeedsFiles reports whether the plan works on the files a provider
+// returns (templates, key paths, optional objects), which a provider that
+// writes the files into the volume itself does not return.
+func (p *Plan) NeedsFiles() bool { return p != nil && (len(p.templates) > 0 || p.objects != nil) }
 
 func clip(s string) string {
 	if len(s) > 64 {

@@ -287,8 +287,13 @@ func (r *remote) result(resp *pb.MountResponse, defaultMode os.FileMode, budget 
 	if code := resp.GetError().GetCode(); code != "" {
 		return nil, provider.Errorf(codeFromString(code), "provider %q failed with error code %q", r.name, provider.Clip(code, 1024))
 	}
+	var versions []provider.ObjectVersion
+	for _, v := range resp.GetObjectVersion() {
+		versions = append(versions, provider.ObjectVersion{ID: v.GetId(), Version: v.GetVersion()})
+	}
 	if len(resp.GetFiles()) == 0 {
-		return nil, provider.Errorf(codes.FailedPrecondition, "provider %q returned no files: it writes into the volume itself (the legacy protocol), which secretfs does not allow; upgrade it to a version that returns files in its Mount response", r.name)
+		// The provider wrote the files into the target itself (or there are none).
+		return &provider.Result{Versions: versions, WrittenByProvider: true}, nil
 	}
 	if defaultMode == 0 {
 		defaultMode = provider.DefaultFileMode
@@ -308,9 +313,7 @@ func (r *remote) result(resp *pb.MountResponse, defaultMode os.FileMode, budget 
 		}
 		res.Files = append(res.Files, provider.File{Path: f.GetPath(), Mode: fm, Contents: f.GetContents()})
 	}
-	for _, v := range resp.GetObjectVersion() {
-		res.Versions = append(res.Versions, provider.ObjectVersion{ID: v.GetId(), Version: v.GetVersion()})
-	}
+	res.Versions = versions
 	return res, nil
 }
 
@@ -406,7 +409,10 @@ func codeFromString(s string) codes.Code {
 	return codes.Unknown
 }
 
-var _ provider.Provider = (*remote)(nil)
+var _ provider.External = (*remote)(nil)
+
+// ExternalProvider marks remote as a provider.External.
+func (r *remote) ExternalProvider() {}
 
 // String names the provider in logs.
 func (r *remote) String() string { return fmt.Sprintf("plugin provider %q", r.name) }

@@ -402,7 +402,6 @@ func TestLegacyResponses(t *testing.T) {
 		code codes.Code
 		msg  string
 	}{
-		"nofiles": {codes.FailedPrecondition, "returned no files"},
 		"coded":   {codes.PermissionDenied, `error code "PERMISSION_DENIED"`},
 		"metric":  {codes.Unknown, `error code "GRPCProviderError"`},
 		"badmode": {codes.Internal, "mode 1023"},
@@ -412,6 +411,26 @@ func TestLegacyResponses(t *testing.T) {
 		if provider.CodeOf(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: got %v (%v), want %v with %q", name, provider.CodeOf(err), err, tc.code, tc.msg)
 		}
+	}
+}
+
+// A response without files means the provider wrote them into the target
+// itself: the result says so and keeps the versions.
+func TestProviderWrittenResponse(t *testing.T) {
+	dir := t.TempDir()
+	serveLegacy(t, sockPath(dir, "nofiles"), &pb.MountResponse{ObjectVersion: []*pb.ObjectVersion{{Id: "a", Version: "1"}}})
+	c := New(Options{SocketDirs: []string{dir}})
+	defer c.Close()
+	pr, _ := c.Provider("nofiles")
+	if _, ok := pr.(provider.External); !ok {
+		t.Fatal("an external provider is not a provider.External")
+	}
+	res, err := pr.Fetch(context.Background(), &provider.Request{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.WrittenByProvider || len(res.Files) != 0 || !reflect.DeepEqual(res.Versions, []provider.ObjectVersion{{ID: "a", Version: "1"}}) {
+		t.Errorf("result %+v", res)
 	}
 }
 
