@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/provider/plugin"
 	"github.com/secretfs/secretfs/test/fakeprovider"
@@ -77,7 +78,7 @@ func (x *extEnv) serve(name string, driverWrites bool) *fakeprovider.Server {
 }
 
 func (x *extEnv) class(name, providerName string, params map[string]string) {
-	x.classes["team-a/"+name] = &Class{Name: name, Namespace: "team-a", Provider: providerName, Parameters: params}
+	x.classes["team-a/"+name] = &class.Class{Name: name, Namespace: "team-a", Provider: providerName, Parameters: params}
 }
 
 func (x *extEnv) publishPod(id, target, class, podUID string) error {
