@@ -49,11 +49,11 @@ func TestStatusCommand(t *testing.T) {
 	if len(lines) != 2 {
 		t.Fatalf("status table:\n%s", table)
 	}
-	if h := strings.Fields(lines[0]); strings.Join(h, " ") != "NAMESPACE POD CLASS PROVIDER FILES BYTES LAST FETCH NEXT REFRESH LAST ERROR" {
+	if h := strings.Fields(lines[0]); strings.Join(h, " ") != "NAMESPACE POD CLASS PROVIDER FILES BYTES LAST FETCH INTERVAL NEXT REFRESH LAST ERROR" {
 		t.Errorf("header %q", lines[0])
 	}
 	row := strings.Fields(lines[1])
-	// team-a app shown fake 3 <bytes> <n>s ago in 2m0s -
+	// team-a app shown fake 3 <bytes> <n>s ago 2m0s in 2m0s -
 	if len(row) < 9 || row[0] != "team-a" || row[1] != "app" || row[2] != "shown" || row[3] != "fake" || row[4] != "3" || row[len(row)-1] != "-" {
 		t.Errorf("row %q", lines[1])
 	}
