@@ -10,6 +10,7 @@
 //	testapp rm FILE               remove FILE (missing is fine)
 //	testapp mounts STRING         mounts (mountinfo) whose mount point contains STRING
 //	testapp cat FILE              JSON of FILE's mode and base64 content (binary safe)
+//	testapp printenv NAME         the value of environment variable NAME
 //	testapp watch FILE N TIMEOUT  a JSON line with FILE's content now, then one per
 //	                              change (with the time it was seen) until N changes
 //	                              or TIMEOUT; for measuring rotation latency
@@ -37,7 +38,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: testapp sleep|dump|fstype|write|find|rm|mounts|cat|watch ...")
+		fail("usage: testapp sleep|dump|fstype|write|find|rm|mounts|cat|printenv|env|watch ...")
 	}
 	args := os.Args[2:]
 	var err error
@@ -65,6 +66,15 @@ func main() {
 		err = need(args, 1, func() error { return mounts(args[0]) })
 	case "cat":
 		err = need(args, 1, func() error { return cat(args[0]) })
+	case "printenv":
+		err = need(args, 1, func() error {
+			v, ok := os.LookupEnv(args[0])
+			if !ok {
+				return fmt.Errorf("%s is not set", args[0])
+			}
+			fmt.Print(v)
+			return nil
+		})
 	case "env":
 		if len(args) < 2 {
 			err = fmt.Errorf("want a .env file and a subcommand")
