@@ -77,16 +77,6 @@ func (ch *child) signal(sig syscall.Signal) {
 	}
 }
 
-// exited reports whether the command has exited.
-func (ch *child) exited() bool {
-	select {
-	case <-ch.done:
-		return true
-	default:
-		return false
-	}
-}
-
 // backoff spaces restarts: each restart waits twice as long as the one
 // before (from min up to max) since the last start, and a command that ran
 // at least max starts over at min.

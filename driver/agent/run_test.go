@@ -262,16 +262,6 @@ func children(pid int) []int {
 	return out
 }
 
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// A zombie has no namespace left to hold anything.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	return len(f) > 0 && f[0] != "Z"
-}
-
 // processesIn lists the processes whose mount namespace is ns.
 func processesIn(ns string) []string {
 	entries, _ := os.ReadDir("/proc")
