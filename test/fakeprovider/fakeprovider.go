@@ -86,6 +86,7 @@ func (s *Server) Version(context.Context, *pb.VersionRequest) (*pb.VersionRespon
 func (s *Server) Mount(_ context.Context, req *pb.MountRequest) (*pb.MountResponse, error) {
 	target := req.GetTargetPath()
 	if target == "" {
+		//lint:ignore ST1005 the upstream providers' message, verbatim
 		return nil, fmt.Errorf("Missing mount path")
 	}
 	var attrs map[string]string
@@ -126,6 +127,7 @@ func (s *Server) Mount(_ context.Context, req *pb.MountRequest) (*pb.MountRespon
 		} else {
 			v, ok := s.lookup(o.ObjectName)
 			if !ok {
+				//lint:ignore ST1005 the upstream providers' message, verbatim
 				return nil, fmt.Errorf("Failed to fetch secret %s: ResourceNotFoundException", o.ObjectName)
 			}
 			value = v
