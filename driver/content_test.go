@@ -154,7 +154,7 @@ func TestContentClassInterval(t *testing.T) {
 		}
 	}
 	for _, st := range e.d.Status() {
-		if want := map[string]string{"fast": "5m0s", "tiny": "1m0s"}[st.Class]; st.RotationInterval != want || !st.NextRefresh.Equal(st.LastFetch.Add(mustDuration(t, want))) {
+		if want := map[string]string{"fast": "5m0s", "tiny": "1m0s"}[st.Class]; st.RotationInterval.String() != want || !st.NextRefresh.Equal(st.LastFetch.Add(mustDuration(t, want))) {
 			t.Errorf("status of %s: interval %s next refresh %v after the last fetch, want %s", st.Class, st.RotationInterval, st.NextRefresh.Sub(st.LastFetch), want)
 		}
 	}

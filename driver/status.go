@@ -30,13 +30,29 @@ type VolumeStatus struct {
 	LastFetch time.Time `json:"lastFetch"`
 	// RotationInterval is the volume's rotation interval: its class's own
 	// (secretfs.dev/rotationInterval, clamped) or the driver's.
-	RotationInterval string `json:"rotationInterval"`
+	RotationInterval Interval `json:"rotationInterval"`
 	// NextRefresh is when the next republish refreshes the volume (a
 	// provider watch can refresh it sooner).
 	NextRefresh time.Time `json:"nextRefresh"`
 	// LastError is the message of the last failed refresh, empty after a
 	// successful one.
 	LastError string `json:"lastError,omitempty"`
+}
+
+// Interval is a duration written as text ("5m0s") in JSON, formatted only
+// when the status is asked for.
+type Interval time.Duration
+
+func (i Interval) String() string { return time.Duration(i).String() }
+
+// MarshalText writes the duration as Go writes it.
+func (i Interval) MarshalText() ([]byte, error) { return []byte(i.String()), nil }
+
+// UnmarshalText reads what MarshalText wrote.
+func (i *Interval) UnmarshalText(b []byte) error {
+	d, err := time.ParseDuration(string(b))
+	*i = Interval(d)
+	return err
 }
 
 // statusBoard holds a VolumeStatus per volume, written by the holder of the
@@ -58,7 +74,7 @@ func (d *Driver) noteStatus(v *volume, err error) {
 		s.Files = len(v.versions)
 	}
 	iv := d.rotation.every(v)
-	s.RotationInterval = iv.String()
+	s.RotationInterval = Interval(iv)
 	s.NextRefresh = v.lastFetch.Add(iv)
 	if retry := v.lastTry.Add(iv / 4); retry.After(s.NextRefresh) {
 		s.NextRefresh = retry

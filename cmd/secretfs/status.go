@@ -127,7 +127,7 @@ func printStatus(w io.Writer, vols []driver.VolumeStatus, now time.Time) {
 			lastErr = "-"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", dash(v.Namespace), dash(v.Pod), dash(v.Class), dash(v.Provider),
-			v.Files, v.Bytes, ago(v.LastFetch, now), dash(v.RotationInterval), until(v.NextRefresh, now), lastErr)
+			v.Files, v.Bytes, ago(v.LastFetch, now), v.RotationInterval, until(v.NextRefresh, now), lastErr)
 	}
 	tw.Flush()
 }

@@ -94,7 +94,6 @@ func (o *object) special() bool { return o.optional || o.keyPath != nil }
 // gets a nil Plan (every method of which is fine to call): its parameters
 // go to the provider as they are, and nothing is allocated.
 func Parse(params map[string]string) (*Plan, error) {
-	p := &Plan{params: params}
 	own := false
 	for k := range params {
 		if strings.HasPrefix(k, Prefix) {
@@ -102,6 +101,10 @@ func Parse(params map[string]string) (*Plan, error) {
 			break
 		}
 	}
+	if !own && !mayHaveFields(params) {
+		return nil, nil // the common case, without allocating
+	}
+	p := &Plan{params: params}
 	if own {
 		p.params, p.copied = maps.Clone(params), true
 		if err := p.parseOwn(params); err != nil {
@@ -247,7 +250,7 @@ func (p *Plan) parseObjects() error {
 			continue
 		}
 		if !strings.Contains(src, FieldOptional) && !strings.Contains(src, FieldKeyPath) {
-			return nil // fast path: nothing of ours in it
+			return nil // nothing of ours in it
 		}
 		var root yaml.Node
 		if err := yaml.Unmarshal([]byte(src), &root); err != nil {
@@ -278,6 +281,17 @@ func (p *Plan) parseObjects() error {
 		return nil
 	}
 	return nil
+}
+
+// mayHaveFields reports whether an objects parameter in params mentions
+// optional or keyPath at all (a cheap test before parsing YAML).
+func mayHaveFields(params map[string]string) bool {
+	for _, name := range objectParams {
+		if src, ok := params[name]; ok {
+			return strings.Contains(src, FieldOptional) || strings.Contains(src, FieldKeyPath)
+		}
+	}
+	return false
 }
 
 // objectItems returns the object maps of either spelling (see

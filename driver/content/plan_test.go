@@ -283,3 +283,11 @@ func TestRenderConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A class without any of this package's settings costs no allocation.
+func TestParsePlainAllocates(t *testing.T) {
+	params := map[string]string{"keyvaultName": "kv", "objects": "array:\n  - |\n    objectName: a\n"}
+	if n := testing.AllocsPerRun(100, func() { Parse(params) }); n != 0 {
+		t.Errorf("Parse of a plain class: %v allocations", n)
+	}
+}
