@@ -220,7 +220,7 @@ func (r *republisher) follow() {
 		if st.VolumeID != r.volumeID {
 			continue
 		}
-		if iv, err := time.ParseDuration(st.RotationInterval); err == nil && iv > 0 && iv != r.interval {
+		if iv := time.Duration(st.RotationInterval); iv > 0 && iv != r.interval {
 			r.interval = iv
 			r.Reset(driver.RepublishPeriod(iv))
 		}
