@@ -39,7 +39,7 @@ func TestContentTemplatedEnv(t *testing.T) {
 	var raw struct {
 		Base64 string `json:"base64"`
 	}
-	execJSON(t, ns, pod.Name, "app", &raw, "/testapp", "cat", "/proc/1/environ")
+	execJSON(t, ns, pod.Name, "app", &raw, "cat", "/proc/1/environ")
 	environ, err := base64.StdEncoding.DecodeString(raw.Base64)
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +147,7 @@ func TestContentClassRotationInterval(t *testing.T) {
 		var raw struct {
 			Base64 string `json:"base64"`
 		}
-		execJSON(t, ns, pod.Name, "app", &raw, "/testapp", "cat", mountPath+"/..secretfs.json")
+		execJSON(t, ns, pod.Name, "app", &raw, "cat", mountPath+"/..secretfs.json")
 		status, _ := base64.StdEncoding.DecodeString(raw.Base64)
 		var st struct {
 			RotationInterval string `json:"rotationInterval"`
