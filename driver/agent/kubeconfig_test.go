@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ var (
 	serverOnce sync.Once
 	server     *kubeapi.Server
 	serverErr  error
+	nsCounter  atomic.Int64
 )
 
 func apiServer(t *testing.T) *kubeapi.Server {
@@ -44,7 +47,7 @@ func TestAgentKubernetesBackendWithAKubeconfigToken(t *testing.T) {
 	s := apiServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	const ns, sa = "host-agent", "web-vm"
+	ns, sa := fmt.Sprintf("host-agent-%d", nsCounter.Add(1)), "web-vm"
 	c := s.Client
 	for _, err := range []error{
 		create(c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})),
