@@ -94,9 +94,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		return fail(stderr, fs, 1, "%v", err)
 	}
 	if *classFile == "" {
-		if cfg.Classes, err = class.NewAPI(ctx, restConfig); err != nil {
-			return fail(stderr, fs, 1, "%v", err)
-		}
+		cfg.NewClasses = func(ctx context.Context) (class.Source, error) { return class.NewAPI(ctx, restConfig) }
 	}
 	providers, external, err := backends.resolver(restConfig, log)
 	if err != nil {

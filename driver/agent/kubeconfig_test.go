@@ -14,8 +14,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/provider/kubernetes"
 	"github.com/secretfs/secretfs/test/kubeapi"
@@ -73,9 +78,9 @@ func TestAgentKubernetesBackendWithAKubeconfigToken(t *testing.T) {
 	}
 	dir := t.TempDir()
 	classFile := filepath.Join(dir, "class.yaml")
-	class := "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {name: db, namespace: " + ns +
+	classYAML := "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata: {name: db, namespace: " + ns +
 		"}\nspec:\n  provider: kubernetes\n  parameters:\n    objects: |\n      - {secretName: db, key: password, path: db-password}\n"
-	if err := os.WriteFile(classFile, []byte(class), 0o600); err != nil {
+	if err := os.WriteFile(classFile, []byte(classYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	run := func(token string) (string, error) {
@@ -107,6 +112,95 @@ func TestAgentKubernetesBackendWithAKubeconfigToken(t *testing.T) {
 	if _, err := run(""); err == nil || !strings.Contains(err.Error(), "token") {
 		t.Fatalf("without a token: %v, want an error about the missing token", err)
 	}
+
+	// The class from the API server instead of a file (a host that is a
+	// cluster member): the same class, read through the CRD.
+	dyn, err := dynamic.NewForConfig(s.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crdOnce.Do(func() { crdErr = createFromYAML(ctx, dyn, "../../deploy/crd.yaml", "") })
+	if crdErr != nil {
+		t.Fatal(crdErr)
+	}
+	gvr := schema.GroupVersionResource{Group: "secrets-store.csi.x-k8s.io", Version: "v1", Resource: "secretproviderclasses"}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := createFromYAML(ctx, dyn, classFile, ns)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("creating the class: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // the CRD is not served yet
+	}
+	if _, err := dyn.Resource(gvr).Namespace(ns).Get(ctx, "db", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	classes, err := class.NewAPI(ctx, s.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "from-api")
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	mounted := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(rctx, Config{Classes: classes, ClassName: "db", Namespace: ns, Target: target, ServiceAccount: sa, Token: token,
+			Providers: func(string) (provider.Provider, error) { return backend, nil },
+			Mounted:   func() { close(mounted) }})
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("class from the API server: %v", err)
+	case <-mounted:
+	}
+	if b, err := os.ReadFile(filepath.Join(target, "db-password")); err != nil || string(b) != "from-the-cluster" {
+		t.Fatalf("class from the API server: %q, %v", b, err)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+var (
+	crdOnce sync.Once
+	crdErr  error
+)
+
+// createFromYAML creates the objects of a YAML file (in namespace ns when
+// not empty).
+func createFromYAML(ctx context.Context, dyn dynamic.Interface, path, ns string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var u unstructured.Unstructured
+		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+			return err
+		}
+		if u.Object == nil {
+			continue
+		}
+		gvk := u.GroupVersionKind()
+		gvr := schema.GroupVersionResource{Group: gvk.Group, Version: gvk.Version, Resource: strings.ToLower(gvk.Kind) + "es"}
+		if gvk.Kind == "CustomResourceDefinition" {
+			gvr.Resource = "customresourcedefinitions"
+		}
+		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
+		if ns != "" {
+			u.SetNamespace(ns)
+			ri = dyn.Resource(gvr).Namespace(ns)
+		}
+		if _, err := ri.Create(ctx, &u, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func create[T any](_ T, err error) error { return err }

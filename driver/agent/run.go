@@ -23,11 +23,15 @@ import (
 // RunConfig configures `secretfs run`: one class mounted for one command.
 type RunConfig struct {
 	// ClassFile is a YAML file with the class (ClassName picks one of
-	// several). Without it the class is Classes' ClassName in Namespace.
-	ClassFile string
-	ClassName string
-	Classes   class.Source
-	Namespace string
+	// several). Without it the class is Classes' ClassName in Namespace;
+	// NewClasses, when set, makes Classes in the stage that mounts only (an
+	// API source watches the API server: the other stages have no use for
+	// it).
+	ClassFile  string
+	ClassName  string
+	Classes    class.Source
+	NewClasses func(context.Context) (class.Source, error)
+	Namespace  string
 	// Target is where the command finds the files. It is created (0700) if
 	// missing and removed when secretfs exits. The tmpfs is mounted only in
 	// the command's private mount namespace. One run per target: removing
@@ -135,6 +139,12 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	}
 	detachOthers(cfg.Target, log)
 
+	if cfg.ClassFile == "" && cfg.Classes == nil && cfg.NewClasses != nil {
+		var err error
+		if cfg.Classes, err = cfg.NewClasses(ctx); err != nil {
+			return 0, err
+		}
+	}
 	cls, classes, err := findClass(ctx, cfg.ClassFile, cfg.ClassName, cfg.Classes, cfg.Namespace)
 	if err != nil {
 		return 0, err
