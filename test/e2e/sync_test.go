@@ -35,12 +35,17 @@ const managedLabel = "secrets-store.csi.k8s.io/managed"
 // apiVersion (v1 or v1alpha1).
 func createSyncClass(t *testing.T, ns, name, apiVersion string, objects []object, secretObjects []any) {
 	t.Helper()
-	params := fakeParams(t, objects, nil)
+	createClassWithSync(t, ns, name, apiVersion, "fake", fakeParams(t, objects, nil), secretObjects)
+}
+
+// createClassWithSync creates a class of any provider with spec.secretObjects.
+func createClassWithSync(t *testing.T, ns, name, apiVersion, provider string, params map[string]any, secretObjects []any) {
+	t.Helper()
 	class := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "secrets-store.csi.x-k8s.io/" + apiVersion,
 		"kind":       "SecretProviderClass",
 		"metadata":   map[string]any{"name": name, "namespace": ns},
-		"spec":       map[string]any{"provider": "fake", "parameters": params, "secretObjects": secretObjects},
+		"spec":       map[string]any{"provider": provider, "parameters": params, "secretObjects": secretObjects},
 	}}
 	gvr := classGVR
 	gvr.Version = apiVersion
@@ -309,6 +314,36 @@ func TestSecretSync(t *testing.T) {
 		s, err := getSecret(ns, "taken")
 		if err != nil || string(s.Data["PASS"]) != "theirs" || len(s.OwnerReferences) != 0 || s.Labels[managedLabel] != "" {
 			t.Errorf("the unmanaged Secret was touched: %+v, %v", s, err)
+		}
+		deletePod(t, pod)
+	})
+
+	t.Run("kubernetes backend rotation", func(t *testing.T) {
+		v1 := "k1-" + randHex(8)
+		src, err := client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "src"},
+			Data: map[string][]byte{"password": []byte(v1)}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		createServiceAccount(t, ns, "reader")
+		grantSecret(t, ns, "reader", "src", "get", "watch")
+		list, err := yaml.Marshal([]map[string]any{{"secretName": "src", "key": "password", "path": "password"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		createClassWithSync(t, ns, "kube", "v1", "kubernetes", map[string]any{"objects": string(list)},
+			[]any{secretObject("kube-env", "Opaque", "password", "PASSWORD")})
+		pod := waitReady(t, createAppPodAs(t, ns, "kube", "reader", "kube"))
+		if s, err := getSecret(ns, "kube-env"); err != nil || string(s.Data["PASSWORD"]) != v1 {
+			t.Fatalf("kube-env after the publish: %v", err)
+		}
+		v2 := "k2-" + randHex(8)
+		updateSecret(t, src, "password", v2)
+		start := time.Now()
+		waitSecret(t, ns, "kube-env", "rotated by the watch", func(s *corev1.Secret) bool { return string(s.Data["PASSWORD"]) == v2 })
+		t.Logf("kubernetes backend: the synced Secret has the new value %v after the source Secret changed", time.Since(start).Round(time.Millisecond))
+		if got := readVolume(t, pod)["password"].Content; got != v2 {
+			t.Errorf("file password = %q", got)
 		}
 		deletePod(t, pod)
 	})
