@@ -271,8 +271,15 @@ func TestSecretSync(t *testing.T) {
 		start := time.Now()
 		waitSecret(t, ns, "app-env", "rotated", func(s *corev1.Secret) bool { return string(s.Data["PASS"]) == pass2 })
 		t.Logf("rotated value in the Secret %v after the backend changed", time.Since(start).Round(time.Second))
-		if got := readVolume(t, pods[0])["pass"].Content; got != pass2 {
-			t.Errorf("file pass = %q after the Secret rotated", got)
+		// Each replica's volume refreshes on its own republish; the Secret
+		// follows the first, and never goes back to the old value.
+		for _, p := range pods {
+			if err := poll(rotationTimeout, func() (bool, error) { return readVolume(t, p)["pass"].Content == pass2, nil }); err != nil {
+				t.Errorf("pod %s: file pass not rotated", p.Name)
+			}
+		}
+		if s, err := getSecret(ns, "app-env"); err != nil || string(s.Data["PASS"]) != pass2 {
+			t.Errorf("app-env after both volumes rotated: %v", err)
 		}
 
 		// Scale to 1: one owner left (the garbage collector drops the other).
