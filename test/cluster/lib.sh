@@ -22,6 +22,8 @@ DRIVER_NS=secretfs-system
 # External providers' sockets (the driver sees this as
 # /var/run/secrets-store-csi-providers).
 PROVIDERS_DIR=$W/providers
+# ... and the second directory (/etc/kubernetes/secrets-store-csi-providers).
+PROVIDERS_ETC_DIR=$W/providers-etc
 # The fake Azure of the e2e tests: the driver trusts the CA in
 # $FAKEAZURE_DIR/ca.crt (its key stays in $PKI); the tests sign the fake's
 # serving certificate with it, so the driver can start before the fake.

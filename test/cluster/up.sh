@@ -90,7 +90,7 @@ if [[ ! -f $PKI/fakeazure-ca.crt ]]; then
 		-subj "/CN=secretfs-e2e-fakeazure-ca" -days 30 -addext "basicConstraints=critical,CA:TRUE" \
 		-addext "keyUsage=critical,keyCertSign,cRLSign" -out "$PKI/fakeazure-ca.crt" 2>/dev/null
 fi
-mkdir -p "$FAKEAZURE_DIR" "$PROVIDERS_DIR"
+mkdir -p "$FAKEAZURE_DIR" "$PROVIDERS_DIR" "$PROVIDERS_ETC_DIR"
 cp "$PKI/fakeazure-ca.crt" "$FAKEAZURE_DIR/ca.crt"
 chmod 600 "$PKI"/*.key
 
@@ -323,6 +323,17 @@ patches:
             volumes:
               - name: providers-dir
                 hostPath: {path: $PROVIDERS_DIR}
+  - target: {kind: DaemonSet, name: secretfs-node|secretfs-provider-writer}
+    patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata: {name: any}
+      spec:
+        template:
+          spec:
+            volumes:
+              - name: providers-dir-etc
+                hostPath: {path: $PROVIDERS_ETC_DIR}
 EOF
 # Values for installing the Helm chart on this cluster (the e2e suite's
 # TestHelmChart installs a second driver with them).

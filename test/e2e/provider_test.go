@@ -49,3 +49,35 @@ func TestExternalProvider(t *testing.T) {
 	deletePod(t, pod)
 	assertNoTraces(t, pod, values(want)...)
 }
+
+// writerProviderDS is test/e2e/overlay/provider-writer.yaml: an external
+// provider, "writer", that writes the files into the volume itself (the AWS
+// provider's default mode) from the second provider directory.
+const writerProviderDS = "secretfs-provider-writer"
+
+// A provider that writes the files itself gets the pod's tmpfs as its
+// target: the pod reads what it wrote, and nothing is left once it is gone.
+func TestProviderWritesFiles(t *testing.T) {
+	if err := poll(podTimeout, func() (bool, error) {
+		d, err := client.AppsV1().DaemonSets(driverNamespace).Get(context.Background(), writerProviderDS, metav1.GetOptions{})
+		return err == nil && d.Status.NumberReady == d.Status.DesiredNumberScheduled && d.Status.NumberReady > 0, nil
+	}); err != nil {
+		t.Fatalf("the DaemonSet %s/%s (test/e2e/overlay/provider-writer.yaml) is not ready", driverNamespace, writerProviderDS)
+	}
+	ns := newNamespace(t)
+	suffix := randHex(6)
+	pw, key := "prod/db/password-"+suffix, "api-key-"+suffix
+	createClass(t, ns, "writer", "writer", map[string]any{
+		"objects": "- objectName: " + pw + "\n  objectType: secretsmanager\n" +
+			"- objectName: " + key + "\n  objectType: secretsmanager\n  objectAlias: key.txt\n  filePermission: \"0440\"\n",
+	})
+	pod := waitReady(t, createAppPod(t, ns, "app", "writer"))
+	want := map[string]file{
+		strings.ReplaceAll(pw, "/", "_"): {Mode: "0644", Content: "fake:" + pw},
+		"key.txt":                        {Mode: "0440", Content: "fake:" + key},
+	}
+	assertFiles(t, pod, want)
+
+	deletePod(t, pod)
+	assertNoTraces(t, pod, values(want)...)
+}

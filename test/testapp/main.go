@@ -16,10 +16,15 @@
 //	                              or TIMEOUT; for measuring rotation latency
 //	testapp env FILE CMD...       load the .env FILE into the environment, then run
 //	                              testapp CMD... in this process (exec)
+//	testapp provider SOCKET       serve test/fakeprovider on SOCKET until SIGTERM: an
+//	                              external provider that writes the files into the
+//	                              target itself (as the AWS provider does by default);
+//	                              the value of object NAME is "fake:NAME"
 package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -34,6 +39,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/secretfs/secretfs/test/fakeprovider"
 )
 
 func main() {
@@ -81,6 +88,8 @@ func main() {
 			break
 		}
 		err = withEnv(args[0], args[1:])
+	case "provider":
+		err = need(args, 1, func() error { return serveProvider(args[0]) })
 	case "watch":
 		err = need(args, 3, func() error { return watch(args[0], args[1], args[2]) })
 	default:
@@ -333,4 +342,12 @@ func watch(file, count, timeout string) error {
 		}
 	}
 	return nil
+}
+
+// serveProvider serves the fake external provider on socket until SIGTERM.
+func serveProvider(socket string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	s := &fakeprovider.Server{Values: func(name string) ([]byte, bool) { return []byte("fake:" + name), true }}
+	return fakeprovider.Serve(ctx, socket, s)
 }
