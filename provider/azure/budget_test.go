@@ -15,18 +15,25 @@ import (
 // a class whose objects exceed it fails ResourceExhausted, and objects past
 // the file limit are refused before any request.
 func TestFetchStopsAtTheBudget(t *testing.T) {
-	e := newTestEnv(t, nil)
-	var objects []string
-	for i := range 12 {
-		name := fmt.Sprintf("s%d", i)
-		e.vault.SetSecret(name, strings.Repeat("v", 20<<10), "")
-		objects = append(objects, "- objectName: "+name+"\n  objectType: secret")
+	// twelve 20 KiB secrets in a vault of their own.
+	setup := func() (*testEnv, *provider.Request) {
+		e := newTestEnv(t, nil)
+		var objects []string
+		for i := range 12 {
+			name := fmt.Sprintf("s%d", i)
+			e.vault.SetSecret(name, strings.Repeat("v", 20<<10), "")
+			objects = append(objects, "- objectName: "+name+"\n  objectType: secret")
+		}
+		return e, e.spRequest(strings.Join(objects, "\n") + "\n")
 	}
-	req := e.spRequest(strings.Join(objects, "\n") + "\n")
+	e, req := setup()
 	req.Limits = provider.Limits{MaxBytes: 64 << 10, MaxFiles: 100}
 	_, err := e.p.Fetch(context.Background(), req)
 	wantCode(t, err, codes.ResourceExhausted, "--tmpfs-size")
 
+	// A fresh vault: requests the fetch above still had in flight when it
+	// gave up must not count against this one.
+	e, req = setup()
 	req.Limits = provider.Limits{MaxBytes: 8 << 20, MaxFiles: 5}
 	before := e.fake.Count("vault.secrets.get")
 	_, err = e.p.Fetch(context.Background(), req)
