@@ -97,9 +97,11 @@ func ValidName(name string) bool {
 	return nameRE.MatchString(name) && !strings.Contains(name, "..")
 }
 
-// Provider returns the provider.Provider for an external provider name.
-// The socket is looked up on every call, so a provider that starts later or
-// restarts is found without a new Provider.
+// Provider returns the provider.Provider for an external provider name
+// whose socket is in one of the socket directories (Unavailable naming the
+// paths tried otherwise: call again once the provider runs). The socket is
+// looked up again on every call, so a provider that restarts is found
+// without a new Provider.
 func (c *Client) Provider(name string) (provider.Provider, error) {
 	return c.remote(name)
 }
@@ -115,6 +117,12 @@ func (c *Client) remote(name string) (*remote, error) {
 	}
 	r, ok := c.providers[name]
 	if !ok {
+		// Provider names come from classes, which tenants write: remember
+		// only names with a socket in the admin's directories, so the table
+		// is bounded by what the admin installed, not by what classes name.
+		if _, _, err := c.find(name); err != nil {
+			return nil, err
+		}
 		r = &remote{c: c, name: name}
 		c.providers[name] = r
 	}

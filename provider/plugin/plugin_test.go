@@ -3,6 +3,7 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"reflect"
@@ -254,16 +255,19 @@ func TestServerRestart(t *testing.T) {
 	path := sockPath(dir, "vault")
 	c := New(Options{SocketDirs: []string{dir}})
 	defer c.Close()
-	pr, _ := c.Provider("vault")
+	stop := serve(t, path, staticProvider(provider.File{Path: "a", Contents: []byte("first")}))
+	pr, err := c.Provider("vault")
+	if err != nil {
+		t.Fatal(err)
+	}
 	fetch := func() (*provider.Result, error) { return pr.Fetch(context.Background(), &provider.Request{}) }
 
-	stop := serve(t, path, staticProvider(provider.File{Path: "a", Contents: []byte("first")}))
 	if res, err := fetch(); err != nil || string(res.Files[0].Contents) != "first" {
 		t.Fatalf("first server: %v %v", res, err)
 	}
 	stop()
 
-	_, err := fetch()
+	_, err = fetch()
 	wantCode(t, err, codes.Unavailable)
 	if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), `"vault"`) {
 		t.Errorf("error should name the socket and the provider: %v", err)
@@ -443,9 +447,11 @@ func TestProviderNames(t *testing.T) {
 		_, err = c.Version(context.Background(), name)
 		wantCode(t, err, codes.InvalidArgument)
 	}
+	// Valid names pass the name check: with no socket they are Unavailable
+	// (not running), never InvalidArgument.
 	for _, name := range []string{"vault", "azure", "gcp", "AWS", "my-provider_1.2", strings.Repeat("a", 63)} {
-		if _, err := c.Provider(name); err != nil {
-			t.Errorf("%q rejected: %v", name, err)
+		if _, err := c.Provider(name); provider.CodeOf(err) != codes.Unavailable {
+			t.Errorf("%q: want Unavailable (no socket), got %v", name, err)
 		}
 	}
 }
@@ -454,11 +460,16 @@ func TestMissingSocket(t *testing.T) {
 	a, b := t.TempDir(), t.TempDir()
 	c := New(Options{SocketDirs: []string{a, b}})
 	defer c.Close()
-	pr, err := c.Provider("vault")
-	if err != nil {
-		t.Fatal(err)
+	// Resolving the name or fetching: either says the provider is not there.
+	fetch := func() error {
+		pr, err := c.Provider("vault")
+		if err != nil {
+			return err
+		}
+		_, err = pr.Fetch(context.Background(), &provider.Request{})
+		return err
 	}
-	_, err = pr.Fetch(context.Background(), &provider.Request{})
+	err := fetch()
 	wantCode(t, err, codes.Unavailable)
 	for _, s := range []string{`"vault"`, sockPath(a, "vault"), sockPath(b, "vault")} {
 		if !strings.Contains(err.Error(), s) {
@@ -467,7 +478,7 @@ func TestMissingSocket(t *testing.T) {
 	}
 	// A regular file where the socket should be is not a provider either.
 	os.WriteFile(sockPath(a, "vault"), nil, 0o600)
-	_, err = pr.Fetch(context.Background(), &provider.Request{})
+	err = fetch()
 	wantCode(t, err, codes.Unavailable)
 
 	// Nor is the socket a crashed provider left behind.
@@ -477,10 +488,29 @@ func TestMissingSocket(t *testing.T) {
 	}
 	l.SetUnlinkOnClose(false)
 	l.Close()
-	_, err = pr.Fetch(context.Background(), &provider.Request{})
+	err = fetch()
 	wantCode(t, err, codes.Unavailable)
 	if !strings.Contains(err.Error(), sockPath(b, "vault")) || !strings.Contains(err.Error(), `"vault"`) {
 		t.Errorf("error should name the socket and the provider: %v", err)
+	}
+}
+
+// Provider names come from classes: a tenant naming ever new providers
+// without sockets must not grow the client's table.
+func TestUnknownNamesAreNotRemembered(t *testing.T) {
+	dir := t.TempDir()
+	serve(t, sockPath(dir, "real"), staticProvider(provider.File{Path: "a"}))
+	c := New(Options{SocketDirs: []string{dir}})
+	defer c.Close()
+	for i := range 1000 {
+		_, err := c.Provider(fmt.Sprintf("made-up-%d", i))
+		wantCode(t, err, codes.Unavailable)
+	}
+	if _, err := c.Provider("real"); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.knownProviders(); n != 1 {
+		t.Fatalf("%d providers remembered after 1000 made-up names and one real one, want 1", n)
 	}
 }
 
