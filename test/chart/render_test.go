@@ -305,6 +305,12 @@ func checkInvariants(t *testing.T, r *rendered) {
 			if slices.Contains(rule.Resources, "secrets") && (sync != "true" || !slices.Equal(rule.Verbs, []string{"create", "get", "patch"})) {
 				t.Errorf("ClusterRole rule %+v reaches Secrets (--sync-secrets=%s)", rule, sync)
 			}
+			// Pod statuses only with --pod-status, and exactly the
+			// component's verbs.
+			podStatus, _ := arg(driver, "--pod-status")
+			if slices.Contains(rule.Resources, "secretproviderclasspodstatuses") && (podStatus != "true" || !slices.Equal(rule.Verbs, []string{"create", "patch", "delete"})) {
+				t.Errorf("ClusterRole rule %+v reaches SecretProviderClassPodStatuses (--pod-status=%s)", rule, podStatus)
+			}
 		}
 		if r.binding == nil || r.binding.RoleRef.Name != r.clusterRole.Name || len(r.binding.Subjects) != 1 ||
 			r.binding.Subjects[0].Name != spec.ServiceAccountName || r.binding.Subjects[0].Namespace != namespace {
