@@ -15,6 +15,7 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
+	"github.com/secretfs/secretfs/driver/validate"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -225,12 +226,12 @@ func (d *Driver) forget(v *volume) {
 // request builds the identity part of a provider request from a publish:
 // pod, tokens and nodePublishSecretRef data. Parameters come from the class
 // only (withClass); volume attributes never reach them.
-func request(v *volume, in *publishInput) *provider.Request {
+func request(v *volume, in *validate.Input) *provider.Request {
 	return &provider.Request{
-		Pod:         in.vc.Pod,
+		Pod:         in.Context.Pod,
 		Class:       v.class,
-		Tokens:      in.vc.Tokens,
-		Secrets:     in.secrets,
+		Tokens:      in.Context.Tokens,
+		Secrets:     in.Secrets,
 		TargetPath:  v.target,
 		DefaultMode: provider.DefaultFileMode,
 	}

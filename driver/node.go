@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/secretfs/secretfs/driver/tmpfs"
+	"github.com/secretfs/secretfs/driver/validate"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -52,23 +53,23 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 // publish returns whether the call was a republish and, for a first
 // publish, the provider of the volume's class once it is known (metrics).
 func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) (republish bool, prov string, err error) {
-	in, err := validatePublish(req)
+	in, err := validate.Publish(req)
 	if err != nil {
 		return false, "", err
 	}
-	if err := d.locks.LockForCall(ctx, in.volumeID); err != nil {
+	if err := d.locks.LockForCall(ctx, in.VolumeID); err != nil {
 		return false, "", err
 	}
-	defer d.locks.Unlock(in.volumeID)
-	if in.vc.IgnoredTokenAttr {
+	defer d.locks.Unlock(in.VolumeID)
+	if in.Context.IgnoredTokenAttr {
 		d.log.Warn("ignoring the volume attribute "+provider.AttrTokens+" that the pod spec sets: kubelet passed the pod's tokens in the secrets field",
-			"volume_id", in.volumeID, "namespace", in.vc.Pod.Namespace, "pod", in.vc.Pod.Name)
+			"volume_id", in.VolumeID, "namespace", in.Context.Pod.Namespace, "pod", in.Context.Pod.Name)
 	}
 
-	if d.volume(in.volumeID) == nil {
+	if d.volume(in.VolumeID) == nil {
 		d.adopt(in)
 	}
-	if v := d.volume(in.volumeID); v != nil {
+	if v := d.volume(in.VolumeID); v != nil {
 		mounted, err := tmpfs.IsMountPoint(v.target)
 		if err == nil && mounted {
 			return true, v.provider, d.republish(ctx, v, in)
@@ -85,17 +86,17 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 // tmpfs and writes the files) and starts its provider watch. A target we
 // refuse (symlink, not empty, mounted) is left as it is; after that, any
 // failure unmounts and removes the target and forgets the volume.
-func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (prov string, err error) {
-	v := &volume{id: in.volumeID, target: in.target, pod: in.vc.Pod, class: in.vc.Class, gid: in.gid}
-	d.reclaim(in.target)
-	if err := prepareTarget(in.target); err != nil {
+func (d *Driver) firstPublish(ctx context.Context, in *validate.Input) (prov string, err error) {
+	v := &volume{id: in.VolumeID, target: in.Target, pod: in.Context.Pod, class: in.Context.Class, gid: in.GID}
+	d.reclaim(in.Target)
+	if err := prepareTarget(in.Target); err != nil {
 		return "", err
 	}
 	if _, err := d.apply(ctx, v, request(v, in)); err != nil {
 		if !v.mounted {
-			removeEmptyDir(in.target)
-		} else if uerr := tmpfs.Unmount(in.target); uerr != nil {
-			d.log.Error("cleaning up after a failed publish", "volume_id", v.id, "target", in.target, "err", uerr)
+			removeEmptyDir(in.Target)
+		} else if uerr := tmpfs.Unmount(in.Target); uerr != nil {
+			d.log.Error("cleaning up after a failed publish", "volume_id", v.id, "target", in.Target, "err", uerr)
 		}
 		d.forget(v)
 		return v.provider, err
@@ -109,12 +110,12 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (prov strin
 // adopt takes over a volume of ours that recovery did not find (mounted
 // outside RecoverUnder, or its metadata unreadable at start-up): the target
 // is a secretfs tmpfs whose metadata names this very volume id.
-func (d *Driver) adopt(in *publishInput) {
-	if mounted, err := tmpfs.IsMountPoint(in.target); err != nil || !mounted || tmpfs.Verify(in.target) != nil {
+func (d *Driver) adopt(in *validate.Input) {
+	if mounted, err := tmpfs.IsMountPoint(in.Target); err != nil || !mounted || tmpfs.Verify(in.Target) != nil {
 		return
 	}
-	v, err := loadVolume(in.target)
-	if err != nil || v.id != in.volumeID {
+	v, err := loadVolume(in.Target)
+	if err != nil || v.id != in.VolumeID {
 		return
 	}
 	d.log.Info("adopted a mounted volume", "volume_id", v.id, "target", v.target)
@@ -144,17 +145,17 @@ func (d *Driver) reclaim(target string) {
 // republish checks that the request matches the mounted volume, takes over
 // fresh tokens, and refreshes when due. A failed refresh is logged and
 // counted; the volume keeps its last good content and the call succeeds.
-func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) error {
+func (d *Driver) republish(ctx context.Context, v *volume, in *validate.Input) error {
 	switch {
-	case v.target != in.target:
+	case v.target != in.Target:
 		return status.Errorf(codes.AlreadyExists, "volume %s is already published at %s; an ephemeral volume has exactly one target path", v.id, v.target)
-	case v.class != in.vc.Class || v.pod.Namespace != in.vc.Pod.Namespace:
-		return status.Errorf(codes.AlreadyExists, "volume %s is already published for class %q in namespace %q, not class %q in namespace %q", v.id, v.class, v.pod.Namespace, in.vc.Class, in.vc.Pod.Namespace)
-	case v.gid != in.gid:
-		return status.Errorf(codes.AlreadyExists, "volume %s is already published with volume mount group %d, not %d", v.id, v.gid, in.gid)
+	case v.class != in.Context.Class || v.pod.Namespace != in.Context.Pod.Namespace:
+		return status.Errorf(codes.AlreadyExists, "volume %s is already published for class %q in namespace %q, not class %q in namespace %q", v.id, v.class, v.pod.Namespace, in.Context.Class, in.Context.Pod.Namespace)
+	case v.gid != in.GID:
+		return status.Errorf(codes.AlreadyExists, "volume %s is already published with volume mount group %d, not %d", v.id, v.gid, in.GID)
 	}
 	if v.pod.UID == "" && v.pod.Name == "" {
-		v.pod = in.vc.Pod // recovered without pod info; learn it now
+		v.pod = in.Context.Pod // recovered without pod info; learn it now
 	}
 	// Fresh tokens and secrets from kubelet; the class parameters stay those
 	// of the last fetch until the refresh looks the class up again.
@@ -168,7 +169,7 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) err
 	}
 	// A recovered volume has no watch yet; a watch with other tokens or
 	// another provider is replaced (new one first, so no change is missed).
-	if w := v.watch; w == nil || w.provider != v.provider || !sameTokens(w.tokens, in.vc.Tokens) {
+	if w := v.watch; w == nil || w.provider != v.provider || !sameTokens(w.tokens, in.Context.Tokens) {
 		d.startWatch(ctx, v)
 	}
 	return nil
@@ -233,10 +234,10 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 
 func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := validateVolumeID(id); err != nil {
+	if err := validate.VolumeID(id); err != nil {
 		return err
 	}
-	if err := validateTargetPath(target); err != nil {
+	if err := validate.TargetPath(target); err != nil {
 		return err
 	}
 	if err := d.locks.LockForCall(ctx, id); err != nil {

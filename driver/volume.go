@@ -13,6 +13,7 @@ import (
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/tmpfs"
+	"github.com/secretfs/secretfs/driver/validate"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -123,7 +124,7 @@ func loadVolume(target string) (*volume, error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return nil, fmt.Errorf("volume metadata is corrupt: %w", err)
 	}
-	if m.Version != 1 || validateVolumeID(m.VolumeID) != nil {
+	if m.Version != 1 || validate.VolumeID(m.VolumeID) != nil {
 		return nil, fmt.Errorf("volume metadata has version %d / an invalid volume id", m.Version)
 	}
 	interval, _ := time.ParseDuration(m.RotationInterval) // "" or bad: the driver's until the next refresh

@@ -1,4 +1,4 @@
-package driver
+package validate
 
 import (
 	"errors"
@@ -7,8 +7,8 @@ import (
 	"github.com/secretfs/secretfs/provider"
 )
 
-// volumeContext is what a publish learns from the volume attributes.
-type volumeContext struct {
+// VolumeContext is what a publish learns from the volume attributes.
+type VolumeContext struct {
 	Class  string
 	Pod    provider.Pod
 	Tokens map[string]provider.Token
@@ -18,11 +18,11 @@ type volumeContext struct {
 	IgnoredTokenAttr bool
 }
 
-// parseVolumeContext validates the attributes of an ephemeral inline volume.
+// ParseVolumeContext validates the attributes of an ephemeral inline volume.
 // Errors are InvalidArgument and say what to fix; they never quote a token.
 // With tokensInSecrets (kubelet passed the tokens in the request's secrets
-// field) the provider.AttrTokens attribute is not read at all: see tokenSource.
-func parseVolumeContext(attrs map[string]string, tokensInSecrets bool) (*volumeContext, error) {
+// field) the provider.AttrTokens attribute is not read at all: see tokensFromSecrets.
+func ParseVolumeContext(attrs map[string]string, tokensInSecrets bool) (*VolumeContext, error) {
 	if eph := attrs[provider.AttrEphemeral]; eph != "true" {
 		if eph == "" {
 			eph = "missing"
@@ -31,7 +31,7 @@ func parseVolumeContext(attrs map[string]string, tokensInSecrets bool) (*volumeC
 		}
 		return nil, provider.InvalidArgument("secretfs serves only CSI ephemeral inline volumes, but %s is %s: use a csi volume in the pod spec, and a CSIDriver with volumeLifecycleModes [Ephemeral] and podInfoOnMount: true", provider.AttrEphemeral, eph)
 	}
-	vc := &volumeContext{
+	vc := &VolumeContext{
 		Class: attrs[provider.AttrClass],
 		Pod: provider.Pod{
 			Namespace:      attrs[provider.AttrPodNamespace],

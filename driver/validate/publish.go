@@ -1,4 +1,8 @@
-package driver
+// Package validate checks what a CSI node request carries before the driver
+// touches anything: the volume id, the target path, the volume capability,
+// the volume attributes (volume context) and the tokens kubelet passes.
+// Every error is InvalidArgument and says what to fix; none quotes a token.
+package validate
 
 import (
 	"path/filepath"
@@ -15,16 +19,17 @@ import (
 // maxVolumeIDBytes is the CSI spec's limit on volume ids.
 const maxVolumeIDBytes = 128
 
-// publishInput is a validated NodePublishVolume request.
-type publishInput struct {
-	volumeID string
-	target   string
-	vc       *volumeContext
-	gid      int // the pod's fsGroup (volume_mount_group), or -1
-	secrets  map[string]string
+// Input is a validated NodePublishVolume request.
+type Input struct {
+	VolumeID string
+	Target   string
+	Context  *VolumeContext
+	GID      int // the pod's fsGroup (volume_mount_group), or -1
+	Secrets  map[string]string
 }
 
-func validateVolumeID(id string) error {
+// VolumeID checks a CSI volume id.
+func VolumeID(id string) error {
 	switch {
 	case id == "":
 		return provider.InvalidArgument("volume id is missing")
@@ -36,7 +41,8 @@ func validateVolumeID(id string) error {
 	return nil
 }
 
-func validateTargetPath(p string) error {
+// TargetPath checks a target path: absolute, clean, not the root.
+func TargetPath(p string) error {
 	switch {
 	case p == "":
 		return provider.InvalidArgument("target path is missing")
@@ -54,16 +60,16 @@ func validateTargetPath(p string) error {
 	return nil
 }
 
-// validatePublish checks everything about a NodePublishVolume request before
+// Publish checks everything about a NodePublishVolume request before
 // anything is touched.
-func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
-	if err := validateVolumeID(req.GetVolumeId()); err != nil {
+func Publish(req *csi.NodePublishVolumeRequest) (*Input, error) {
+	if err := VolumeID(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := validateTargetPath(req.GetTargetPath()); err != nil {
+	if err := TargetPath(req.GetTargetPath()); err != nil {
 		return nil, err
 	}
-	gid, err := validateCapability(req.GetVolumeCapability())
+	gid, err := capability(req.GetVolumeCapability())
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +77,7 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 		return nil, provider.InvalidArgument("secretfs volumes are read-only: set readOnly: true on the pod's csi volume")
 	}
 	_, tokensInSecrets := req.GetSecrets()[provider.AttrTokens]
-	vc, err := parseVolumeContext(req.GetVolumeContext(), tokensInSecrets)
+	vc, err := ParseVolumeContext(req.GetVolumeContext(), tokensInSecrets)
 	if err != nil {
 		return nil, err
 	}
@@ -79,12 +85,12 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &publishInput{
-		volumeID: req.GetVolumeId(),
-		target:   req.GetTargetPath(),
-		vc:       vc,
-		gid:      gid,
-		secrets:  secrets,
+	return &Input{
+		VolumeID: req.GetVolumeId(),
+		Target:   req.GetTargetPath(),
+		Context:  vc,
+		GID:      gid,
+		Secrets:  secrets,
 	}, nil
 }
 
@@ -94,7 +100,7 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 // The key is removed from what backends see as nodePublishSecretRef data, so
 // a fresh token per pod does not change the node cache key.
 //
-// Where tokens come from (tokenSource): when the secrets field carries the
+// Where tokens come from (tokensFromSecrets): when the secrets field carries the
 // key, it is the only source and the provider.AttrTokens volume attribute is ignored.
 // kubelet then leaves the attribute alone, so whatever is there was written
 // by the pod author, who could otherwise hand the driver a forged token
@@ -103,7 +109,7 @@ func validatePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
 // kubelet (every version since 1.20, for a CSIDriver with tokenRequests and
 // without serviceAccountTokenInSecrets) overwrites the attribute with the
 // tokens it minted, so the attribute is trusted.
-func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string]string, error) {
+func tokensFromSecrets(vc *VolumeContext, secrets map[string]string) (map[string]string, error) {
 	raw, ok := secrets[provider.AttrTokens]
 	if !ok {
 		return secrets, nil
@@ -126,9 +132,9 @@ func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string
 	return rest, nil
 }
 
-// validateCapability accepts mount access on tmpfs and returns the group
-// kubelet asks for (VOLUME_MOUNT_GROUP: the pod's fsGroup), or -1.
-func validateCapability(c *csi.VolumeCapability) (int, error) {
+// capability accepts mount access on tmpfs and returns the group kubelet
+// asks for (VOLUME_MOUNT_GROUP: the pod's fsGroup), or -1.
+func capability(c *csi.VolumeCapability) (int, error) {
 	if c == nil {
 		return -1, provider.InvalidArgument("volume capability is missing")
 	}

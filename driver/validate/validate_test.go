@@ -1,7 +1,6 @@
-package driver
+package validate
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +24,7 @@ func attrs(kv ...string) map[string]string {
 }
 
 func TestParseVolumeContext(t *testing.T) {
-	vc, err := parseVolumeContext(attrs(provider.AttrPodName, "web-0", provider.AttrPodUID, "0f1e2d3c-aaaa", provider.AttrServiceAccount, "web",
+	vc, err := ParseVolumeContext(attrs(provider.AttrPodName, "web-0", provider.AttrPodUID, "0f1e2d3c-aaaa", provider.AttrServiceAccount, "web",
 		provider.AttrTokens, `{"api://AzureADTokenExchange":{"token":"abc","expirationTimestamp":"2030-01-02T03:04:05Z"},"vault":{"token":"def"}}`,
 		"unrelated", "ignored"), false)
 	if err != nil {
@@ -38,7 +37,7 @@ func TestParseVolumeContext(t *testing.T) {
 	if tok.Token != "abc" || !tok.ExpirationTimestamp.Equal(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)) || vc.Tokens["vault"].Token != "def" {
 		t.Fatalf("tokens %+v", vc.Tokens)
 	}
-	if vc, err := parseVolumeContext(attrs(provider.AttrTokens, ""), false); err != nil || vc.Tokens != nil {
+	if vc, err := ParseVolumeContext(attrs(provider.AttrTokens, ""), false); err != nil || vc.Tokens != nil {
 		t.Fatalf("empty tokens: %+v %v", vc, err)
 	}
 
@@ -64,7 +63,7 @@ func TestParseVolumeContext(t *testing.T) {
 		"token wrong type":   {attrs(provider.AttrTokens, `{"aud":{"token":5}}`), "not a JSON object"},
 		"bad expiry":         {attrs(provider.AttrTokens, `{"aud":{"token":"x","expirationTimestamp":"tomorrow"}}`), "not an RFC 3339 time"},
 	} {
-		_, err := parseVolumeContext(tc.attrs, false)
+		_, err := ParseVolumeContext(tc.attrs, false)
 		if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: want InvalidArgument containing %q, got %v", name, tc.msg, err)
 		}
@@ -77,7 +76,7 @@ func FuzzParseVolumeContext(f *testing.F) {
 	f.Add("a.b-c", "ns", "false", "Web", `{"x":{"token":"t"}}`)
 	f.Add("app", "team-a", "true", "web-0", `{"aud":{"token":"t","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
 	f.Fuzz(func(t *testing.T, class, ns, eph, pod, tokens string) {
-		vc, err := parseVolumeContext(map[string]string{provider.AttrClass: class, provider.AttrPodNamespace: ns, provider.AttrEphemeral: eph, provider.AttrPodName: pod, provider.AttrTokens: tokens}, false)
+		vc, err := ParseVolumeContext(map[string]string{provider.AttrClass: class, provider.AttrPodNamespace: ns, provider.AttrEphemeral: eph, provider.AttrPodName: pod, provider.AttrTokens: tokens}, false)
 		if err != nil {
 			if provider.CodeOf(err) != codes.InvalidArgument {
 				t.Fatalf("code %v: %v", provider.CodeOf(err), err)
@@ -92,11 +91,11 @@ func FuzzParseVolumeContext(f *testing.F) {
 
 func TestValidateTargetPath(t *testing.T) {
 	for p, msg := range map[string]string{"": "missing", "a/b": "not absolute", "/a/../b": "not clean", "/a/": "not clean", "/": "root", "/a\x00": "NUL"} {
-		if err := validateTargetPath(p); err == nil || !strings.Contains(err.Error(), msg) {
+		if err := TargetPath(p); err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("%q: want %q, got %v", p, msg, err)
 		}
 	}
-	if err := validateTargetPath("/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/secrets/mount"); err != nil {
+	if err := TargetPath("/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/secrets/mount"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -113,44 +112,25 @@ func TestTokensInSecretsOverrideTheAttribute(t *testing.T) {
 			VolumeContext:    attrs(provider.AttrTokens, attr),
 			Secrets:          map[string]string{provider.AttrTokens: `{"":{"token":"kubelet","expirationTimestamp":"2030-01-01T00:00:00Z"}}`},
 		}
-		in, err := validatePublish(req)
+		in, err := Publish(req)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if got := in.vc.Tokens[""].Token; got != "kubelet" || len(in.vc.Tokens) != 1 {
+		if got := in.Context.Tokens[""].Token; got != "kubelet" || len(in.Context.Tokens) != 1 {
 			t.Fatalf("%s: token %q taken", name, got)
 		}
-		if !in.vc.IgnoredTokenAttr {
+		if !in.Context.IgnoredTokenAttr {
 			t.Fatalf("%s: ignoring the attribute is not reported", name)
 		}
 		// Empty tokens in the secrets field still mean: no tokens.
 		req.Secrets = map[string]string{provider.AttrTokens: ""}
-		if in, err := validatePublish(req); err != nil || in.vc.Tokens != nil {
-			t.Fatalf("%s: empty secrets tokens: %v %v", name, in.vc.Tokens, err)
+		if in, err := Publish(req); err != nil || in.Context.Tokens != nil {
+			t.Fatalf("%s: empty secrets tokens: %v %v", name, in.Context.Tokens, err)
 		}
 	}
 	// Without the secrets key the attribute is kubelet's and is used.
-	vc, err := parseVolumeContext(attrs(provider.AttrTokens, forged), false)
+	vc, err := ParseVolumeContext(attrs(provider.AttrTokens, forged), false)
 	if err != nil || vc.Tokens[""].Token != "forged" || vc.IgnoredTokenAttr {
 		t.Fatalf("attribute without secrets: %+v %v", vc, err)
-	}
-}
-
-// End to end through NodePublishVolume: the backend reads with kubelet's
-// token, and the log says the pod's attribute was ignored (without it).
-func TestPublishUsesKubeletTokensOverTheAttribute(t *testing.T) {
-	e := newEnv(t, nil)
-	req := publishReq("vol-t", e.target("t"), "app", "team-a")
-	req.VolumeContext[provider.AttrTokens] = `{"":{"token":"forged-by-the-pod","expirationTimestamp":"2999-01-01T00:00:00Z"}}`
-	req.Secrets = map[string]string{provider.AttrTokens: `{"":{"token":"from-kubelet","expirationTimestamp":"2030-01-01T00:00:00Z"}}`}
-	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
-		t.Fatal(err)
-	}
-	if got := e.prov.lastReq.Tokens[""].Token; got != "from-kubelet" {
-		t.Fatalf("backend got token %q", got)
-	}
-	logs := e.logs.String()
-	if !strings.Contains(logs, "ignoring the volume attribute") || strings.Contains(logs, "forged-by-the-pod") || strings.Contains(logs, "from-kubelet") {
-		t.Fatalf("logs: %s", logs)
 	}
 }
