@@ -24,6 +24,7 @@ import (
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/keylock"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -140,7 +141,7 @@ type Driver struct {
 	// cacheExternal: the external providers the admin lets the cache share.
 	cacheExternal map[string]bool
 
-	locks keyLock
+	locks keylock.Set
 
 	mu   sync.Mutex
 	vols map[string]*volume // by volume id

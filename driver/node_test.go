@@ -363,10 +363,15 @@ func TestConcurrentCallForSameVolumeIsAborted(t *testing.T) {
 	first := make(chan error)
 	go func() { first <- e.publish("vol-1", target) }()
 	waitFor(t, "first publish to hold the lock", func() bool {
-		e.d.locks.mu.Lock()
-		defer e.d.locks.mu.Unlock()
-		_, held := e.d.locks.held["vol-1"]
-		return held
+		// Lock gives up at once (cancel is closed) while the lock is held;
+		// a free lock it takes and gives back.
+		cancel := make(chan struct{})
+		close(cancel)
+		if e.d.locks.Lock("vol-1", cancel) {
+			e.d.locks.Unlock("vol-1")
+			return false
+		}
+		return true
 	})
 	if err := e.publish("vol-1", target); status.Code(err) != codes.Aborted {
 		t.Fatalf("second publish: want Aborted, got %v", err)

@@ -1,4 +1,5 @@
-package driver
+// Package keylock holds the per-volume locks of the driver.
+package keylock
 
 import (
 	"context"
@@ -8,11 +9,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// keyLock is a set of per-key locks. A gRPC call that finds its volume
-// locked by another call fails fast with Aborted and kubelet retries; one
-// that finds it locked by a background refresh (a provider watch) waits for
-// it, since that is no conflicting request, just a short piece of work.
-type keyLock struct {
+// Set is a set of per-key locks; the zero Set is ready to use. A gRPC call
+// that finds its volume locked by another call fails fast with Aborted and
+// kubelet retries; one that finds it locked by a background refresh (a
+// provider watch) waits for it, since that is no conflicting request, just
+// a short piece of work.
+type Set struct {
 	mu   sync.Mutex
 	held map[string]*lockEntry
 }
@@ -22,7 +24,7 @@ type lockEntry struct {
 	background bool
 }
 
-func (l *keyLock) take(key string, background bool) {
+func (l *Set) take(key string, background bool) {
 	if l.held == nil {
 		l.held = map[string]*lockEntry{}
 	}
@@ -31,7 +33,7 @@ func (l *keyLock) take(key string, background bool) {
 
 // LockForCall takes the lock for a gRPC call: Aborted if another call holds
 // it, waiting (until ctx ends) while a background refresh holds it.
-func (l *keyLock) LockForCall(ctx context.Context, key string) error {
+func (l *Set) LockForCall(ctx context.Context, key string) error {
 	for {
 		l.mu.Lock()
 		e, busy := l.held[key]
@@ -54,7 +56,7 @@ func (l *keyLock) LockForCall(ctx context.Context, key string) error {
 
 // Lock waits for the lock for key on behalf of background work; it gives up
 // and returns false when cancel is closed first.
-func (l *keyLock) Lock(key string, cancel <-chan struct{}) bool {
+func (l *Set) Lock(key string, cancel <-chan struct{}) bool {
 	for {
 		l.mu.Lock()
 		e, busy := l.held[key]
@@ -73,7 +75,7 @@ func (l *keyLock) Lock(key string, cancel <-chan struct{}) bool {
 }
 
 // Unlock releases key.
-func (l *keyLock) Unlock(key string) {
+func (l *Set) Unlock(key string) {
 	l.mu.Lock()
 	e := l.held[key]
 	delete(l.held, key)

@@ -1,4 +1,4 @@
-package driver
+package keylock
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 )
 
 func TestKeyLock(t *testing.T) {
-	var l keyLock
+	var l Set
 	ctx := context.Background()
 	if err := l.LockForCall(ctx, "v"); err != nil {
 		t.Fatal(err)
