@@ -25,6 +25,7 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/keylock"
+	"github.com/secretfs/secretfs/driver/rotation"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -124,7 +125,7 @@ type Driver struct {
 	// during a swap) plus the metadata file.
 	mountBytes   int64
 	recoverUnder string
-	rotation     rotation
+	rotation     rotation.Policy
 	log          *slog.Logger
 	metrics      *metrics
 	events       EventSink // nil: none
@@ -234,7 +235,7 @@ func New(cfg Config) (*Driver, error) {
 		limits:       limits,
 		mountBytes:   2*cfg.TmpfsSize + 64<<10,
 		recoverUnder: cfg.RecoverUnder,
-		rotation:     newRotation(cfg.RotationInterval),
+		rotation:     rotation.New(cfg.RotationInterval),
 		minInterval:  cfg.MinRotationInterval,
 		maxInterval:  cfg.MaxRotationInterval,
 		maxStale:     max(cfg.MaxStaleIfError, 0),
@@ -254,7 +255,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if !cfg.DisableCache {
 		d.keyer = cache.NewKeyer()
-		d.cache = cache.New(cache.Options{MaxAge: d.rotation.cacheMaxAge(), Timeout: d.rotation.timeout})
+		d.cache = cache.New(cache.Options{MaxAge: d.rotation.CacheMaxAge(), Timeout: d.rotation.Timeout})
 	}
 	d.recover()
 	d.recovered.Store(true)

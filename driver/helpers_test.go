@@ -175,7 +175,7 @@ func (e *env) start(cfg Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.rotation.debounce = testDebounce
+	d.rotation.Debounce = testDebounce
 	e.d = d
 	sockDir, err := os.MkdirTemp("", "sfs")
 	if err != nil {

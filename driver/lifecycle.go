@@ -223,6 +223,36 @@ func (d *Driver) forget(v *volume) {
 	}
 }
 
+// refresh runs apply on a mounted volume. A failure keeps the last good
+// content; it is logged, counted, and reported on the pod when the
+// rotation policy says a failure event is due. The caller holds the volume lock.
+func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
+	start := time.Now()
+	v.lastTry = start
+	changed, err := d.apply(ctx, v, v.req)
+	switch {
+	case err != nil:
+		d.log.Warn("refresh failed; keeping the last good content", "volume_id", v.id, "namespace", v.pod.Namespace,
+			"class", v.class, "trigger", trigger, "code", provider.CodeOf(err).String(), "err", err.Error())
+		if d.events != nil && d.rotation.FailureEventDue(v.lastFailEvent, v.interval, start) {
+			v.lastFailEvent = start
+			d.events.RefreshFailed(v.pod, v.class, err)
+		}
+	case changed:
+		d.log.Info("volume rotated", "volume_id", v.id, "namespace", v.pod.Namespace, "class", v.class,
+			"trigger", trigger, "duration", time.Since(start))
+		if d.events != nil {
+			d.events.Rotated(v.pod, v.class)
+		}
+	default:
+		d.log.Debug("volume refreshed, unchanged", "volume_id", v.id, "trigger", trigger)
+	}
+	d.metrics.refreshed(v.provider, trigger, changed, err, time.Since(start))
+	if d.volume(v.id) == v { // not forgotten meanwhile
+		d.noteStatus(v, err)
+	}
+}
+
 // request builds the identity part of a provider request from a publish:
 // pod, tokens and nodePublishSecretRef data. Parameters come from the class
 // only (withClass); volume attributes never reach them.

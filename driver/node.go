@@ -164,7 +164,7 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *validate.Input) e
 		req.Parameters = v.req.Parameters
 	}
 	v.req = req
-	if d.rotation.due(v, time.Now()) {
+	if d.rotation.Due(v.lastFetch, v.lastTry, v.interval, time.Now()) {
 		d.refresh(ctx, v, "republish")
 	}
 	// A recovered volume has no watch yet; a watch with other tokens or

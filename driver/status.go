@@ -73,12 +73,8 @@ func (d *Driver) noteStatus(v *volume, err error) {
 	if s.Files == 0 && s.Bytes == 0 {
 		s.Files = len(v.versions)
 	}
-	iv := d.rotation.every(v)
-	s.RotationInterval = Interval(iv)
-	s.NextRefresh = v.lastFetch.Add(iv)
-	if retry := v.lastTry.Add(iv / 4); retry.After(s.NextRefresh) {
-		s.NextRefresh = retry
-	}
+	s.RotationInterval = Interval(d.rotation.Every(v.interval))
+	s.NextRefresh = d.rotation.Next(v.lastFetch, v.lastTry, v.interval)
 	if err != nil {
 		s.LastError = status.Convert(toStatus(err)).Message()
 	}

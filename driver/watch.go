@@ -107,8 +107,8 @@ func (d *Driver) watchLoop(v *volume, w *watch, kick <-chan struct{}) {
 			return
 		case <-kick:
 		}
-		if d.rotation.debounce > 0 {
-			t := time.After(d.rotation.debounce)
+		if d.rotation.Debounce > 0 {
+			t := time.After(d.rotation.Debounce)
 			select {
 			case <-w.done:
 				return
@@ -123,7 +123,7 @@ func (d *Driver) watchLoop(v *volume, w *watch, kick <-chan struct{}) {
 			return
 		}
 		if d.volume(v.id) == v && v.watch == w && v.req != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), d.rotation.timeout)
+			ctx, cancel := context.WithTimeout(context.Background(), d.rotation.Timeout)
 			d.refresh(ctx, v, "watch")
 			cancel()
 		}
