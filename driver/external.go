@@ -15,6 +15,7 @@ import (
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
+	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -136,7 +137,7 @@ func (d *Driver) readWritten(v *volume) ([]atomicwriter.File, error) {
 			}
 			return nil
 		}
-		if p == metadataFile || !e.Type().IsRegular() {
+		if p == metadata.File || !e.Type().IsRegular() {
 			return nil
 		}
 		fi, err := e.Info()

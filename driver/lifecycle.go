@@ -15,6 +15,7 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
+	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/validate"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -251,6 +252,38 @@ func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 	if d.volume(v.id) == v { // not forgotten meanwhile
 		d.noteStatus(v, err)
 	}
+}
+
+// info is what hooks see of v.
+func (v *volume) info() VolumeInfo {
+	return VolumeInfo{ID: v.id, Target: v.target, Pod: v.pod, Class: v.cls, Provider: v.provider, Versions: v.versions}
+}
+
+// saveMetadata writes what v mounted to its metadata file (package
+// driver/metadata).
+func (v *volume) saveMetadata() error {
+	m := metadata.Volume{
+		VolumeID: v.id, Target: v.target, Pod: v.pod, Class: v.class,
+		Provider: v.provider, GID: v.gid, LastFetch: v.lastFetch.UTC(), Versions: v.versions,
+	}
+	if v.interval != 0 {
+		m.RotationInterval = v.interval.String()
+	}
+	return metadata.Save(v.target, m)
+}
+
+// loadVolume is the volume whose metadata the tmpfs at target holds.
+func loadVolume(target string) (*volume, error) {
+	m, err := metadata.Load(target)
+	if err != nil {
+		return nil, err
+	}
+	interval, _ := time.ParseDuration(m.RotationInterval) // "" or bad: the driver's until the next refresh
+	return &volume{
+		id: m.VolumeID, target: target, pod: m.Pod, class: m.Class, provider: m.Provider,
+		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions, mounted: true,
+		interval: max(interval, 0),
+	}, nil
 }
 
 // request builds the identity part of a provider request from a publish:

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -52,12 +53,12 @@ func TestPublishUnpublish(t *testing.T) {
 		t.Fatalf("provider request %+v", req)
 	}
 	// Metadata: non-secret, 0600.
-	fi, err := os.Lstat(filepath.Join(target, metadataFile))
+	fi, err := os.Lstat(filepath.Join(target, metadata.File))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("metadata file: %v %v", fi, err)
 	}
-	var md metadata
-	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(target, metadataFile))), &md); err != nil || md.VolumeID != "vol-1" || md.Class != "app" || md.Provider != "test" || len(md.Versions) != 3 {
+	var md metadata.Volume
+	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(target, metadata.File))), &md); err != nil || md.VolumeID != "vol-1" || md.Class != "app" || md.Provider != "test" || len(md.Versions) != 3 {
 		t.Fatalf("metadata %+v %v", md, err)
 	}
 	if got := testutil.ToFloat64(e.d.metrics.mounted); got != 1 {
