@@ -40,6 +40,13 @@ const (
 	DefaultRotationInterval = 2 * time.Minute
 )
 
+// Defaults for the bounds of the class settings.
+const (
+	DefaultMinRotationInterval = 10 * time.Second
+	DefaultMaxRotationInterval = 24 * time.Hour
+	DefaultMaxStaleIfError     = time.Hour
+)
+
 // Config configures a Driver.
 type Config struct {
 	DriverName string // default "csi.secretfs.dev"
@@ -73,7 +80,7 @@ type Config struct {
 	DisableCache bool
 	// CacheExternal names the external providers whose answers the node
 	// cache shares ("*": all). Others are fetched per volume unless their
-	// class sets secretfs.dev/nodeCache: "true" (see shareable). Built-in
+	// class sets secretfs.dev/nodeCache: "true" (see content.Shareable). Built-in
 	// backends are always shared, unless a class sets it "false".
 	CacheExternal []string
 	// Events receives what the pod's owner should see on the pod: failed
@@ -108,6 +115,16 @@ type EventSink interface {
 	Rotated(pod provider.Pod, class string)
 }
 
+// ContentEventSink is implemented by an EventSink that also reports what a
+// class's content settings did on the pod (the API events do).
+type ContentEventSink interface {
+	// Omitted: optional objects were not found and are not in the volume.
+	Omitted(pod provider.Pod, class string, objects []string)
+	// ServedStale: the backend failed with err; a new volume got the node
+	// cache's content of the same identity and class, fetched age ago.
+	ServedStale(pod provider.Pod, class string, age time.Duration, err error)
+}
+
 // Driver is the CSI node plugin. It implements csi.IdentityServer and
 // csi.NodeServer, so an in-process caller can use it without a socket.
 type Driver struct {
@@ -132,7 +149,7 @@ type Driver struct {
 	hooks        []VolumeHook
 	owner        *Owner // nil: Kubernetes ownership
 
-	// Bounds of a class's own settings (content.go).
+	// Bounds of a class's own settings (package driver/content).
 	minInterval, maxInterval, maxStale time.Duration
 
 	// cache shares backend results between volumes of one identity; nil

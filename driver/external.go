@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
-	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
 	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
@@ -30,31 +29,7 @@ import (
 //     the tmpfs size. What they wrote is checked against the volume's cap
 //     (checkWritten).
 //   - Their answers may differ per pod or per call, so the node cache shares
-//     them only where the admin or the class opts in (shareable).
-
-// isExternal reports whether p is an external provider.
-func isExternal(p provider.Provider) bool {
-	_, ok := p.(provider.External)
-	return ok
-}
-
-// shareable says whether the node cache may share the answers of provider
-// p (named name) for class cls between the volumes of one identity: the
-// class's secretfs.dev/nodeCache when it sets one; otherwise yes for a
-// built-in backend, and for an external provider only when the admin listed
-// it (Config.CacheExternal).
-func (d *Driver) shareable(p provider.Provider, name string, cls *class.Class) (bool, error) {
-	share, set, err := content.NodeCache(cls.Parameters)
-	switch {
-	case err != nil:
-		return false, provider.InvalidArgument("class %q in namespace %q: %s", cls.Name, cls.Namespace, status.Convert(err).Message())
-	case set:
-		return share, nil
-	case !isExternal(p):
-		return true, nil
-	}
-	return d.cacheExternal[name] || d.cacheExternal["*"], nil
-}
+//     them only where the admin or the class opts in (content.Shareable).
 
 // mountTmpfs mounts v's tmpfs if it is not mounted yet.
 func (d *Driver) mountTmpfs(v *volume) error {

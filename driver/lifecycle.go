@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -66,12 +67,12 @@ type VolumeHook interface {
 //
 //  1. look the class up, only in the pod's namespace;
 //  2. build the backend request: identity from kubelet (base), parameters
-//     from the class only (less the driver's own settings, see content.go),
+//     from the class only (less the driver's own settings, see package driver/content),
 //     the versions mounted now;
 //  3. for an external provider, which may write into the target itself,
 //     mount the tmpfs first and verify it (external.go);
 //  4. fetch, through the node cache under the volume's identity where its
-//     answers may be shared (shareable);
+//     answers may be shared (content.Shareable);
 //  5. shape the content (key paths, templates, optional objects), then
 //     check the file set: paths, modes, count, directories, depth, size
 //     cap; and make room in the node budget (on a refresh only once the
@@ -94,11 +95,12 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		return false, err
 	}
 	// 2.
-	plan, err := d.plan(cls)
+	plan, err := content.ForClass(cls)
 	if err != nil {
 		return false, err
 	}
-	v.cls, v.provider, v.interval = cls, cls.Provider, d.classInterval(plan)
+	v.cls, v.provider = cls, cls.Provider
+	v.interval, _ = plan.RotationInterval(d.minInterval, d.maxInterval)
 	req := withClass(base, plan.Parameters(cls.Parameters), v.versions)
 	req.Limits = provider.Limits{MaxBytes: d.capBytes, MaxFiles: d.limits.maxFiles}
 	req.DefaultMode = d.defaultFileMode()
@@ -106,13 +108,13 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	if err != nil {
 		return false, err
 	}
-	share, err := d.shareable(p, v.provider, cls)
+	_, external := p.(provider.External)
+	share, err := content.Shareable(cls, external, d.cacheExternal[v.provider] || d.cacheExternal["*"])
 	if err != nil {
 		return false, err
 	}
 	first := !v.mounted
 	// 3.
-	external := isExternal(p)
 	if external {
 		if err := d.mountTmpfs(v); err != nil {
 			return false, err
@@ -313,7 +315,7 @@ func withClass(base *provider.Request, params map[string]string, current []provi
 }
 
 // fetch is the one way the driver asks a backend for a volume's files. With
-// the node cache on and share set (shareable), it goes through the cache
+// the node cache on and share set (content.Shareable), it goes through the cache
 // under the volume's identity (see package driver/cache for why sharing
 // keeps every authorization decision intact), and the volume holds the
 // entry until it is forgotten or fetches under another identity. It returns
@@ -334,10 +336,13 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		})
 	}
 	if d.cache != nil && share {
-		pol := d.cachePolicy(v, plan)
+		// The class's own interval is the max age; stale content only for a
+		// first publish, when the class asks for it (bounded by the driver).
+		stale := plan.StaleIfError(d.maxStale)
+		pol := cache.Policy{MaxAge: v.interval, StaleIfError: stale, ServeStale: stale > 0 && !v.mounted}
 		key := d.keyer.Key(cache.Identity{
 			Provider: v.provider, Namespace: req.Pod.Namespace, ServiceAccount: req.Pod.ServiceAccount,
-			Tokens: req.Tokens, Secrets: req.Secrets, Parameters: keyParameters(cls, pol),
+			Tokens: req.Tokens, Secrets: req.Secrets, Parameters: content.KeyParameters(cls, stale > 0),
 		})
 		var outcome cache.Outcome
 		res, at, outcome, err = d.cache.GetWith(ctx, v.id, key, pol, fetch)
@@ -366,6 +371,39 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		return nil, time.Time{}, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
 	}
 	return res, at, nil
+}
+
+// servedStale logs and reports that v got stale content because of err.
+func (d *Driver) servedStale(ctx context.Context, v *volume, at time.Time, err error) {
+	age := time.Since(at)
+	d.log.LogAttrs(ctx, slog.LevelWarn, "backend failed; new volume served the node cache's last good content (staleIfError)",
+		slog.String("volume_id", v.id), slog.String("namespace", v.pod.Namespace), slog.String("class", v.class),
+		slog.Duration("age", age), slog.String("code", provider.CodeOf(err).String()), slog.String("err", err.Error()))
+	if s, ok := d.events.(ContentEventSink); ok {
+		s.ServedStale(v.pod, v.class, age, err)
+	}
+}
+
+// shape turns a fetched result into the volume's content under plan
+// (templates, hidden objects, optional objects left out) and reports newly
+// omitted objects once. The returned result shares res's contents and owns
+// the rendered ones: wipe both.
+func (d *Driver) shape(v *volume, plan *content.Plan, req *provider.Request, res *provider.Result) (*provider.Result, error) {
+	out, err := plan.Render(res, d.capBytes, req.DefaultMode)
+	if err != nil {
+		return nil, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q: %s", v.class, v.pod.Namespace, err.Error())
+	}
+	if !slices.Equal(out.Missing, v.omitted) {
+		v.omitted = out.Missing
+		if len(out.Missing) > 0 {
+			d.log.Info("optional objects not found, left out", "volume_id", v.id, "namespace", v.pod.Namespace,
+				"class", v.class, "objects", out.Missing)
+			if s, ok := d.events.(ContentEventSink); ok {
+				s.Omitted(v.pod, v.class, out.Missing)
+			}
+		}
+	}
+	return &provider.Result{Files: out.Files, Versions: out.Versions}, nil
 }
 
 // backend is one call to a backend, counted by provider and result code.

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"time"
 
+	"github.com/secretfs/secretfs/driver/content"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -44,7 +45,7 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 			d.metrics.watches.WithLabelValues("failed").Inc()
 			return
 		}
-		plan, err := d.plan(cls)
+		plan, err := content.ForClass(cls)
 		if err != nil {
 			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
 			d.metrics.watches.WithLabelValues("failed").Inc()
