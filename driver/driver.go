@@ -25,6 +25,7 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/keylock"
+	"github.com/secretfs/secretfs/driver/limits"
 	"github.com/secretfs/secretfs/driver/rotation"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -38,6 +39,14 @@ const (
 	DefaultDriverName       = "csi.secretfs.dev"
 	DefaultTmpfsSize        = 8 << 20
 	DefaultRotationInterval = 2 * time.Minute
+)
+
+// Per-volume limits on the shape of a file set (Config.MaxFiles, MaxDirs,
+// MaxDepth; see package driver/limits).
+const (
+	DefaultMaxFiles = provider.DefaultMaxFiles
+	DefaultMaxDirs  = 1024
+	DefaultMaxDepth = 16
 )
 
 // Defaults for the bounds of the class settings.
@@ -131,13 +140,12 @@ type Driver struct {
 	csi.UnimplementedIdentityServer
 	csi.UnimplementedNodeServer
 
-	name     string
-	nodeID   string
-	classes  class.Source
-	resolve  func(string) (provider.Provider, error)
-	capBytes int64
-	limits   volumeLimits
-	budget   *budget.Budget // nil: no node budget
+	name    string
+	nodeID  string
+	classes class.Source
+	resolve func(string) (provider.Provider, error)
+	limits  limits.Volume  // per volume; MaxBytes is Config.TmpfsSize
+	budget  *budget.Budget // nil: no node budget
 	// mountBytes is the tmpfs size: room for two generations (old and new
 	// during a swap) plus the metadata file.
 	mountBytes   int64
@@ -218,12 +226,12 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	limits := volumeLimits{maxFiles: cfg.MaxFiles, maxDirs: cfg.MaxDirs, maxDepth: cfg.MaxDepth}
+	lim := limits.Volume{MaxFiles: cfg.MaxFiles, MaxDirs: cfg.MaxDirs, MaxDepth: cfg.MaxDepth, MaxBytes: cfg.TmpfsSize}
 	for _, l := range []struct {
 		v    *int
 		def  int
 		name string
-	}{{&limits.maxFiles, DefaultMaxFiles, "MaxFiles"}, {&limits.maxDirs, DefaultMaxDirs, "MaxDirs"}, {&limits.maxDepth, DefaultMaxDepth, "MaxDepth"}} {
+	}{{&lim.MaxFiles, DefaultMaxFiles, "MaxFiles"}, {&lim.MaxDirs, DefaultMaxDirs, "MaxDirs"}, {&lim.MaxDepth, DefaultMaxDepth, "MaxDepth"}} {
 		if *l.v == 0 {
 			*l.v = l.def
 		}
@@ -248,8 +256,7 @@ func New(cfg Config) (*Driver, error) {
 		nodeID:       cfg.NodeID,
 		classes:      cfg.Classes,
 		resolve:      cfg.Providers,
-		capBytes:     cfg.TmpfsSize,
-		limits:       limits,
+		limits:       lim,
 		mountBytes:   2*cfg.TmpfsSize + 64<<10,
 		recoverUnder: cfg.RecoverUnder,
 		rotation:     rotation.New(cfg.RotationInterval),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/content"
+	"github.com/secretfs/secretfs/driver/limits"
 	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
@@ -72,8 +73,8 @@ func (d *Driver) checkWritten(v *volume, external, first bool, plan *content.Pla
 		return nil, false, status.Errorf(codes.Internal, "after provider %q wrote the files, %s is not a tmpfs", v.provider, v.target)
 	}
 	used := int64(st.Blocks-st.Bfree) * st.Bsize
-	if used > d.capBytes+pageSize {
-		return nil, false, provider.Errorf(codes.ResourceExhausted, "provider %q wrote %d bytes into the volume of class %q in namespace %q, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.provider, used, v.class, v.pod.Namespace, d.capBytes)
+	if used > d.limits.MaxBytes+limits.PageSize {
+		return nil, false, provider.Errorf(codes.ResourceExhausted, "provider %q wrote %d bytes into the volume of class %q in namespace %q, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.provider, used, v.class, v.pod.Namespace, d.limits.MaxBytes)
 	}
 	changed := first || !slices.Equal(v.versions, res.Versions)
 	if !changed || len(d.hooks) == 0 {
@@ -92,7 +93,7 @@ func wipeFiles(files []atomicwriter.File) {
 
 // readWritten reads back the files an external provider wrote, for the
 // hooks: regular files below target (no symlink leaves it), without the
-// driver's own, at most maxFiles and capBytes.
+// driver's own, at most MaxFiles and MaxBytes.
 func (d *Driver) readWritten(v *volume) ([]atomicwriter.File, error) {
 	root, err := os.OpenRoot(v.target)
 	if err != nil {
@@ -119,7 +120,7 @@ func (d *Driver) readWritten(v *volume) ([]atomicwriter.File, error) {
 		if err != nil {
 			return err
 		}
-		if total += fi.Size(); total > d.capBytes || len(files) >= d.limits.maxFiles {
+		if total += fi.Size(); total > d.limits.MaxBytes || len(files) >= d.limits.MaxFiles {
 			return errTooMuch
 		}
 		data, err := root.ReadFile(p)

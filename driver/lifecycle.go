@@ -102,7 +102,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	v.cls, v.provider = cls, cls.Provider
 	v.interval, _ = plan.RotationInterval(d.minInterval, d.maxInterval)
 	req := withClass(base, plan.Parameters(cls.Parameters), v.versions)
-	req.Limits = provider.Limits{MaxBytes: d.capBytes, MaxFiles: d.limits.maxFiles}
+	req.Limits = provider.Limits{MaxBytes: d.limits.MaxBytes, MaxFiles: d.limits.MaxFiles}
 	req.DefaultMode = d.defaultFileMode()
 	p, err := d.providerFor(v)
 	if err != nil {
@@ -144,11 +144,12 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 			}
 			defer res.Wipe() // the rendered files; the fetched ones are wiped above
 		}
+		where := func() string { return "class \"" + v.class + "\" in namespace \"" + v.pod.Namespace + "\"" }
 		var need int64
-		if files, need, err = d.checkFiles(v, req, res); err != nil {
+		if files, need, err = d.limits.Files(res, req.DefaultMode, v.provider, where, d.cache != nil); err != nil {
 			return false, err
 		}
-		grow, settle := d.reserveFor(v, need)
+		grow, settle := d.budget.For(v.id, need, v.class, v.pod.Namespace)
 		if first && grow != nil {
 			if err := grow(); err != nil {
 				return false, err
@@ -158,11 +159,13 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		// 6.
 		if err := d.mountTmpfs(v); err != nil {
 			settle(false)
+			d.noteBudget()
 			return false, err
 		}
 		// 7.
 		changed, err = d.writer(v, grow).Write(files)
 		settle(err == nil && (changed || first))
+		d.noteBudget()
 		if err != nil {
 			if provider.CodeOf(err) == codes.ResourceExhausted {
 				return false, err // the node budget refused the new generation
@@ -206,7 +209,7 @@ func (d *Driver) forget(v *volume) {
 	d.stopWatch(v)
 	if d.budget != nil {
 		d.budget.Release(v.id)
-		d.metrics.budgetUsed.Set(float64(d.budget.Used()))
+		d.noteBudget()
 	}
 	if d.cache != nil {
 		d.cache.Release(v.id)
@@ -288,6 +291,28 @@ func loadVolume(target string) (*volume, error) {
 	}, nil
 }
 
+// noteBudget shows what the node budget holds (metric node_budget_used_bytes).
+func (d *Driver) noteBudget() {
+	if d.budget != nil {
+		d.metrics.budgetUsed.Set(float64(d.budget.Used()))
+	}
+}
+
+// holdMounted counts a volume found mounted (after a restart, or adopted)
+// in the node budget with the pages its tmpfs holds now: they are charged
+// already, whatever the budget says.
+func (d *Driver) holdMounted(v *volume) {
+	if d.budget == nil {
+		return
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(v.target, &st); err != nil {
+		return
+	}
+	d.budget.Hold(v.id, int64(st.Blocks-st.Bfree)*st.Bsize)
+	d.noteBudget()
+}
+
 // request builds the identity part of a provider request from a publish:
 // pod, tokens and nodePublishSecretRef data. Parameters come from the class
 // only (withClass); volume attributes never reach them.
@@ -331,7 +356,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		if plan == nil {
 			return d.backend(ctx, p, v.provider, req)
 		}
-		return plan.Fetch(ctx, req, int(d.capBytes), func(ctx context.Context, req *provider.Request) (*provider.Result, error) {
+		return plan.Fetch(ctx, req, int(d.limits.MaxBytes), func(ctx context.Context, req *provider.Request) (*provider.Result, error) {
 			return d.backend(ctx, p, v.provider, req)
 		})
 	}
@@ -389,7 +414,7 @@ func (d *Driver) servedStale(ctx context.Context, v *volume, at time.Time, err e
 // omitted objects once. The returned result shares res's contents and owns
 // the rendered ones: wipe both.
 func (d *Driver) shape(v *volume, plan *content.Plan, req *provider.Request, res *provider.Result) (*provider.Result, error) {
-	out, err := plan.Render(res, d.capBytes, req.DefaultMode)
+	out, err := plan.Render(res, d.limits.MaxBytes, req.DefaultMode)
 	if err != nil {
 		return nil, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q: %s", v.class, v.pod.Namespace, err.Error())
 	}

@@ -246,7 +246,7 @@ func TestPublishRejectsBadFileSets(t *testing.T) {
 // cleanly with ResourceExhausted.
 func TestPublishENOSPCCleansUp(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.TmpfsSize = 64 << 10 })
-	e.d.capBytes = 1 << 30 // defeat the estimate so the write itself hits ENOSPC
+	e.d.limits.MaxBytes = 1 << 30 // defeat the estimate so the write itself hits ENOSPC
 	e.prov.set(func(p *testProvider) {
 		p.files = func(*provider.Request) []provider.File {
 			return []provider.File{{Path: "big", Contents: make([]byte, 4<<20)}}

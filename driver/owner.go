@@ -39,7 +39,7 @@ func (o *Owner) validate() error {
 // mountOptions are the tmpfs options of v's root: the owner's, or the
 // pod's fsGroup with kubelet's modes (see rootModeWithGroup).
 func (d *Driver) mountOptions(v *volume) tmpfs.Options {
-	opts := tmpfs.Options{SizeBytes: d.mountBytes, Mode: rootModeNoGroup, GID: v.gid, Inodes: d.limits.inodes(), Logger: d.log}
+	opts := tmpfs.Options{SizeBytes: d.mountBytes, Mode: rootModeNoGroup, GID: v.gid, Inodes: d.limits.Inodes(), Logger: d.log}
 	switch {
 	case d.owner != nil:
 		opts.Mode, opts.UID, opts.GID = d.owner.RootMode, d.owner.UID, d.owner.GID

@@ -81,6 +81,32 @@ func (b *Budget) Reserve(id string, n int64) error {
 	return nil
 }
 
+// For makes room for volume id to hold need bytes. grow is for
+// atomicwriter.Writer.Grow (old and new generation side by side until the
+// swap) and refuses with ResourceExhausted naming the volume's class and
+// namespace; settle records what id holds once the write is over (need
+// when written, else what it held before). A nil Budget does neither.
+func (b *Budget) For(id string, need int64, class, namespace string) (grow func() error, settle func(written bool)) {
+	if b == nil {
+		return nil, func(bool) {}
+	}
+	old := b.Held(id)
+	grow = func() error {
+		if err := b.Reserve(id, old+need); err != nil {
+			return provider.Errorf(codes.ResourceExhausted, "%s: %s", "class \""+class+"\" in namespace \""+namespace+"\"", err.Error())
+		}
+		return nil
+	}
+	settle = func(written bool) {
+		if written {
+			_ = b.Reserve(id, need) // shrinks: never fails
+		} else {
+			_ = b.Reserve(id, old)
+		}
+	}
+	return grow, settle
+}
+
 // Hold records that volume id holds n bytes, whatever the limit: a volume
 // found mounted after a restart holds its pages already.
 func (b *Budget) Hold(id string, n int64) {
