@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"os"
 	"slices"
 	"time"
 
@@ -16,7 +17,9 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
+	"github.com/secretfs/secretfs/driver/limits"
 	"github.com/secretfs/secretfs/driver/metadata"
+	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/driver/validate"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -70,7 +73,7 @@ type VolumeHook interface {
 //     from the class only (less the driver's own settings, see package driver/content),
 //     the versions mounted now;
 //  3. for an external provider, which may write into the target itself,
-//     mount the tmpfs first and verify it (external.go);
+//     mount the tmpfs first and verify it;
 //  4. fetch, through the node cache under the volume's identity where its
 //     answers may be shared (content.Shareable);
 //  5. shape the content (key paths, templates, optional objects), then
@@ -103,7 +106,9 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	v.interval, _ = plan.RotationInterval(d.minInterval, d.maxInterval)
 	req := withClass(base, plan.Parameters(cls.Parameters), v.versions)
 	req.Limits = provider.Limits{MaxBytes: d.limits.MaxBytes, MaxFiles: d.limits.MaxFiles}
-	req.DefaultMode = d.defaultFileMode()
+	if d.owner != nil {
+		req.DefaultMode = d.owner.FileMode // else request's provider.DefaultFileMode
+	}
 	p, err := d.providerFor(v)
 	if err != nil {
 		return false, err
@@ -119,8 +124,10 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		if err := d.mountTmpfs(v); err != nil {
 			return false, err
 		}
-		if err := verifyTarget(v); err != nil {
-			return false, err
+		// Never hand a provider a target that is not v's tmpfs (unmounted
+		// or replaced behind the driver's back).
+		if err := tmpfs.VerifyMounted(v.target); err != nil {
+			return false, status.Errorf(codes.Internal, "not calling provider %q: %v", v.provider, err)
 		}
 	}
 	// 4.
@@ -135,7 +142,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		if files, changed, err = d.checkWritten(v, external, first, plan, res); err != nil {
 			return false, err
 		}
-		defer wipeFiles(files)
+		defer atomicwriter.Wipe(files)
 	} else {
 		// 5.
 		if plan != nil {
@@ -305,11 +312,11 @@ func (d *Driver) holdMounted(v *volume) {
 	if d.budget == nil {
 		return
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(v.target, &st); err != nil {
+	used, _, err := tmpfs.Usage(v.target)
+	if err != nil {
 		return
 	}
-	d.budget.Hold(v.id, int64(st.Blocks-st.Bfree)*st.Bsize)
+	d.budget.Hold(v.id, used)
 	d.noteBudget()
 }
 
@@ -456,6 +463,77 @@ func (d *Driver) providerFor(v *volume) (provider.Provider, error) {
 		return nil, provider.InvalidArgument("class %q in namespace %q uses provider %q, which this driver does not know", v.class, v.pod.Namespace, v.provider)
 	}
 	return p, nil
+}
+
+// mountTmpfs mounts v's tmpfs if it is not mounted yet.
+func (d *Driver) mountTmpfs(v *volume) error {
+	if v.mounted {
+		return nil
+	}
+	// The root is the owner's, or the pod's fsGroup's with kubelet's modes
+	// (see rootModeWithGroup).
+	opts := tmpfs.Options{SizeBytes: d.mountBytes, Mode: rootModeNoGroup, GID: v.gid, Inodes: d.limits.Inodes(), Logger: d.log}
+	switch {
+	case d.owner != nil:
+		opts.Mode, opts.UID, opts.GID = d.owner.RootMode, d.owner.UID, d.owner.GID
+	case v.gid >= 0:
+		opts.Mode = rootModeWithGroup
+	}
+	if err := tmpfs.Mount(v.target, opts); err != nil {
+		return status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
+	}
+	v.mounted = true
+	return nil
+}
+
+// writer writes v's files, after checking (with statfs on the very
+// directory it writes to) that v's target is a tmpfs; grow is the node
+// budget's (see Writer.Grow).
+func (d *Driver) writer(v *volume, grow func() error) *atomicwriter.Writer {
+	w := &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }, Grow: grow}
+	if o := d.owner; o != nil {
+		w.UID, w.GID = o.UID, o.GID
+	}
+	return w
+}
+
+// checkWritten checks what an external provider wrote into v's tmpfs: the
+// target is still a tmpfs and holds at most the volume's cap (plus a page
+// for the driver's metadata file); the tmpfs size already stopped anything
+// larger than the mount. It reports whether the versions changed and, when
+// they did and hooks want the files, reads them back (wipe them after use).
+// External providers may write the files into the target themselves and
+// return none (the Secrets Store CSI Driver's provider-writes mode, the AWS
+// provider's default): apply mounts and verifies the tmpfs before calling
+// them, so what they write is bounded by the tmpfs size.
+func (d *Driver) checkWritten(v *volume, external, first bool, plan *content.Plan, res *provider.Result) ([]atomicwriter.File, bool, error) {
+	if !external {
+		return nil, false, status.Errorf(codes.Internal, "built-in provider %q returned no files", v.provider)
+	}
+	if plan.NeedsFiles() {
+		return nil, false, provider.Errorf(codes.FailedPrecondition, "class %q in namespace %q uses templates, keyPath or optional objects, which need the files from the provider, but provider %q wrote them into the volume itself: configure it to return the files (the AWS provider: driverWritesSecrets) or drop those settings", v.class, v.pod.Namespace, v.provider)
+	}
+	used, isTmpfs, err := tmpfs.Usage(v.target)
+	if err != nil || !isTmpfs {
+		return nil, false, status.Errorf(codes.Internal, "after provider %q wrote the files, %s is not a tmpfs", v.provider, v.target)
+	}
+	if used > d.limits.MaxBytes+limits.PageSize {
+		return nil, false, provider.Errorf(codes.ResourceExhausted, "provider %q wrote %d bytes into the volume of class %q in namespace %q, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.provider, used, v.class, v.pod.Namespace, d.limits.MaxBytes)
+	}
+	changed := first || !slices.Equal(v.versions, res.Versions)
+	if !changed || len(d.hooks) == 0 {
+		return nil, changed, nil
+	}
+	root, err := os.OpenRoot(v.target)
+	if err != nil {
+		return nil, changed, err
+	}
+	defer root.Close()
+	files, err := atomicwriter.ReadBack(root, metadata.File, d.limits.MaxFiles, d.limits.MaxBytes)
+	if err != nil {
+		return nil, changed, status.Errorf(codes.Internal, "reading back the files provider %q wrote: %v", v.provider, err)
+	}
+	return files, changed, nil
 }
 
 // writeError turns a write failure into a status: a full tmpfs is the

@@ -18,15 +18,6 @@ import (
 	"github.com/secretfs/secretfs/provider"
 )
 
-// Root directory modes: with the pod's fsGroup (VOLUME_MOUNT_GROUP) the tmpfs
-// root is root:fsGroup 0750; without one it must be world-traversable for a
-// non-root pod to read its files at all. Either way only this pod's
-// containers can reach it: kubelet's pod directories are 0750 root.
-const (
-	rootModeWithGroup = 0o750
-	rootModeNoGroup   = 0o755
-)
-
 // NodePublishVolume mounts the volume, or, for a volume already mounted at
 // the target (a kubelet republish), refreshes it when its rotation is due.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {

@@ -3,10 +3,6 @@ package driver
 import (
 	"fmt"
 	"os"
-
-	"github.com/secretfs/secretfs/driver/atomicwriter"
-	"github.com/secretfs/secretfs/driver/tmpfs"
-	"github.com/secretfs/secretfs/provider"
 )
 
 // Owner gives every volume of a driver to one local user: the local agent
@@ -21,6 +17,15 @@ type Owner struct {
 	FileMode os.FileMode
 }
 
+// Root directory modes: with the pod's fsGroup (VOLUME_MOUNT_GROUP) the tmpfs
+// root is root:fsGroup 0750; without one it must be world-traversable for a
+// non-root pod to read its files at all. Either way only this pod's
+// containers can reach it: kubelet's pod directories are 0750 root.
+const (
+	rootModeWithGroup = 0o750
+	rootModeNoGroup   = 0o755
+)
+
 // LocalOwner is the local agent's default: root's alone (0700, files 0600).
 var LocalOwner = Owner{RootMode: 0o700, FileMode: 0o600}
 
@@ -34,36 +39,4 @@ func (o *Owner) validate() error {
 		return fmt.Errorf("driver: Owner file mode %04o: only permission bits, and not 0", o.FileMode)
 	}
 	return nil
-}
-
-// mountOptions are the tmpfs options of v's root: the owner's, or the
-// pod's fsGroup with kubelet's modes (see rootModeWithGroup).
-func (d *Driver) mountOptions(v *volume) tmpfs.Options {
-	opts := tmpfs.Options{SizeBytes: d.mountBytes, Mode: rootModeNoGroup, GID: v.gid, Inodes: d.limits.Inodes(), Logger: d.log}
-	switch {
-	case d.owner != nil:
-		opts.Mode, opts.UID, opts.GID = d.owner.RootMode, d.owner.UID, d.owner.GID
-	case v.gid >= 0:
-		opts.Mode = rootModeWithGroup
-	}
-	return opts
-}
-
-// writer writes v's files, after checking (with statfs on the very
-// directory it writes to) that v's target is a tmpfs; grow is the node
-// budget's (see Writer.Grow).
-func (d *Driver) writer(v *volume, grow func() error) *atomicwriter.Writer {
-	w := &atomicwriter.Writer{Dir: v.target, GID: v.gid, Check: func(fd int) error { return tmpfs.VerifyFd(fd, v.target) }, Grow: grow}
-	if o := d.owner; o != nil {
-		w.UID, w.GID = o.UID, o.GID
-	}
-	return w
-}
-
-// defaultFileMode is the mode of objects without a filePermission.
-func (d *Driver) defaultFileMode() os.FileMode {
-	if d.owner != nil {
-		return d.owner.FileMode
-	}
-	return provider.DefaultFileMode
 }

@@ -155,6 +155,25 @@ func verifyFd(fd int, name string) error {
 	return nil
 }
 
+// VerifyMounted checks that target is a mount point and (Verify) a
+// directory on a tmpfs: unmounted or replaced behind our back, it is not.
+func VerifyMounted(target string) error {
+	if mounted, err := IsMountPoint(target); err != nil || !mounted {
+		return fmt.Errorf("target %s is not mounted", target)
+	}
+	return Verify(target)
+}
+
+// Usage is what the file system at target holds in bytes (the pages a
+// tmpfs charges), and whether it is a tmpfs.
+func Usage(target string) (used int64, isTmpfs bool, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(target, &st); err != nil {
+		return 0, false, err
+	}
+	return int64(st.Blocks-st.Bfree) * st.Bsize, st.Type == unix.TMPFS_MAGIC, nil
+}
+
 // mounter is built on first use: mount.New runs umount once to probe its
 // behaviour, which a process that never asks should not pay at start-up.
 var mounter = sync.OnceValue(func() mount.Interface { return mount.New("") })
