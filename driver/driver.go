@@ -11,6 +11,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
@@ -122,6 +124,37 @@ type EventSink interface {
 	RefreshFailed(pod provider.Pod, class string, err error)
 	// Rotated: a refresh swapped in files with new content.
 	Rotated(pod provider.Pod, class string)
+}
+
+// VolumeInfo is what hooks are told about a volume. It never carries tokens
+// or nodePublishSecretRef data.
+type VolumeInfo struct {
+	ID     string
+	Target string
+	Pod    provider.Pod
+	// Class is the class as apply last looked it up; nil for a volume
+	// recovered after a restart and not refreshed since.
+	Class    *class.Class
+	Provider string
+	// Files is the content just written (Changed only). The slices belong to
+	// the driver and are wiped after the hook returns: copy what you keep.
+	Files []atomicwriter.File
+	// Versions are the object versions the backend reported for the files
+	// mounted now.
+	Versions []provider.ObjectVersion
+}
+
+// VolumeHook is told when a volume's content changed and when it is gone.
+// Both run under the volume's lock, so calls for one volume never overlap;
+// they should not block for long (a first publish waits for Changed).
+type VolumeHook interface {
+	// Changed: new content is on the tmpfs. On a first publish it is called
+	// before NodePublishVolume returns; on a refresh only when the files
+	// changed.
+	Changed(ctx context.Context, v VolumeInfo)
+	// Gone: the volume is no longer on this node (unpublished, found
+	// unmounted, or its first publish failed after Changed was not called).
+	Gone(v VolumeInfo)
 }
 
 // ContentEventSink is implemented by an EventSink that also reports what a
@@ -312,19 +345,4 @@ func (d *Driver) Close() error {
 // and the gRPC server is accepting calls.
 func (d *Driver) ready() bool {
 	return d.recovered.Load() && d.serving.Load() && !d.closed.Load()
-}
-
-func (d *Driver) volume(id string) *volume {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.vols[id]
-}
-
-func (d *Driver) setVolume(v *volume) {
-	d.noteStatus(v, nil)
-	d.mu.Lock()
-	d.vols[v.id] = v
-	n := len(d.vols)
-	d.mu.Unlock()
-	d.metrics.mounted.Set(float64(n))
 }

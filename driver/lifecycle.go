@@ -20,7 +20,6 @@ import (
 	"github.com/secretfs/secretfs/driver/limits"
 	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
-	"github.com/secretfs/secretfs/driver/validate"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -34,37 +33,6 @@ import (
 //     unmounted behind the driver's back, and a first publish that failed.
 //
 // Hooks (Config.Hooks) attach to exactly these two moves.
-
-// VolumeInfo is what hooks are told about a volume. It never carries tokens
-// or nodePublishSecretRef data.
-type VolumeInfo struct {
-	ID     string
-	Target string
-	Pod    provider.Pod
-	// Class is the class as apply last looked it up; nil for a volume
-	// recovered after a restart and not refreshed since.
-	Class    *class.Class
-	Provider string
-	// Files is the content just written (Changed only). The slices belong to
-	// the driver and are wiped after the hook returns: copy what you keep.
-	Files []atomicwriter.File
-	// Versions are the object versions the backend reported for the files
-	// mounted now.
-	Versions []provider.ObjectVersion
-}
-
-// VolumeHook is told when a volume's content changed and when it is gone.
-// Both run under the volume's lock, so calls for one volume never overlap;
-// they should not block for long (a first publish waits for Changed).
-type VolumeHook interface {
-	// Changed: new content is on the tmpfs. On a first publish it is called
-	// before NodePublishVolume returns; on a refresh only when the files
-	// changed.
-	Changed(ctx context.Context, v VolumeInfo)
-	// Gone: the volume is no longer on this node (unpublished, found
-	// unmounted, or its first publish failed after Changed was not called).
-	Gone(v VolumeInfo)
-}
 
 // apply brings v's files up to date with its class and backend:
 //
@@ -284,53 +252,10 @@ func (v *volume) saveMetadata() error {
 	return metadata.Save(v.target, m)
 }
 
-// loadVolume is the volume whose metadata the tmpfs at target holds.
-func loadVolume(target string) (*volume, error) {
-	m, err := metadata.Load(target)
-	if err != nil {
-		return nil, err
-	}
-	interval, _ := time.ParseDuration(m.RotationInterval) // "" or bad: the driver's until the next refresh
-	return &volume{
-		id: m.VolumeID, target: target, pod: m.Pod, class: m.Class, provider: m.Provider,
-		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions, mounted: true,
-		interval: max(interval, 0),
-	}, nil
-}
-
 // noteBudget shows what the node budget holds (metric node_budget_used_bytes).
 func (d *Driver) noteBudget() {
 	if d.budget != nil {
 		d.metrics.budgetUsed.Set(float64(d.budget.Used()))
-	}
-}
-
-// holdMounted counts a volume found mounted (after a restart, or adopted)
-// in the node budget with the pages its tmpfs holds now: they are charged
-// already, whatever the budget says.
-func (d *Driver) holdMounted(v *volume) {
-	if d.budget == nil {
-		return
-	}
-	used, _, err := tmpfs.Usage(v.target)
-	if err != nil {
-		return
-	}
-	d.budget.Hold(v.id, used)
-	d.noteBudget()
-}
-
-// request builds the identity part of a provider request from a publish:
-// pod, tokens and nodePublishSecretRef data. Parameters come from the class
-// only (withClass); volume attributes never reach them.
-func request(v *volume, in *validate.Input) *provider.Request {
-	return &provider.Request{
-		Pod:         in.Context.Pod,
-		Class:       v.class,
-		Tokens:      in.Context.Tokens,
-		Secrets:     in.Secrets,
-		TargetPath:  v.target,
-		DefaultMode: provider.DefaultFileMode,
 	}
 }
 

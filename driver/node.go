@@ -13,8 +13,11 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretfs/secretfs/driver/content"
+	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/driver/validate"
+	"github.com/secretfs/secretfs/driver/watch"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -160,10 +163,176 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *validate.Input) e
 	}
 	// A recovered volume has no watch yet; a watch with other tokens or
 	// another provider is replaced (new one first, so no change is missed).
-	if w := v.watch; w == nil || w.provider != v.provider || !sameTokens(w.tokens, in.Context.Tokens) {
+	if w := v.watch; w == nil || !w.Same(v.provider, in.Context.Tokens) {
 		d.startWatch(ctx, v)
 	}
 	return nil
+}
+
+// request builds the identity part of a provider request from a publish:
+// pod, tokens and nodePublishSecretRef data. Parameters come from the class
+// only (withClass); volume attributes never reach them.
+func request(v *volume, in *validate.Input) *provider.Request {
+	return &provider.Request{
+		Pod:         in.Context.Pod,
+		Class:       v.class,
+		Tokens:      in.Context.Tokens,
+		Secrets:     in.Secrets,
+		TargetPath:  v.target,
+		DefaultMode: provider.DefaultFileMode,
+	}
+}
+
+// holdMounted counts a volume found mounted (after a restart, or adopted)
+// in the node budget with the pages its tmpfs holds now: they are charged
+// already, whatever the budget says.
+func (d *Driver) holdMounted(v *volume) {
+	if d.budget == nil {
+		return
+	}
+	used, _, err := tmpfs.Usage(v.target)
+	if err != nil {
+		return
+	}
+	d.budget.Hold(v.id, used)
+	d.noteBudget()
+}
+
+// loadVolume is the volume whose metadata the tmpfs at target holds.
+func loadVolume(target string) (*volume, error) {
+	m, err := metadata.Load(target)
+	if err != nil {
+		return nil, err
+	}
+	interval, _ := time.ParseDuration(m.RotationInterval) // "" or bad: the driver's until the next refresh
+	return &volume{
+		id: m.VolumeID, target: target, pod: m.Pod, class: m.Class, provider: m.Provider,
+		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions, mounted: true,
+		interval: max(interval, 0),
+	}, nil
+}
+
+// startWatch starts a provider watch for v if its provider is a
+// provider.Watcher, replacing any running one: the new watch starts before
+// the old one stops, so no change falls in between. A watch that cannot be
+// started is logged and counted; republish rotation still works without it.
+// The caller holds the volume lock.
+func (d *Driver) startWatch(ctx context.Context, v *volume) {
+	if d.closed.Load() || v.req == nil {
+		return
+	}
+	p, err := d.providerFor(v)
+	if err != nil {
+		return
+	}
+	wp, ok := p.(provider.Watcher)
+	if !ok {
+		return
+	}
+	req := v.req
+	if req.Parameters == nil {
+		// Recovered volume that was not refreshed yet: the watch needs the
+		// class parameters to know what to watch.
+		cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
+		if err != nil {
+			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
+			d.metrics.watches.WithLabelValues("failed").Inc()
+			return
+		}
+		plan, err := content.ForClass(cls)
+		if err != nil {
+			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
+			d.metrics.watches.WithLabelValues("failed").Inc()
+			return
+		}
+		req = withClass(req, plan.Parameters(cls.Parameters), v.versions)
+		v.req = req
+	}
+	w, err := watch.Start(wp, v.provider, req, d.rotation.Debounce, func() {
+		// The cached answer predates the change: the refresh this kicks
+		// (and any other volume's fetch) must go to the backend.
+		if d.cache != nil {
+			d.cache.Invalidate(v.id, time.Now())
+		}
+	}, func(w *watch.Watch) {
+		if !d.locks.Lock(v.id, w.Done()) {
+			return
+		}
+		if d.volume(v.id) == v && v.watch == w && v.req != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), d.rotation.Timeout)
+			d.refresh(ctx, v, "watch")
+			cancel()
+		}
+		d.locks.Unlock(v.id)
+	})
+	if err != nil {
+		d.log.Warn("cannot start provider watch; rotation relies on republish", "volume_id", v.id,
+			"provider", v.provider, "code", provider.CodeOf(err).String(), "err", err.Error())
+		d.metrics.watches.WithLabelValues("failed").Inc()
+		return
+	}
+	d.metrics.watches.WithLabelValues("started").Inc()
+	old := v.watch
+	v.watch = w
+	if old != nil {
+		old.Close()
+	}
+}
+
+// stopWatch ends v's watch. The caller holds the volume lock.
+func (d *Driver) stopWatch(v *volume) {
+	if v.watch != nil {
+		v.watch.Close()
+		v.watch = nil
+	}
+}
+
+// volume is the volume with id in the volume table, or nil.
+func (d *Driver) volume(id string) *volume {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.vols[id]
+}
+
+// setVolume puts v in the volume table and on the status board.
+func (d *Driver) setVolume(v *volume) {
+	d.noteStatus(v, nil)
+	d.mu.Lock()
+	d.vols[v.id] = v
+	n := len(d.vols)
+	d.mu.Unlock()
+	d.metrics.mounted.Set(float64(n))
+}
+
+// noteStatus records v's status after a publish, recovery or refresh whose
+// error is err. The caller holds v's lock.
+func (d *Driver) noteStatus(v *volume, err error) {
+	s := VolumeStatus{
+		VolumeID: v.id, Namespace: v.pod.Namespace, Pod: v.pod.Name, Class: v.class, Provider: v.provider,
+		Files: v.files, Bytes: v.bytes, LastFetch: v.lastFetch,
+	}
+	if s.Files == 0 && s.Bytes == 0 {
+		s.Files = len(v.versions)
+	}
+	s.RotationInterval = Interval(d.rotation.Every(v.interval))
+	s.NextRefresh = d.rotation.Next(v.lastFetch, v.lastTry, v.interval)
+	if err != nil {
+		s.LastError = status.Convert(toStatus(err)).Message()
+	}
+	b := &d.status
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.vols == nil {
+		b.vols = map[string]VolumeStatus{}
+	}
+	b.vols[v.id] = s
+}
+
+// dropStatus forgets v's status.
+func (d *Driver) dropStatus(id string) {
+	d.status.mu.Lock()
+	delete(d.status.vols, id)
+	d.status.mu.Unlock()
 }
 
 var errTargetUnsafe = provider.InvalidArgument("target path is unsafe")

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	"google.golang.org/grpc/status"
 )
 
 // VolumeStatus is what `secretfs status` shows of one mounted volume: where
@@ -61,37 +59,6 @@ func (i *Interval) UnmarshalText(b []byte) error {
 type statusBoard struct {
 	mu   sync.Mutex
 	vols map[string]VolumeStatus
-}
-
-// noteStatus records v's status after a publish, recovery or refresh whose
-// error is err. The caller holds v's lock.
-func (d *Driver) noteStatus(v *volume, err error) {
-	s := VolumeStatus{
-		VolumeID: v.id, Namespace: v.pod.Namespace, Pod: v.pod.Name, Class: v.class, Provider: v.provider,
-		Files: v.files, Bytes: v.bytes, LastFetch: v.lastFetch,
-	}
-	if s.Files == 0 && s.Bytes == 0 {
-		s.Files = len(v.versions)
-	}
-	s.RotationInterval = Interval(d.rotation.Every(v.interval))
-	s.NextRefresh = d.rotation.Next(v.lastFetch, v.lastTry, v.interval)
-	if err != nil {
-		s.LastError = status.Convert(toStatus(err)).Message()
-	}
-	b := &d.status
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.vols == nil {
-		b.vols = map[string]VolumeStatus{}
-	}
-	b.vols[v.id] = s
-}
-
-// dropStatus forgets v's status.
-func (d *Driver) dropStatus(id string) {
-	d.status.mu.Lock()
-	delete(d.status.vols, id)
-	d.status.mu.Unlock()
 }
 
 // Status returns the mounted volumes, by namespace, pod and volume id.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/tmpfs"
+	"github.com/secretfs/secretfs/driver/watch"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -47,7 +48,7 @@ type volume struct {
 	// including tokens and nodePublishSecretRef data, for watch refreshes.
 	req *provider.Request
 	// watch is the provider watch, if the provider has one.
-	watch *watch
+	watch *watch.Watch
 }
 
 // recover rebuilds the volume table from the secretfs tmpfs mounts of this
