@@ -28,6 +28,7 @@ import (
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/keylock"
 	"github.com/secretfs/secretfs/driver/limits"
+	"github.com/secretfs/secretfs/driver/metrics"
 	"github.com/secretfs/secretfs/driver/rotation"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -185,7 +186,7 @@ type Driver struct {
 	recoverUnder string
 	rotation     rotation.Policy
 	log          *slog.Logger
-	metrics      *metrics
+	metrics      *metrics.Metrics
 	events       EventSink // nil: none
 	hooks        []VolumeHook
 	owner        *Owner // nil: Kubernetes ownership
@@ -280,7 +281,7 @@ func New(cfg Config) (*Driver, error) {
 			return nil, err
 		}
 	}
-	m, err := newMetrics(cfg.Registerer)
+	m, err := metrics.New(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("driver: registering metrics: %w", err)
 	}

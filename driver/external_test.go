@@ -145,7 +145,7 @@ func TestProviderWritesIntoVerifiedTmpfs(t *testing.T) {
 	if got := readFile(t, filepath.Join(target, "key.txt")); got != "k-2" {
 		t.Errorf("after rotation key.txt = %q", got)
 	}
-	if got := testutil.ToFloat64(x.d.metrics.refresh.WithLabelValues("republish", "rotated")); got != 1 {
+	if got := testutil.ToFloat64(x.d.metrics.Refresh.WithLabelValues("republish", "rotated")); got != 1 {
 		t.Errorf("rotated count %v", got)
 	}
 

@@ -188,7 +188,7 @@ func (d *Driver) forget(v *volume) {
 	}
 	if d.cache != nil {
 		d.cache.Release(v.id)
-		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
+		d.metrics.CacheEntries.Set(float64(d.cache.Len()))
 	}
 	d.mu.Lock()
 	if d.vols[v.id] == v {
@@ -197,7 +197,7 @@ func (d *Driver) forget(v *volume) {
 	}
 	n := len(d.vols)
 	d.mu.Unlock()
-	d.metrics.mounted.Set(float64(n))
+	d.metrics.Mounted.Set(float64(n))
 	info := v.info()
 	for _, h := range d.hooks {
 		h.Gone(info)
@@ -228,7 +228,7 @@ func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 	default:
 		d.log.Debug("volume refreshed, unchanged", "volume_id", v.id, "trigger", trigger)
 	}
-	d.metrics.refreshed(v.provider, trigger, changed, err, time.Since(start))
+	d.metrics.Refreshed(v.provider, trigger, changed, err, time.Since(start))
 	if d.volume(v.id) == v { // not forgotten meanwhile
 		d.noteStatus(v, err)
 	}
@@ -255,7 +255,7 @@ func (v *volume) saveMetadata() error {
 // noteBudget shows what the node budget holds (metric node_budget_used_bytes).
 func (d *Driver) noteBudget() {
 	if d.budget != nil {
-		d.metrics.budgetUsed.Set(float64(d.budget.Used()))
+		d.metrics.BudgetUsed.Set(float64(d.budget.Used()))
 	}
 }
 
@@ -307,7 +307,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 			d.servedStale(ctx, v, at, err)
 			err = nil
 		}
-		d.metrics.cacheGets[outcome].Inc()
+		d.metrics.CacheGets[outcome].Inc()
 		// Files a provider wrote are on the tmpfs of the volume whose call
 		// it was: another volume asks the provider itself.
 		if err == nil && res.WrittenByProvider && outcome != cache.Miss {
@@ -322,7 +322,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		res, err = fetch(ctx)
 	}
 	if d.cache != nil {
-		d.metrics.cacheEntries.Set(float64(d.cache.Len()))
+		d.metrics.CacheEntries.Set(float64(d.cache.Len()))
 	}
 	if err != nil {
 		return nil, time.Time{}, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
@@ -370,7 +370,7 @@ func (d *Driver) backend(ctx context.Context, p provider.Provider, name string, 
 	if err == nil && res == nil {
 		err = provider.Errorf(codes.Internal, "provider %q returned no result and no error", name)
 	}
-	d.metrics.fetched(name, provider.CodeOf(err), time.Since(start))
+	d.metrics.Fetched(name, provider.CodeOf(err), time.Since(start))
 	return res, err
 }
 

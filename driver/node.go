@@ -31,9 +31,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		op = "republish"
 	}
 	err = toStatus(err)
-	d.metrics.observe(op, start, err)
+	d.metrics.Observe(op, start, err)
 	if !republish {
-		d.metrics.published(prov, err)
+		d.metrics.Published(prov, err)
 	}
 	if err != nil {
 		d.log.Warn("publish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
@@ -236,13 +236,13 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
 		if err != nil {
 			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
-			d.metrics.watches.WithLabelValues("failed").Inc()
+			d.metrics.Watches.WithLabelValues("failed").Inc()
 			return
 		}
 		plan, err := content.ForClass(cls)
 		if err != nil {
 			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
-			d.metrics.watches.WithLabelValues("failed").Inc()
+			d.metrics.Watches.WithLabelValues("failed").Inc()
 			return
 		}
 		req = withClass(req, plan.Parameters(cls.Parameters), v.versions)
@@ -268,10 +268,10 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 	if err != nil {
 		d.log.Warn("cannot start provider watch; rotation relies on republish", "volume_id", v.id,
 			"provider", v.provider, "code", provider.CodeOf(err).String(), "err", err.Error())
-		d.metrics.watches.WithLabelValues("failed").Inc()
+		d.metrics.Watches.WithLabelValues("failed").Inc()
 		return
 	}
-	d.metrics.watches.WithLabelValues("started").Inc()
+	d.metrics.Watches.WithLabelValues("started").Inc()
 	old := v.watch
 	v.watch = w
 	if old != nil {
@@ -301,7 +301,7 @@ func (d *Driver) setVolume(v *volume) {
 	d.vols[v.id] = v
 	n := len(d.vols)
 	d.mu.Unlock()
-	d.metrics.mounted.Set(float64(n))
+	d.metrics.Mounted.Set(float64(n))
 }
 
 // noteStatus records v's status after a publish, recovery or refresh whose
@@ -382,8 +382,8 @@ func removeEmptyDir(target string) {
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	start := time.Now()
 	err := toStatus(d.unpublish(ctx, req))
-	d.metrics.observe("unpublish", start, err)
-	d.metrics.unpublished(err)
+	d.metrics.Observe("unpublish", start, err)
+	d.metrics.Unpublished(err)
 	if err != nil {
 		d.log.Warn("unpublish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
 			"code", status.Code(err).String(), "err", status.Convert(err).Message())

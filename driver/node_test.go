@@ -61,7 +61,7 @@ func TestPublishUnpublish(t *testing.T) {
 	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(target, metadata.File))), &md); err != nil || md.VolumeID != "vol-1" || md.Class != "app" || md.Provider != "test" || len(md.Versions) != 3 {
 		t.Fatalf("metadata %+v %v", md, err)
 	}
-	if got := testutil.ToFloat64(e.d.metrics.mounted); got != 1 {
+	if got := testutil.ToFloat64(e.d.metrics.Mounted); got != 1 {
 		t.Fatalf("volumes_mounted = %v", got)
 	}
 
@@ -169,7 +169,7 @@ func TestPublishRejectsBadRequests(t *testing.T) {
 		t.Fatalf("provider called %d times for bad requests", e.prov.callCount())
 	}
 	// Errors are counted by code, not by class or pod.
-	if got := testutil.ToFloat64(e.d.metrics.ops.WithLabelValues("publish", "InvalidArgument")); got != float64(len(cases)-1) {
+	if got := testutil.ToFloat64(e.d.metrics.Ops.WithLabelValues("publish", "InvalidArgument")); got != float64(len(cases)-1) {
 		t.Fatalf("InvalidArgument count %v", got)
 	}
 }
@@ -351,7 +351,7 @@ func TestRepublishIsIdempotent(t *testing.T) {
 	if _, err := e.node.NodePublishVolume(context.Background(), publishReq("vol-1", target, "app", "team-b")); status.Code(err) != codes.AlreadyExists {
 		t.Fatalf("other namespace: got %v", err)
 	}
-	if got := testutil.ToFloat64(e.d.metrics.ops.WithLabelValues("republish", "OK")); got != 4 {
+	if got := testutil.ToFloat64(e.d.metrics.Ops.WithLabelValues("republish", "OK")); got != 4 {
 		t.Fatalf("republish OK count %v", got)
 	}
 }
@@ -410,7 +410,7 @@ func TestHundredVolumesConcurrently(t *testing.T) {
 			t.Fatalf("volume %d: %q", i, got)
 		}
 	}
-	if got := testutil.ToFloat64(e.d.metrics.mounted); got != n {
+	if got := testutil.ToFloat64(e.d.metrics.Mounted); got != n {
 		t.Fatalf("volumes_mounted %v", got)
 	}
 	// Unpublish while files are held open: a busy mount must not fail.
@@ -436,7 +436,7 @@ func TestHundredVolumesConcurrently(t *testing.T) {
 	if m := mountsUnder(t, e.dir); len(m) != 0 {
 		t.Fatalf("left %d mounts", len(m))
 	}
-	if got := testutil.ToFloat64(e.d.metrics.mounted); got != 0 {
+	if got := testutil.ToFloat64(e.d.metrics.Mounted); got != 0 {
 		t.Fatalf("volumes_mounted %v", got)
 	}
 }
@@ -463,7 +463,7 @@ func TestRotationViaRepublish(t *testing.T) {
 	if e.prov.callCount() != 2 || readFile(t, filepath.Join(target, "a")) != "a=v#1" {
 		t.Fatalf("not rotated: calls=%d a=%q", e.prov.callCount(), readFile(t, filepath.Join(target, "a")))
 	}
-	if got := testutil.ToFloat64(e.d.metrics.refresh.WithLabelValues("republish", "rotated")); got != 1 {
+	if got := testutil.ToFloat64(e.d.metrics.Refresh.WithLabelValues("republish", "rotated")); got != 1 {
 		t.Fatalf("rotated count %v", got)
 	}
 	if got := e.prov.lastReq.CurrentVersions; len(got) != 3 || got[0].Version != "0" {
@@ -489,7 +489,7 @@ func TestRotationViaRepublish(t *testing.T) {
 	if readFile(t, filepath.Join(target, "a")) != "a=v#1" {
 		t.Fatal("last good content lost")
 	}
-	if got := testutil.ToFloat64(e.d.metrics.refresh.WithLabelValues("republish", "failed")); got != 1 {
+	if got := testutil.ToFloat64(e.d.metrics.Refresh.WithLabelValues("republish", "failed")); got != 1 {
 		t.Fatalf("failed count %v", got)
 	}
 	// The backend recovers: the next due republish rotates.
@@ -537,7 +537,7 @@ func TestRestartRecovery(t *testing.T) {
 			t.Fatalf("volume %d not recovered: %+v", i, v)
 		}
 	}
-	if got := testutil.ToFloat64(e.d.metrics.mounted); got != 3 {
+	if got := testutil.ToFloat64(e.d.metrics.Mounted); got != 3 {
 		t.Fatalf("volumes_mounted %v", got)
 	}
 	// Republish with tokens refreshes (the recovered clock is honoured).

@@ -177,11 +177,11 @@ func TestCacheConcurrentPublishesFetchOnce(t *testing.T) {
 	if n := e.d.cacheEntries(); n != 1 {
 		t.Fatalf("%d cache entries", n)
 	}
-	hits := testutil.ToFloat64(e.d.metrics.cacheGets[1]) + testutil.ToFloat64(e.d.metrics.cacheGets[2])
-	if miss := testutil.ToFloat64(e.d.metrics.cacheGets[0]); miss != 1 || hits != 49 {
+	hits := testutil.ToFloat64(e.d.metrics.CacheGets[1]) + testutil.ToFloat64(e.d.metrics.CacheGets[2])
+	if miss := testutil.ToFloat64(e.d.metrics.CacheGets[0]); miss != 1 || hits != 49 {
 		t.Fatalf("cache misses %v, hits+collapsed %v", miss, hits)
 	}
-	if got := testutil.ToFloat64(e.d.metrics.fetches.WithLabelValues("fake", "OK")); got != 1 {
+	if got := testutil.ToFloat64(e.d.metrics.Fetches.WithLabelValues("fake", "OK")); got != 1 {
 		t.Fatalf("backend requests metric %v", got)
 	}
 	// Every volume has the same, complete content.
@@ -195,7 +195,7 @@ func TestCacheConcurrentPublishesFetchOnce(t *testing.T) {
 	if n := e.d.cacheEntries(); n != 0 {
 		t.Fatalf("%d cache entries after the last unpublish", n)
 	}
-	if got := testutil.ToFloat64(e.d.metrics.cacheEntries); got != 0 {
+	if got := testutil.ToFloat64(e.d.metrics.CacheEntries); got != 0 {
 		t.Fatalf("cache_entries gauge %v", got)
 	}
 }
@@ -262,7 +262,7 @@ func TestCacheRotationOneFetchPerInterval(t *testing.T) {
 		e.publishAll(t, 0, 20, "web")
 		e.wantObjectFetches(t, fmt.Sprintf("rotation %d", round-1), round)
 	}
-	if got := testutil.ToFloat64(e.d.metrics.refresh.WithLabelValues("republish", "unchanged")); got != 40 {
+	if got := testutil.ToFloat64(e.d.metrics.Refresh.WithLabelValues("republish", "unchanged")); got != 40 {
 		t.Fatalf("unchanged refreshes %v, want 40", got)
 	}
 }
@@ -293,10 +293,10 @@ func TestCacheRevokedIdentityDenied(t *testing.T) {
 			t.Fatalf("revoked volume %d lost its last good content: %q", i, got)
 		}
 	}
-	if got := testutil.ToFloat64(e.d.metrics.refresh.WithLabelValues("republish", "failed")); got != 3 {
+	if got := testutil.ToFloat64(e.d.metrics.Refresh.WithLabelValues("republish", "failed")); got != 3 {
 		t.Fatalf("failed refreshes %v, want 3", got)
 	}
-	if got := testutil.ToFloat64(e.d.metrics.fetches.WithLabelValues("fake", "PermissionDenied")); got < 1 {
+	if got := testutil.ToFloat64(e.d.metrics.Fetches.WithLabelValues("fake", "PermissionDenied")); got < 1 {
 		t.Fatalf("denied backend requests %v", got)
 	}
 	// A new pod of the revoked identity cannot mount at all.
@@ -549,7 +549,7 @@ func TestRotationAtomicUnderReaders(t *testing.T) {
 	if got := readFile(t, filepath.Join(e.target("t0"), "a")); !strings.HasSuffix(got, "#15") {
 		t.Fatalf("final content %q", got[len(got)-4:])
 	}
-	if got := testutil.ToFloat64(e.d.metrics.refresh.WithLabelValues("republish", "rotated")); got != 15*vols {
+	if got := testutil.ToFloat64(e.d.metrics.Refresh.WithLabelValues("republish", "rotated")); got != 15*vols {
 		t.Fatalf("rotations %v, want %d", got, 15*vols)
 	}
 }

@@ -94,7 +94,7 @@ func TestWatcher(t *testing.T) {
 		ws[0].changed()
 	}
 	waitFor(t, "watch refresh", func() bool {
-		return testutil.ToFloat64(e.d.metrics.refresh.WithLabelValues("watch", "rotated")) == 1
+		return testutil.ToFloat64(e.d.metrics.Refresh.WithLabelValues("watch", "rotated")) == 1
 	})
 	if got := readFile(t, filepath.Join(target, "a")); got != "a=v#1" {
 		t.Fatalf("content after watch refresh %q", got)
@@ -136,7 +136,7 @@ func TestWatcher(t *testing.T) {
 	if e.prov.callCount() != calls {
 		t.Fatal("refresh after unpublish")
 	}
-	if got := testutil.ToFloat64(e.d.metrics.watches.WithLabelValues("started")); got != 2 {
+	if got := testutil.ToFloat64(e.d.metrics.Watches.WithLabelValues("started")); got != 2 {
 		t.Fatalf("watches started %v", got)
 	}
 }

@@ -1,4 +1,4 @@
-package driver
+package metrics
 
 import (
 	"runtime"
@@ -72,8 +72,8 @@ func errorType(err error) string {
 	return status.Code(err).String()
 }
 
-// published counts a first publish of a volume of provider.
-func (m *metrics) published(provider string, err error) {
+// Published counts a first publish of a volume of provider.
+func (m *Metrics) Published(provider string, err error) {
 	provider = m.providerLabel(provider)
 	if err != nil {
 		m.sscd.publishErrors.WithLabelValues(provider, errorType(err), osType).Inc()
@@ -82,8 +82,8 @@ func (m *metrics) published(provider string, err error) {
 	m.sscd.publish.WithLabelValues(provider, osType).Inc()
 }
 
-// unpublished counts an unpublish.
-func (m *metrics) unpublished(err error) {
+// Unpublished counts an unpublish.
+func (m *Metrics) Unpublished(err error) {
 	if err != nil {
 		m.sscd.unpublishErrors.WithLabelValues(osType).Inc()
 		return
@@ -91,9 +91,9 @@ func (m *metrics) unpublished(err error) {
 	m.sscd.unpublish.WithLabelValues(osType).Inc()
 }
 
-// refreshed counts a refresh of a mounted volume in our series and SSCD's.
+// Refreshed counts a refresh of a mounted volume in our series and SSCD's.
 // trigger is republish or watch; changed says the content was rotated.
-func (m *metrics) refreshed(provider, trigger string, changed bool, err error, took time.Duration) {
+func (m *Metrics) Refreshed(provider, trigger string, changed bool, err error, took time.Duration) {
 	result := "unchanged"
 	switch {
 	case err != nil:
@@ -101,7 +101,7 @@ func (m *metrics) refreshed(provider, trigger string, changed bool, err error, t
 	case changed:
 		result = "rotated"
 	}
-	m.refresh.WithLabelValues(trigger, result).Inc()
+	m.Refresh.WithLabelValues(trigger, result).Inc()
 	provider = m.providerLabel(provider)
 	rotated := strconv.FormatBool(changed && err == nil)
 	if err != nil {

@@ -1,4 +1,4 @@
-package driver
+package metrics
 
 import (
 	"encoding/json"
@@ -21,7 +21,7 @@ import (
 )
 
 // The dashboard and alerts in deploy/monitoring (see its README).
-const monitoringDir = "../deploy/monitoring"
+const monitoringDir = "../../deploy/monitoring"
 
 // externalMetrics are the series the alerts use that other exporters every
 // Kubernetes Prometheus setup runs provide; anything else must be the driver's.
@@ -39,21 +39,21 @@ func exportedSeries(t *testing.T) map[string]bool {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := newMetrics(reg)
+	m, err := New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.observe("publish", time.Now(), nil)
-	m.mounted.Set(1)
-	m.fetched("fake", codes.OK, time.Millisecond)
-	m.watches.WithLabelValues("started").Inc()
-	m.cacheEntries.Set(1)
-	m.published("fake", nil)
-	m.published("fake", errTest)
-	m.unpublished(nil)
-	m.unpublished(errTest)
-	m.refreshed("fake", "republish", true, nil, time.Millisecond)
-	m.refreshed("fake", "watch", false, errTest, time.Millisecond)
+	m.Observe("publish", time.Now(), nil)
+	m.Mounted.Set(1)
+	m.Fetched("fake", codes.OK, time.Millisecond)
+	m.Watches.WithLabelValues("started").Inc()
+	m.CacheEntries.Set(1)
+	m.Published("fake", nil)
+	m.Published("fake", errTest)
+	m.Unpublished(nil)
+	m.Unpublished(errTest)
+	m.Refreshed("fake", "republish", true, nil, time.Millisecond)
+	m.Refreshed("fake", "watch", false, errTest, time.Millisecond)
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,6 @@
-package driver
+// Package metrics holds the driver's Prometheus series: its own
+// (secretfs_*) and those of the Secrets Store CSI Driver (sscd.go).
+package metrics
 
 import (
 	"errors"
@@ -12,26 +14,26 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 )
 
-// Labels carry operations, gRPC codes and outcomes only: never a secret,
-// a class, a pod or a namespace name.
-type metrics struct {
-	ops      *prometheus.CounterVec   // operation, code
-	duration *prometheus.HistogramVec // operation
-	mounted  prometheus.Gauge
-	refresh  *prometheus.CounterVec   // trigger, result
-	fetches  *prometheus.CounterVec   // provider, code
-	fetchDur *prometheus.HistogramVec // provider
-	watches  *prometheus.CounterVec   // result
+// Metrics are the driver's series. Labels carry operations, gRPC codes and
+// outcomes only: never a secret, a class, a pod or a namespace name.
+type Metrics struct {
+	Ops      *prometheus.CounterVec   // operation, code
+	Duration *prometheus.HistogramVec // operation
+	Mounted  prometheus.Gauge
+	Refresh  *prometheus.CounterVec   // trigger, result
+	Fetches  *prometheus.CounterVec   // provider, code
+	FetchDur *prometheus.HistogramVec // provider
+	Watches  *prometheus.CounterVec   // result
 
-	cache        *prometheus.CounterVec // result
-	cacheGets    [4]prometheus.Counter  // by cache.Outcome
-	cacheEntries prometheus.Gauge
-	budgetUsed   prometheus.Gauge // bytes the node's volumes hold (driver/budget)
+	Cache        *prometheus.CounterVec // result
+	CacheGets    [4]prometheus.Counter  // by cache.Outcome
+	CacheEntries prometheus.Gauge
+	BudgetUsed   prometheus.Gauge // bytes the node's volumes hold (driver/budget)
 
 	providersMu sync.Mutex
 	providers   map[string]bool // provider label values in use
 
-	sscd *sscdMetrics // the Secrets Store CSI Driver's series (metrics_sscd.go)
+	sscd *sscdMetrics // the Secrets Store CSI Driver's series (sscd.go)
 }
 
 // maxProviderLabels bounds the provider label: external provider names come
@@ -42,45 +44,46 @@ const maxProviderLabels = 32
 // backend up to kubelet's timeout.
 var buckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
-		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+// New makes the series and registers them with reg (nil: none).
+func New(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		Ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "node_operations_total",
 			Help: "CSI node operations (publish, republish, unpublish) by gRPC result code.",
 		}, []string{"operation", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "secretfs", Name: "node_operation_duration_seconds",
 			Help: "Latency of CSI node operations.", Buckets: buckets,
 		}, []string{"operation"}),
-		mounted: prometheus.NewGauge(prometheus.GaugeOpts{
+		Mounted: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "secretfs", Name: "volumes_mounted",
 			Help: "Volumes currently mounted by this driver.",
 		}),
-		refresh: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Refresh: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "volume_refreshes_total",
 			Help: "Refreshes of mounted volumes by trigger (republish, watch) and result (rotated, unchanged, failed).",
 		}, []string{"trigger", "result"}),
-		fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Fetches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "provider_fetches_total",
 			Help: "Backend requests (provider fetches, cache misses) by provider and gRPC result code.",
 		}, []string{"provider", "code"}),
-		fetchDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		FetchDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "secretfs", Name: "provider_fetch_duration_seconds",
 			Help: "Latency of provider fetches, by provider.", Buckets: buckets,
 		}, []string{"provider"}),
-		watches: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Watches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "provider_watches_total",
 			Help: "Provider watches started, by result (started, failed).",
 		}, []string{"result"}),
-		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Cache: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "cache_requests_total",
 			Help: "Node cache lookups by result: hit (fresh entry), miss (went to the backend), collapsed (joined a backend request in flight), stale (the backend was down; a new volume got the last good result, staleIfError).",
 		}, []string{"result"}),
-		cacheEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+		CacheEntries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "secretfs", Name: "cache_entries",
 			Help: "Node cache entries (one per identity and object set in use on the node).",
 		}),
-		budgetUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+		BudgetUsed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "secretfs", Name: "node_budget_used_bytes",
 			Help: "Bytes the volumes on this node hold against the node budget (--node-budget): tmpfs pages, metadata and cached content.",
 		}),
@@ -91,34 +94,34 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.curry()
 		return m, nil
 	}
-	if err := register(reg, &m.ops); err != nil {
+	if err := register(reg, &m.Ops); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.duration); err != nil {
+	if err := register(reg, &m.Duration); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.mounted); err != nil {
+	if err := register(reg, &m.Mounted); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.refresh); err != nil {
+	if err := register(reg, &m.Refresh); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.fetches); err != nil {
+	if err := register(reg, &m.Fetches); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.fetchDur); err != nil {
+	if err := register(reg, &m.FetchDur); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.watches); err != nil {
+	if err := register(reg, &m.Watches); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.cache); err != nil {
+	if err := register(reg, &m.Cache); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.budgetUsed); err != nil {
+	if err := register(reg, &m.BudgetUsed); err != nil {
 		return nil, err
 	}
-	if err := register(reg, &m.cacheEntries); err != nil {
+	if err := register(reg, &m.CacheEntries); err != nil {
 		return nil, err
 	}
 	if err := m.sscd.register(reg); err != nil {
@@ -142,28 +145,29 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c *C) error {
 	return err
 }
 
-func (m *metrics) observe(op string, start time.Time, err error) {
-	m.ops.WithLabelValues(op, status.Code(err).String()).Inc()
-	m.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+// Observe counts a CSI node operation op that started at start.
+func (m *Metrics) Observe(op string, start time.Time, err error) {
+	m.Ops.WithLabelValues(op, status.Code(err).String()).Inc()
+	m.Duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
 }
 
 // curry resolves the label values of hot counters once.
-func (m *metrics) curry() {
+func (m *Metrics) curry() {
 	for _, o := range []cache.Outcome{cache.Miss, cache.Hit, cache.Collapsed, cache.Stale} {
-		m.cacheGets[o] = m.cache.WithLabelValues(o.String())
+		m.CacheGets[o] = m.Cache.WithLabelValues(o.String())
 	}
 }
 
-// fetched counts one backend request.
-func (m *metrics) fetched(provider string, code codes.Code, took time.Duration) {
+// Fetched counts one backend request.
+func (m *Metrics) Fetched(provider string, code codes.Code, took time.Duration) {
 	provider = m.providerLabel(provider)
-	m.fetches.WithLabelValues(provider, code.String()).Inc()
-	m.fetchDur.WithLabelValues(provider).Observe(took.Seconds())
+	m.Fetches.WithLabelValues(provider, code.String()).Inc()
+	m.FetchDur.WithLabelValues(provider).Observe(took.Seconds())
 }
 
 // providerLabel bounds the provider label: external provider names come from
 // classes, so beyond maxProviderLabels distinct names they count as "other".
-func (m *metrics) providerLabel(provider string) string {
+func (m *Metrics) providerLabel(provider string) string {
 	m.providersMu.Lock()
 	defer m.providersMu.Unlock()
 	if !m.providers[provider] {
