@@ -206,7 +206,7 @@ type Driver struct {
 	mu   sync.Mutex
 	vols map[string]*volume // by volume id
 
-	status statusBoard // what `secretfs status` shows (status.go)
+	status statusBoard // what `secretfs status` shows (status.go, noted in node.go)
 
 	recovered atomic.Bool
 	serving   atomic.Bool
