@@ -11,7 +11,6 @@
 package driver
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,10 +21,10 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/keylock"
 	"github.com/secretfs/secretfs/driver/limits"
 	"github.com/secretfs/secretfs/driver/metrics"
@@ -102,8 +101,8 @@ type Config struct {
 	// errors on the pod itself.
 	Events EventSink
 	// Hooks are told when a volume's content changed and when a volume is
-	// gone (see VolumeHook).
-	Hooks []VolumeHook
+	// gone (see package driver/hook).
+	Hooks []hook.Hook
 	// MaxFiles, MaxDirs and MaxDepth cap one volume's file set: files,
 	// directories, and directories on a file's path (defaults
 	// DefaultMaxFiles, DefaultMaxDirs, DefaultMaxDepth).
@@ -125,37 +124,6 @@ type EventSink interface {
 	RefreshFailed(pod provider.Pod, class string, err error)
 	// Rotated: a refresh swapped in files with new content.
 	Rotated(pod provider.Pod, class string)
-}
-
-// VolumeInfo is what hooks are told about a volume. It never carries tokens
-// or nodePublishSecretRef data.
-type VolumeInfo struct {
-	ID     string
-	Target string
-	Pod    provider.Pod
-	// Class is the class as apply last looked it up; nil for a volume
-	// recovered after a restart and not refreshed since.
-	Class    *class.Class
-	Provider string
-	// Files is the content just written (Changed only). The slices belong to
-	// the driver and are wiped after the hook returns: copy what you keep.
-	Files []atomicwriter.File
-	// Versions are the object versions the backend reported for the files
-	// mounted now.
-	Versions []provider.ObjectVersion
-}
-
-// VolumeHook is told when a volume's content changed and when it is gone.
-// Both run under the volume's lock, so calls for one volume never overlap;
-// they should not block for long (a first publish waits for Changed).
-type VolumeHook interface {
-	// Changed: new content is on the tmpfs. On a first publish it is called
-	// before NodePublishVolume returns; on a refresh only when the files
-	// changed.
-	Changed(ctx context.Context, v VolumeInfo)
-	// Gone: the volume is no longer on this node (unpublished, found
-	// unmounted, or its first publish failed after Changed was not called).
-	Gone(v VolumeInfo)
 }
 
 // ContentEventSink is implemented by an EventSink that also reports what a
@@ -188,7 +156,7 @@ type Driver struct {
 	log          *slog.Logger
 	metrics      *metrics.Metrics
 	events       EventSink // nil: none
-	hooks        []VolumeHook
+	hooks        []hook.Hook
 	owner        *Owner // nil: Kubernetes ownership
 
 	// Bounds of a class's own settings (package driver/content).

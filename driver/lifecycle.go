@@ -17,6 +17,7 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/limits"
 	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
@@ -235,8 +236,8 @@ func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 }
 
 // info is what hooks see of v.
-func (v *volume) info() VolumeInfo {
-	return VolumeInfo{ID: v.id, Target: v.target, Pod: v.pod, Class: v.cls, Provider: v.provider, Versions: v.versions}
+func (v *volume) info() hook.Volume {
+	return hook.Volume{ID: v.id, Target: v.target, Pod: v.pod, Class: v.cls, Provider: v.provider, Versions: v.versions}
 }
 
 // saveMetadata writes what v mounted to its metadata file (package

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -20,7 +21,7 @@ type recordingHook struct {
 	events []string
 }
 
-func (h *recordingHook) Changed(_ context.Context, v VolumeInfo) {
+func (h *recordingHook) Changed(_ context.Context, v hook.Volume) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var paths []string
@@ -34,7 +35,7 @@ func (h *recordingHook) Changed(_ context.Context, v VolumeInfo) {
 	h.events = append(h.events, "changed "+v.ID+" "+class+" "+v.Pod.Namespace+" "+v.Provider+" "+strings.Join(paths, ","))
 }
 
-func (h *recordingHook) Gone(v VolumeInfo) {
+func (h *recordingHook) Gone(v hook.Volume) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.events = append(h.events, "gone "+v.ID)
@@ -54,7 +55,7 @@ func (h *recordingHook) take() []string {
 func TestHooksFollowTheLifecycle(t *testing.T) {
 	const interval = 300 * time.Millisecond
 	h := &recordingHook{}
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval; c.Hooks = []VolumeHook{h} })
+	e := newEnv(t, func(c *Config) { c.RotationInterval = interval; c.Hooks = []hook.Hook{h} })
 	target := e.target("vol")
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)

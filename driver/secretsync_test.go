@@ -9,19 +9,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/secretsync"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
-
-// syncHook is cmd/secretfs's adapter of the Secret sync, for this test.
-type syncHook struct{ s *secretsync.Syncer }
-
-func (h syncHook) Changed(ctx context.Context, v VolumeInfo) { h.s.Changed(ctx, syncVolume(v)) }
-func (h syncHook) Gone(v VolumeInfo)                         { h.s.Gone(syncVolume(v)) }
-
-func syncVolume(v VolumeInfo) secretsync.Volume {
-	return secretsync.Volume{ID: v.ID, Target: v.Target, Pod: v.Pod, Class: v.Class, Provider: v.Provider, Files: v.Files}
-}
 
 // The real driver on real tmpfs with the Secret sync against a real API
 // server: the Secret is there, with the files' content, the moment
@@ -41,7 +32,7 @@ func TestSyncedSecretExistsWhenPublishReturns(t *testing.T) {
 	}
 	t.Cleanup(syncer.Close)
 	const interval = 300 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval; c.Hooks = []VolumeHook{syncHook{syncer}} })
+	e := newEnv(t, func(c *Config) { c.RotationInterval = interval; c.Hooks = []hook.Hook{syncer} })
 	e.classes["team-a/app"].SecretObjects = []class.SecretObject{{SecretName: "app-env", Data: []class.SecretObjectData{{ObjectName: "a", Key: "A"}}}}
 
 	value := func() string {

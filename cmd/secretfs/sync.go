@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/ignored"
 	"github.com/secretfs/secretfs/driver/podstatus"
 	"github.com/secretfs/secretfs/driver/secretsync"
@@ -42,8 +43,8 @@ type warner interface {
 
 // hooks returns the volume hooks of the driver: the Secret sync when on, and
 // the Warning Event about class fields the driver ignores when Events are on.
-func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID string, events driver.EventSink, fieldManager string, reg prometheus.Registerer, log *slog.Logger) ([]driver.VolumeHook, func(), error) {
-	var hooks []driver.VolumeHook
+func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID string, events driver.EventSink, fieldManager string, reg prometheus.Registerer, log *slog.Logger) ([]hook.Hook, func(), error) {
+	var hooks []hook.Hook
 	closeAll := func() {}
 	w, _ := events.(warner)
 	if s.secrets {
@@ -64,7 +65,7 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 		if err != nil {
 			return nil, nil, err
 		}
-		hooks = append(hooks, syncHook{syncer})
+		hooks = append(hooks, syncer)
 		closeAll = syncer.Close
 	}
 	if s.podStatus {
@@ -87,16 +88,4 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 		hooks = append(hooks, ignored.New(w, s.secrets))
 	}
 	return hooks, closeAll, nil
-}
-
-// syncHook adapts the Syncer to the driver's hook interface.
-type syncHook struct{ s *secretsync.Syncer }
-
-func (h syncHook) Changed(ctx context.Context, v driver.VolumeInfo) {
-	h.s.Changed(ctx, syncVolume(v))
-}
-func (h syncHook) Gone(v driver.VolumeInfo) { h.s.Gone(syncVolume(v)) }
-
-func syncVolume(v driver.VolumeInfo) secretsync.Volume {
-	return secretsync.Volume{ID: v.ID, Target: v.Target, Pod: v.Pod, Class: v.Class, Provider: v.Provider, Files: v.Files}
 }

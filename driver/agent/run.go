@@ -16,6 +16,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -149,14 +150,14 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	hook := newChangeHook()
+	changes := newChangeHook()
 	owner := cfg.Owner
 	if owner == (driver.Owner{}) {
 		owner = driver.LocalOwner
 	}
 	host, _ := os.Hostname()
 	d, err := driver.New(driver.Config{
-		Hooks:            []driver.VolumeHook{hook},
+		Hooks:            []hook.Hook{changes},
 		NodeID:           "local-" + host,
 		Classes:          classes,
 		Providers:        cfg.Providers,
@@ -175,7 +176,7 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	if _, err := d.NodePublishVolume(ctx, req); err != nil {
 		return 0, fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, cfg.Target, err)
 	}
-	hook.published.Store(true)
+	changes.published.Store(true)
 	defer func() {
 		stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -186,7 +187,7 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 	log.Info("mounted in a private mount namespace", "class", cls.Name, "namespace", cls.Namespace,
 		"target", cfg.Target, "refresh", cfg.Interval, "on_change", cfg.OnChange.String())
 
-	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs, hook: hook,
+	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs, hook: changes,
 		back: backoff{min: time.Second, max: time.Minute}}
 	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target), tty: tty}
 	return s.run(ctx)

@@ -14,6 +14,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/hook"
 )
 
 // supervisor runs the command of `secretfs run` and keeps its files fresh:
@@ -198,7 +199,7 @@ type changeHook struct {
 
 func newChangeHook() *changeHook { return &changeHook{changes: make(chan struct{}, 1)} }
 
-func (h *changeHook) Changed(context.Context, driver.VolumeInfo) {
+func (h *changeHook) Changed(context.Context, hook.Volume) {
 	if !h.published.Load() {
 		return
 	}
@@ -208,4 +209,4 @@ func (h *changeHook) Changed(context.Context, driver.VolumeInfo) {
 	}
 }
 
-func (h *changeHook) Gone(driver.VolumeInfo) {}
+func (h *changeHook) Gone(hook.Volume) {}

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -22,7 +22,7 @@ type EventSink interface {
 	Warning(pod provider.Pod, reason, message string)
 }
 
-// Hook is a driver.VolumeHook that posts the Event on a volume's first
+// Hook is a driver hook (hook.Hook) that posts the Event on a volume's first
 // Changed (after a driver restart, once more).
 type Hook struct {
 	events EventSink
@@ -33,7 +33,7 @@ type Hook struct {
 	told map[string]bool // volume ids already told
 }
 
-var _ driver.VolumeHook = (*Hook)(nil)
+var _ hook.Hook = (*Hook)(nil)
 
 // New returns a Hook posting to events; syncOn says whether Secret sync
 // is on.
@@ -43,7 +43,7 @@ func New(events EventSink, syncOn bool) *Hook {
 
 // Changed posts the Event if v's class has something the driver ignores
 // and v's pod has not been told yet.
-func (h *Hook) Changed(_ context.Context, v driver.VolumeInfo) {
+func (h *Hook) Changed(_ context.Context, v hook.Volume) {
 	if v.Class == nil {
 		return
 	}
@@ -61,7 +61,7 @@ func (h *Hook) Changed(_ context.Context, v driver.VolumeInfo) {
 }
 
 // Gone forgets v.
-func (h *Hook) Gone(v driver.VolumeInfo) {
+func (h *Hook) Gone(v hook.Volume) {
 	h.mu.Lock()
 	delete(h.told, v.ID)
 	h.mu.Unlock()

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -18,7 +18,7 @@ func TestOneEventPerVolume(t *testing.T) {
 	cls := &class.Class{Name: "app", SecretObjects: []class.SecretObject{{SecretName: "s"}}, Unknown: []string{"rotationPollInterval"}}
 	s := &sink{}
 	h := New(s, false)
-	v := driver.VolumeInfo{ID: "v1", Pod: provider.Pod{Namespace: "ns", Name: "p"}, Class: cls}
+	v := hook.Volume{ID: "v1", Pod: provider.Pod{Namespace: "ns", Name: "p"}, Class: cls}
 	h.Changed(context.Background(), v)
 	h.Changed(context.Background(), v) // a rotation: not again
 	if len(s.msgs) != 1 {
@@ -39,8 +39,8 @@ func TestOneEventPerVolume(t *testing.T) {
 func TestNothingIgnoredNoEvent(t *testing.T) {
 	s := &sink{}
 	h := New(s, true)
-	h.Changed(context.Background(), driver.VolumeInfo{ID: "v", Class: &class.Class{Name: "a", SecretObjects: []class.SecretObject{{SecretName: "s"}}}})
-	h.Changed(context.Background(), driver.VolumeInfo{ID: "w"}) // recovered, class unknown yet
+	h.Changed(context.Background(), hook.Volume{ID: "v", Class: &class.Class{Name: "a", SecretObjects: []class.SecretObject{{SecretName: "s"}}}})
+	h.Changed(context.Background(), hook.Volume{ID: "w"}) // recovered, class unknown yet
 	if len(s.msgs) != 0 {
 		t.Fatalf("events %q", s.msgs)
 	}

@@ -17,8 +17,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
-	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/podstatus"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/test/kubeapi"
@@ -81,7 +81,7 @@ func TestPodStatusLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := driver.VolumeInfo{ID: "vol-1", Target: "/var/lib/kubelet/pods/uid-1/volumes/kubernetes.io~csi/secrets/mount",
+	v := hook.Volume{ID: "vol-1", Target: "/var/lib/kubelet/pods/uid-1/volumes/kubernetes.io~csi/secrets/mount",
 		Pod: provider.Pod{Namespace: "team-a", Name: "web-0", UID: "uid-1"}, Class: &class.Class{Name: "app"}}
 	// Three changes before the writer runs: one apply, with the last.
 	for _, version := range []string{"1", "2", "3"} {

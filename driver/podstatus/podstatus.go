@@ -30,7 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 
-	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/hook"
 )
 
 // GVR of SecretProviderClassPodStatus.
@@ -59,7 +59,7 @@ type Options struct {
 	FieldManager string
 }
 
-// Writer is a driver.VolumeHook; run it with Run.
+// Writer is a hook.Hook; run it with Run.
 type Writer struct {
 	client  dynamic.Interface
 	node    string
@@ -74,7 +74,7 @@ type Writer struct {
 	wake    chan struct{}
 }
 
-var _ driver.VolumeHook = (*Writer)(nil)
+var _ hook.Hook = (*Writer)(nil)
 
 type key struct{ ns, name string }
 
@@ -116,7 +116,7 @@ func New(opts Options) (*Writer, error) {
 }
 
 // Changed queues the volume's status object.
-func (w *Writer) Changed(_ context.Context, v driver.VolumeInfo) {
+func (w *Writer) Changed(_ context.Context, v hook.Volume) {
 	if v.Class == nil || v.Pod.Name == "" || v.Pod.UID == "" {
 		return
 	}
@@ -148,7 +148,7 @@ func (w *Writer) Changed(_ context.Context, v driver.VolumeInfo) {
 }
 
 // Gone queues the deletion of the volume's status object.
-func (w *Writer) Gone(v driver.VolumeInfo) {
+func (w *Writer) Gone(v hook.Volume) {
 	if v.Class == nil || v.Pod.Name == "" {
 		return
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/secretsync"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/test/kubeapi"
@@ -132,8 +133,8 @@ func deletePod(t *testing.T, srv *kubeapi.Server, name string) {
 	}
 }
 
-func volume(pod provider.Pod, pass string) secretsync.Volume {
-	return secretsync.Volume{ID: "vol-" + pod.Name, Pod: pod, Class: cls, Provider: "fake",
+func volume(pod provider.Pod, pass string) hook.Volume {
+	return hook.Volume{ID: "vol-" + pod.Name, Pod: pod, Class: cls, Provider: "fake",
 		Files: []atomicwriter.File{{Path: "pass", Mode: 0o644, Data: []byte(pass)}}}
 }
 

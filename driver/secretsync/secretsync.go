@@ -42,8 +42,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -53,16 +53,9 @@ const (
 	ReasonConflict = "SecretSyncConflict"
 )
 
-// Volume is what the sync sees of a volume whose content changed: never
-// tokens. Files are read during Changed and not retained.
-type Volume struct {
-	ID       string
-	Target   string
-	Pod      provider.Pod
-	Class    *class.Class
-	Provider string
-	Files    []atomicwriter.File
-}
+// A Syncer is a driver hook. It reads a volume's Files during Changed and
+// keeps none of them; it never sees tokens.
+var _ hook.Hook = (*Syncer)(nil)
 
 // EventSink posts an Event on a pod; it must not block.
 type EventSink interface {
@@ -180,7 +173,7 @@ func New(opts Options) (*Syncer, error) {
 // Options.Wait, or until ctx ends) until each is written. Failures are
 // posted on the pod and retried in the background; Changed never fails the
 // caller's operation.
-func (s *Syncer) Changed(ctx context.Context, v Volume) {
+func (s *Syncer) Changed(ctx context.Context, v hook.Volume) {
 	var objs []class.SecretObject
 	if v.Class != nil {
 		objs = v.Class.SecretObjects
@@ -228,7 +221,7 @@ func (s *Syncer) Changed(ctx context.Context, v Volume) {
 
 // Gone forgets v: the Secrets it synced stay until the garbage collector
 // removes them with the last pod that owns them.
-func (s *Syncer) Gone(v Volume) {
+func (s *Syncer) Gone(v hook.Volume) {
 	s.use(v.ID, nil)
 }
 
@@ -289,7 +282,7 @@ func (s *Syncer) dropLocked(k key, e *entry) {
 // submit asks for d to be written on behalf of v. It returns nil when the
 // Secret already holds d with v's pod among its owners, else a channel that
 // receives the outcome of the write that includes this request.
-func (s *Syncer) submit(k key, d *desired, v Volume) <-chan error {
+func (s *Syncer) submit(k key, d *desired, v hook.Volume) <-chan error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {

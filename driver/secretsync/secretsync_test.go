@@ -22,6 +22,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -70,8 +71,8 @@ var testClass = &class.Class{Name: "app", Namespace: "ns", Provider: "fake", Sec
 	Data: []class.SecretObjectData{{ObjectName: "user", Key: "USER"}, {ObjectName: "pass", Key: "PASS"}},
 }}}
 
-func vol(id, pod, pass string) Volume {
-	return Volume{ID: id, Pod: provider.Pod{Namespace: "ns", Name: pod, UID: "uid-" + pod}, Class: testClass, Provider: "fake",
+func vol(id, pod, pass string) hook.Volume {
+	return hook.Volume{ID: id, Pod: provider.Pod{Namespace: "ns", Name: pod, UID: "uid-" + pod}, Class: testClass, Provider: "fake",
 		Files: files("user", "admin", "pass", pass)}
 }
 

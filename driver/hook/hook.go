@@ -1,0 +1,44 @@
+// Package hook is the contract of the driver's two hook points (Config.Hooks):
+// a volume's content changed, and a volume is gone. The driver calls them
+// from apply and forget; the Secret sync, the pod status writer, the
+// ignored-fields Event and the local agent implement them.
+package hook
+
+import (
+	"context"
+
+	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Volume is what hooks are told about a volume. It never carries tokens
+// or nodePublishSecretRef data.
+type Volume struct {
+	ID     string
+	Target string
+	Pod    provider.Pod
+	// Class is the class as apply last looked it up; nil for a volume
+	// recovered after a restart and not refreshed since.
+	Class    *class.Class
+	Provider string
+	// Files is the content just written (Changed only). The slices belong to
+	// the driver and are wiped after the hook returns: copy what you keep.
+	Files []atomicwriter.File
+	// Versions are the object versions the backend reported for the files
+	// mounted now.
+	Versions []provider.ObjectVersion
+}
+
+// Hook is told when a volume's content changed and when it is gone.
+// Both run under the volume's lock, so calls for one volume never overlap;
+// they should not block for long (a first publish waits for Changed).
+type Hook interface {
+	// Changed: new content is on the tmpfs. On a first publish it is called
+	// before NodePublishVolume returns; on a refresh only when the files
+	// changed.
+	Changed(ctx context.Context, v Volume)
+	// Gone: the volume is no longer on this node (unpublished, found
+	// unmounted, or its first publish failed after Changed was not called).
+	Gone(v Volume)
+}
