@@ -26,7 +26,7 @@ func TestSyncedSecretExistsWhenPublishReturns(t *testing.T) {
 	if _, err := srv.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	syncer, err := secretsync.New(secretsync.Options{Client: srv.Client})
+	syncer, err := secretsync.New(secretsync.Options{Client: srv.Client.CoreV1()})
 	if err != nil {
 		t.Fatal(err)
 	}

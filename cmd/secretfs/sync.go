@@ -9,7 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 
 	"github.com/secretfs/secretfs/driver"
@@ -53,7 +53,7 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 		}
 		cfg := rest.CopyConfig(restConfig)
 		cfg.UserAgent = rest.DefaultKubernetesUserAgent() + " secretfs-sync"
-		client, err := kubernetes.NewForConfig(cfg)
+		client, err := corev1client.NewForConfig(cfg)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -51,7 +51,7 @@ func newNode(t *testing.T, srv *kubeapi.Server, name string) *node {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := secretsync.New(secretsync.Options{Client: client, Registerer: reg, FieldManager: "secretfs-" + name,
+	s, err := secretsync.New(secretsync.Options{Client: client.CoreV1(), Registerer: reg, FieldManager: "secretfs-" + name,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

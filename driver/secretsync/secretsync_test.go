@@ -58,7 +58,7 @@ func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, 
 		return true, sec, nil
 	})
 	ev := &events{}
-	s, err := New(Options{Client: client, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second})
+	s, err := New(Options{Client: client.CoreV1(), Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

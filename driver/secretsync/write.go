@@ -45,7 +45,7 @@ func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, ow
 	if !apierrors.IsAlreadyExists(err) {
 		return sec, err
 	}
-	cur, err := s.client.CoreV1().Secrets(k.ns).Get(ctx, k.name, metav1.GetOptions{})
+	cur, err := s.client.Secrets(k.ns).Get(ctx, k.name, metav1.GetOptions{})
 	s.count("get", err)
 	if err != nil {
 		if apierrors.IsNotFound(err) {
@@ -77,7 +77,7 @@ func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, ow
 }
 
 func (s *Syncer) create(ctx context.Context, k key, d *desired, owners []metav1.OwnerReference) (*corev1.Secret, error) {
-	sec, err := s.client.CoreV1().Secrets(k.ns).Create(ctx, &corev1.Secret{
+	sec, err := s.client.Secrets(k.ns).Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: k.name, Namespace: k.ns, Labels: d.labels, Annotations: d.annotations, OwnerReferences: owners,
 		},
@@ -108,7 +108,7 @@ func (s *Syncer) patch(ctx context.Context, k key, uid types.UID, d *desired, ad
 	if err != nil {
 		return nil, err
 	}
-	sec, err := s.client.CoreV1().Secrets(k.ns).Patch(ctx, k.name, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: s.fieldManager})
+	sec, err := s.client.Secrets(k.ns).Patch(ctx, k.name, types.StrategicMergePatchType, body, metav1.PatchOptions{FieldManager: s.fieldManager})
 	clear(body)
 	s.count("patch", err)
 	switch {
