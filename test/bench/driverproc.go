@@ -66,7 +66,7 @@ func startDriver(ctx context.Context, cfg config, bin, dir, kubeletDir string, m
 	if mode.sync {
 		args = append(args, "--kubeconfig", cfg.kubeconfig, "--sync-secrets", "--events=false")
 	}
-	if cfg.cpuProfile != "" {
+	if cfg.cpuProfile != "" || cfg.heapProfile != "" {
 		p.pprof = filepath.Join(dir, "pprof.sock")
 		args = append(args, "--pprof-addr", "unix://"+p.pprof)
 	}
@@ -123,17 +123,28 @@ func (p *driverProc) stop() {
 // cpuProfile fetches a CPU profile of seconds from the driver's pprof
 // socket into file; it returns when the profile is written.
 func (p *driverProc) cpuProfile(ctx context.Context, seconds int, file string) error {
+	return p.profile(ctx, fmt.Sprintf("profile?seconds=%d", seconds), file)
+}
+
+// heapProfile writes the driver's live heap (after a GC) into file.
+func (p *driverProc) heapProfile(ctx context.Context, file string) error {
+	return p.profile(ctx, "heap?gc=1", file)
+}
+
+// profile fetches /debug/pprof/<query> from the driver's pprof socket into
+// file.
+func (p *driverProc) profile(ctx context.Context, query, file string) error {
 	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", p.pprof)
 	}}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://localhost/debug/pprof/profile?seconds=%d", seconds), nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost/debug/pprof/"+query, nil)
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cpu profile: %w", err)
+		return fmt.Errorf("pprof %s: %w", query, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("cpu profile: %s", resp.Status)
+		return fmt.Errorf("pprof %s: %s", query, resp.Status)
 	}
 	f, err := os.Create(file)
 	if err != nil {

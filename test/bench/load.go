@@ -131,6 +131,11 @@ func runOnce(ctx context.Context, cfg config, bin, dir string, mode runMode) (r 
 	if r.mem, err = memoryOf(pid); err != nil {
 		return r, err
 	}
+	if cfg.heapProfile != "" {
+		if err := proc.heapProfile(ctx, cfg.heapProfile); err != nil {
+			return r, err
+		}
+	}
 
 	// Rotation: kubelet republishes every volume periodically; once the
 	// interval has passed since the first fetch, every volume is due.

@@ -23,6 +23,7 @@
 //	go run ./test/bench                                  # CI size: 200 x 5, C=50
 //	go run ./test/bench -volumes 1000 -cache on -latency 0s -rate-limit 0 -pattern kubelet,shared
 //	go run ./test/bench -cpuprofile cpu.pprof -cpuprofile-seconds 5   # driver CPU profile (pprof over a unix socket)
+//	go run ./test/bench -volumes 1000 -heapprofile heap.pprof         # driver heap with every volume mounted
 package main
 
 import (
@@ -59,6 +60,7 @@ type config struct {
 	keepLogs          bool
 	cpuProfile        string
 	cpuProfileSeconds int
+	heapProfile       string
 }
 
 func main() {
@@ -80,6 +82,7 @@ func main() {
 	flag.BoolVar(&cfg.keepLogs, "print-logs", false, "print the driver logs after each run")
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the driver, from the start of the publish pass, to this file (the driver serves pprof on a unix socket)")
 	flag.IntVar(&cfg.cpuProfileSeconds, "cpuprofile-seconds", 5, "length of the CPU profile")
+	flag.StringVar(&cfg.heapProfile, "heapprofile", "", "write a heap profile of the driver, taken with every volume mounted (after a GC), to this file")
 	flag.Parse()
 	var err error
 	if cfg.modes, err = parseModes(modes); err != nil {
@@ -103,8 +106,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: -volumes 1..20000, -objects 1..100, -concurrency >= 1")
 		os.Exit(2)
 	}
-	if cfg.cpuProfile != "" && len(cfg.modes)*len(cfg.syncModes)*len(cfg.patterns) != 1 {
-		fmt.Fprintln(os.Stderr, "bench: -cpuprofile profiles one run: give one -cache and -sync setting and one -pattern")
+	if (cfg.cpuProfile != "" || cfg.heapProfile != "") && len(cfg.modes)*len(cfg.syncModes)*len(cfg.patterns) != 1 {
+		fmt.Fprintln(os.Stderr, "bench: -cpuprofile and -heapprofile profile one run: give one -cache and -sync setting and one -pattern")
 		os.Exit(2)
 	}
 	if os.Geteuid() != 0 {
@@ -132,9 +135,11 @@ func run(cfg config) error {
 		unmountUnder(dir)
 		os.RemoveAll(dir)
 	}()
-	if cfg.cpuProfile != "" {
-		if cfg.cpuProfile, err = filepath.Abs(cfg.cpuProfile); err != nil {
-			return err
+	for _, f := range []*string{&cfg.cpuProfile, &cfg.heapProfile} {
+		if *f != "" {
+			if *f, err = filepath.Abs(*f); err != nil {
+				return err
+			}
 		}
 	}
 	bin := cfg.binary
