@@ -11,6 +11,7 @@ import (
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/secretsync"
+	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
 
@@ -26,7 +27,11 @@ func TestSyncedSecretExistsWhenPublishReturns(t *testing.T) {
 	if _, err := srv.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	syncer, err := secretsync.New(secretsync.Options{Client: srv.Client.CoreV1()})
+	client, err := kubecore.NewForConfig(srv.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncer, err := secretsync.New(secretsync.Options{Client: client})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/dynamic"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 
 	"github.com/secretfs/secretfs/driver"
@@ -17,6 +16,7 @@ import (
 	"github.com/secretfs/secretfs/driver/ignored"
 	"github.com/secretfs/secretfs/driver/podstatus"
 	"github.com/secretfs/secretfs/driver/secretsync"
+	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -53,7 +53,7 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 		}
 		cfg := rest.CopyConfig(restConfig)
 		cfg.UserAgent = rest.DefaultKubernetesUserAgent() + " secretfs-sync"
-		client, err := corev1client.NewForConfig(cfg)
+		client, err := kubecore.NewForConfig(cfg)
 		if err != nil {
 			return nil, nil, err
 		}

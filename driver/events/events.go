@@ -22,10 +22,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -68,11 +68,11 @@ type Recorder struct {
 func New(cfg *rest.Config, opts Options) (*Recorder, error) {
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = rest.DefaultKubernetesUserAgent() + " secretfs-events"
-	client, err := corev1client.NewForConfig(cfg)
+	client, err := kubecore.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating the events client: %w", err)
 	}
-	return newWithSink(&corev1client.EventSinkImpl{Interface: client.Events("")}, opts), nil
+	return newWithSink(client.EventSink(), opts), nil
 }
 
 // newWithSink returns a Recorder that writes to sink (an API client, or a

@@ -16,7 +16,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
@@ -24,6 +24,7 @@ import (
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/secretsync"
+	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
@@ -46,12 +47,12 @@ func newNode(t *testing.T, srv *kubeapi.Server, name string) *node {
 	t.Helper()
 	cfg := rest.CopyConfig(srv.Admin)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:secretfs-system:secretfs-node"}
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := kubecore.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	s, err := secretsync.New(secretsync.Options{Client: client.CoreV1(), Registerer: reg, FieldManager: "secretfs-" + name,
+	s, err := secretsync.New(secretsync.Options{Client: client, Registerer: reg, FieldManager: "secretfs-" + name,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -40,10 +40,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
+	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -64,10 +64,8 @@ type EventSink interface {
 
 // Options configure a Syncer.
 type Options struct {
-	// Client writes Secrets: create, get and patch on secrets (a
-	// CoreV1 client, not the whole clientset: it keeps every other API
-	// group out of the binary).
-	Client corev1client.SecretsGetter
+	// Client writes Secrets: create, get and patch on secrets.
+	Client kubecore.SecretsGetter
 	// Events receives Warning Events for pods (nil: logs and metrics only).
 	Events     EventSink
 	Registerer prometheus.Registerer
@@ -88,7 +86,7 @@ type Options struct {
 // Syncer keeps Secrets in step with the volumes on one node. Its methods
 // are safe for concurrent use.
 type Syncer struct {
-	client       corev1client.SecretsGetter
+	client       kubecore.SecretsGetter
 	events       EventSink
 	log          *slog.Logger
 	metrics      *metrics

@@ -19,10 +19,12 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
+	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -44,6 +46,12 @@ func (e *events) all() []string {
 	return append([]string(nil), e.list...)
 }
 
+// coreSecrets adapts client-go's typed core/v1 client (here the fake
+// clientset's) to the narrower kubecore.SecretsGetter.
+type coreSecrets struct{ corev1client.SecretsGetter }
+
+func (c coreSecrets) Secrets(ns string) kubecore.SecretInterface { return c.SecretsGetter.Secrets(ns) }
+
 func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, *events) {
 	t.Helper()
 	client := fake.NewClientset(objs...)
@@ -58,7 +66,7 @@ func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, 
 		return true, sec, nil
 	})
 	ev := &events{}
-	s, err := New(Options{Client: client.CoreV1(), Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second})
+	s, err := New(Options{Client: coreSecrets{client.CoreV1()}, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

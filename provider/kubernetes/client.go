@@ -13,10 +13,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/flowcontrol"
 
+	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -101,7 +101,7 @@ func (o *Options) setDefaults() error {
 // newClient builds the one client shared by all pods: one TLS transport per
 // API server, no credential of its own, and a round tripper that sends the
 // token found in the request context, or refuses to send at all.
-func newClient(o Options) (corev1client.CoreV1Interface, error) {
+func newClient(o Options) (*kubecore.Client, error) {
 	cfg := &rest.Config{
 		Host:            o.Host,
 		TLSClientConfig: rest.TLSClientConfig{CAData: o.CAData, CAFile: o.CAFile, ServerName: o.TLSServerName},
@@ -119,7 +119,7 @@ func newClient(o Options) (corev1client.CoreV1Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes provider: API server client: %w", err)
 	}
-	return corev1client.NewForConfigAndClient(cfg, httpClient)
+	return kubecore.NewForConfigAndClient(cfg, httpClient)
 }
 
 type tokenKey struct{}

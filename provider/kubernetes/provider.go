@@ -47,15 +47,15 @@ import (
 	"google.golang.org/grpc/codes"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 
 // Provider implements provider.Provider and provider.Watcher.
 type Provider struct {
 	opts   Options
-	client corev1client.CoreV1Interface
+	client *kubecore.Client
 	now    func() time.Time
 
 	streams atomic.Int64 // open API watch streams
