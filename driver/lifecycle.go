@@ -139,7 +139,9 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 			return false, err
 		}
 		// 7.
-		changed, err = d.writer(v, grow).Write(files)
+		w := d.writer(v, grow)
+		w.Fresh = first // mounted just above: empty, no earlier generation
+		changed, err = w.Write(files)
 		settle(err == nil && (changed || first))
 		d.noteBudget()
 		if err != nil {

@@ -76,6 +76,11 @@ type Writer struct {
 	// a new generation is written (which holds pages beside the old one
 	// until the swap); an error stops Write with nothing changed.
 	Grow func() error
+	// Fresh says Dir is an empty file system the caller has just mounted
+	// (and Check has verified): there is no earlier generation to compare
+	// with or clean up, so Write skips looking for one (a readlink and a
+	// directory listing per first publish).
+	Fresh bool
 }
 
 // owner is the uid argument of chown: -1 leaves the owner.
@@ -114,14 +119,16 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 	}
 
 	// 2. Stop if the current generation already holds exactly files.
-	oldGen, err := readlinkat(dfd, dataDirName)
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return false, fmt.Errorf("reading %s: %w", dataDirName, err)
+	var oldGen string
+	if !w.Fresh {
+		if oldGen, err = readlinkat(dfd, dataDirName); err != nil && !errors.Is(err, unix.ENOENT) {
+			return false, fmt.Errorf("reading %s: %w", dataDirName, err)
+		}
+		if !isGeneration(oldGen) {
+			oldGen = "" // not one of ours: compare nothing with it, remove nothing through it
+		}
+		w.removeStale(dfd, oldGen)
 	}
-	if !isGeneration(oldGen) {
-		oldGen = "" // not one of ours: compare nothing with it, remove nothing through it
-	}
-	w.removeStale(dfd, oldGen)
 	var oldTop map[string]struct{}
 	if oldGen != "" {
 		same, top, err := w.sameContent(dfd, oldGen, files)
@@ -159,11 +166,16 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 		return false, err
 	}
 
-	// 5. Swap ..data.
-	if err := removeAt(dfd, newDataDirName); err != nil && !errors.Is(err, unix.ENOENT) {
-		return false, fmt.Errorf("removing %s: %w", newDataDirName, err)
+	// 5. Swap ..data. A ..data_tmp left by a crash is removed only when
+	// it is in the way (one system call fewer in the usual case).
+	err = symlinkat(newGen, dfd, newDataDirName)
+	if errors.Is(err, unix.EEXIST) {
+		if err := removeAt(dfd, newDataDirName); err != nil && !errors.Is(err, unix.ENOENT) {
+			return false, fmt.Errorf("removing %s: %w", newDataDirName, err)
+		}
+		err = symlinkat(newGen, dfd, newDataDirName)
 	}
-	if err := symlinkat(newGen, dfd, newDataDirName); err != nil {
+	if err != nil {
 		return false, fmt.Errorf("linking new generation: %w", err)
 	}
 	if err := renameat(dfd, newDataDirName, dfd, dataDirName); err != nil {

@@ -311,3 +311,52 @@ func TestWriteFailureAfterGenerationCleansUp(t *testing.T) {
 		t.Fatalf("content changed: %v", got)
 	}
 }
+
+// A ..data_tmp left by a crash between its symlink and the rename is in
+// the way of the next swap: the writer removes it and swaps.
+func TestWriteReplacesLeftoverDataTmp(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Symlink("..2000_01_01_00_00_00.1", filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := New(dir).Write([]File{{Path: "a", Mode: 0o644, Data: []byte("A")}})
+	if err != nil || !changed {
+		t.Fatalf("write: changed=%v err=%v", changed, err)
+	}
+	if got := readAll(t, dir); len(got) != 1 || got["a"] != "A" {
+		t.Fatalf("content: %v", got)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "..data_tmp")); !os.IsNotExist(err) {
+		t.Fatalf("..data_tmp still there: %v", err)
+	}
+}
+
+// Fresh (an empty file system just mounted) writes the same layout, and
+// later writes without Fresh compare with it and replace it as usual.
+func TestWriteFresh(t *testing.T) {
+	dir := t.TempDir()
+	w := New(dir)
+	w.Fresh = true
+	files := []File{{Path: "a", Mode: 0o644, Data: []byte("A1")}, {Path: "sub/b", Mode: 0o600, Data: []byte("B1")}}
+	if changed, err := w.Write(files); err != nil || !changed {
+		t.Fatalf("fresh write: changed=%v err=%v", changed, err)
+	}
+	if got := readAll(t, dir); len(got) != 2 || got["a"] != "A1" || got["sub/b"] != "B1" {
+		t.Fatalf("content: %v", got)
+	}
+	w.Fresh = false
+	if changed, err := w.Write(files); err != nil || changed {
+		t.Fatalf("identical write after a fresh one: changed=%v err=%v", changed, err)
+	}
+	if changed, err := w.Write(files[:1]); err != nil || !changed {
+		t.Fatalf("replacing write: changed=%v err=%v", changed, err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if len(entries) != 3 { // a, ..data, one generation
+		t.Fatalf("entries after replace: %v", names)
+	}
+}
