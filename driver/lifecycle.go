@@ -140,7 +140,10 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		}
 		// 7.
 		w := d.writer(v, grow)
-		w.Fresh = first // mounted just above: empty, no earlier generation
+		// Mounted just above (step 6): empty, no earlier generation. An
+		// external provider had the tmpfs before this write (step 3) and may
+		// have left files in it: look as usual.
+		w.Fresh = first && !external
 		changed, err = w.Write(files)
 		settle(err == nil && (changed || first))
 		d.noteBudget()
