@@ -125,7 +125,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		if files, need, err = d.limits.Files(res, req.DefaultMode, v.provider, where, d.cache != nil); err != nil {
 			return false, err
 		}
-		grow, settle := d.budget.For(v.id, need, v.class, v.pod.Namespace)
+		grow, settle := d.budget.For(v.id, need, where)
 		if first && grow != nil {
 			if err := grow(); err != nil {
 				return false, err

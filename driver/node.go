@@ -234,12 +234,10 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		// Recovered volume that was not refreshed yet: the watch needs the
 		// class parameters to know what to watch.
 		cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
-		if err != nil {
-			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
-			d.metrics.Watches.WithLabelValues("failed").Inc()
-			return
+		var plan *content.Plan
+		if err == nil {
+			plan, err = content.ForClass(cls)
 		}
-		plan, err := content.ForClass(cls)
 		if err != nil {
 			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
 			d.metrics.Watches.WithLabelValues("failed").Inc()

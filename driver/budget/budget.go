@@ -83,17 +83,18 @@ func (b *Budget) Reserve(id string, n int64) error {
 
 // For makes room for volume id to hold need bytes. grow is for
 // atomicwriter.Writer.Grow (old and new generation side by side until the
-// swap) and refuses with ResourceExhausted naming the volume's class and
-// namespace; settle records what id holds once the write is over (need
-// when written, else what it held before). A nil Budget does neither.
-func (b *Budget) For(id string, need int64, class, namespace string) (grow func() error, settle func(written bool)) {
+// swap) and refuses with ResourceExhausted, prefixed with where (the
+// volume's class and namespace, built only for the error); settle records
+// what id holds once the write is over (need when written, else what it
+// held before). A nil Budget does neither.
+func (b *Budget) For(id string, need int64, where func() string) (grow func() error, settle func(written bool)) {
 	if b == nil {
 		return nil, func(bool) {}
 	}
 	old := b.Held(id)
 	grow = func() error {
 		if err := b.Reserve(id, old+need); err != nil {
-			return provider.Errorf(codes.ResourceExhausted, "%s: %s", "class \""+class+"\" in namespace \""+namespace+"\"", err.Error())
+			return provider.Errorf(codes.ResourceExhausted, "%s: %s", where(), err.Error())
 		}
 		return nil
 	}

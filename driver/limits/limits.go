@@ -38,9 +38,9 @@ func (l Volume) Inodes() int64 {
 // path depth, and tmpfs bytes counted as the kernel charges them (data
 // pages, and a page for each top-level link with a long name). Objects
 // without a mode get defaultMode; prov names the provider and where the
-// class in errors (called only for an error). need is what the volume holds on this node: its tmpfs
-// pages, the metadata file, and with cached the copy of the content the
-// node cache keeps.
+// class in errors (called only for an error). need is what the volume
+// holds on this node: its tmpfs pages, the metadata file, and with cached
+// the copy of the content the node cache keeps.
 func (l Volume) Files(res *provider.Result, defaultMode os.FileMode, prov string, where func() string, cached bool) (files []atomicwriter.File, need int64, err error) {
 	if len(res.Files) > l.MaxFiles {
 		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s yields %d files; a volume holds at most %d (driver flag --max-files): split the class", where(), len(res.Files), l.MaxFiles)
