@@ -83,9 +83,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+	// The target is held by descriptor from here on (target.go).
+	held, err := openTarget(target)
+	if err != nil {
 		return err
 	}
+	defer held.close()
 	owner := driver.LocalOwner
 	if cfg.Owner != nil {
 		owner = *cfg.Owner
@@ -98,9 +101,10 @@ func Run(ctx context.Context, cfg Config) error {
 		TmpfsSize:        cfg.TmpfsSize,
 		RotationInterval: cfg.Interval,
 		Logger:           log,
-		// Adopt only this agent's own mount after a restart, never a
-		// kubelet volume or another agent's.
-		RecoverUnder: target,
+		// No restart recovery by mount path: a mount left by an earlier run
+		// of this agent is adopted by the publish below (its metadata names
+		// this volume), through the held target.
+		RecoverUnder: held.via(),
 		Owner:        &owner,
 	})
 	if err != nil {
@@ -109,9 +113,22 @@ func Run(ctx context.Context, cfg Config) error {
 	defer d.Close()
 
 	req := publishRequest(cls, target, cfg.ServiceAccount)
+	req.TargetPath = held.via()
 	withToken(req, cfg.TokenAudience, cfg.Token)
+	unpublish := func() error {
+		stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		derr := held.detach()
+		// The driver finds the tmpfs gone, removes the directory and
+		// forgets the volume.
+		_, err := d.NodeUnpublishVolume(stop, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
+		return errors.Join(derr, err)
+	}
 	if _, err := d.NodePublishVolume(ctx, req); err != nil {
 		return fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, target, err)
+	}
+	if err := held.checkMounted(); err != nil {
+		return errors.Join(err, unpublish())
 	}
 	log.Info("mounted", "class", cls.Name, "namespace", cls.Namespace, "target", target, "refresh", cfg.Interval)
 	if cfg.Mounted != nil {
@@ -130,9 +147,7 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 			tick.follow()
 		case <-ctx.Done():
-			stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if _, err := d.NodeUnpublishVolume(stop, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: target}); err != nil {
+			if err := unpublish(); err != nil {
 				return fmt.Errorf("unmounting %s: %w", target, err)
 			}
 			log.Info("unmounted", "target", target)

@@ -45,21 +45,23 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-func (o Options) data(noswap bool) string {
-	s := fmt.Sprintf("size=%d,mode=%04o", o.SizeBytes, o.Mode.Perm())
+// params are the tmpfs options of a mount, in fsconfig(2)'s key=value form
+// (mount(2)'s data string joins them with commas).
+func (o Options) params(noswap bool) [][2]string {
+	p := [][2]string{{"size", strconv.FormatInt(o.SizeBytes, 10)}, {"mode", fmt.Sprintf("%04o", o.Mode.Perm())}}
 	if o.Inodes > 0 {
-		s += ",nr_inodes=" + strconv.FormatInt(o.Inodes, 10)
+		p = append(p, [2]string{"nr_inodes", strconv.FormatInt(o.Inodes, 10)})
 	}
 	if o.GID >= 0 {
-		s += ",gid=" + strconv.Itoa(o.GID)
+		p = append(p, [2]string{"gid", strconv.Itoa(o.GID)})
 	}
 	if o.UID > 0 {
-		s += ",uid=" + strconv.Itoa(o.UID)
+		p = append(p, [2]string{"uid", strconv.Itoa(o.UID)})
 	}
 	if noswap {
-		s += ",noswap"
+		p = append(p, [2]string{"noswap", ""})
 	}
-	return s
+	return p
 }
 
 // Whether the kernel takes the noswap option (Linux 6.4 and later): unknown
@@ -72,9 +74,6 @@ const (
 
 var swapMode atomic.Int32
 
-// sysMount is mount(2); a variable so a test can play an older kernel.
-var sysMount = unix.Mount
-
 // NoSwap reports whether mounts are made with noswap, and whether that is
 // known yet (it is after the first successful Mount).
 func NoSwap() (noswap, known bool) {
@@ -85,6 +84,12 @@ func NoSwap() (noswap, known bool) {
 // Mount mounts a fresh tmpfs at target, an existing directory, and checks
 // that target now is that tmpfs.
 //
+// Target is resolved once, without following a final symlink
+// (O_PATH|O_NOFOLLOW|O_DIRECTORY), and the tmpfs is attached to that very
+// directory (fd.go): a target swapped for a symlink after the caller checked
+// it is refused, never followed, and the check afterwards looks at the new
+// mount through its own descriptor, not by path.
+//
 // Secrets must not reach a disk, so the tmpfs is mounted noswap: its pages
 // are never written to swap. Kernels before 6.4 reject the option with
 // EINVAL; then Mount mounts without it (a node without swap loses nothing)
@@ -94,24 +99,44 @@ func Mount(target string, opts Options) error {
 	if opts.SizeBytes <= 0 {
 		return fmt.Errorf("tmpfs size must be positive, got %d", opts.SizeBytes)
 	}
+	dirfd, err := unix.Open(target, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+		return fmt.Errorf("%s is not a directory (a symlink is never followed): %w", target, err)
+	}
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", target, err)
+	}
+	defer unix.Close(dirfd)
+	mfd, err := MountAt(dirfd, opts)
+	if err != nil {
+		return fmt.Errorf("mounting tmpfs at %s: %w", target, err)
+	}
+	defer unix.Close(mfd)
+	if err := verifyFd(mfd, target); err != nil {
+		_ = DetachFd(mfd)
+		return err
+	}
+	return nil
+}
+
+// MountAt mounts a fresh tmpfs with opts onto the directory dirfd (any
+// descriptor of it, O_PATH included) and returns an O_PATH descriptor of
+// the new mount's root; the caller closes it. Noswap as for Mount.
+func MountAt(dirfd int, opts Options) (int, error) {
+	if opts.SizeBytes <= 0 {
+		return -1, fmt.Errorf("tmpfs size must be positive, got %d", opts.SizeBytes)
+	}
 	mode := swapMode.Load()
-	err := sysMount(Source, target, "tmpfs", Flags, opts.data(mode != swapMaySwap))
+	mfd, err := mountFd(dirfd, opts, mode != swapMaySwap)
 	if mode == swapUnknown && errors.Is(err, unix.EINVAL) {
 		// Either noswap or another option is refused: try without noswap.
-		if err = sysMount(Source, target, "tmpfs", Flags, opts.data(false)); err == nil {
+		if mfd, err = mountFd(dirfd, opts, false); err == nil {
 			decideSwap(swapMaySwap, opts.Logger)
 		}
 	} else if mode == swapUnknown && err == nil {
 		decideSwap(swapNoSwap, opts.Logger)
 	}
-	if err != nil {
-		return fmt.Errorf("mounting tmpfs at %s: %w", target, err)
-	}
-	if err := Verify(target); err != nil {
-		_ = Unmount(target)
-		return err
-	}
-	return nil
+	return mfd, err
 }
 
 // decideSwap records the kernel's answer; the first to learn it logs it.

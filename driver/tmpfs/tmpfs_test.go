@@ -203,14 +203,14 @@ func TestMountCapsInodesAndNoSwap(t *testing.T) {
 func TestMountWithoutNoSwapOnOldKernels(t *testing.T) {
 	needRoot(t)
 	swapMode.Store(swapUnknown)
-	t.Cleanup(func() { swapMode.Store(swapUnknown); sysMount = unix.Mount })
+	t.Cleanup(func() { swapMode.Store(swapUnknown); mountFd = newAPIMount })
 	tried := 0
-	sysMount = func(source, target, fstype string, flags uintptr, data string) error {
-		if strings.Contains(data, "noswap") {
+	mountFd = func(dirfd int, opts Options, noswap bool) (int, error) {
+		if noswap {
 			tried++
-			return unix.EINVAL
+			return -1, unix.EINVAL
 		}
-		return unix.Mount(source, target, fstype, flags, data)
+		return newAPIMount(dirfd, opts, false)
 	}
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
@@ -241,5 +241,113 @@ func TestMountWithoutNoSwapOnOldKernels(t *testing.T) {
 	}
 	if _, known := NoSwap(); known {
 		t.Error("a failed mount decided the noswap question")
+	}
+}
+
+// Mount never follows a symlink at the target: the directory it points to
+// stays as it is.
+func TestMountRefusesSymlinkTarget(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "victim")
+	os.Mkdir(victim, 0o755)
+	link := filepath.Join(dir, "link")
+	os.Symlink(victim, link)
+	t.Cleanup(func() { unix.Unmount(victim, unix.MNT_DETACH) })
+	if err := Mount(link, Options{SizeBytes: 1 << 16, Mode: 0o700, GID: -1}); err == nil {
+		t.Fatal("mounted through a symlink")
+	}
+	if m, _ := IsMountPoint(victim); m {
+		t.Fatal("the symlink's target was mounted over")
+	}
+}
+
+// Both ways of attaching (the new mount API and mount(2) on /proc/self/fd/N)
+// mount onto the held directory with the driver's options and flags, give
+// back the new mount's root, and DetachFd removes the mount wherever it is.
+func TestMountAtAndDetachFd(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct {
+		name  string
+		mount func(int, Options, bool) (int, error)
+	}{{"fsmount", newAPIMount}, {"mount(2)", legacyMount}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Cleanup(func() { mountFd = newAPIMount })
+			mountFd = tc.mount
+			dir := t.TempDir()
+			target := filepath.Join(dir, "vol")
+			os.Mkdir(target, 0o750)
+			t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+			dirfd, err := unix.Open(target, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(dirfd)
+			mfd, err := MountAt(dirfd, Options{SizeBytes: 1 << 20, Mode: 0o710, GID: 1234, UID: 4321, Inodes: 64})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(mfd)
+			if err := VerifyFd(mfd, "mfd"); err != nil {
+				t.Fatal(err)
+			}
+			if !IsSecretfs(target) {
+				t.Fatal("target is not a secretfs tmpfs")
+			}
+			var st unix.Stat_t
+			if err := unix.Stat(target, &st); err != nil || st.Mode&0o7777 != 0o710 || st.Uid != 4321 || st.Gid != 1234 {
+				t.Fatalf("root %o %d:%d (%v)", st.Mode&0o7777, st.Uid, st.Gid, err)
+			}
+			opts := superOptions(t, target)
+			for _, want := range []string{"size=1024k", "nr_inodes=64", "mode=710", "uid=4321", "gid=1234"} {
+				if !slices.Contains(opts, want) {
+					t.Errorf("super options %v lack %s", opts, want)
+				}
+			}
+			infos, _ := mount.ParseMountInfo("/proc/self/mountinfo")
+			for _, mi := range infos {
+				if unescape(mi.MountPoint) == target {
+					for _, f := range []string{"nosuid", "nodev", "noexec"} {
+						if !slices.Contains(mi.MountOptions, f) {
+							t.Errorf("mount options %v lack %s", mi.MountOptions, f)
+						}
+					}
+				}
+			}
+			// The directory is renamed: DetachFd still finds the mount.
+			moved := filepath.Join(dir, "moved")
+			if err := os.Rename(dir+"/vol", moved); err == nil {
+				t.Log("renamed a mount point") // EBUSY is the usual answer
+				target = moved
+			}
+			if err := DetachFd(mfd); err != nil {
+				t.Fatal(err)
+			}
+			if m, _ := IsMountPoint(target); m {
+				t.Fatal("still mounted after DetachFd")
+			}
+			if err := DetachFd(mfd); err != nil {
+				t.Fatalf("second DetachFd: %v", err)
+			}
+		})
+	}
+}
+
+// BenchmarkMountUnmount is one volume's mount (Mount: open, attach, statfs)
+// and unmount (Unmount): the cost of mounting onto a descriptor.
+func BenchmarkMountUnmount(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	dir := b.TempDir()
+	for b.Loop() {
+		target := filepath.Join(dir, "vol")
+		os.Mkdir(target, 0o750)
+		if err := Mount(target, Options{SizeBytes: 1 << 20, Mode: 0o750, GID: 1234, Inodes: 64}); err != nil {
+			b.Fatal(err)
+		}
+		if err := Unmount(target); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
