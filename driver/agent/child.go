@@ -21,8 +21,6 @@ type child struct {
 type command struct {
 	argv []string
 	env  []string
-	// tty: give the command the terminal (secretfs had it).
-	tty bool
 }
 
 // start runs the command through the init stage (runInit), as this program
@@ -34,12 +32,8 @@ func (c *command) start(extraEnv []string) (*child, error) {
 	if _, err := exec.LookPath(c.argv[0]); err != nil {
 		return nil, err
 	}
-	init := stageInit
-	if c.tty {
-		init += ttySuffix
-	}
 	env := append(c.env[:len(c.env):len(c.env)], extraEnv...)
-	env = append(env, stageEnv+"="+init)
+	env = append(env, stageEnv+"="+stageInit)
 	ch := &child{done: make(chan struct{})}
 	started := make(chan error, 1)
 	go func() {

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -12,21 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Stages of `secretfs run`, the values of stageEnv. A trailing "+tty" says
-// that the first stage had the terminal, so the command gets it.
+// Stages of `secretfs run`, the values of stageEnv.
 const (
 	stageAgent = "agent" // in the private mount namespace: mounts, refreshes
 	stageInit  = "init"  // pid 1 of the command's pid namespace
-	ttySuffix  = "+tty"
 )
 
-// stage returns this process's stage ("" for the first) and whether the
-// command is to get the terminal.
-func stage() (string, bool) {
-	v := os.Getenv(stageEnv)
-	name, tty := strings.CutSuffix(v, ttySuffix)
-	return name, tty
-}
+// stage returns this process's stage ("" for the first).
+func stage() string { return os.Getenv(stageEnv) }
 
 // runInit is the third stage: pid 1 of a pid namespace of its own, started
 // by the agent for each run of the command. It starts the command, passes
@@ -36,7 +30,7 @@ func stage() (string, bool) {
 // everything else in the pid namespace: nothing the command started can
 // outlive it, and so nothing keeps the private mount namespace (and its
 // tmpfs) alive once the agent is gone.
-func runInit(argv []string, uid, gid int, tty bool) (int, error) {
+func runInit(argv []string, uid, gid int) (int, error) {
 	if os.Getpid() != 1 {
 		return 0, fmt.Errorf("%s=%s but this process is not pid 1 of a pid namespace", stageEnv, stageInit)
 	}
@@ -45,13 +39,23 @@ func runInit(argv []string, uid, gid int, tty bool) (int, error) {
 	chld := make(chan os.Signal, 1)
 	signal.Notify(chld, syscall.SIGCHLD)
 
+	// Descriptors the caller of secretfs leaked (not close-on-exec) stop
+	// here: the command gets its three standard descriptors and nothing
+	// else of root's.
+	_ = unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
 		return 127, fmt.Errorf("starting %s: %w", argv[0], err)
 	}
-	attr := &syscall.SysProcAttr{Setpgid: true}
-	if tty {
-		attr.Foreground, attr.Ctty = true, 0
+	// A session of its own, never the caller's: its controlling terminal,
+	// if any, is the one the first stage made for it (pty.go), which it
+	// gets as the first of its standard descriptors that is a terminal.
+	attr := &syscall.SysProcAttr{Setsid: true}
+	for fd := range 3 {
+		if isTerminal(fd) {
+			attr.Setctty, attr.Ctty = true, fd
+			break
+		}
 	}
 	if uid >= 0 {
 		attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}

@@ -35,7 +35,7 @@ var forwarded = []os.Signal{
 // (PR_SET_PDEATHSIG), and the command with the second stage, so a kill -9 of
 // either leaves a namespace without processes, which the kernel destroys
 // together with its tmpfs: nothing is ever mounted in the host's namespace.
-func isolate(target string) (int, error) {
+func isolate(target string, uid int) (int, error) {
 	created, err := makeTarget(target)
 	if err != nil {
 		return 0, err
@@ -46,10 +46,17 @@ func isolate(target string) (int, error) {
 		defer func() { _ = unix.Rmdir(target) }()
 	}
 
-	foreground := inForeground(unix.Getpgrp())
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
+	// The command never gets this process's terminal (pty.go).
+	tty, err := newRelay(uid, inForeground(unix.Getpgrp()))
+	if err != nil {
+		return 0, err
+	}
+	if tty != nil {
+		defer tty.finish()
+	}
 
 	// PR_SET_PDEATHSIG fires when the thread that started the child exits:
 	// keep this goroutine on its thread until the child is gone.
@@ -57,12 +64,9 @@ func isolate(target string) (int, error) {
 	defer runtime.UnlockOSThread()
 	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
-	st := stageAgent
-	if foreground {
-		st += ttySuffix
-	}
-	cmd.Env = append(os.Environ(), stageEnv+"="+st)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), stageEnv+"="+stageAgent)
+	files := tty.files()
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = files[0], files[1], files[2]
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNS,
 		Pdeathsig:  syscall.SIGKILL,
@@ -74,16 +78,20 @@ func isolate(target string) (int, error) {
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("starting the agent in a new mount namespace: %w", err)
 	}
+	if tty != nil {
+		tty.start()
+	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	for {
 		select {
 		case s := <-sigs:
+			if s == syscall.SIGWINCH && tty != nil {
+				tty.resize() // the kernel tells the command
+				continue
+			}
 			_ = cmd.Process.Signal(s)
 		case err := <-done:
-			if foreground {
-				reclaimTerminal()
-			}
 			return exitCode(cmd.ProcessState, err), nil
 		}
 	}
@@ -126,15 +134,6 @@ func exitCode(st *os.ProcessState, err error) int {
 func inForeground(pgrp int) bool {
 	fg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP)
 	return err == nil && fg == pgrp
-}
-
-// reclaimTerminal makes this process's group the terminal's foreground
-// group again after the command (which had it) is gone, so the shell that
-// started secretfs gets its terminal back in order.
-func reclaimTerminal() {
-	signal.Ignore(syscall.SIGTTOU) // tcsetpgrp from a background group
-	defer signal.Reset(syscall.SIGTTOU)
-	_ = unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, unix.Getpgrp())
 }
 
 // inPrivateNamespace reports whether this process's mount namespace differs

@@ -92,12 +92,11 @@ func RunCommand(ctx context.Context, cfg RunConfig) (int, error) {
 		return 0, err
 	}
 	cfg.Target = target
-	st, tty := stage()
-	switch st {
+	switch st := stage(); st {
 	case "":
-		return isolate(target)
+		return isolate(target, cfg.UID)
 	case stageInit:
-		return runInit(cfg.Command, cfg.UID, cfg.GID, tty)
+		return runInit(cfg.Command, cfg.UID, cfg.GID)
 	case stageAgent:
 	default:
 		return 0, fmt.Errorf("%s=%q is not a stage of secretfs run", stageEnv, os.Getenv(stageEnv))
@@ -109,11 +108,11 @@ func RunCommand(ctx context.Context, cfg RunConfig) (int, error) {
 	if !private {
 		return 0, fmt.Errorf("%s is set but this process shares its parent's mount namespace; refusing to mount", stageEnv)
 	}
-	return runIsolated(ctx, cfg, tty)
+	return runIsolated(ctx, cfg)
 }
 
 // runIsolated is the second stage, in its own mount namespace.
-func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
+func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -189,7 +188,7 @@ func runIsolated(ctx context.Context, cfg RunConfig, tty bool) (int, error) {
 
 	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs, hook: changes,
 		back: backoff{min: time.Second, max: time.Minute}}
-	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target), tty: tty}
+	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target)}
 	return s.run(ctx)
 }
 

@@ -36,6 +36,9 @@ type helperConfig struct {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(probeEnv) != "" {
+		os.Exit(ttyProbe())
+	}
 	if raw := os.Getenv(helperEnv); raw != "" {
 		os.Exit(runHelper(raw))
 	}
