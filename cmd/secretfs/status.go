@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,9 +11,13 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/internal/unixsock"
@@ -84,9 +89,11 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return fail(stderr, fs, 1, "%v", err)
 	}
 	if *output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(vols)
+		out, err := json.MarshalIndent(vols, "", "  ")
+		if err != nil {
+			return fail(stderr, fs, 1, "%v", err)
+		}
+		_, _ = stdout.Write(append(escapeJSON(out), '\n'))
 		return 0
 	}
 	printStatus(stdout, vols, time.Now())
@@ -127,7 +134,7 @@ func printStatus(w io.Writer, vols []driver.VolumeStatus, now time.Time) {
 			lastErr = "-"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", dash(v.Namespace), dash(v.Pod), dash(v.Class), dash(v.Provider),
-			v.Files, v.Bytes, ago(v.LastFetch, now), v.RotationInterval, until(v.NextRefresh, now), lastErr)
+			v.Files, v.Bytes, ago(v.LastFetch, now), v.RotationInterval, until(v.NextRefresh, now), printable(lastErr))
 	}
 	tw.Flush()
 }
@@ -136,7 +143,60 @@ func dash(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return s
+	return printable(s)
+}
+
+// Names, classes and error messages in the status come from tenants (a
+// class name, a backend's error text), and status prints them on an
+// operator's terminal, where an escape sequence could rewrite the screen,
+// set the window title or answer back, a carriage return hide what came
+// before, and a bidi override reorder what is shown.
+
+// unprintable reports whether a terminal may act on r rather than show it:
+// a C0 or C1 control, DEL, or a format character (bidi overrides and
+// isolates, zero-width characters, tags), i.e. not unicode.IsPrint. An
+// invalid UTF-8 byte decodes as utf8.RuneError with width 1, which callers
+// check themselves.
+func unprintable(r rune) bool { return !unicode.IsPrint(r) }
+
+// printable is s as status shows it: as it is when every rune is
+// printable, it is valid UTF-8 and it does not start with a double quote;
+// otherwise Go-quoted (strconv.Quote escapes exactly the unprintable runes
+// and the invalid bytes), so strconv.Unquote gives back s byte for byte and
+// a quoted field is never mistaken for a plain one.
+func printable(s string) string {
+	if !strings.HasPrefix(s, `"`) && utf8.ValidString(s) && strings.IndexFunc(s, unprintable) < 0 {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+// escapeJSON escapes, as \uXXXX (a surrogate pair above U+FFFF), the runes
+// encoding/json writes raw although a terminal may act on them: DEL, C1
+// controls and format characters (json already escapes C0 controls and
+// replaces invalid UTF-8 with U+FFFD). Such runes occur only inside
+// strings, so the result is the same JSON value.
+func escapeJSON(b []byte) []byte {
+	if bytes.IndexFunc(b, func(r rune) bool { return r != '\n' && unprintable(r) }) < 0 {
+		return b
+	}
+	out := make([]byte, 0, len(b)+32)
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		switch {
+		case r == utf8.RuneError && n == 1: // never from encoding/json
+			out = append(out, `\ufffd`...)
+		case r == '\n' || !unprintable(r):
+			out = append(out, b[:n]...)
+		case r > 0xFFFF:
+			r1, r2 := utf16.EncodeRune(r)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, r1, r2)
+		default:
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+		b = b[n:]
+	}
+	return out
 }
 
 func ago(t, now time.Time) string {
