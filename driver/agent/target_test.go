@@ -117,9 +117,9 @@ func mountsUnder(t *testing.T, dir string) []string {
 
 // raceAgent runs the agent at target with a gated backend, runs swap while
 // the first fetch is held (after the target was checked, before the mount),
-// and returns the agent's first-publish result (nil: mounted) and a stop
-// function that returns the agent's result.
-func raceAgent(t *testing.T, dir, target, swap string) (mountErr error, stop func() error) {
+// and returns a stop function that returns the agent's result, and the
+// agent's first-publish result (nil: mounted).
+func raceAgent(t *testing.T, dir, target, swap string) (stop func() error, mountErr error) {
 	t.Helper()
 	classFile := filepath.Join(dir, "class.yaml")
 	if err := os.WriteFile(classFile, []byte(testClass), 0o600); err != nil {
@@ -149,10 +149,10 @@ func raceAgent(t *testing.T, dir, target, swap string) (mountErr error, stop fun
 	close(g.release)
 	select {
 	case <-mounted:
-		return nil, func() error { cancel(); return <-done }
+		return func() error { cancel(); return <-done }, nil
 	case err := <-done:
 		cancel()
-		return err, func() error { return err }
+		return func() error { return err }, err
 	case <-time.After(30 * time.Second):
 		cancel()
 		t.Fatal("agent neither mounted nor failed")
@@ -183,7 +183,7 @@ func TestAgentTargetSwappedForSymlink(t *testing.T) {
 	dir, victim, home := raceDir(t)
 	target := filepath.Join(home, "secrets")
 	asAttacker(t, "mkdir "+target)
-	mountErr, stop := raceAgent(t, dir, target, "mv "+target+" "+target+".old && ln -s "+victim+" "+target)
+	stop, mountErr := raceAgent(t, dir, target, "mv "+target+" "+target+".old && ln -s "+victim+" "+target)
 	if mountErr == nil {
 		t.Error("the agent mounted through a swapped-in symlink")
 	}
@@ -202,7 +202,7 @@ func TestAgentTargetParentSwapped(t *testing.T) {
 	asAttacker(t, "mkdir "+parent)
 	// The victim is "secrets" in a directory of root's.
 	target := filepath.Join(parent, filepath.Base(victim))
-	mountErr, stop := raceAgent(t, dir, target, "mv "+parent+" "+parent+".old && ln -s "+dir+" "+parent)
+	stop, mountErr := raceAgent(t, dir, target, "mv "+parent+" "+parent+".old && ln -s "+dir+" "+parent)
 	if mountErr == nil {
 		// The mount is where the agent checked: the renamed parent.
 		if err := tmpfs.Verify(filepath.Join(parent+".old", filepath.Base(victim))); err != nil {
@@ -225,7 +225,7 @@ func TestAgentTargetSwappedForAnotherDirectory(t *testing.T) {
 	dir, victim, home := raceDir(t)
 	target := filepath.Join(home, "secrets")
 	asAttacker(t, "mkdir "+target)
-	mountErr, stop := raceAgent(t, dir, target, "mv "+target+" "+target+".old && mkdir "+target)
+	stop, mountErr := raceAgent(t, dir, target, "mv "+target+" "+target+".old && mkdir "+target)
 	if mountErr == nil || !strings.Contains(mountErr.Error(), "replaced") {
 		t.Errorf("want the swapped target refused, got %v", mountErr)
 	}

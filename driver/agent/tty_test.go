@@ -72,9 +72,14 @@ func ttyProbe() int {
 	r.OpenCaller = errString(err)
 	if err == nil {
 		r.StiCaller = errString(tiocsti(fd))
+		unix.Close(fd)
 	}
-	fd, err = unix.Open("/dev/tty", unix.O_RDWR|unix.O_NOCTTY, 0)
-	r.OpenDevTTY = errString(err)
+	if fd, err := unix.Open("/dev/tty", unix.O_RDWR|unix.O_NOCTTY, 0); err == nil {
+		r.OpenDevTTY = "ok"
+		unix.Close(fd)
+	} else {
+		r.OpenDevTTY = errString(err)
+	}
 	var st3 unix.Stat_t
 	r.CallerFd3 = unix.Fstat(3, &st3) == nil && strconv.FormatUint(st3.Rdev, 10) == os.Getenv("CALLER_RDEV")
 	b, _ := json.Marshal(r)

@@ -1,8 +1,10 @@
 // Package tmpfs mounts, verifies, finds and unmounts the per-volume tmpfs
 // file systems of secretfs.
 //
-// Mounting uses mount(2) directly: k8s.io/mount-utils would exec /bin/mount
-// for every volume, which costs milliseconds and a binary in the image.
+// Mounting uses the mount system calls directly, onto a descriptor of the
+// target (fd.go): k8s.io/mount-utils would exec /bin/mount for every
+// volume, which costs milliseconds and a binary in the image, and would
+// resolve the target by path.
 // Detection and the mountinfo format use mount-utils, which knows the corner
 // cases. Unmounting is umount(2) followed by rmdir(2).
 package tmpfs
