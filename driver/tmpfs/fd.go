@@ -31,8 +31,10 @@ import (
 // fsconfig (source, size, mode, nr_inodes, gid, noswap, create; one more
 // with uid), fsmount, move_mount, fstatfs and three closes: 15 system
 // calls where mount(2) by path and the statfs check by path took 4 (mount,
-// open, fstatfs, close). Each is a few microseconds; a mount plus unmount
-// costs the same as before within the noise of a loaded machine.
+// open, fstatfs, close). Timed step by step on a 2-core VM: about 41 us
+// against 27 us (each fsconfig is a system call of 2-3 us; creating the
+// superblock, 8 us, is the same work mount(2) did), so a first publish
+// costs some 15-20 us more; unmounting is unchanged.
 
 // mountFd attaches a new tmpfs to dirfd and returns its root (O_PATH); a
 // variable so a test can play an older kernel.
