@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -42,7 +43,7 @@ func runInit(argv []string, uid, gid int) (int, error) {
 	// Descriptors the caller of secretfs leaked (not close-on-exec) stop
 	// here: the command gets its three standard descriptors and nothing
 	// else of root's.
-	_ = unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	closeOnExecAbove2()
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
 		return 127, fmt.Errorf("starting %s: %w", argv[0], err)
@@ -107,4 +108,18 @@ func withoutStage(env []string) []string {
 		}
 	}
 	return out
+}
+
+// closeOnExecAbove2 marks every descriptor above 2 close-on-exec:
+// close_range(2) (Linux 5.11), or one by one from /proc/self/fd.
+func closeOnExecAbove2() {
+	if unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	entries, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
