@@ -113,22 +113,10 @@ func Run(ctx context.Context, cfg Config) error {
 	defer d.Close()
 
 	req := publishRequest(cls, target, cfg.ServiceAccount)
-	req.TargetPath = held.via()
 	withToken(req, cfg.TokenAudience, cfg.Token)
-	unpublish := func() error {
-		stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		derr := held.detach()
-		// The driver finds the tmpfs gone, removes the directory and
-		// forgets the volume.
-		_, err := d.NodeUnpublishVolume(stop, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
-		return errors.Join(derr, err)
-	}
-	if _, err := d.NodePublishVolume(ctx, req); err != nil {
+	unpublish, err := held.publish(ctx, d, req)
+	if err != nil {
 		return fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, target, err)
-	}
-	if err := held.checkMounted(); err != nil {
-		return errors.Join(err, unpublish())
 	}
 	log.Info("mounted", "class", cls.Name, "namespace", cls.Namespace, "target", target, "refresh", cfg.Interval)
 	if cfg.Mounted != nil {

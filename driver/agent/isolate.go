@@ -36,15 +36,19 @@ var forwarded = []os.Signal{
 // either leaves a namespace without processes, which the kernel destroys
 // together with its tmpfs: nothing is ever mounted in the host's namespace.
 func isolate(target string, uid int) (int, error) {
-	created, err := makeTarget(target)
+	parent, created, err := makeTarget(target)
 	if err != nil {
 		return 0, err
 	}
-	if created {
-		// Whatever happens to the second stage, do not leave the empty
-		// directory behind.
-		defer func() { _ = unix.Rmdir(target) }()
-	}
+	defer func() {
+		if created {
+			// Whatever happens to the second stage, do not leave the empty
+			// directory behind: removed in the parent it was made in,
+			// never through a symlink swapped in meanwhile.
+			_ = unix.Unlinkat(parent, filepath.Base(target), unix.AT_REMOVEDIR)
+		}
+		unix.Close(parent)
+	}()
 
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, forwarded...)
@@ -98,20 +102,25 @@ func isolate(target string, uid int) (int, error) {
 }
 
 // makeTarget creates target (mode 0700) and its parents if it is missing,
-// and reports whether it did.
-func makeTarget(target string) (bool, error) {
-	if _, err := os.Lstat(target); err == nil {
-		return false, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return false, err
-	}
+// and reports whether it did. It returns a descriptor (O_PATH) of the
+// parent, where it looked and made the target.
+func makeTarget(target string) (parent int, created bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return false, err
+		return -1, false, err
 	}
-	if err := os.Mkdir(target, 0o700); err != nil {
-		return false, err
+	parent, err = unix.Open(filepath.Dir(target), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, err
 	}
-	return true, nil
+	err = unix.Mkdirat(parent, filepath.Base(target), 0o700)
+	switch {
+	case err == nil:
+		return parent, true, nil
+	case errors.Is(err, unix.EEXIST):
+		return parent, false, nil
+	}
+	unix.Close(parent)
+	return -1, false, &fs.PathError{Op: "mkdir", Path: target, Err: err}
 }
 
 // exitCode is the code a shell would report: the exit status, or 128 plus

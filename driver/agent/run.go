@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 
 	"github.com/secretfs/secretfs/driver"
@@ -154,6 +153,12 @@ func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
 	if owner == (driver.Owner{}) {
 		owner = driver.LocalOwner
 	}
+	// The target is held by descriptor from here on (target.go).
+	held, err := openTarget(cfg.Target)
+	if err != nil {
+		return 0, err
+	}
+	defer held.close()
 	host, _ := os.Hostname()
 	d, err := driver.New(driver.Config{
 		Hooks:            []hook.Hook{changes},
@@ -163,7 +168,7 @@ func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
 		TmpfsSize:        cfg.TmpfsSize,
 		RotationInterval: cfg.Interval,
 		Logger:           log,
-		RecoverUnder:     cfg.Target,
+		RecoverUnder:     held.via(), // nothing: no mount of ours outlives its namespace
 		Owner:            &owner,
 	})
 	if err != nil {
@@ -172,21 +177,20 @@ func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
 	defer d.Close()
 	req := publishRequest(cls, cfg.Target, cfg.ServiceAccount)
 	withToken(req, cfg.TokenAudience, cfg.Token)
-	if _, err := d.NodePublishVolume(ctx, req); err != nil {
+	unpublish, err := held.publish(ctx, d, req)
+	if err != nil {
 		return 0, fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, cfg.Target, err)
 	}
 	changes.published.Store(true)
 	defer func() {
-		stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := d.NodeUnpublishVolume(stop, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: cfg.Target}); err != nil {
+		if err := unpublish(); err != nil {
 			log.Error("unmounting", "target", cfg.Target, "error", err)
 		}
 	}()
 	log.Info("mounted in a private mount namespace", "class", cls.Name, "namespace", cls.Namespace,
 		"target", cfg.Target, "refresh", cfg.Interval, "on_change", cfg.OnChange.String())
 
-	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs, hook: changes,
+	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs, hook: changes, volume: fdPath(held.mount),
 		back: backoff{min: time.Second, max: time.Minute}}
 	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target)}
 	return s.run(ctx)

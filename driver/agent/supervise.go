@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,9 +25,11 @@ type supervisor struct {
 	d    *driver.Driver
 	req  *csi.NodePublishVolumeRequest
 	sigs chan os.Signal
-	cmd  command
-	hook *changeHook
-	back backoff
+	// volume is where the files are read (--env): the held mount's root.
+	volume string
+	cmd    command
+	hook   *changeHook
+	back   backoff
 }
 
 // run starts the command and supervises it until it exits.
@@ -146,16 +147,25 @@ const maxEnvBytes = 128 << 10
 // (no trailing newline is removed); it may not hold a NUL byte.
 func (s *supervisor) fileEnv() ([]string, error) {
 	out := make([]string, 0, len(s.cfg.Env))
+	if len(s.cfg.Env) == 0 {
+		return out, nil
+	}
+	// Through the held mount, never the target's path (target.go), and
+	// never out of the volume.
+	root, err := os.OpenRoot(s.volume)
+	if err != nil {
+		return nil, fmt.Errorf("--env: opening the volume: %w", err)
+	}
+	defer root.Close()
 	for _, e := range s.cfg.Env {
-		p := filepath.Join(s.cfg.Target, e.File)
-		fi, err := os.Stat(p)
+		fi, err := root.Stat(e.File)
 		if err != nil {
 			return nil, fmt.Errorf("--env %s: object %q is not a file of the volume: %w", e.Name, e.File, err)
 		}
 		if !fi.Mode().IsRegular() || fi.Size() > maxEnvBytes {
 			return nil, fmt.Errorf("--env %s: object %q is not a regular file of at most %d bytes", e.Name, e.File, maxEnvBytes)
 		}
-		b, err := os.ReadFile(p)
+		b, err := root.ReadFile(e.File)
 		if err != nil {
 			return nil, fmt.Errorf("--env %s: %w", e.Name, err)
 		}

@@ -1,19 +1,24 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 
+	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 )
 
-// hostTarget is the target directory of `secretfs mount`, held by
-// descriptor from its check to its cleanup.
+// hostTarget is the target directory of `secretfs mount` (and of `secretfs
+// run`, in its private mount namespace), held by descriptor from its check
+// to its cleanup.
 //
 // The target and its parent may belong to a local user (a service's
 // runtime directory), who can rename, remove and replace entries there at
@@ -134,6 +139,29 @@ func (t *hostTarget) checkMounted() error {
 		return fmt.Errorf("target %s was replaced while it was mounted; refusing it", t.path)
 	}
 	return nil
+}
+
+// publish publishes req through d at t (steps 3 and 4) and returns the
+// unpublish that goes with it (step 5). A mount that fails step 4 is
+// undone.
+func (t *hostTarget) publish(ctx context.Context, d *driver.Driver, req *csi.NodePublishVolumeRequest) (unpublish func() error, err error) {
+	req.TargetPath = t.via()
+	unpublish = func() error {
+		stop, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		derr := t.detach()
+		// The driver finds the tmpfs gone, removes the directory and
+		// forgets the volume.
+		_, err := d.NodeUnpublishVolume(stop, &csi.NodeUnpublishVolumeRequest{VolumeId: req.VolumeId, TargetPath: req.TargetPath})
+		return errors.Join(derr, err)
+	}
+	if _, err := d.NodePublishVolume(ctx, req); err != nil {
+		return nil, err
+	}
+	if err := t.checkMounted(); err != nil {
+		return nil, errors.Join(err, unpublish())
+	}
+	return unpublish, nil
 }
 
 // detach is step 5: the mount goes, wherever it is now.

@@ -253,3 +253,38 @@ func TestAgentTargetSymlinkRefused(t *testing.T) {
 	}
 	assertUntouched(t, dir, victim)
 }
+
+// secretfs run removes the target directory it made in the parent it made
+// it in: the command (the attacker) swaps that parent for a symlink to a
+// directory where root has an empty directory of the same name, which
+// stays.
+func TestRunTargetCleanupNeverFollowsASwappedParent(t *testing.T) {
+	e := newRunEnv(t, "none", `mv "$APP" "$APP.old" && ln -s "$VICTIM_PARENT" "$APP"`)
+	home := filepath.Join(e.dir, "home")
+	victimParent := filepath.Join(e.dir, "rootdir")
+	for _, d := range []string{home, filepath.Join(victimParent, "secrets")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(home, attacker, attacker); err != nil {
+		t.Fatal(err)
+	}
+	app := filepath.Join(home, "app")
+	asAttacker(t, "mkdir "+app)
+	e.target = filepath.Join(app, "secrets")
+	e.hc.Target = e.target
+	e.hc.UID, e.hc.GID = attacker, attacker
+	t.Setenv("APP", app)
+	t.Setenv("VICTIM_PARENT", victimParent)
+	e.start()
+	if code := e.wait(); code != 0 {
+		t.Fatalf("exit code %d; log:\n%s", code, e.log.String())
+	}
+	if _, err := os.Lstat(filepath.Join(victimParent, "secrets")); err != nil {
+		t.Errorf("root's directory was removed: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(app+".old", "secrets")); !os.IsNotExist(err) {
+		t.Errorf("the target directory made by secretfs is still there: %v", err)
+	}
+}
