@@ -3,6 +3,7 @@ package secretsync
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -47,6 +48,9 @@ type desired struct {
 type buildError struct {
 	secret string
 	msg    string
+	// refused: the class asks for something a class may not (policy.go),
+	// posted as ReasonRefused.
+	refused bool
 }
 
 func (e *buildError) Error() string {
@@ -76,7 +80,11 @@ func build(objs []class.SecretObject, files []atomicwriter.File) ([]*desired, []
 	for i := range objs {
 		d, err := buildOne(&objs[i], byPath)
 		if err != nil {
-			errs = append(errs, err)
+			if many, ok := err.(interface{ Unwrap() []error }); ok {
+				errs = append(errs, many.Unwrap()...)
+			} else {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		if seen[d.name] {
@@ -100,6 +108,12 @@ func buildOne(o *class.SecretObject, files map[string][]byte) (*desired, error) 
 	typ := corev1.SecretType(strings.TrimSpace(o.Type))
 	if typ == "" {
 		typ = corev1.SecretTypeOpaque
+	}
+	if errs := checkPolicy(name, typ, o.Labels, o.Annotations); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if err := checkMeta(name, o.Labels, o.Annotations); err != nil {
+		return nil, err
 	}
 	if len(o.Data) == 0 {
 		return nil, &buildError{secret: name, msg: "no data entries: list the objects to copy under data (objectName, key)"}

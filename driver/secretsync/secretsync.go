@@ -51,6 +51,9 @@ import (
 const (
 	ReasonFailed   = "SecretSyncFailed"
 	ReasonConflict = "SecretSyncConflict"
+	// ReasonRefused: the class asks for a Secret type or a label or
+	// annotation key a class may not (see AllowedTypes and policy.go).
+	ReasonRefused = "SecretSyncRefused"
 )
 
 // A Syncer is a driver hook. It reads a volume's Files during Changed and
@@ -188,8 +191,12 @@ func (s *Syncer) Changed(ctx context.Context, v hook.Volume) {
 	}
 	ds, errs := build(objs, v.Files)
 	for _, err := range errs {
-		s.metrics.results.WithLabelValues("invalid").Inc()
-		s.warn(v.Pod, ReasonFailed, fmt.Sprintf("Not syncing a Secret of SecretProviderClass %q: %v", v.Class.Name, err))
+		reason, result := ReasonFailed, "invalid"
+		if be, ok := err.(*buildError); ok && be.refused {
+			reason, result = ReasonRefused, "refused"
+		}
+		s.metrics.results.WithLabelValues(result).Inc()
+		s.warn(v.Pod, reason, fmt.Sprintf("Not syncing a Secret of SecretProviderClass %q: %v", v.Class.Name, err))
 	}
 	keys := make([]key, len(ds))
 	for i, d := range ds {

@@ -356,3 +356,26 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A class asking for a service-account token gets a refusal Event naming
+// the entry and key, and no request is made for it; the class's other
+// Secrets are still synced.
+func TestRefusedEntryIsNotWritten(t *testing.T) {
+	s, c, ev := newSyncer(t)
+	v := vol("v1", "p1", "one")
+	cls := *testClass
+	cls.SecretObjects = append([]class.SecretObject{{SecretName: "token", Type: "kubernetes.io/service-account-token",
+		Annotations: map[string]string{"kubernetes.io/service-account.name": "admin"},
+		Data:        []class.SecretObjectData{{ObjectName: "pass", Key: "token"}}}}, cls.SecretObjects...)
+	v.Class = &cls
+	s.Changed(context.Background(), v)
+	getSecret(t, c)
+	if _, err := c.CoreV1().Secrets("ns").Get(context.Background(), "token", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the refused Secret: %v", err)
+	}
+	e := ev.all()
+	if len(e) != 2 || !strings.Contains(e[0], "p1 "+ReasonRefused) || !strings.Contains(e[0], `Secret "token"`) ||
+		!strings.Contains(e[1], `annotation key "kubernetes.io/service-account.name"`) || strings.Contains(strings.Join(e, " "), "admin") {
+		t.Fatalf("events %q", e)
+	}
+}
