@@ -30,7 +30,7 @@ type syncFlags struct {
 }
 
 func (s *syncFlags) register(fs *flag.FlagSet) {
-	fs.BoolVar(&s.secrets, "sync-secrets", false, "mirror mounted objects into the Kubernetes Secrets a class's spec.secretObjects declares, in the pod's namespace, owned by the pods (needs create/get/patch on secrets: the sync-secrets RBAC); off: such classes mount and the pod gets a Warning Event saying the Secrets are not synced")
+	fs.BoolVar(&s.secrets, "sync-secrets", false, "mirror mounted objects into the Kubernetes Secrets a class's spec.secretObjects declares, in the pod's namespace, owned by the pods (needs create/patch on secrets: the sync-secrets RBAC and admission policy); off: such classes mount and the pod gets a Warning Event saying the Secrets are not synced")
 	fs.BoolVar(&s.podStatus, "pod-status", false, "keep a SecretProviderClassPodStatus per pod volume, as the Secrets Store CSI Driver does (needs its CRD and the pod-status RBAC); written off the publish path")
 	fs.Float64Var(&s.statusQPS, "pod-status-qps", 5, "API requests per second the SecretProviderClassPodStatus writer may make (burst twice that)")
 	fs.DurationVar(&s.wait, "sync-secrets-wait", 10*time.Second, "how long a first publish waits for its Secrets to be written before returning (the write goes on in the background)")

@@ -51,6 +51,12 @@ func newNode(t *testing.T, srv *kubeapi.Server, name string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newNodeWith(t, client, name)
+}
+
+// newNodeWith is one driver's sync writing with client.
+func newNodeWith(t *testing.T, client kubecore.SecretsGetter, name string) *node {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	s, err := secretsync.New(secretsync.Options{Client: client, Registerer: reg, FieldManager: "secretfs-" + name,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})

@@ -23,7 +23,9 @@
 // of the same Secret is in flight share the next one, so N simultaneous
 // publishes on a node cost at most two writes. A refresh that changes
 // nothing makes no request. The first sync of an existing Secret on a node
-// costs three requests once (create refused, get to check the label, patch).
+// costs three requests once (create refused, a JSON patch of test
+// operations only that checks the label and type and changes nothing, the
+// patch). The sync never reads a Secret: its RBAC is create and patch.
 package secretsync
 
 import (

@@ -23,7 +23,8 @@ var errReplaced = errors.New("the Secret was deleted or replaced")
 
 // write makes the Secret k hold d, with every pod in owners among its
 // owners, in as few requests as it can (see the package comment for why
-// each count is what it is):
+// each count is what it is), and never reads a Secret (the sync's RBAC has
+// no get):
 //
 //  1. The node knows the Secret (uid from its last response): one strategic
 //     merge patch. The patch carries the uid, which the API server refuses
@@ -32,8 +33,12 @@ var errReplaced = errors.New("the Secret was deleted or replaced")
 //     server, so concurrent patches from other nodes lose nothing.
 //  2. It does not (first sync on this node, or step 1 found it deleted or
 //     replaced): one create, with every owner.
-//  3. The create finds it exists: a get, refusing a Secret without the
-//     managed label or of another type, then the patch of step 1.
+//  3. The create finds it exists: a JSON patch of test operations only,
+//     which the API server applies to the object it holds: the managed
+//     label must be "true" and the type d's, else the patch fails and
+//     nothing of the Secret comes back (a conflict). It changes nothing, so
+//     nothing is stored; it answers the uid and owners. Then the patch of
+//     step 1 with the owners missing from them.
 func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, owners, adds []metav1.OwnerReference) (*corev1.Secret, error) {
 	if uid != "" {
 		sec, err := s.patch(ctx, k, uid, d, adds)
@@ -45,19 +50,9 @@ func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, ow
 	if !apierrors.IsAlreadyExists(err) {
 		return sec, err
 	}
-	cur, err := s.client.Secrets(k.ns).Get(ctx, k.name, metav1.GetOptions{})
-	s.count("get", err)
+	cur, err := s.check(ctx, k, d)
 	if err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("the Secret %q was deleted while the driver created it; retrying", k.name)
-		}
 		return nil, err
-	}
-	if cur.Labels[ManagedLabel] != "true" {
-		return nil, &conflictError{fmt.Sprintf("Secret %q already exists in namespace %q without the label %s=true: the driver never overwrites or adopts a Secret it does not manage; delete it or rename secretName in the class", k.name, k.ns, ManagedLabel)}
-	}
-	if cur.Type != d.typ {
-		return nil, &conflictError{fmt.Sprintf("Secret %q in namespace %q has type %q, the class asks for %q; the type of a Secret cannot change: delete the Secret (pods that use it recreate it)", k.name, k.ns, cur.Type, d.typ)}
 	}
 	known := map[types.UID]bool{}
 	for _, o := range cur.OwnerReferences {
@@ -74,6 +69,47 @@ func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, ow
 		return nil, fmt.Errorf("the Secret %q was replaced while the driver updated it; retrying", k.name)
 	}
 	return sec, err
+}
+
+// managedPath is ManagedLabel as a JSON pointer (RFC 6901: "/" is "~1").
+var managedPath = "/metadata/labels/" + strings.ReplaceAll(strings.ReplaceAll(ManagedLabel, "~", "~0"), "/", "~1")
+
+// check is step 3 of write: the Secret k exists; it is the driver's to
+// write only if it carries the managed label and has d's type. The test
+// operations are evaluated by the API server on the stored object, in
+// order, and a failed one names its path (never a value): the label's
+// first, so a Secret without it is reported as unmanaged whatever its type.
+func (s *Syncer) check(ctx context.Context, k key, d *desired) (*corev1.Secret, error) {
+	body, err := json.Marshal([]map[string]any{
+		{"op": "test", "path": managedPath, "value": "true"},
+		{"op": "test", "path": "/type", "value": string(d.typ)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	cur, err := s.client.Secrets(k.ns).Patch(ctx, k.name, types.JSONPatchType, body, metav1.PatchOptions{FieldManager: s.fieldManager})
+	s.count("patch", err)
+	switch {
+	case err == nil:
+		return cur, nil
+	case apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("the Secret %q was deleted while the driver created it; retrying", k.name)
+	case testFailed(err, managedPath):
+		return nil, &conflictError{fmt.Sprintf("Secret %q already exists in namespace %q without the label %s=true: the driver never overwrites or adopts a Secret it does not manage; delete it or rename secretName in the class", k.name, k.ns, ManagedLabel)}
+	case testFailed(err, "/type"):
+		return nil, &conflictError{fmt.Sprintf("Secret %q in namespace %q is not of type %q, which the class asks for; the type of a Secret cannot change: delete the Secret (pods that use it recreate it)", k.name, k.ns, d.typ)}
+	}
+	return nil, err
+}
+
+// testFailed reports whether err is the failure of a JSON patch test
+// operation on path: the API server answers 422 with the patch library's
+// message, which names the path ("testing value <path> failed", or, when
+// the path does not exist, "... missing path: <path>").
+func testFailed(err error, path string) bool {
+	msg := err.Error()
+	return !strings.Contains(msg, "ValidatingAdmissionPolicy") && strings.Contains(msg, path) &&
+		(strings.Contains(msg, "test") || strings.Contains(msg, "missing"))
 }
 
 func (s *Syncer) create(ctx context.Context, k key, d *desired, owners []metav1.OwnerReference) (*corev1.Secret, error) {
