@@ -55,11 +55,15 @@ func newNode(t *testing.T, srv *kubeapi.Server, name string) *node {
 }
 
 // newNodeWith is one driver's sync writing with client.
-func newNodeWith(t *testing.T, client kubecore.SecretsGetter, name string) *node {
+func newNodeWith(t *testing.T, client kubecore.SecretsGetter, name string, set ...func(*secretsync.Options)) *node {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := secretsync.New(secretsync.Options{Client: client, Registerer: reg, FieldManager: "secretfs-" + name,
-		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	opts := secretsync.Options{Client: client, Registerer: reg, FieldManager: "secretfs-" + name,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
+	for _, f := range set {
+		f(&opts)
+	}
+	s, err := secretsync.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

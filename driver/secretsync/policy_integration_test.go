@@ -1,7 +1,9 @@
 package secretsync_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -15,7 +17,10 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/secretsync"
 	"github.com/secretfs/secretfs/internal/kubecore"
 	"github.com/secretfs/secretfs/test/kubeapi"
@@ -189,4 +194,47 @@ func tokenObject() class.SecretObject {
 	return class.SecretObject{SecretName: "sa-token", Type: string(corev1.SecretTypeServiceAccountToken),
 		Annotations: map[string]string{corev1.ServiceAccountNameKey: "default"},
 		Data:        []class.SecretObjectData{{ObjectName: "pass", Key: "token"}}}
+}
+
+// On a real API server, with the driver's token and the policy: a class
+// whose 16 Secrets copy one 200 KiB file holds it once in the node budget
+// while writing and nothing after; a class over the per-class cap writes
+// nothing.
+func TestSyncMemoryBounded(t *testing.T) {
+	srv := start(t)
+	applyPolicy(t, srv, "../../deploy/components/sync-secrets/policy.yaml")
+	client, err := kubecore.NewForConfig(driverToken(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeBudget := budget.New(1 << 20)
+	n := newNodeWith(t, client, "node-a", func(o *secretsync.Options) { o.Budget = nodeBudget; o.MaxClassBytes = 256 << 10 })
+	pod := createPod(t, srv, "pod-0")
+	big := &class.Class{Name: "big", Namespace: ns, Provider: "fake"}
+	for i := range 16 {
+		big.SecretObjects = append(big.SecretObjects, class.SecretObject{SecretName: fmt.Sprint("big-", i),
+			Data: []class.SecretObjectData{{ObjectName: "blob", Key: "blob"}}})
+	}
+	blob := bytes.Repeat([]byte{'z'}, 200<<10)
+	v := hook.Volume{ID: "vol-big", Pod: pod, Class: big, Provider: "fake", Files: []atomicwriter.File{{Path: "blob", Mode: 0o644, Data: blob}}}
+	ctx := context.Background()
+	n.syncer.Changed(ctx, v)
+	for i := range 16 {
+		s, err := srv.Client.CoreV1().Secrets(ns).Get(ctx, fmt.Sprint("big-", i), metav1.GetOptions{})
+		if err != nil || !bytes.Equal(s.Data["blob"], blob) {
+			t.Fatalf("big-%d: %v", i, err)
+		}
+	}
+	if used := nodeBudget.Used(); used != 0 {
+		t.Errorf("the node budget holds %d bytes after every Secret was written", used)
+	}
+	over := &class.Class{Name: "over", Namespace: ns, Provider: "fake", SecretObjects: []class.SecretObject{{SecretName: "over",
+		Data: []class.SecretObjectData{{ObjectName: "blob", Key: "a"}, {ObjectName: "blob2", Key: "b"}}}}}
+	v = hook.Volume{ID: "vol-over", Pod: pod, Class: over, Provider: "fake", Files: []atomicwriter.File{
+		{Path: "blob", Mode: 0o644, Data: blob}, {Path: "blob2", Mode: 0o644, Data: blob}}}
+	before := n.requests(t)
+	n.syncer.Changed(ctx, v)
+	if _, err := srv.Client.CoreV1().Secrets(ns).Get(ctx, "over", metav1.GetOptions{}); !apierrors.IsNotFound(err) || n.requests(t) != before {
+		t.Errorf("a class over the per-class cap: %v, %d requests", err, n.requests(t)-before)
+	}
 }

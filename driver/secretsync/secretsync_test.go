@@ -54,6 +54,11 @@ func (c coreSecrets) Secrets(ns string) kubecore.SecretInterface { return c.Secr
 
 func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, *events) {
 	t.Helper()
+	return newSyncerWith(t, func(*Options) {}, objs...)
+}
+
+func newSyncerWith(t *testing.T, set func(*Options), objs ...runtime.Object) (*Syncer, *fake.Clientset, *events) {
+	t.Helper()
 	client := fake.NewClientset(objs...)
 	// The fake does not assign uids; the API server does.
 	var n atomic.Int64
@@ -66,7 +71,9 @@ func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, 
 		return true, sec, nil
 	})
 	ev := &events{}
-	s, err := New(Options{Client: coreSecrets{client.CoreV1()}, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second})
+	opts := Options{Client: coreSecrets{client.CoreV1()}, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second}
+	set(&opts)
+	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
