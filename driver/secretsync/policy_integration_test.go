@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
@@ -23,6 +25,7 @@ import (
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/secretsync"
 	"github.com/secretfs/secretfs/internal/kubecore"
+	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
 
@@ -236,5 +239,67 @@ func TestSyncMemoryBounded(t *testing.T) {
 	n.syncer.Changed(ctx, v)
 	if _, err := srv.Client.CoreV1().Secrets(ns).Get(ctx, "over", metav1.GetOptions{}); !apierrors.IsNotFound(err) || n.requests(t) != before {
 		t.Errorf("a class over the per-class cap: %v, %d requests", err, n.requests(t)-before)
+	}
+}
+
+type recorder struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (r *recorder) Warning(_ provider.Pod, reason, msg string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.list = append(r.list, reason+" "+msg)
+}
+
+func (r *recorder) all() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.list)
+}
+
+// Under the policy the sync still tells an unmanaged Secret, or a managed
+// one of another type, apart from a failure: the JSON patch's test fails
+// before admission runs, so the pod gets SecretSyncConflict (not a retried
+// SecretSyncFailed), and the Secret is untouched.
+func TestConflictUnderPolicy(t *testing.T) {
+	srv := start(t)
+	applyPolicy(t, srv, "../../deploy/components/sync-secrets/policy.yaml")
+	cfg := driverToken(t, srv)
+	client, err := kubecore.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ev := &recorder{}
+	n := newNodeWith(t, client, "node-a", func(o *secretsync.Options) { o.Events = ev })
+	pod := createPod(t, srv, "pod-0")
+	eventually(t, "the policy in force", func() bool {
+		_, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Secrets(ns).Create(ctx,
+			&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "probe"}}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return err != nil
+	})
+	for _, s := range []*corev1.Secret{
+		{ObjectMeta: metav1.ObjectMeta{Name: "app-env"}, Data: map[string][]byte{"PASS": []byte("theirs")}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "app-env", Labels: map[string]string{secretsync.ManagedLabel: "true"}},
+			Type: corev1.SecretTypeBasicAuth, Data: map[string][]byte{"username": []byte("theirs")}},
+	} {
+		if _, err := srv.Client.CoreV1().Secrets(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		n.syncer.Changed(ctx, volume(pod, "one"))
+		got := secret(t, srv)
+		if string(got.Data["PASS"]) == "one" || len(got.OwnerReferences) != 0 {
+			t.Errorf("the Secret was written: %+v", got)
+		}
+		e := ev.all()
+		if len(e) == 0 || !strings.HasPrefix(e[len(e)-1], secretsync.ReasonConflict) {
+			t.Errorf("events %q, want %s last", e, secretsync.ReasonConflict)
+		}
+		n.syncer.Gone(volume(pod, ""))
+		if err := srv.Client.CoreV1().Secrets(ns).Delete(ctx, "app-env", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

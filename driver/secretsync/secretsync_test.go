@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -69,6 +70,16 @@ func newSyncerWith(t *testing.T, set func(*Options), objs ...runtime.Object) (*S
 			return true, nil, err
 		}
 		return true, sec, nil
+	})
+	// A JSON patch whose test fails: the API server answers 422 and says
+	// no more; the fake would pass the patch library's error on.
+	client.PrependReactor("patch", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		handled, obj, err := k8stesting.ObjectReaction(client.Tracker())(a)
+		var status apierrors.APIStatus
+		if err != nil && !errors.As(err, &status) {
+			err = apierrors.NewGenericServerResponse(http.StatusUnprocessableEntity, "patch", a.GetResource().GroupResource(), "", "", 0, false)
+		}
+		return handled, obj, err
 	})
 	ev := &events{}
 	opts := Options{Client: coreSecrets{client.CoreV1()}, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -36,9 +37,9 @@ var errReplaced = errors.New("the Secret was deleted or replaced")
 //  3. The create finds it exists: a JSON patch of test operations only,
 //     which the API server applies to the object it holds: the managed
 //     label must be "true" and the type d's, else the patch fails and
-//     nothing of the Secret comes back (a conflict). It changes nothing, so
-//     nothing is stored; it answers the uid and owners. Then the patch of
-//     step 1 with the owners missing from them.
+//     nothing of the Secret comes back (a conflict; see check). It changes
+//     nothing, so nothing is stored; it answers the uid and owners. Then
+//     the patch of step 1 with the owners missing from them.
 func (s *Syncer) write(ctx context.Context, k key, uid types.UID, d *desired, owners, adds []metav1.OwnerReference) (*corev1.Secret, error) {
 	if uid != "" {
 		sec, err := s.patch(ctx, k, uid, d, adds)
@@ -76,40 +77,57 @@ var managedPath = "/metadata/labels/" + strings.ReplaceAll(strings.ReplaceAll(Ma
 
 // check is step 3 of write: the Secret k exists; it is the driver's to
 // write only if it carries the managed label and has d's type. The test
-// operations are evaluated by the API server on the stored object, in
-// order, and a failed one names its path (never a value): the label's
-// first, so a Secret without it is reported as unmanaged whatever its type.
+// operations are evaluated by the API server on the stored object, before
+// admission; when one fails the server answers 422 without saying which
+// (and without any of the Secret), so a second patch, testing the label
+// alone, tells an unmanaged Secret from one of another type: one more
+// request, on the conflict path only.
 func (s *Syncer) check(ctx context.Context, k key, d *desired) (*corev1.Secret, error) {
-	body, err := json.Marshal([]map[string]any{
-		{"op": "test", "path": managedPath, "value": "true"},
-		{"op": "test", "path": "/type", "value": string(d.typ)},
-	})
-	if err != nil {
-		return nil, err
-	}
-	cur, err := s.client.Secrets(k.ns).Patch(ctx, k.name, types.JSONPatchType, body, metav1.PatchOptions{FieldManager: s.fieldManager})
-	s.count("patch", err)
+	label := map[string]any{"op": "test", "path": managedPath, "value": "true"}
+	cur, err := s.testPatch(ctx, k, label, map[string]any{"op": "test", "path": "/type", "value": string(d.typ)})
 	switch {
 	case err == nil:
 		return cur, nil
 	case apierrors.IsNotFound(err):
 		return nil, fmt.Errorf("the Secret %q was deleted while the driver created it; retrying", k.name)
-	case testFailed(err, managedPath):
+	case !testFailed(err):
+		return nil, err
+	}
+	_, err = s.testPatch(ctx, k, label)
+	switch {
+	case testFailed(err):
 		return nil, &conflictError{fmt.Sprintf("Secret %q already exists in namespace %q without the label %s=true: the driver never overwrites or adopts a Secret it does not manage; delete it or rename secretName in the class", k.name, k.ns, ManagedLabel)}
-	case testFailed(err, "/type"):
+	case err == nil:
 		return nil, &conflictError{fmt.Sprintf("Secret %q in namespace %q is not of type %q, which the class asks for; the type of a Secret cannot change: delete the Secret (pods that use it recreate it)", k.name, k.ns, d.typ)}
 	}
 	return nil, err
 }
 
-// testFailed reports whether err is the failure of a JSON patch test
-// operation on path: the API server answers 422 with the patch library's
-// message, which names the path ("testing value <path> failed", or, when
-// the path does not exist, "... missing path: <path>").
-func testFailed(err error, path string) bool {
-	msg := err.Error()
-	return !strings.Contains(msg, "ValidatingAdmissionPolicy") && strings.Contains(msg, path) &&
-		(strings.Contains(msg, "test") || strings.Contains(msg, "missing"))
+// testPatch sends a JSON patch of test operations only: it changes
+// nothing, so nothing is stored, and answers the Secret when every test
+// holds.
+func (s *Syncer) testPatch(ctx context.Context, k key, ops ...map[string]any) (*corev1.Secret, error) {
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return nil, err
+	}
+	sec, err := s.client.Secrets(k.ns).Patch(ctx, k.name, types.JSONPatchType, body, metav1.PatchOptions{FieldManager: s.fieldManager})
+	s.count("patch", err)
+	return sec, err
+}
+
+// testFailed reports whether err is the API server's answer to a JSON
+// patch whose test operation failed: 422 Invalid with no causes, which an
+// admission refusal (a ValidatingAdmissionPolicy's "... denied request")
+// or a validation error of the object never is.
+func testFailed(err error) bool {
+	var status apierrors.APIStatus
+	if err == nil || !errors.As(err, &status) {
+		return false
+	}
+	st := status.Status()
+	return st.Code == http.StatusUnprocessableEntity && st.Reason == metav1.StatusReasonInvalid &&
+		(st.Details == nil || len(st.Details.Causes) == 0) && !strings.Contains(st.Message, "denied")
 }
 
 func (s *Syncer) create(ctx context.Context, k key, d *desired, owners []metav1.OwnerReference) (*corev1.Secret, error) {
