@@ -303,3 +303,36 @@ func TestConflictUnderPolicy(t *testing.T) {
 		}
 	}
 }
+
+// A Secret left by the Secrets Store CSI Driver (managed, owned by its
+// SecretProviderClassPodStatus) is taken over under the policy: the pod is
+// added as an owner and the old owner stays.
+func TestSSCDSecretTakenOverUnderPolicy(t *testing.T) {
+	srv := start(t)
+	applyPolicy(t, srv, "../../deploy/components/sync-secrets/policy.yaml")
+	cfg := driverToken(t, srv)
+	client, err := kubecore.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	eventually(t, "the policy in force", func() bool {
+		_, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Secrets(ns).Create(ctx,
+			&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "probe"}}, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		return err != nil
+	})
+	sscdOwner := metav1.OwnerReference{APIVersion: "secrets-store.csi.x-k8s.io/v1", Kind: "SecretProviderClassPodStatus", Name: "old-pod-team-a-app", UID: "spcps-uid"}
+	if _, err := srv.Client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "app-env",
+		Labels: map[string]string{secretsync.ManagedLabel: "true"}, OwnerReferences: []metav1.OwnerReference{sscdOwner}},
+		Data: map[string][]byte{"PASS": []byte("old")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ev := &recorder{}
+	n := newNodeWith(t, client, "node-a", func(o *secretsync.Options) { o.Events = ev })
+	pod := createPod(t, srv, "pod-0")
+	n.syncer.Changed(ctx, volume(pod, "new"))
+	sec := secret(t, srv)
+	if string(sec.Data["PASS"]) != "new" || len(sec.OwnerReferences) != 2 {
+		t.Fatalf("Secret %q owners %+v; events %q", sec.Data, sec.OwnerReferences, ev.all())
+	}
+}
