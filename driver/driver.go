@@ -282,6 +282,9 @@ func New(cfg Config) (*Driver, error) {
 	case cfg.NodeBudget > 0:
 		d.budget = budget.New(cfg.NodeBudget)
 	}
+	if d.budget != nil {
+		d.budget.Observe(func(used int64) { m.BudgetUsed.Set(float64(used)) })
+	}
 	d.cacheExternal = map[string]bool{}
 	for _, name := range cfg.CacheExternal {
 		d.cacheExternal[name] = true
