@@ -13,8 +13,10 @@
 // apply got back as preconditions: a pod that moved keeps the object its new
 // node wrote (an apply by the same field manager updates the object in
 // place, so the uid alone would not tell them apart) when the old node's
-// unpublish comes late. A node that has not written the object since it
-// started does not delete it. Its owner is the pod, so the garbage collector
+// unpublish comes late. A node deletes only an object it wrote for the same
+// pod (uid) since it started, so a pod recreated under its name on the
+// same node is safe too; and an unpublish does not replace a queued apply
+// of a newer pod of that name. Its owner is the pod, so the garbage collector
 // removes it whenever the driver does not.
 package podstatus
 
@@ -112,7 +114,7 @@ type Writer struct {
 	wake    chan struct{}
 	// written: the uid and resourceVersion of each object as this node's
 	// last apply left it, the preconditions of its delete.
-	written map[key]metav1.Preconditions
+	written map[key]written
 }
 
 var _ hook.Hook = (*Writer)(nil)
@@ -121,8 +123,17 @@ type key struct{ ns, name string }
 
 // op is an apply (obj set) or a delete.
 type op struct {
-	obj     map[string]any
+	obj map[string]any
+	// pod is the uid of the pod whose volume asked for the op.
+	pod     string
 	retries int
+}
+
+// written is what this node's last apply of an object got back, and for
+// which pod: a delete is sent only for that pod, with these preconditions.
+type written struct {
+	pre metav1.Preconditions
+	pod string
 }
 
 // New returns a Writer; nothing is sent until Run.
@@ -146,7 +157,7 @@ func New(opts Options) (*Writer, error) {
 			Namespace: "secretfs", Name: "pod_status_writes_total",
 			Help: "SecretProviderClassPodStatus requests by operation (apply, delete) and result (ok, the API error reason, or skipped: a delete of an object this node has not written since it started, left to the garbage collector).",
 		}, []string{"operation", "result"}),
-		pending: map[key]*op{}, wake: make(chan struct{}, 1), written: map[key]metav1.Preconditions{},
+		pending: map[key]*op{}, wake: make(chan struct{}, 1), written: map[key]written{},
 	}
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(w.writes); err != nil {
@@ -185,7 +196,7 @@ func (w *Writer) Changed(_ context.Context, v hook.Volume) {
 			"targetPath": v.Target, "objects": objects,
 		},
 	}
-	w.enqueue(key{v.Pod.Namespace, name}, &op{obj: obj})
+	w.enqueue(key{v.Pod.Namespace, name}, &op{obj: obj, pod: v.Pod.UID})
 }
 
 // Gone queues the deletion of the volume's status object.
@@ -193,7 +204,16 @@ func (w *Writer) Gone(v hook.Volume) {
 	if v.Class == nil || v.Pod.Name == "" {
 		return
 	}
-	w.enqueue(key{v.Pod.Namespace, Name(v.Pod.Name, v.Pod.Namespace, v.Class.Name)}, &op{})
+	k := key{v.Pod.Namespace, Name(v.Pod.Name, v.Pod.Namespace, v.Class.Name)}
+	w.mu.Lock()
+	if p := w.pending[k]; p != nil && p.obj != nil && p.pod != v.Pod.UID {
+		// A newer pod of the same name (recreated on this node) has its
+		// apply queued: it overwrites the object; deleting would drop it.
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+	w.enqueue(k, &op{pod: v.Pod.UID})
 }
 
 func (w *Writer) enqueue(k key, o *op) {
@@ -255,16 +275,18 @@ func (w *Writer) do(ctx context.Context, k key, o *op) error {
 	if o.obj == nil {
 		operation = "delete"
 		w.mu.Lock()
-		pre, known := w.written[k]
+		rec, known := w.written[k]
 		w.mu.Unlock()
-		if !known {
-			// Not written by this node since it started (or its apply never
-			// succeeded): whatever object has the name now is not known to
-			// be this volume's, so it is left to the garbage collector,
-			// which deletes it with its pod.
+		if !known || rec.pod != o.pod {
+			// Not written for this pod by this node since it started (or its
+			// apply never succeeded, or a newer pod of the same name on this
+			// node wrote it since): whatever object has the name now is not
+			// known to be this volume's, so it is left to the garbage
+			// collector, which deletes it with its pod.
 			w.writes.WithLabelValues(operation, "skipped").Inc()
 			return nil
 		}
+		pre := rec.pre
 		err = res.Delete(ctx, k.name, metav1.DeleteOptions{Preconditions: &pre})
 		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 			// Gone already, or no longer the object this node wrote: a
@@ -273,7 +295,7 @@ func (w *Writer) do(ctx context.Context, k key, o *op) error {
 		}
 		if err == nil {
 			w.mu.Lock()
-			if w.written[k] == pre {
+			if w.written[k] == rec {
 				delete(w.written, k)
 			}
 			w.mu.Unlock()
@@ -289,7 +311,7 @@ func (w *Writer) do(ctx context.Context, k key, o *op) error {
 		if err == nil {
 			uid, rv := obj.GetUID(), obj.GetResourceVersion()
 			w.mu.Lock()
-			w.written[k] = metav1.Preconditions{UID: &uid, ResourceVersion: &rv}
+			w.written[k] = written{pre: metav1.Preconditions{UID: &uid, ResourceVersion: &rv}, pod: o.pod}
 			w.mu.Unlock()
 		}
 	}

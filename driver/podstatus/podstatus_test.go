@@ -178,3 +178,35 @@ func TestLateDeleteSparesNewerObject(t *testing.T) {
 	newNode.Gone(vol("uid-2"))
 	waitFor(t, "the new node's delete", func() bool { return !srv.has(name) })
 }
+
+// A pod recreated under its name on the same node: the old volume's late
+// unpublish neither deletes the new pod's object nor, when both are still
+// queued, drops the new pod's apply.
+func TestSameNodeRecreatedPod(t *testing.T) {
+	srv, client := newFake()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w, _ := New(Options{Client: client, Node: "n", QPS: 1000})
+	vol := func(uid string) hook.Volume {
+		return hook.Volume{ID: "v-" + uid, Pod: provider.Pod{Namespace: "ns", Name: "web-0", UID: uid}, Class: &class.Class{Name: "app"}}
+	}
+	name := Name("web-0", "ns", "app")
+	// Queued together: the old volume's delete must not replace the new apply.
+	w.Changed(ctx, vol("uid-1"))
+	w.Changed(ctx, vol("uid-2"))
+	w.Gone(vol("uid-1"))
+	go w.Run(ctx)
+	waitFor(t, "the new pod's object", func() bool { return srv.owner(name) == "uid-2" })
+	// Written, then the old unpublish comes late.
+	w.Gone(vol("uid-1"))
+	w.Changed(ctx, vol("uid-3")) // a marker: the queue got past the Gone
+	waitFor(t, "the marker", func() bool { return srv.owner(name) == "uid-3" })
+	w.Gone(vol("uid-2"))
+	w.Changed(ctx, hook.Volume{ID: "other", Pod: provider.Pod{Namespace: "ns", Name: "other", UID: "uid-o"}, Class: &class.Class{Name: "app"}})
+	waitFor(t, "the second marker", func() bool { return srv.has(Name("other", "ns", "app")) })
+	if !srv.has(name) {
+		t.Fatal("an older pod's unpublish deleted the newer pod's object")
+	}
+	w.Gone(vol("uid-3"))
+	waitFor(t, "the last pod's unpublish deletes it", func() bool { return !srv.has(name) })
+}
