@@ -111,6 +111,10 @@ type Config struct {
 	// kernel charges their tmpfs pages to the driver's memory cgroup (see
 	// package driver/budget). 0: no node-wide cap.
 	NodeBudget int64
+	// Budget, when set, is the node budget itself and NodeBudget is not
+	// used: the caller shares it with hooks that hold memory for volumes
+	// (the Secret sync charges what it holds of their files to it).
+	Budget *budget.Budget
 	// Owner, when set, makes every volume one local user's (the local
 	// agent); nil: the Kubernetes ownership (root, the pod's fsGroup).
 	Owner *Owner
@@ -272,8 +276,14 @@ func New(cfg Config) (*Driver, error) {
 		owner:        cfg.Owner,
 		vols:         map[string]*volume{},
 	}
-	if cfg.NodeBudget > 0 {
+	switch {
+	case cfg.Budget != nil:
+		d.budget = cfg.Budget
+	case cfg.NodeBudget > 0:
 		d.budget = budget.New(cfg.NodeBudget)
+	}
+	if d.budget != nil {
+		d.budget.Observe(func(used int64) { m.BudgetUsed.Set(float64(used)) })
 	}
 	d.cacheExternal = map[string]bool{}
 	for _, name := range cfg.CacheExternal {

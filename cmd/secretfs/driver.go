@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/events"
 	"github.com/secretfs/secretfs/provider/plugin"
@@ -164,7 +165,12 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	}
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	hooks, closeHooks, err := f.sync.hooks(ctx, restConfig, f.nodeID, sink, f.driverName, registry, log)
+	// One node budget for the volumes and what the Secret sync holds of them.
+	var sharedBudget *budget.Budget
+	if nodeBudget > 0 {
+		sharedBudget = budget.New(nodeBudget)
+	}
+	hooks, closeHooks, err := f.sync.hooks(ctx, restConfig, f.nodeID, sink, f.driverName, sharedBudget, registry, log)
 	if err != nil {
 		return fail(1, "%v", err)
 	}
@@ -185,7 +191,7 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		MaxFiles:            f.limits.maxFiles,
 		MaxDirs:             f.limits.maxDirs,
 		MaxDepth:            f.limits.maxDepth,
-		NodeBudget:          nodeBudget,
+		Budget:              sharedBudget,
 		DisableCache:        !f.cache,
 		CacheExternal:       splitList(f.cacheExternal),
 		Events:              sink,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/secretfs/secretfs/driver"
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/ignored"
 	"github.com/secretfs/secretfs/driver/podstatus"
@@ -25,14 +27,17 @@ import (
 type syncFlags struct {
 	secrets   bool
 	wait      time.Duration
+	maxBytes  quantityFlag
 	podStatus bool
 	statusQPS float64
 }
 
 func (s *syncFlags) register(fs *flag.FlagSet) {
-	fs.BoolVar(&s.secrets, "sync-secrets", false, "mirror mounted objects into the Kubernetes Secrets a class's spec.secretObjects declares, in the pod's namespace, owned by the pods (needs create/get/patch on secrets: the sync-secrets RBAC); off: such classes mount and the pod gets a Warning Event saying the Secrets are not synced")
+	fs.BoolVar(&s.secrets, "sync-secrets", false, "mirror mounted objects into the Kubernetes Secrets a class's spec.secretObjects declares, in the pod's namespace, owned by the pods (needs create/patch on secrets: the sync-secrets RBAC and admission policy); off: such classes mount and the pod gets a Warning Event saying the Secrets are not synced")
 	fs.BoolVar(&s.podStatus, "pod-status", false, "keep a SecretProviderClassPodStatus per pod volume, as the Secrets Store CSI Driver does (needs its CRD and the pod-status RBAC); written off the publish path")
 	fs.Float64Var(&s.statusQPS, "pod-status-qps", 5, "API requests per second the SecretProviderClassPodStatus writer may make (burst twice that)")
+	s.maxBytes.bytes = secretsync.DefaultMaxClassBytes
+	fs.Var(&s.maxBytes, strings.TrimPrefix(secretsync.MaxClassBytesFlag, "--"), "most bytes of files one class's spec.secretObjects may sync, each file counted once however many Secrets use it (a quantity, e.g. 1Mi); what the sync holds counts in the node budget until written")
 	fs.DurationVar(&s.wait, "sync-secrets-wait", 10*time.Second, "how long a first publish waits for its Secrets to be written before returning (the write goes on in the background)")
 }
 
@@ -43,7 +48,8 @@ type warner interface {
 
 // hooks returns the volume hooks of the driver: the Secret sync when on, and
 // the Warning Event about class fields the driver ignores when Events are on.
-func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID string, events driver.EventSink, fieldManager string, reg prometheus.Registerer, log *slog.Logger) ([]hook.Hook, func(), error) {
+// nodeBudget is the driver's node budget (nil: none), which the sync charges.
+func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID string, events driver.EventSink, fieldManager string, nodeBudget *budget.Budget, reg prometheus.Registerer, log *slog.Logger) ([]hook.Hook, func(), error) {
 	var hooks []hook.Hook
 	closeAll := func() {}
 	w, _ := events.(warner)
@@ -57,7 +63,8 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 		if err != nil {
 			return nil, nil, err
 		}
-		opts := secretsync.Options{Client: client, Registerer: reg, Logger: log, Wait: s.wait, FieldManager: fieldManager}
+		opts := secretsync.Options{Client: client, Registerer: reg, Logger: log, Wait: s.wait, FieldManager: fieldManager,
+			Budget: nodeBudget, MaxClassBytes: s.maxBytes.bytes}
 		if w != nil {
 			opts.Events = w
 		}

@@ -31,9 +31,29 @@ const Flag = "--node-budget"
 type Budget struct {
 	limit int64
 
-	mu   sync.Mutex
-	used int64
-	held map[string]int64 // by volume id
+	mu      sync.Mutex
+	used    int64
+	held    map[string]int64 // by volume id
+	observe func(used int64) // see Observe
+}
+
+// Observe has f told the bytes in use after every change, under the
+// budget's lock (f must not block or call the Budget): for a gauge that
+// stays true whoever reserves, the volumes or the Secret sync.
+func (b *Budget) Observe(f func(used int64)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.observe = f
+	if f != nil {
+		f(b.used)
+	}
+}
+
+// changedLocked tells the observer. The caller holds b.mu.
+func (b *Budget) changedLocked() {
+	if b.observe != nil {
+		b.observe(b.used)
+	}
 }
 
 // New returns a budget of limit bytes.
@@ -78,6 +98,7 @@ func (b *Budget) Reserve(id string, n int64) error {
 	} else {
 		b.held[id] = n
 	}
+	b.changedLocked()
 	return nil
 }
 
@@ -115,6 +136,7 @@ func (b *Budget) Hold(id string, n int64) {
 	defer b.mu.Unlock()
 	b.used += n - b.held[id]
 	b.held[id] = n
+	b.changedLocked()
 }
 
 // Release drops what volume id holds.
@@ -123,6 +145,7 @@ func (b *Budget) Release(id string) {
 	defer b.mu.Unlock()
 	b.used -= b.held[id]
 	delete(b.held, id)
+	b.changedLocked()
 }
 
 // Headroom is what the driver process keeps for itself out of its

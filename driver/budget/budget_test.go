@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -149,4 +150,18 @@ func FuzzParseLimit(f *testing.F) {
 			t.Fatalf("parseLimit(%q) = %d, %v", s, n, ok)
 		}
 	})
+}
+
+// The observer sees every change, whoever makes it.
+func TestObserve(t *testing.T) {
+	b := New(100)
+	var seen []int64
+	b.Observe(func(used int64) { seen = append(seen, used) })
+	_ = b.Reserve("a", 10)
+	b.Hold("b", 5)
+	_ = b.Reserve("a", 200) // refused: no change
+	b.Release("a")
+	if want := []int64{0, 10, 15, 5}; !slices.Equal(seen, want) {
+		t.Fatalf("observed %v, want %v", seen, want)
+	}
 }

@@ -90,7 +90,7 @@ func TestPodStatusLifecycle(t *testing.T) {
 	}
 	go w.Run(ctx)
 	name := podstatus.Name("web-0", "team-a", "app")
-	if name != "web-0-team-a-app" {
+	if !strings.HasPrefix(name, "web-0-team-a-app-") {
 		t.Fatalf("name %q", name)
 	}
 	var obj *unstructured.Unstructured
@@ -121,6 +121,89 @@ func TestPodStatusLifecycle(t *testing.T) {
 		_, err := admin.Resource(podstatus.GVR).Namespace("team-a").Get(ctx, name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	})
+}
+
+// Names and deletes on a real API server: two volumes SSCD's naming gave
+// one object get two; a pod that moved to another node keeps its object
+// when the old node's unpublish comes late.
+func TestPodStatusNamesAndLateDeletes(t *testing.T) {
+	srv, err := kubeapi.Start()
+	srv = kubeapi.Require(t, srv, err)
+	t.Cleanup(srv.Stop)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	admin, err := dynamic.NewForConfig(srv.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, admin, "../../deploy/components/pod-status/crd.yaml")
+	apply(t, admin, "../../deploy/components/pod-status/rbac.yaml")
+	eventually(t, "the CRD served", func() bool {
+		_, err := admin.Resource(podstatus.GVR).Namespace("default").List(context.Background(), metav1.ListOptions{})
+		return err == nil
+	})
+	if _, err := srv.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.CopyConfig(srv.Admin)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:secretfs-system:secretfs-node"}
+	client, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writer := func(node string) *podstatus.Writer {
+		w, err := podstatus.New(podstatus.Options{Client: client, Node: node, QPS: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go w.Run(ctx)
+		return w
+	}
+	oldNode, newNode := writer("node-old"), writer("node-new")
+	vol := func(pod, uid, cls string) hook.Volume {
+		return hook.Volume{ID: "vol-" + uid, Target: "/t/" + uid, Pod: provider.Pod{Namespace: "x", Name: pod, UID: uid}, Class: &class.Class{Name: cls}}
+	}
+	get := func(name string) *unstructured.Unstructured {
+		obj, err := admin.Resource(podstatus.GVR).Namespace("x").Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return obj
+	}
+	// SSCD named both "a-x-b-x-c".
+	one, two := vol("a-x-b", "uid-1", "c"), vol("a", "uid-2", "b-x-c")
+	oldNode.Changed(ctx, one)
+	oldNode.Changed(ctx, two)
+	n1, n2 := podstatus.Name("a-x-b", "x", "c"), podstatus.Name("a", "x", "b-x-c")
+	eventually(t, "two objects", func() bool { return get(n1) != nil && get(n2) != nil })
+	if get(n1).Object["status"].(map[string]any)["podName"] != "a-x-b" || get(n2).Object["status"].(map[string]any)["podName"] != "a" {
+		t.Fatal("objects mixed up")
+	}
+
+	// web-0 moves: the new pod of the same name on another node, then the
+	// old node's unpublish.
+	name := podstatus.Name("web-0", "x", "app")
+	oldNode.Changed(ctx, vol("web-0", "uid-old", "app"))
+	eventually(t, "the old pod's object", func() bool {
+		o := get(name)
+		return o != nil && o.GetOwnerReferences()[0].UID == "uid-old"
+	})
+	newNode.Changed(ctx, vol("web-0", "uid-new", "app"))
+	eventually(t, "the new pod's object", func() bool {
+		o := get(name)
+		return o != nil && len(o.GetOwnerReferences()) == 1 && o.GetOwnerReferences()[0].UID == "uid-new"
+	})
+	oldNode.Gone(vol("web-0", "uid-old", "app"))
+	oldNode.Gone(one) // a delete that is due: proves the queue got past the late one
+	eventually(t, "the old node's queue done", func() bool { return get(n1) == nil })
+	if o := get(name); o == nil || o.GetOwnerReferences()[0].UID != "uid-new" {
+		t.Fatalf("the old node's late unpublish deleted the new pod's object: %v", o)
+	}
+	newNode.Gone(vol("web-0", "uid-new", "app"))
+	eventually(t, "the new node's unpublish deletes it", func() bool { return get(name) == nil })
 }
 
 func count(t *testing.T, reg *prometheus.Registry, operation string) int {

@@ -1,6 +1,6 @@
 // Package podstatus writes a SecretProviderClassPodStatus per pod volume,
-// the object the Secrets Store CSI Driver keeps (same group, version, kind,
-// schema and naming), so `kubectl get secretproviderclasspodstatus` and the
+// the object the Secrets Store CSI Driver keeps (same group, version, kind
+// and schema; its name with a suffix that makes it unambiguous, see Name), so `kubectl get secretproviderclasspodstatus` and the
 // scripts built on it keep working: which pod mounts which class where, and
 // which object versions it holds.
 //
@@ -9,15 +9,26 @@
 // publishes, unlike a client shared with them), coalescing by object: a
 // volume that changes twice before its turn is written once. An object is
 // written with a server-side apply (one request, create or update) and
-// deleted on unpublish; its owner is the pod, so the garbage collector
-// removes it too if the driver never gets to.
+// deleted on unpublish, with the uid and resourceVersion the node's last
+// apply got back as preconditions: a pod that moved keeps the object its new
+// node wrote (an apply by the same field manager updates the object in
+// place, so the uid alone would not tell them apart) when the old node's
+// unpublish comes late. A node deletes only an object it wrote for the same
+// pod (uid) since it started, so a pod recreated under its name on the
+// same node is safe too; and an unpublish does not replace a queued apply
+// of a newer pod of that name. Its owner is the pod, so the garbage collector
+// removes it whenever the driver does not.
 package podstatus
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +36,7 @@ import (
 	"golang.org/x/time/rate"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -40,11 +52,39 @@ var GVR = schema.GroupVersionResource{Group: "secrets-store.csi.x-k8s.io", Versi
 // the node the volume is on.
 const NodeLabel = "internal.secrets-store.csi.k8s.io/node-name"
 
-// Name is the Secrets Store CSI Driver's name of the object for a pod's
-// volume of a class: <pod>-<namespace>-<class>.
+// Name is the object's name for a pod's volume of a class: the Secrets
+// Store CSI Driver's <pod>-<namespace>-<class>, then "-" and a hash of the
+// exact triple (hashLen hex digits of SHA-256 over the three, each with its
+// length). SSCD's form alone is ambiguous: pod "a-x-b" with class "c" and
+// pod "a" with class "b-x-c" in namespace "x" share "a-x-b-x-c", so one
+// volume's object was the other's, and it can exceed the 253 characters
+// of a name. The readable part is cut to fit (and to end in an
+// alphanumeric); the suffix keeps every triple's name its own. Tools that
+// list the objects, or select by the node label or status.podName, see
+// them as before; a tool that computes SSCD's name and gets it finds none.
 func Name(pod, namespace, class string) string {
-	return pod + "-" + namespace + "-" + class
+	h := sha256.New()
+	for _, s := range []string{pod, namespace, class} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	suffix := hex.EncodeToString(h.Sum(nil))[:hashLen]
+	readable := pod + "-" + namespace + "-" + class
+	if limit := validation.DNS1123SubdomainMaxLength - 1 - hashLen; len(readable) > limit {
+		readable = readable[:limit]
+	}
+	readable = strings.TrimRight(readable, "-.")
+	if readable == "" {
+		return suffix
+	}
+	return readable + "-" + suffix
 }
+
+// hashLen is the length of Name's suffix: 40 bits, so that names of the
+// objects of one namespace do not collide by chance.
+const hashLen = 10
 
 // Options configure a Writer.
 type Options struct {
@@ -72,6 +112,9 @@ type Writer struct {
 	pending map[key]*op // the newest wanted state per object
 	queue   []key       // objects with a pending op, in arrival order
 	wake    chan struct{}
+	// written: the uid and resourceVersion of each object as this node's
+	// last apply left it, the preconditions of its delete.
+	written map[key]written
 }
 
 var _ hook.Hook = (*Writer)(nil)
@@ -80,8 +123,17 @@ type key struct{ ns, name string }
 
 // op is an apply (obj set) or a delete.
 type op struct {
-	obj     map[string]any
+	obj map[string]any
+	// pod is the uid of the pod whose volume asked for the op.
+	pod     string
 	retries int
+}
+
+// written is what this node's last apply of an object got back, and for
+// which pod: a delete is sent only for that pod, with these preconditions.
+type written struct {
+	pre metav1.Preconditions
+	pod string
 }
 
 // New returns a Writer; nothing is sent until Run.
@@ -103,9 +155,9 @@ func New(opts Options) (*Writer, error) {
 		log: opts.Logger, manager: opts.FieldManager,
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "pod_status_writes_total",
-			Help: "SecretProviderClassPodStatus requests by operation (apply, delete) and result (ok, or the API error reason).",
+			Help: "SecretProviderClassPodStatus requests by operation (apply, delete) and result (ok, the API error reason, or skipped: a delete of an object this node has not written since it started, left to the garbage collector).",
 		}, []string{"operation", "result"}),
-		pending: map[key]*op{}, wake: make(chan struct{}, 1),
+		pending: map[key]*op{}, wake: make(chan struct{}, 1), written: map[key]written{},
 	}
 	if opts.Registerer != nil {
 		if err := opts.Registerer.Register(w.writes); err != nil {
@@ -144,7 +196,7 @@ func (w *Writer) Changed(_ context.Context, v hook.Volume) {
 			"targetPath": v.Target, "objects": objects,
 		},
 	}
-	w.enqueue(key{v.Pod.Namespace, name}, &op{obj: obj})
+	w.enqueue(key{v.Pod.Namespace, name}, &op{obj: obj, pod: v.Pod.UID})
 }
 
 // Gone queues the deletion of the volume's status object.
@@ -152,7 +204,16 @@ func (w *Writer) Gone(v hook.Volume) {
 	if v.Class == nil || v.Pod.Name == "" {
 		return
 	}
-	w.enqueue(key{v.Pod.Namespace, Name(v.Pod.Name, v.Pod.Namespace, v.Class.Name)}, &op{})
+	k := key{v.Pod.Namespace, Name(v.Pod.Name, v.Pod.Namespace, v.Class.Name)}
+	w.mu.Lock()
+	if p := w.pending[k]; p != nil && p.obj != nil && p.pod != v.Pod.UID {
+		// A newer pod of the same name (recreated on this node) has its
+		// apply queued: it overwrites the object; deleting would drop it.
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+	w.enqueue(k, &op{pod: v.Pod.UID})
 }
 
 func (w *Writer) enqueue(k key, o *op) {
@@ -213,9 +274,31 @@ func (w *Writer) do(ctx context.Context, k key, o *op) error {
 	operation := "apply"
 	if o.obj == nil {
 		operation = "delete"
-		err = res.Delete(ctx, k.name, metav1.DeleteOptions{})
-		if apierrors.IsNotFound(err) {
+		w.mu.Lock()
+		rec, known := w.written[k]
+		w.mu.Unlock()
+		if !known || rec.pod != o.pod {
+			// Not written for this pod by this node since it started (or its
+			// apply never succeeded, or a newer pod of the same name on this
+			// node wrote it since): whatever object has the name now is not
+			// known to be this volume's, so it is left to the garbage
+			// collector, which deletes it with its pod.
+			w.writes.WithLabelValues(operation, "skipped").Inc()
+			return nil
+		}
+		pre := rec.pre
+		err = res.Delete(ctx, k.name, metav1.DeleteOptions{Preconditions: &pre})
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			// Gone already, or no longer the object this node wrote: a
+			// newer pod's volume (on this or another node) wrote it since.
 			err = nil
+		}
+		if err == nil {
+			w.mu.Lock()
+			if w.written[k] == rec {
+				delete(w.written, k)
+			}
+			w.mu.Unlock()
 		}
 	} else {
 		var body []byte
@@ -223,7 +306,14 @@ func (w *Writer) do(ctx context.Context, k key, o *op) error {
 			return err
 		}
 		force := true
-		_, err = res.Patch(ctx, k.name, types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: w.manager, Force: &force})
+		var obj *unstructured.Unstructured
+		obj, err = res.Patch(ctx, k.name, types.ApplyPatchType, body, metav1.PatchOptions{FieldManager: w.manager, Force: &force})
+		if err == nil {
+			uid, rv := obj.GetUID(), obj.GetResourceVersion()
+			w.mu.Lock()
+			w.written[k] = written{pre: metav1.Preconditions{UID: &uid, ResourceVersion: &rv}, pod: o.pod}
+			w.mu.Unlock()
+		}
 	}
 	result := "ok"
 	if err != nil {

@@ -3,6 +3,7 @@ package secretsync
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -30,16 +31,33 @@ const (
 )
 
 // desired is the Secret one secretObjects entry asks for, built from the
-// files of one volume.
+// files of one volume. Its data belongs to its batch: release it when done.
 type desired struct {
 	name        string
 	typ         corev1.SecretType
 	labels      map[string]string
 	annotations map[string]string
 	data        map[string][]byte
+	// size is the bytes of data (what one write of it sends).
+	size int64
 	// hash identifies the content (type, labels, annotations, data): equal
 	// hashes need no write.
 	hash [32]byte
+
+	batch    *batch
+	released bool // guarded by Syncer.mu, like every desired the Syncer holds
+}
+
+// release gives d's data back; the batch wipes it and its share of the node
+// budget when the last Secret built with it is released. Once only.
+func (d *desired) release() {
+	if d == nil || d.released {
+		return
+	}
+	d.released = true
+	if d.batch != nil {
+		d.batch.release()
+	}
 }
 
 // buildError is a secretObjects entry that cannot be built: it names the
@@ -47,6 +65,9 @@ type desired struct {
 type buildError struct {
 	secret string
 	msg    string
+	// refused: the class asks for something a class may not (policy.go),
+	// posted as ReasonRefused.
+	refused bool
 }
 
 func (e *buildError) Error() string {
@@ -56,12 +77,20 @@ func (e *buildError) Error() string {
 	return fmt.Sprintf("Secret %q: %s", e.secret, e.msg)
 }
 
-// build returns the Secrets the class's secretObjects ask for, taking each
-// data entry's value from the volume file whose path is its objectName (the
-// object's file name or alias, as the Secrets Store CSI Driver resolves it).
-// Entries that cannot be built are returned as errors; the others are still
-// built.
+// build returns the Secrets the class's secretObjects ask for, without a
+// per-class cap or node budget (see buildWith).
 func build(objs []class.SecretObject, files []atomicwriter.File) ([]*desired, []error) {
+	return buildWith(objs, files, limits{})
+}
+
+// buildWith returns the Secrets the class's secretObjects ask for, taking
+// each data entry's value from the volume file whose path is its objectName
+// (the object's file name or alias, as the Secrets Store CSI Driver
+// resolves it). Entries that cannot be built are returned as errors; the
+// others are still built. Before it copies anything it checks lim (see
+// batch.go): what the class makes it hold, each file counted once however
+// many Secrets use it, within the per-class cap and the node budget.
+func buildWith(objs []class.SecretObject, files []atomicwriter.File, lim limits) ([]*desired, []error) {
 	var errs []error
 	if len(objs) > MaxSecretObjects {
 		errs = append(errs, &buildError{msg: fmt.Sprintf("the class has %d secretObjects; only the first %d are synced: split the class", len(objs), MaxSecretObjects)})
@@ -71,12 +100,20 @@ func build(objs []class.SecretObject, files []atomicwriter.File) ([]*desired, []
 	for _, f := range files {
 		byPath[f.Path] = f.Data
 	}
+	b, err := newBatch(objs, byPath, lim)
+	if err != nil {
+		return nil, append(errs, err)
+	}
 	seen := map[string]bool{}
 	var out []*desired
 	for i := range objs {
-		d, err := buildOne(&objs[i], byPath)
+		d, err := buildOne(&objs[i], b)
 		if err != nil {
-			errs = append(errs, err)
+			if many, ok := err.(interface{ Unwrap() []error }); ok {
+				errs = append(errs, many.Unwrap()...)
+			} else {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		if seen[d.name] {
@@ -86,10 +123,16 @@ func build(objs []class.SecretObject, files []atomicwriter.File) ([]*desired, []
 		seen[d.name] = true
 		out = append(out, d)
 	}
+	if err := b.settle(len(out)); err != nil {
+		return nil, append(errs, err)
+	}
+	for _, d := range out {
+		d.batch = b
+	}
 	return out, errs
 }
 
-func buildOne(o *class.SecretObject, files map[string][]byte) (*desired, error) {
+func buildOne(o *class.SecretObject, b *batch) (*desired, error) {
 	name := strings.TrimSpace(o.SecretName)
 	if name == "" {
 		return nil, &buildError{msg: "a spec.secretObjects entry has no secretName"}
@@ -100,6 +143,12 @@ func buildOne(o *class.SecretObject, files map[string][]byte) (*desired, error) 
 	typ := corev1.SecretType(strings.TrimSpace(o.Type))
 	if typ == "" {
 		typ = corev1.SecretTypeOpaque
+	}
+	if errs := checkPolicy(name, typ, o.Labels, o.Annotations); len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if err := checkMeta(name, o.Labels, o.Annotations); err != nil {
+		return nil, err
 	}
 	if len(o.Data) == 0 {
 		return nil, &buildError{secret: name, msg: "no data entries: list the objects to copy under data (objectName, key)"}
@@ -123,18 +172,12 @@ func buildOne(o *class.SecretObject, files map[string][]byte) (*desired, error) 
 		if _, dup := d.data[key]; dup {
 			return nil, &buildError{secret: name, msg: fmt.Sprintf("key %q is listed twice", key)}
 		}
-		content, ok := files[obj]
-		if !ok {
+		if !b.has(obj) {
 			return nil, &buildError{secret: name, msg: fmt.Sprintf("file matching objectName %q not found in the volume: objectName must be an object's file name (its objectAlias, if it has one)", clip(obj))}
 		}
-		if typ == corev1.SecretTypeTLS {
-			part, err := certPart(content, key)
-			if err != nil {
-				return nil, &buildError{secret: name, msg: fmt.Sprintf("key %q from object %q: %v", key, obj, err)}
-			}
-			content = part
-		} else {
-			content = slices.Clone(content)
+		content, err := b.value(obj, key, typ == corev1.SecretTypeTLS)
+		if err != nil {
+			return nil, &buildError{secret: name, msg: fmt.Sprintf("key %q from object %q: %v", key, obj, err)}
 		}
 		size += len(key) + len(content)
 		if size > MaxSecretBytes {
@@ -148,6 +191,9 @@ func buildOne(o *class.SecretObject, files map[string][]byte) (*desired, error) 
 	}
 	d.labels[ManagedLabel] = "true"
 	d.annotations = maps.Clone(o.Annotations)
+	for _, v := range d.data {
+		d.size += int64(len(v))
+	}
 	d.hash = d.contentHash()
 	return d, nil
 }
@@ -182,13 +228,6 @@ func (d *desired) contentHash() [32]byte {
 	var sum [32]byte
 	h.Sum(sum[:0])
 	return sum
-}
-
-// wipe zeroes the data the driver holds for a Secret.
-func (d *desired) wipe() {
-	for _, v := range d.data {
-		clear(v)
-	}
 }
 
 // clip shortens a class-supplied string for a message.

@@ -33,7 +33,7 @@ func files(kv ...string) []atomicwriter.File {
 
 func TestBuildOpaque(t *testing.T) {
 	objs := []class.SecretObject{{
-		SecretName: "db", Labels: map[string]string{"team": "a", ManagedLabel: "false"},
+		SecretName: "db", Labels: map[string]string{"team": "a"},
 		Annotations: map[string]string{"note": "x"},
 		Data:        []class.SecretObjectData{{ObjectName: "user", Key: "username"}, {ObjectName: "pass.txt", Key: "password"}},
 	}}
@@ -52,7 +52,7 @@ func TestBuildOpaque(t *testing.T) {
 		t.Errorf("labels %v annotations %v: the managed label is always true", d.labels, d.annotations)
 	}
 	// The class is not changed by building.
-	if objs[0].Labels[ManagedLabel] != "false" {
+	if _, ok := objs[0].Labels[ManagedLabel]; ok {
 		t.Error("build changed the class's labels")
 	}
 	again, _ := build(objs, files("user", "admin", "pass.txt", "s3cret"))

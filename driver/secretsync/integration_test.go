@@ -51,9 +51,19 @@ func newNode(t *testing.T, srv *kubeapi.Server, name string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newNodeWith(t, client, name)
+}
+
+// newNodeWith is one driver's sync writing with client.
+func newNodeWith(t *testing.T, client kubecore.SecretsGetter, name string, set ...func(*secretsync.Options)) *node {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := secretsync.New(secretsync.Options{Client: client, Registerer: reg, FieldManager: "secretfs-" + name,
-		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+	opts := secretsync.Options{Client: client, Registerer: reg, FieldManager: "secretfs-" + name,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}
+	for _, f := range set {
+		f(&opts)
+	}
+	s, err := secretsync.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,9 +265,10 @@ func TestReplacedSecretIsNotOverwritten(t *testing.T) {
 	if string(sec.Data["PASS"]) != "theirs" || len(sec.OwnerReferences) != 0 || sec.Labels[secretsync.ManagedLabel] != "" {
 		t.Fatalf("an unmanaged Secret was written: %+v", sec)
 	}
-	// Requests by this node: create; then patch (refused), create (exists), get.
-	if got := n.requests(t); got != 4 {
-		t.Errorf("%d requests, want 4", got)
+	// Requests by this node: create; then patch (refused), create (exists),
+	// the test patch (fails), the label's test alone (fails: unmanaged).
+	if got := n.requests(t); got != 5 {
+		t.Errorf("%d requests, want 5", got)
 	}
 }
 

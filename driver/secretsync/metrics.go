@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"verb", "result"}),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "secret_syncs_total",
-			Help: "Secret syncs by result: written, unchanged (no request needed), conflict (a Secret the driver does not manage), invalid (the class's secretObjects cannot be built), failed (retried with back-off).",
+			Help: "Secret syncs by result: written, unchanged (no request needed), conflict (a Secret the driver does not manage), invalid (the class's secretObjects cannot be built), refused (the class asks for a type or key a class may not), failed (retried with back-off).",
 		}, []string{"result"}),
 		providers: map[string]bool{},
 	}

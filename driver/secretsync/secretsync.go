@@ -16,6 +16,18 @@
 //   - A failed write (RBAC missing, API down) is a Warning Event and a
 //     metric, and is retried with back-off from the newest content, so after
 //     the next success the Secret holds what the files hold.
+//   - Memory is bounded and counted (design decision 15): a Changed copies
+//     each file its class's Secrets read once, however many Secrets use it
+//     (batch.go), within a per-class cap (MaxClassBytes) and charged to the
+//     node budget before the copy. A Secret keeps its content only until it
+//     is written; then only a hash of it stays, so a refresh that changes
+//     nothing costs no request and no copy is held for the volume's life.
+//     After a failure the newest content a volume submitted is kept
+//     (charged) for the retries: the hook sees files only when they change,
+//     so the content cannot be rebuilt later. A class over the cap or the
+//     budget is not synced (a Warning Event names the flag) until its
+//     content changes or another pod publishes it; the volume mounts.
+//     Writes in flight send at most MaxInflightBytes of data at once.
 //
 // Cost: one write per Secret and content change on each node, plus owner
 // additions: a first publish adds at most one request (a patch that adds
@@ -23,7 +35,9 @@
 // of the same Secret is in flight share the next one, so N simultaneous
 // publishes on a node cost at most two writes. A refresh that changes
 // nothing makes no request. The first sync of an existing Secret on a node
-// costs three requests once (create refused, get to check the label, patch).
+// costs three requests once (create refused, a JSON patch of test
+// operations only that checks the label and type and changes nothing, the
+// patch). The sync never reads a Secret: its RBAC is create and patch.
 package secretsync
 
 import (
@@ -31,16 +45,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"golang.org/x/sync/semaphore"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/internal/kubecore"
@@ -51,6 +64,9 @@ import (
 const (
 	ReasonFailed   = "SecretSyncFailed"
 	ReasonConflict = "SecretSyncConflict"
+	// ReasonRefused: the class asks for a Secret type or a label or
+	// annotation key a class may not (see AllowedTypes and policy.go).
+	ReasonRefused = "SecretSyncRefused"
 )
 
 // A Syncer is a driver hook. It reads a volume's Files during Changed and
@@ -81,6 +97,13 @@ type Options struct {
 	MinBackoff, MaxBackoff time.Duration
 	// FieldManager names the driver in the Secrets' managedFields.
 	FieldManager string
+	// Budget is the node budget: what the sync holds of the volumes' files
+	// is charged to it (see batch.go). Nil: not charged.
+	Budget *budget.Budget
+	// MaxClassBytes caps the bytes of the distinct files one class's
+	// Secrets read, each file counted once (default DefaultMaxClassBytes;
+	// negative: no cap).
+	MaxClassBytes int64
 }
 
 // Syncer keeps Secrets in step with the volumes on one node. Its methods
@@ -95,6 +118,13 @@ type Syncer struct {
 	minBackoff   time.Duration
 	maxBackoff   time.Duration
 	fieldManager string
+	budget       *budget.Budget
+	maxClass     int64
+	// inflight bounds the bytes of Secret data being sent at once: a write
+	// costs about three times its data while it runs (the JSON body, the
+	// response, the decoded answer), outside the node budget, within the
+	// driver's headroom.
+	inflight *semaphore.Weighted
 
 	mu      sync.Mutex
 	secrets map[key]*entry
@@ -110,8 +140,10 @@ type entry struct {
 	key key
 	// users are the volumes on this node that sync this Secret.
 	users map[string]*user
-	// want is the newest content a volume asked for; inflight is the content
-	// a write is sending (wiped once nothing refers to it).
+	// want is the newest content a volume asked for and this node has not
+	// written yet (nil once written: then only the hash in written stays);
+	// inflight is the content a write is sending. Both are released (wiped,
+	// and given back to the node budget) once nothing refers to them.
 	want, inflight *desired
 	provider       string
 	// What the API server last said: the Secret's uid (empty: unknown),
@@ -145,8 +177,12 @@ func New(opts Options) (*Syncer, error) {
 	s := &Syncer{
 		client: opts.Client, events: opts.Events, log: opts.Logger, metrics: m,
 		wait: opts.Wait, timeout: opts.Timeout, minBackoff: opts.MinBackoff, maxBackoff: opts.MaxBackoff,
-		fieldManager: opts.FieldManager,
-		secrets:      map[key]*entry{}, vols: map[string][]key{},
+		fieldManager: opts.FieldManager, budget: opts.Budget, maxClass: opts.MaxClassBytes,
+		inflight: semaphore.NewWeighted(MaxInflightBytes),
+		secrets:  map[key]*entry{}, vols: map[string][]key{},
+	}
+	if s.maxClass == 0 {
+		s.maxClass = DefaultMaxClassBytes
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -186,10 +222,15 @@ func (s *Syncer) Changed(ctx context.Context, v hook.Volume) {
 		s.warn(v.Pod, ReasonFailed, "Not syncing spec.secretObjects: the driver does not know the pod's name and uid (the CSIDriver needs podInfoOnMount: true)")
 		return
 	}
-	ds, errs := build(objs, v.Files)
+	where := fmt.Sprintf("class %q in namespace %q", v.Class.Name, v.Pod.Namespace)
+	ds, errs := buildWith(objs, v.Files, limits{maxClassBytes: max(s.maxClass, 0), budget: s.budget, where: where})
 	for _, err := range errs {
-		s.metrics.results.WithLabelValues("invalid").Inc()
-		s.warn(v.Pod, ReasonFailed, fmt.Sprintf("Not syncing a Secret of SecretProviderClass %q: %v", v.Class.Name, err))
+		reason, result := ReasonFailed, "invalid"
+		if be, ok := err.(*buildError); ok && be.refused {
+			reason, result = ReasonRefused, "refused"
+		}
+		s.metrics.results.WithLabelValues(result).Inc()
+		s.warn(v.Pod, reason, fmt.Sprintf("Not syncing a Secret of SecretProviderClass %q: %v", v.Class.Name, err))
 	}
 	keys := make([]key, len(ds))
 	for i, d := range ds {
@@ -269,8 +310,8 @@ func (s *Syncer) dropLocked(k key, e *entry) {
 		e.retry.Stop()
 		e.retry = nil
 	}
-	if e.want != nil && e.want != e.inflight {
-		e.want.wipe()
+	if e.want != e.inflight {
+		e.want.release()
 	}
 	e.want = nil
 	for _, ch := range e.waiters {
@@ -286,7 +327,7 @@ func (s *Syncer) submit(k key, d *desired, v hook.Volume) <-chan error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		d.wipe()
+		d.release()
 		return nil
 	}
 	e := s.secrets[k]
@@ -301,15 +342,13 @@ func (s *Syncer) submit(k key, d *desired, v hook.Volume) <-chan error {
 	}
 	e.provider = v.Provider
 	if !e.running && e.retry == nil && e.uid != "" && e.written == d.hash && e.owners[types.UID(v.Pod.UID)] {
-		if e.want != d && e.want != e.inflight {
-			e.want.wipe()
-		}
-		e.want = d
+		// Written already (e.want is nil): the hash is all that is kept.
+		d.release()
 		s.metrics.results.WithLabelValues("unchanged").Inc()
 		return nil
 	}
-	if e.want != nil && e.want != e.inflight {
-		e.want.wipe()
+	if e.want != e.inflight {
+		e.want.release()
 	}
 	e.want = d
 	ch := make(chan error, 1)
@@ -324,147 +363,6 @@ func (s *Syncer) submit(k key, d *desired, v hook.Volume) <-chan error {
 		s.startLocked(e)
 	}
 	return ch
-}
-
-func (s *Syncer) startLocked(e *entry) {
-	e.running = true
-	s.running.Add(1)
-	go s.run(e)
-}
-
-// run writes e until it holds the newest content with every pod of the
-// node among its owners, coalescing requests that arrive meanwhile.
-func (s *Syncer) run(e *entry) {
-	defer s.running.Done()
-	for {
-		s.mu.Lock()
-		if s.closed || s.secrets[e.key] != e {
-			e.running = false
-			s.mu.Unlock()
-			return
-		}
-		d := e.want
-		owners, adds := e.ownersLocked()
-		if d == nil || (e.uid != "" && e.written == d.hash && len(adds) == 0) {
-			e.running = false
-			waiters := e.waiters
-			e.waiters = nil
-			s.mu.Unlock()
-			for _, ch := range waiters {
-				ch <- nil
-			}
-			return
-		}
-		e.inflight = d
-		uid, waiters, prov := e.uid, e.waiters, e.provider
-		e.waiters = nil
-		s.mu.Unlock()
-
-		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
-		start := time.Now()
-		sec, err := s.write(ctx, e.key, uid, d, owners, adds)
-		cancel()
-
-		s.mu.Lock()
-		e.inflight = nil
-		if e.want != d {
-			d.wipe() // newer content arrived; this one was sent or dropped
-		}
-		var notify []provider.Pod
-		var msg, reason string
-		if err == nil {
-			s.metrics.written(prov, time.Since(start))
-			e.uid = sec.UID
-			clear(e.owners)
-			for _, o := range sec.OwnerReferences {
-				e.owners[o.UID] = true
-			}
-			e.written = d.hash
-			e.failures = 0
-			for _, u := range e.users {
-				u.lastEvent = ""
-			}
-		} else {
-			var conflict *conflictError
-			reason, msg = ReasonFailed, fmt.Sprintf("Syncing Secret %q from the volume's files failed; retrying: %v", e.key.name, err)
-			if errors.As(err, &conflict) {
-				reason, msg = ReasonConflict, conflict.msg
-				s.metrics.results.WithLabelValues("conflict").Inc()
-			} else {
-				s.metrics.results.WithLabelValues("failed").Inc()
-			}
-			e.uid = "" // learn the Secret afresh on the next attempt
-			e.failures++
-			for _, u := range e.users {
-				if u.lastEvent != msg {
-					u.lastEvent = msg
-					notify = append(notify, u.pod)
-				}
-			}
-			if s.secrets[e.key] == e && !s.closed {
-				e.retry = time.AfterFunc(s.backoff(e.failures), func() { s.retryNow(e) })
-			}
-			e.running = false
-			// Requests that came in during this attempt learn of the
-			// failure too, rather than wait out the back-off.
-			waiters = append(waiters, e.waiters...)
-			e.waiters = nil
-		}
-		s.mu.Unlock()
-		if err != nil {
-			s.log.Warn("Secret sync failed; retrying with back-off", "namespace", e.key.ns, "secret", e.key.name, "err", err.Error())
-			for _, pod := range notify {
-				s.warn(pod, reason, msg)
-			}
-		}
-		for _, ch := range waiters {
-			ch <- err
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (s *Syncer) retryNow(e *entry) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || s.secrets[e.key] != e || e.running {
-		return
-	}
-	e.retry = nil
-	s.startLocked(e)
-}
-
-// ownersLocked returns the owner references of every pod on this node that
-// syncs e, and those of them the Secret is not known to have.
-func (e *entry) ownersLocked() (all, adds []metav1.OwnerReference) {
-	seen := map[string]bool{}
-	for _, u := range e.users {
-		if seen[u.pod.UID] {
-			continue
-		}
-		seen[u.pod.UID] = true
-		ref := metav1.OwnerReference{APIVersion: "v1", Kind: "Pod", Name: u.pod.Name, UID: types.UID(u.pod.UID)}
-		all = append(all, ref)
-		if e.uid == "" || !e.owners[ref.UID] {
-			adds = append(adds, ref)
-		}
-	}
-	byName := func(a, b metav1.OwnerReference) int { return strings.Compare(a.Name, b.Name) }
-	slices.SortFunc(all, byName)
-	slices.SortFunc(adds, byName)
-	return all, adds
-}
-
-func (s *Syncer) backoff(failures int) time.Duration {
-	d := s.minBackoff
-	for i := 1; i < failures && d < s.maxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, s.maxBackoff)
-	// Up to 10% jitter, so that nodes do not retry in lockstep.
-	return d + time.Duration(rand.Int64N(int64(d)/10+1))
 }
 
 func (s *Syncer) warn(pod provider.Pod, reason, msg string) {

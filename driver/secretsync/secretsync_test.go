@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -54,6 +55,11 @@ func (c coreSecrets) Secrets(ns string) kubecore.SecretInterface { return c.Secr
 
 func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, *events) {
 	t.Helper()
+	return newSyncerWith(t, func(*Options) {}, objs...)
+}
+
+func newSyncerWith(t *testing.T, set func(*Options), objs ...runtime.Object) (*Syncer, *fake.Clientset, *events) {
+	t.Helper()
 	client := fake.NewClientset(objs...)
 	// The fake does not assign uids; the API server does.
 	var n atomic.Int64
@@ -65,8 +71,20 @@ func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, 
 		}
 		return true, sec, nil
 	})
+	// A JSON patch whose test fails: the API server answers 422 and says
+	// no more; the fake would pass the patch library's error on.
+	client.PrependReactor("patch", "secrets", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		handled, obj, err := k8stesting.ObjectReaction(client.Tracker())(a)
+		var status apierrors.APIStatus
+		if err != nil && !errors.As(err, &status) {
+			err = apierrors.NewGenericServerResponse(http.StatusUnprocessableEntity, "patch", a.GetResource().GroupResource(), "", "", 0, false)
+		}
+		return handled, obj, err
+	})
 	ev := &events{}
-	s, err := New(Options{Client: coreSecrets{client.CoreV1()}, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second})
+	opts := Options{Client: coreSecrets{client.CoreV1()}, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second}
+	set(&opts)
+	s, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,14 +203,18 @@ func TestUnmanagedSecretIsNeverTouched(t *testing.T) {
 		Data: map[string][]byte{"PASS": []byte("mine")}}
 	s, c, ev := newSyncer(t, existing)
 	s.Changed(context.Background(), vol("v1", "p1", "one"))
+	for _, a := range c.Actions() {
+		if p, ok := a.(k8stesting.PatchAction); ok && p.GetPatchType() == types.JSONPatchType && !strings.Contains(string(p.GetPatch()), `"op":"add"`) &&
+			!strings.Contains(string(p.GetPatch()), `"op":"replace"`) {
+			continue // the test-only patch: changes nothing
+		}
+		if a.GetVerb() == "patch" || a.GetVerb() == "update" || a.GetVerb() == "get" {
+			t.Fatalf("read or wrote an unmanaged Secret: %v", a)
+		}
+	}
 	sec := getSecret(t, c)
 	if string(sec.Data["PASS"]) != "mine" || len(sec.OwnerReferences) != 0 || sec.Labels[ManagedLabel] != "" {
 		t.Fatalf("an unmanaged Secret was changed: %+v", sec)
-	}
-	for _, a := range c.Actions() {
-		if a.GetVerb() == "patch" || a.GetVerb() == "update" {
-			t.Fatalf("wrote an unmanaged Secret: %v", a)
-		}
 	}
 	e := ev.all()
 	if len(e) != 1 || !strings.Contains(e[0], "p1 "+ReasonConflict) || !strings.Contains(e[0], `Secret "app-env"`) {
@@ -354,5 +376,28 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in time")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A class asking for a service-account token gets a refusal Event naming
+// the entry and key, and no request is made for it; the class's other
+// Secrets are still synced.
+func TestRefusedEntryIsNotWritten(t *testing.T) {
+	s, c, ev := newSyncer(t)
+	v := vol("v1", "p1", "one")
+	cls := *testClass
+	cls.SecretObjects = append([]class.SecretObject{{SecretName: "token", Type: "kubernetes.io/service-account-token",
+		Annotations: map[string]string{"kubernetes.io/service-account.name": "admin"},
+		Data:        []class.SecretObjectData{{ObjectName: "pass", Key: "token"}}}}, cls.SecretObjects...)
+	v.Class = &cls
+	s.Changed(context.Background(), v)
+	getSecret(t, c)
+	if _, err := c.CoreV1().Secrets("ns").Get(context.Background(), "token", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the refused Secret: %v", err)
+	}
+	e := ev.all()
+	if len(e) != 2 || !strings.Contains(e[0], "p1 "+ReasonRefused) || !strings.Contains(e[0], `Secret "token"`) ||
+		!strings.Contains(e[1], `annotation key "kubernetes.io/service-account.name"`) || strings.Contains(strings.Join(e, " "), "admin") {
+		t.Fatalf("events %q", e)
 	}
 }

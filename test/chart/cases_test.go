@@ -113,6 +113,8 @@ func checkFull(t *testing.T, r *rendered) {
 		"--log-format":                        "text",
 		"-v":                                  "2",
 		"--azure-ca-file":                     "/etc/secretfs-ca/ca.crt",
+		"--sync-secrets":                      "true",
+		"--sync-secrets-max-bytes":            "512Ki",
 	})
 	var audienceFlags []string
 	for _, a := range d.Args {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -32,6 +33,8 @@ type rendered struct {
 	service        *corev1.Service
 	serviceMonitor *monitoringv1.ServiceMonitor
 	crd            *unstructured.Unstructured
+	syncPolicy     *admissionv1.ValidatingAdmissionPolicy
+	syncBinding    *admissionv1.ValidatingAdmissionPolicyBinding
 }
 
 // parseRendered splits helm's output into documents and decodes each into
@@ -78,6 +81,12 @@ func parseRendered(t *testing.T, out string) *rendered {
 		case "ServiceMonitor":
 			r.serviceMonitor = &monitoringv1.ServiceMonitor{}
 			obj = r.serviceMonitor
+		case "ValidatingAdmissionPolicy":
+			r.syncPolicy = &admissionv1.ValidatingAdmissionPolicy{}
+			obj = r.syncPolicy
+		case "ValidatingAdmissionPolicyBinding":
+			r.syncBinding = &admissionv1.ValidatingAdmissionPolicyBinding{}
+			obj = r.syncBinding
 		case "CustomResourceDefinition":
 			// Its schema is checked by the API server (dry run).
 			r.crd = &unstructured.Unstructured{}
@@ -302,7 +311,7 @@ func checkInvariants(t *testing.T, r *rendered) {
 			if slices.Contains(rule.Resources, "*") || slices.Contains(rule.Verbs, "*") || slices.Contains(rule.APIGroups, "*") {
 				t.Errorf("ClusterRole rule %+v has a wildcard", rule)
 			}
-			if slices.Contains(rule.Resources, "secrets") && (sync != "true" || !slices.Equal(rule.Verbs, []string{"create", "get", "patch"})) {
+			if slices.Contains(rule.Resources, "secrets") && (sync != "true" || !slices.Equal(rule.Verbs, []string{"create", "patch"})) {
 				t.Errorf("ClusterRole rule %+v reaches Secrets (--sync-secrets=%s)", rule, sync)
 			}
 			// Pod statuses only with --pod-status, and exactly the
@@ -319,6 +328,13 @@ func checkInvariants(t *testing.T, r *rendered) {
 	}
 	if r.serviceAccount != nil && r.serviceAccount.Name != spec.ServiceAccountName {
 		t.Errorf("ServiceAccount %s rendered, DaemonSet uses %s", r.serviceAccount.Name, spec.ServiceAccountName)
+	}
+	// With sync, the component's admission policy, matching exactly the
+	// driver's service account; without, none.
+	if sync, _ := arg(driver, "--sync-secrets"); sync == "true" {
+		checkSyncPolicy(t, r, "system:serviceaccount:"+namespace+":"+spec.ServiceAccountName)
+	} else if r.syncPolicy != nil || r.syncBinding != nil {
+		t.Error("admission policy rendered without --sync-secrets")
 	}
 	if r.crd != nil {
 		if r.crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
@@ -390,4 +406,57 @@ func audiences(d *storagev1.CSIDriver) []string {
 		out = append(out, r.Audience)
 	}
 	return out
+}
+
+// checkSyncPolicy: the chart's policy is the kustomize component's, named
+// after the release, matching user only, and bound to deny.
+func checkSyncPolicy(t *testing.T, r *rendered, user string) {
+	t.Helper()
+	if r.syncPolicy == nil || r.syncBinding == nil {
+		t.Fatal("--sync-secrets without the admission policy and its binding")
+	}
+	want, _ := readSyncPolicy(t)
+	got := r.syncPolicy.Spec
+	if len(got.MatchConditions) != 1 || got.MatchConditions[0].Expression != "request.userInfo.username == '"+user+"'" {
+		t.Errorf("policy matches %+v, want the driver's service account %s", got.MatchConditions, user)
+	}
+	got.MatchConditions, want.Spec.MatchConditions = nil, nil
+	if !equalJSON(t, got, want.Spec) {
+		t.Errorf("the chart's policy differs from the component's:\n%+v\n%+v", got, want.Spec)
+	}
+	b := r.syncBinding.Spec
+	if b.PolicyName != r.syncPolicy.Name || !slices.Equal(b.ValidationActions, []admissionv1.ValidationAction{admissionv1.Deny}) || b.ParamRef != nil || b.MatchResources != nil {
+		t.Errorf("binding %+v", b)
+	}
+}
+
+// readSyncPolicy reads the kustomize component's policy and binding.
+func readSyncPolicy(t *testing.T) (*admissionv1.ValidatingAdmissionPolicy, *admissionv1.ValidatingAdmissionPolicyBinding) {
+	t.Helper()
+	data, err := os.ReadFile("../../deploy/components/sync-secrets/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := strings.Split(string(data), "\n---\n")
+	var p admissionv1.ValidatingAdmissionPolicy
+	var b admissionv1.ValidatingAdmissionPolicyBinding
+	if len(docs) != 2 || yaml.UnmarshalStrict([]byte(docs[0]), &p) != nil || yaml.UnmarshalStrict([]byte(docs[1]), &b) != nil {
+		t.Fatal("deploy/components/sync-secrets/policy.yaml: want a ValidatingAdmissionPolicy and its binding")
+	}
+	return &p, &b
+}
+
+// The chart's copy of the policy is the component's, byte for byte.
+func TestSyncPolicyFileIsTheComponents(t *testing.T) {
+	a, err := os.ReadFile("../../deploy/components/sync-secrets/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(chartDir, "files", "sync-secrets-policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Error("deploy/charts/secretfs/files/sync-secrets-policy.yaml differs from deploy/components/sync-secrets/policy.yaml")
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -108,7 +109,8 @@ func ownerNames(s *corev1.Secret) []string {
 }
 
 // withSyncOn turns Secret sync on for the rest of the test (the driver's
-// --sync-secrets and the sync-secrets component's RBAC, as shipped) and off
+// --sync-secrets and the sync-secrets component's RBAC and admission
+// policy, as shipped) and off
 // again afterwards, waiting for the driver to roll out each time.
 func withSyncOn(t *testing.T) {
 	t.Helper()
@@ -133,9 +135,33 @@ func withSyncOn(t *testing.T) {
 	if _, err := client.RbacV1().ClusterRoleBindings().Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The component's admission policy, matching the driver's service
+	// account in the namespace the driver runs in.
+	data, err = os.ReadFile("../../deploy/components/sync-secrets/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs = strings.Split(strings.ReplaceAll(string(data), "system:serviceaccount:secretfs-system:secretfs-node",
+		"system:serviceaccount:"+driverNamespace+":secretfs-node"), "\n---\n")
+	var policy admissionv1.ValidatingAdmissionPolicy
+	var policyBinding admissionv1.ValidatingAdmissionPolicyBinding
+	if err := yaml.UnmarshalStrict([]byte(docs[0]), &policy); err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.UnmarshalStrict([]byte(docs[1]), &policyBinding); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, &policy, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, &policyBinding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	setDriverArg(t, "--sync-secrets", true)
 	t.Cleanup(func() {
 		setDriverArg(t, "--sync-secrets", false)
+		_ = client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, policyBinding.Name, metav1.DeleteOptions{})
+		_ = client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(ctx, policy.Name, metav1.DeleteOptions{})
 		_ = client.RbacV1().ClusterRoleBindings().Delete(ctx, binding.Name, metav1.DeleteOptions{})
 		_ = client.RbacV1().ClusterRoles().Delete(ctx, role.Name, metav1.DeleteOptions{})
 	})

@@ -9,9 +9,9 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// The sync-secrets component grants exactly create/get/patch on secrets to
-// the driver's service account, nothing to list, watch or delete, and turns
-// the sync on.
+// The sync-secrets component grants exactly create/patch on secrets to the
+// driver's service account, nothing to get, list, watch or delete, installs
+// its admission policy, and turns the sync on.
 func TestSyncSecretsComponent(t *testing.T) {
 	d := docs(t, "components/sync-secrets/rbac.yaml")
 	if len(d) != 2 {
@@ -26,15 +26,16 @@ func TestSyncSecretsComponent(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Resources, []string{"secrets"}) ||
-		!slices.Equal(role.Rules[0].Verbs, []string{"create", "get", "patch"}) || !slices.Equal(role.Rules[0].APIGroups, []string{""}) {
+		!slices.Equal(role.Rules[0].Verbs, []string{"create", "patch"}) || !slices.Equal(role.Rules[0].APIGroups, []string{""}) {
 		t.Errorf("rules %+v", role.Rules)
 	}
 	if binding.RoleRef.Name != role.Name || len(binding.Subjects) != 1 || binding.Subjects[0].Name != "secretfs-node" || binding.Subjects[0].Namespace != "secretfs-system" {
 		t.Errorf("binding %+v", binding)
 	}
 	k := docs(t, "components/sync-secrets/kustomization.yaml")
-	if !strings.Contains(string(k[0]), "value: --sync-secrets") || !strings.Contains(string(k[0]), "rbac.yaml") {
-		t.Error("the component must add --sync-secrets and its RBAC")
+	if !strings.Contains(string(k[0]), "value: --sync-secrets") || !strings.Contains(string(k[0]), "rbac.yaml") ||
+		!strings.Contains(string(k[0]), "- policy.yaml") {
+		t.Error("the component must add --sync-secrets, its RBAC and its admission policy")
 	}
 }
 
