@@ -107,6 +107,10 @@ type Config struct {
 	// directories, and directories on a file's path (defaults
 	// DefaultMaxFiles, DefaultMaxDirs, DefaultMaxDepth).
 	MaxFiles, MaxDirs, MaxDepth int
+	// MaxSteps caps the steps of one volume's computation over its
+	// class and values (key paths, templates; see budget.Work). Default
+	// budget.DefaultMaxSteps.
+	MaxSteps int
 	// NodeBudget caps the bytes all volumes on the node hold together: the
 	// kernel charges their tmpfs pages to the driver's memory cgroup (see
 	// package driver/budget). 0: no node-wide cap.
@@ -232,12 +236,12 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	lim := limits.Volume{MaxFiles: cfg.MaxFiles, MaxDirs: cfg.MaxDirs, MaxDepth: cfg.MaxDepth, MaxBytes: cfg.TmpfsSize}
+	lim := limits.Volume{MaxFiles: cfg.MaxFiles, MaxDirs: cfg.MaxDirs, MaxDepth: cfg.MaxDepth, MaxBytes: cfg.TmpfsSize, MaxSteps: cfg.MaxSteps}
 	for _, l := range []struct {
 		v    *int
 		def  int
 		name string
-	}{{&lim.MaxFiles, DefaultMaxFiles, "MaxFiles"}, {&lim.MaxDirs, DefaultMaxDirs, "MaxDirs"}, {&lim.MaxDepth, DefaultMaxDepth, "MaxDepth"}} {
+	}{{&lim.MaxFiles, DefaultMaxFiles, "MaxFiles"}, {&lim.MaxDirs, DefaultMaxDirs, "MaxDirs"}, {&lim.MaxDepth, DefaultMaxDepth, "MaxDepth"}, {&lim.MaxSteps, budget.DefaultMaxSteps, "MaxSteps"}} {
 		if *l.v == 0 {
 			*l.v = l.def
 		}

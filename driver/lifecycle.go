@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
@@ -88,6 +89,10 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		return false, err
 	}
 	first := !v.mounted
+	// Everything computed from the class and the values below is charged
+	// to one budget, before it is allocated (see budget.Work).
+	work := d.budget.Work(ctx, v.id, d.limits.MaxBytes, int64(d.limits.MaxSteps))
+	defer work.Done()
 	// 3.
 	if external {
 		if err := d.mountTmpfs(v); err != nil {
@@ -100,7 +105,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		}
 	}
 	// 4.
-	res, fetched, err := d.fetch(ctx, v, p, req, cls, plan, share)
+	res, fetched, err := d.fetch(ctx, v, p, req, cls, plan, share, work)
 	if err != nil {
 		return false, err
 	}
@@ -115,7 +120,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	} else {
 		// 5.
 		if plan != nil {
-			if res, err = d.shape(v, plan, req, res); err != nil {
+			if res, err = d.shape(v, plan, req, res, work); err != nil {
 				return false, err
 			}
 			defer res.Wipe() // the rendered files; the fetched ones are wiped above
@@ -284,7 +289,7 @@ func withClass(base *provider.Request, params map[string]string, current []provi
 // entry until it is forgotten or fetches under another identity. It returns
 // when the backend call behind the result started: the age of the content.
 // The result is the caller's own: wipe it when done.
-func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req *provider.Request, cls *class.Class, plan *content.Plan, share bool) (*provider.Result, time.Time, error) {
+func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req *provider.Request, cls *class.Class, plan *content.Plan, share bool, work *budget.Work) (*provider.Result, time.Time, error) {
 	var (
 		res *provider.Result
 		at  time.Time
@@ -294,7 +299,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		if plan == nil {
 			return d.backend(ctx, p, v.provider, req)
 		}
-		return plan.Fetch(ctx, req, int(d.limits.MaxBytes), func(ctx context.Context, req *provider.Request) (*provider.Result, error) {
+		return plan.Fetch(ctx, req, work, func(ctx context.Context, req *provider.Request) (*provider.Result, error) {
 			return d.backend(ctx, p, v.provider, req)
 		})
 	}
@@ -351,8 +356,8 @@ func (d *Driver) servedStale(ctx context.Context, v *volume, at time.Time, err e
 // (templates, hidden objects, optional objects left out) and reports newly
 // omitted objects once. The returned result shares res's contents and owns
 // the rendered ones: wipe both.
-func (d *Driver) shape(v *volume, plan *content.Plan, req *provider.Request, res *provider.Result) (*provider.Result, error) {
-	out, err := plan.Render(res, d.limits.MaxBytes, req.DefaultMode)
+func (d *Driver) shape(v *volume, plan *content.Plan, req *provider.Request, res *provider.Result, work *budget.Work) (*provider.Result, error) {
+	out, err := plan.Render(res, work, req.DefaultMode)
 	if err != nil {
 		return nil, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q: %s", v.class, v.pod.Namespace, err.Error())
 	}

@@ -27,11 +27,11 @@ func DecodeObjects(param string, out any) error {
 	if strings.TrimSpace(param) == "" {
 		return InvalidArgument("parameter objects is empty: list at least one object")
 	}
-	var root yaml.Node
-	if err := yaml.Unmarshal([]byte(param), &root); err != nil {
-		return InvalidArgument("parameter objects is not valid YAML: %s", cleanYAMLError(err))
+	root, err := ParseParam("objects", param)
+	if err != nil {
+		return err
 	}
-	list, err := objectList(&root)
+	list, err := objectList(root)
 	if err != nil {
 		return err
 	}
@@ -130,9 +130,9 @@ func objectList(root *yaml.Node) (*yaml.Node, error) {
 			if item.Kind != yaml.ScalarNode {
 				return nil, InvalidArgument("parameter objects: objects[%d] must be a YAML document in a string (`- |`)", i)
 			}
-			var obj yaml.Node
-			if err := yaml.Unmarshal([]byte(item.Value), &obj); err != nil {
-				return nil, InvalidArgument("parameter objects: objects[%d] is not valid YAML: %s", i, cleanYAMLError(err))
+			obj, err := ParseParam(fmt.Sprintf("objects[%d]", i), item.Value)
+			if err != nil {
+				return nil, err
 			}
 			if len(obj.Content) != 1 || obj.Content[0].Kind != yaml.MappingNode {
 				return nil, InvalidArgument("parameter objects: objects[%d] must be a map of object fields", i)

@@ -191,6 +191,7 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		MaxFiles:            f.limits.maxFiles,
 		MaxDirs:             f.limits.maxDirs,
 		MaxDepth:            f.limits.maxDepth,
+		MaxSteps:            f.limits.maxSteps,
 		Budget:              sharedBudget,
 		DisableCache:        !f.cache,
 		CacheExternal:       splitList(f.cacheExternal),

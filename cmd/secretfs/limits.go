@@ -13,14 +13,15 @@ import (
 // limitFlags are the caps a class or pod cannot raise: per volume (files,
 // directories, depth; the byte cap is -tmpfs-size) and per node.
 type limitFlags struct {
-	maxFiles, maxDirs, maxDepth int
-	nodeBudget                  quantityFlag // 0: derived from the cgroup
+	maxFiles, maxDirs, maxDepth, maxSteps int
+	nodeBudget                            quantityFlag // 0: derived from the cgroup
 }
 
 func (l *limitFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.maxFiles, "max-files", driver.DefaultMaxFiles, "most files in one volume")
 	fs.IntVar(&l.maxDirs, "max-dirs", driver.DefaultMaxDirs, "most directories in one volume")
 	fs.IntVar(&l.maxDepth, "max-depth", driver.DefaultMaxDepth, "most path elements of a file path in a volume")
+	fs.IntVar(&l.maxSteps, "max-steps", budget.DefaultMaxSteps, "most steps of one volume's computation over its class and values (key paths, templates): a template call, loop iteration, or KiB compared or copied is a step")
 	fs.Var(&l.nodeBudget, "node-budget", "bytes all volumes on the node may hold together (tmpfs pages are charged to the driver's memory cgroup); default: the container's memory limit minus max(64Mi, a quarter of it), or a quarter of the node's RAM without a limit")
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -23,9 +24,9 @@ const missingID = Prefix + "missing/"
 // objects without them go in one call and each object with them in a call
 // of its own, so that a NotFound names exactly one object: an optional
 // one is left out, any other error fails the whole fetch. Key paths are
-// applied here; limit bounds each extracted value. req.Parameters must be
+// applied here, under the budget w. req.Parameters must be
 // Parameters().
-func (p *Plan) Fetch(ctx context.Context, req *provider.Request, limit int, backend Backend) (*provider.Result, error) {
+func (p *Plan) Fetch(ctx context.Context, req *provider.Request, w *budget.Work, backend Backend) (*provider.Result, error) {
 	if p == nil || len(p.objects) == 0 {
 		return backend(ctx, req)
 	}
@@ -57,7 +58,7 @@ func (p *Plan) Fetch(ctx context.Context, req *provider.Request, limit int, back
 		}
 		res, err := call(func(x *object) bool { return x == o })
 		if err == nil && o.keyPath != nil {
-			err = extract(o, res, limit)
+			err = extract(o, res, w)
 		}
 		if err != nil {
 			if o.optional && provider.CodeOf(err) == codes.NotFound {
@@ -77,13 +78,13 @@ func (p *Plan) Fetch(ctx context.Context, req *provider.Request, limit int, back
 }
 
 // extract replaces the one file of an object with the value at its key path.
-func extract(o *object, res *provider.Result, limit int) error {
+func extract(o *object, res *provider.Result, w *budget.Work) error {
 	if len(res.Files) != 1 {
 		wipe(res)
 		return provider.InvalidArgument("keyPath needs the object to be exactly one file; the provider returned %d", len(res.Files))
 	}
 	f := &res.Files[0]
-	v, err := o.keyPath.Extract(f.Contents, limit)
+	v, err := o.keyPath.Extract(f.Contents, w)
 	if err != nil {
 		wipe(res)
 		return provider.Errorf(provider.CodeOf(err), "keyPath %s: %s", o.keyPath, err.Error())

@@ -13,6 +13,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -168,29 +169,78 @@ func (p KeyPath) describe(i int) string {
 // scalars as they are, numbers and booleans as written, null as nothing,
 // maps and lists as compact JSON. A missing key or index is a NotFound
 // error, anything else InvalidArgument; no error holds any part of doc.
-// limit bounds the size of the result.
-func (p KeyPath) Extract(doc []byte, limit int) ([]byte, error) {
+// Parsing, alias expansion and printing are charged to w before they
+// allocate (the charge of a parse is an upper bound found by a scan that
+// allocates nothing); the result is at most what w has left.
+func (p KeyPath) Extract(doc []byte, w *budget.Work) ([]byte, error) {
 	trimmed := bytes.TrimSpace(doc)
 	if len(trimmed) == 0 {
 		return nil, provider.InvalidArgument("the value is empty, not a JSON or YAML document")
 	}
+	if err := w.StepBytes(len(trimmed)); err != nil {
+		return nil, err
+	}
 	var out []byte
 	var err error
 	if json.Valid(trimmed) {
-		out, err = p.extractJSON(trimmed)
+		out, err = p.extractJSON(trimmed, w)
 	} else {
-		out, err = p.extractYAML(trimmed)
+		out, err = p.extractYAML(trimmed, w)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if len(out) > limit {
-		return nil, provider.Errorf(codes.ResourceExhausted, "the value at %s is %d bytes, more than the %d this volume has room for", p.text, len(out), limit)
+	if int64(len(out)) > w.Left() {
+		return nil, provider.Errorf(codes.ResourceExhausted, "the value at %s is %d bytes, more than the %d this volume has room for (driver flag %s)", p.text, len(out), w.Left(), budget.BytesFlag)
 	}
 	return out, nil
 }
 
-func (p KeyPath) extractJSON(doc []byte) ([]byte, error) {
+// jsonValueBytes is what encoding/json allocates per value it decodes into
+// an interface (the value, its boxing, map and slice slots), rounded up.
+const jsonValueBytes = 96
+
+// jsonValues bounds the values in a JSON document: each after the first
+// follows a , : [ or {.
+func jsonValues(doc []byte) int {
+	n := 1
+	for _, c := range doc {
+		switch c {
+		case ',', ':', '[', '{':
+			n++
+		}
+	}
+	return n
+}
+
+// jsonPrinted bounds the compact JSON of v: every byte of text escaped to
+// at most 6, and punctuation per value.
+func jsonPrinted(v any) int {
+	switch x := v.(type) {
+	case string:
+		return 6*len(x) + 2
+	case json.Number:
+		return len(x)
+	case map[string]any:
+		n := 2
+		for k, e := range x {
+			n += 6*len(k) + 4 + jsonPrinted(e)
+		}
+		return n
+	case []any:
+		n := 2
+		for _, e := range x {
+			n += 1 + jsonPrinted(e)
+		}
+		return n
+	}
+	return 8 // null, true, false, numbers of YAML
+}
+
+func (p KeyPath) extractJSON(doc []byte, w *budget.Work) ([]byte, error) {
+	if err := w.Charge(int64(jsonValues(doc))*jsonValueBytes + int64(len(doc))); err != nil {
+		return nil, err
+	}
 	dec := json.NewDecoder(bytes.NewReader(doc))
 	dec.UseNumber()
 	var v any
@@ -230,6 +280,9 @@ func (p KeyPath) extractJSON(doc []byte) ([]byte, error) {
 	case bool:
 		return []byte(strconv.FormatBool(x)), nil
 	}
+	if err := w.Charge(int64(jsonPrinted(v))); err != nil {
+		return nil, err
+	}
 	return marshal(v)
 }
 
@@ -257,7 +310,10 @@ func jsonKind(v any) string {
 
 var yamlLine = regexp.MustCompile(`line (\d+)`)
 
-func (p KeyPath) extractYAML(doc []byte) ([]byte, error) {
+func (p KeyPath) extractYAML(doc []byte, w *budget.Work) ([]byte, error) {
+	if err := w.Charge(int64(provider.YAMLNodes(string(doc)))*provider.YAMLNodeBytes + int64(len(doc))); err != nil {
+		return nil, err
+	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(doc, &root); err != nil {
 		msg := "the value is neither valid JSON nor valid YAML"
@@ -307,16 +363,74 @@ func (p KeyPath) extractYAML(doc []byte) ([]byte, error) {
 		}
 		return []byte(n.Value), nil
 	}
-	// Decode (which bounds alias expansion) and print as JSON.
+	// Decoding expands aliases: a small document can name one large value
+	// thousands of times. Charge the expanded size before decoding and
+	// printing it as JSON.
+	nodes, text, err := expanded(n, w)
+	if err != nil {
+		return nil, provider.InvalidArgument("the value at %s: %v", p.text, err)
+	}
+	if err := w.Charge(nodes*provider.YAMLNodeBytes + 7*text); err != nil {
+		return nil, err
+	}
 	var v any
 	if err := n.Decode(&v); err != nil {
 		return nil, provider.InvalidArgument("the value at %s cannot be read as data", p.text)
 	}
-	v, err := jsonable(v, 0)
+	v, err = jsonable(v, 0)
 	if err != nil {
 		return nil, provider.InvalidArgument("the value at %s: %v", p.text, err)
 	}
 	return marshal(v)
+}
+
+// expanded returns the nodes and bytes of text n stands for with every alias
+// replaced by what it names, each anchored node measured once; an alias
+// that names a node it is inside of is an error. Each node measured is a
+// step.
+func expanded(n *yaml.Node, w *budget.Work) (nodes, text int64, err error) {
+	type size struct{ nodes, text int64 }
+	memo := map[*yaml.Node]*size{}
+	onPath := map[*yaml.Node]bool{}
+	const huge = 1 << 50
+	var measure func(n *yaml.Node, depth int) (size, error)
+	measure = func(n *yaml.Node, depth int) (size, error) {
+		if depth > maxDepth {
+			return size{}, fmt.Errorf("nested more than %d levels deep", maxDepth)
+		}
+		if s, ok := memo[n]; ok {
+			return *s, nil
+		}
+		if onPath[n] {
+			return size{}, fmt.Errorf("an alias refers to a value it is part of")
+		}
+		if err := w.Step(1); err != nil {
+			return size{}, err
+		}
+		onPath[n] = true
+		defer delete(onPath, n)
+		s := size{nodes: 1, text: int64(len(n.Value))}
+		if n.Kind == yaml.AliasNode && n.Alias != nil {
+			a, err := measure(n.Alias, depth+1)
+			if err != nil {
+				return size{}, err
+			}
+			s = a
+		}
+		for _, c := range n.Content {
+			cs, err := measure(c, depth+1)
+			if err != nil {
+				return size{}, err
+			}
+			s.nodes, s.text = min(s.nodes+cs.nodes, huge), min(s.text+cs.text, huge)
+		}
+		if n.Anchor != "" || n.Kind == yaml.AliasNode {
+			memo[n] = &s
+		}
+		return s, nil
+	}
+	s, err := measure(n, 0)
+	return s.nodes, s.text, err
 }
 
 func resolveAlias(n *yaml.Node) *yaml.Node {

@@ -60,7 +60,7 @@ func TestExtract(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := p.Extract([]byte(doc), 1<<20)
+			got, err := p.Extract([]byte(doc), work(1<<20))
 			if err != nil {
 				t.Errorf("%s in %.10q: %v", c.path, doc, err)
 				continue
@@ -71,7 +71,7 @@ func TestExtract(t *testing.T) {
 		}
 	}
 	p, _ := ParseKeyPath("db.alias.k")
-	if got, err := p.Extract([]byte(yamlDoc), 100); err != nil || string(got) != "v" {
+	if got, err := p.Extract([]byte(yamlDoc), work(1<<20)); err != nil || string(got) != "v" {
 		t.Errorf("YAML alias: %q, %v", got, err)
 	}
 }
@@ -96,7 +96,7 @@ func TestExtractErrors(t *testing.T) {
 	for _, doc := range docs {
 		for _, c := range cases {
 			p, _ := ParseKeyPath(c.path)
-			_, err := p.Extract([]byte(doc), 1<<20)
+			_, err := p.Extract([]byte(doc), work(1<<20))
 			if provider.CodeOf(err) != c.code {
 				t.Errorf("%s: code %v (%v), want %v", c.path, provider.CodeOf(err), err, c.code)
 			}
@@ -107,12 +107,12 @@ func TestExtractErrors(t *testing.T) {
 	}
 	p, _ := ParseKeyPath("a")
 	for _, doc := range []string{"", "   ", "a: [" + secret, "{\"a\": " + secret + "\n  - x: :"} {
-		_, err := p.Extract([]byte(doc), 100)
+		_, err := p.Extract([]byte(doc), work(100))
 		if err == nil || strings.Contains(err.Error(), secret) {
 			t.Errorf("Extract of a broken document: %v", err)
 		}
 	}
-	if _, err := p.Extract([]byte(`{"a":"`+strings.Repeat("x", 200)+`"}`), 100); provider.CodeOf(err) != codes.ResourceExhausted {
+	if _, err := p.Extract([]byte(`{"a":"`+strings.Repeat("x", 200)+`"}`), work(100)); provider.CodeOf(err) != codes.ResourceExhausted {
 		t.Errorf("value over the limit: %v", err)
 	}
 }
@@ -151,7 +151,7 @@ func FuzzExtract(f *testing.F) {
 		if err != nil {
 			return
 		}
-		out, err := p.Extract([]byte(doc), 4096)
+		out, err := p.Extract([]byte(doc), work(4096))
 		if err == nil && len(out) > 4096 {
 			t.Fatalf("result of %d bytes over the limit", len(out))
 		}

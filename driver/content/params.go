@@ -38,6 +38,7 @@ import (
 	"time"
 
 	yaml "go.yaml.in/yaml/v3"
+	"google.golang.org/grpc/codes"
 
 	"github.com/secretfs/secretfs/provider"
 )
@@ -193,6 +194,12 @@ type templateSpec struct {
 }
 
 func parseTemplates(v string) ([]*Template, error) {
+	if len(v) > maxTemplateSource {
+		return nil, fmt.Errorf("is %d bytes; the templates of a class are at most %d", len(v), maxTemplateSource)
+	}
+	if n := provider.YAMLNodes(v); n > provider.MaxParamNodes {
+		return nil, fmt.Errorf("has up to %d YAML values; at most %d", n, provider.MaxParamNodes)
+	}
 	var specs []templateSpec
 	dec := yaml.NewDecoder(strings.NewReader(v))
 	dec.KnownFields(true)
@@ -223,11 +230,11 @@ func parseTemplates(v string) ([]*Template, error) {
 			}
 			tp.Mode = os.FileMode(m)
 		}
-		t, err := parseTemplate(s.Path, s.Template)
+		t, steps, err := parseTemplate(s.Path, s.Template)
 		if err != nil {
 			return nil, fmt.Errorf("template %q: %v", clip(s.Path), err)
 		}
-		tp.t = t
+		tp.t, tp.steps = t, steps
 		out = append(out, tp)
 	}
 	return out, nil
@@ -252,11 +259,14 @@ func (p *Plan) parseObjects() error {
 		if !strings.Contains(src, FieldOptional) && !strings.Contains(src, FieldKeyPath) {
 			return nil // nothing of ours in it
 		}
-		var root yaml.Node
-		if err := yaml.Unmarshal([]byte(src), &root); err != nil {
+		root, err := provider.ParseParam(name, src)
+		if err != nil {
+			if provider.CodeOf(err) == codes.ResourceExhausted {
+				return err
+			}
 			return nil // the provider reports its own parameter
 		}
-		items, array, ok := objectItems(&root)
+		items, array, ok := objectItems(name, root)
 		if !ok {
 			return nil
 		}
@@ -296,7 +306,7 @@ func mayHaveFields(params map[string]string) bool {
 
 // objectItems returns the object maps of either spelling (see
 // provider.DecodeObjects) and whether it was the `array:` one.
-func objectItems(root *yaml.Node) ([]*yaml.Node, bool, bool) {
+func objectItems(name string, root *yaml.Node) ([]*yaml.Node, bool, bool) {
 	doc := root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		doc = doc.Content[0]
@@ -310,9 +320,11 @@ func objectItems(root *yaml.Node) ([]*yaml.Node, bool, bool) {
 		}
 		var items []*yaml.Node
 		for _, s := range doc.Content[1].Content {
-			var obj yaml.Node
-			if s.Kind != yaml.ScalarNode || yaml.Unmarshal([]byte(s.Value), &obj) != nil ||
-				len(obj.Content) != 1 || obj.Content[0].Kind != yaml.MappingNode {
+			if s.Kind != yaml.ScalarNode {
+				return nil, false, false
+			}
+			obj, err := provider.ParseParam(name, s.Value)
+			if err != nil || len(obj.Content) != 1 || obj.Content[0].Kind != yaml.MappingNode {
 				return nil, false, false
 			}
 			items = append(items, obj.Content[0])

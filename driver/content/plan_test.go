@@ -165,11 +165,11 @@ func fetchAndRender(t *testing.T, params map[string]string, b *backend) (*Output
 		t.Fatal(err)
 	}
 	req := &provider.Request{Parameters: p.Parameters(nil)}
-	res, err := p.Fetch(context.Background(), req, 1<<20, b.fetch)
+	res, err := p.Fetch(context.Background(), req, work(1<<20), b.fetch)
 	if err != nil {
 		return nil, err
 	}
-	return p.Render(res, 1<<20, 0o644)
+	return p.Render(res, work(1<<20), 0o644)
 }
 
 func TestFetchOptionalAndKeyPath(t *testing.T) {
@@ -270,7 +270,7 @@ func TestRenderConcurrent(t *testing.T) {
 	for i := range 8 {
 		go func() {
 			v := strings.Repeat("x", i)
-			out, err := p1.Render(&provider.Result{Files: []provider.File{{Path: "a", Contents: []byte(v)}}}, 1<<20, 0o644)
+			out, err := p1.Render(&provider.Result{Files: []provider.File{{Path: "a", Contents: []byte(v)}}}, work(1<<20), 0o644)
 			if err == nil && len(out.Files) != 2 {
 				err = context.Canceled
 			}

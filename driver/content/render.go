@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -21,11 +22,11 @@ type Output struct {
 // Render turns a fetched result into the volume's files: optional objects
 // that were not found are reported in Missing, templates are rendered from
 // the objects' files (keyed by path), and the objects' own files are left
-// out when the class hides them. budget bounds the bytes templates may
-// write and allocate (the volume's remaining room); defaultMode is the
+// out when the class hides them. w is the budget of the volume's
+// computation: what templates allocate and the steps they take; defaultMode is the
 // mode of templated files that set none. res is not modified; the
 // returned files share its contents, and own the rendered ones.
-func (p *Plan) Render(res *provider.Result, budgetBytes int64, defaultMode os.FileMode) (*Output, error) {
+func (p *Plan) Render(res *provider.Result, w *budget.Work, defaultMode os.FileMode) (*Output, error) {
 	out := &Output{Files: res.Files, Versions: res.Versions}
 	if p == nil {
 		return out, nil
@@ -51,10 +52,13 @@ func (p *Plan) Render(res *provider.Result, budgetBytes int64, defaultMode os.Fi
 		data[f.Path] = unsafe.String(unsafe.SliceData(f.Contents), len(f.Contents))
 		used += int64(len(f.Contents))
 	}
-	b := &budget{bytes: budgetBytes, steps: MaxSteps}
+	// The objects' files share the volume's room with what templates write.
 	if !p.hideObjects {
-		if err := b.charge(int(used)); err != nil {
+		if used > w.Left() {
 			return nil, provider.Errorf(codes.ResourceExhausted, "the objects alone fill the volume: no room is left for templates")
+		}
+		if err := w.Charge(used); err != nil {
+			return nil, err
 		}
 	}
 	files := make([]provider.File, 0, len(res.Files)+len(p.templates))
@@ -66,7 +70,7 @@ func (p *Plan) Render(res *provider.Result, budgetBytes int64, defaultMode os.Fi
 		if _, clash := data[t.Path]; clash && !p.hideObjects {
 			return nil, provider.InvalidArgument("template %q has the path of an object's file: rename one of them (or hide the objects with %s)", t.Path, ParamHideObjects)
 		}
-		text, err := t.render(data, b)
+		text, err := t.render(data, w)
 		if err != nil {
 			for _, f := range files[first:] {
 				clear(f.Contents)

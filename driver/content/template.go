@@ -1,21 +1,17 @@
 package content
 
 import (
-	"bytes"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
 	"text/template"
 	"text/template/parse"
 
-	"google.golang.org/grpc/codes"
-
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -23,95 +19,229 @@ import (
 const (
 	maxTemplates      = 64
 	maxTemplateSource = 64 << 10
-	// MaxSteps bounds the work of rendering one volume's templates: each
-	// template or range iteration entered is one step.
-	MaxSteps = 100_000
+	// maxNesting bounds how deep actions nest (if, with, range, template
+	// calls, parenthesized pipelines): rendering recurses that deep, and
+	// goroutine stacks are memory no budget sees.
+	maxNesting = 64
 	// maxPad bounds printf widths and precisions and indent widths.
 	maxPad = 4096
 )
 
-// stepFunc is called at the start of every template body and range
-// iteration (the parse trees are rewritten to call it); its name cannot
+// Names of the functions the parse trees are rewritten to call; they cannot
 // clash with the documented functions.
-const stepFunc = "_secretfs_step"
+const (
+	// stepFunc + N is called at the start of every template body and range
+	// iteration and charges N steps: what the body costs to run once, from
+	// its nodes, commands and arguments (see cost).
+	stepFunc = "_secretfs_step_"
+	// outFunc ends the pipeline of every action that prints, and charges
+	// the bytes fmt will format the value into before it does.
+	outFunc = "_secretfs_out"
+)
 
 // Template is one templated file of a class.
 type Template struct {
-	Path string
-	Mode os.FileMode // 0: the volume's default
-	t    *template.Template
+	Path  string
+	Mode  os.FileMode // 0: the volume's default
+	t     *template.Template
+	steps []int // the step costs the rewritten trees charge
 }
 
-// funcNames is the documented function set (see README "Templates"); the
-// values are placeholders replaced per render by functions bound to that
-// render's budget.
-var funcNames = template.FuncMap{
-	"base64": nop1, "base64decode": nop1e, "trim": nop1, "trimPrefix": nop2, "trimSuffix": nop2,
-	"upper": nop1, "lower": nop1, "quote": nop1, "squote": nop1, "json": nopAny, "replace": nop3,
-	"indent": nopIndent, "default": nop2, "required": nop2e,
-	// Builtins that build strings are replaced with versions that count
-	// what they allocate.
-	"print": nopVar, "println": nopVar, "printf": nopF, "html": nopVar, "js": nopVar, "urlquery": nopVar,
-	stepFunc: func() (string, error) { return "", nil },
-}
-
-func nop1(string) string                    { return "" }
-func nop1e(string) (string, error)          { return "", nil }
-func nop2(string, string) string            { return "" }
-func nop2e(string, string) (string, error)  { return "", nil }
-func nop3(string, string, string) string    { return "" }
-func nopAny(any) (string, error)            { return "", nil }
-func nopIndent(int, string) (string, error) { return "", nil }
-func nopVar(...any) (string, error)         { return "", nil }
-func nopF(string, ...any) (string, error)   { return "", nil }
+// funcNames is the function set for parsing: its functions are replaced per
+// render by ones bound to that render's budget.
+var funcNames = funcs(nil)
 
 // parseTemplate parses one template's source; name is the file it renders.
-func parseTemplate(name, src string) (*template.Template, error) {
+func parseTemplate(name, src string) (*template.Template, []int, error) {
 	if len(src) > maxTemplateSource {
-		return nil, fmt.Errorf("is %d bytes; a template is at most %d", len(src), maxTemplateSource)
+		return nil, nil, fmt.Errorf("is %d bytes; a template is at most %d", len(src), maxTemplateSource)
 	}
 	t, err := template.New(name).Option("missingkey=error").Funcs(funcNames).Parse(src)
 	if err != nil {
-		return nil, errors.New(templateMessage(err))
+		return nil, nil, errors.New(templateMessage(err))
 	}
+	if err := checkCalls(t); err != nil {
+		return nil, nil, err
+	}
+	in := &instrumenter{seen: map[int]bool{}}
 	for _, tt := range t.Templates() {
 		if tt.Tree != nil && tt.Tree.Root != nil {
-			instrument(tt.Tree, tt.Tree.Root)
+			if err := in.body(tt.Tree, tt.Tree.Root, 0); err != nil {
+				return nil, nil, err
+			}
+			tt.Tree.Root = in.withStep(tt.Tree, tt.Tree.Root, tt.Tree.Root.Pos)
 		}
 	}
-	return t, nil
+	return t, in.steps, nil
 }
 
-// instrument makes list (a template body) and every range body in it call
-// the step function first, so that loops and template calls are counted.
-func instrument(tree *parse.Tree, list *parse.ListNode) {
+// checkCalls refuses templates that call themselves, directly or through
+// others (each call nests the renderer's recursion deeper), and chains of
+// calls deeper than maxNesting. Required messages must be literal text, so
+// that no value can become an error message (and from there an Event).
+func checkCalls(t *template.Template) error {
+	calls := map[string][]string{}
+	for _, tt := range t.Templates() {
+		if tt.Tree == nil || tt.Tree.Root == nil {
+			continue
+		}
+		var err error
+		walk(tt.Tree.Root, func(n parse.Node) bool {
+			switch n := n.(type) {
+			case *parse.TemplateNode:
+				calls[tt.Name()] = append(calls[tt.Name()], n.Name)
+			case *parse.CommandNode:
+				if id, ok := n.Args[0].(*parse.IdentifierNode); ok && id.Ident == "required" {
+					if len(n.Args) < 2 || n.Args[1].Type() != parse.NodeString {
+						err = fmt.Errorf("line %d: required takes its message as quoted text: {{ required \"what is missing\" .x }}", lineAt(tt.Tree, n.Pos))
+					}
+				}
+			}
+			return err == nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	depth := map[string]int{} // 0 unknown, -1 on the stack, else depth
+	var visit func(name string) (int, error)
+	visit = func(name string) (int, error) {
+		switch d := depth[name]; {
+		case d < 0:
+			return 0, fmt.Errorf("template %q calls itself: recursion is not allowed", clip(name))
+		case d > 0:
+			return d, nil
+		}
+		depth[name] = -1
+		d := 1
+		for _, c := range calls[name] {
+			cd, err := visit(c)
+			if err != nil {
+				return 0, err
+			}
+			d = max(d, cd+1)
+		}
+		if d > maxNesting {
+			return 0, fmt.Errorf("template calls nest %d deep; at most %d", d, maxNesting)
+		}
+		depth[name] = d
+		return d, nil
+	}
+	for name := range calls {
+		if _, err := visit(name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// walk calls f on n and every node under it, depth first, while f says so.
+func walk(n parse.Node, f func(parse.Node) bool) bool {
+	if n == nil || reflect.ValueOf(n).IsNil() {
+		return true
+	}
+	if !f(n) {
+		return false
+	}
+	var kids []parse.Node
+	switch n := n.(type) {
+	case *parse.ListNode:
+		kids = n.Nodes
+	case *parse.ActionNode:
+		kids = []parse.Node{n.Pipe}
+	case *parse.IfNode:
+		kids = []parse.Node{n.Pipe, n.List, n.ElseList}
+	case *parse.WithNode:
+		kids = []parse.Node{n.Pipe, n.List, n.ElseList}
+	case *parse.RangeNode:
+		kids = []parse.Node{n.Pipe, n.List, n.ElseList}
+	case *parse.TemplateNode:
+		kids = []parse.Node{n.Pipe}
+	case *parse.PipeNode:
+		for _, c := range n.Cmds {
+			kids = append(kids, c)
+		}
+	case *parse.CommandNode:
+		kids = n.Args
+	}
+	for _, k := range kids {
+		if !walk(k, f) {
+			return false
+		}
+	}
+	return true
+}
+
+func lineAt(tree *parse.Tree, pos parse.Pos) int {
+	loc, _ := tree.ErrorContext(&parse.TextNode{NodeType: parse.NodeText, Pos: pos})
+	if _, rest, ok := strings.Cut(loc, ":"); ok {
+		if n, err := strconv.Atoi(strings.SplitN(rest, ":", 2)[0]); err == nil {
+			return n
+		}
+	}
+	return 0
+}
+
+// instrumenter rewrites parse trees so that rendering charges its budget:
+// each body (a template's, a range's) first charges the steps it takes to
+// run once, and each printing action charges what it prints.
+type instrumenter struct {
+	steps []int
+	seen  map[int]bool
+}
+
+// body rewrites the nodes of list, a body at nesting depth, and returns
+// nothing but refusals: nesting too deep.
+func (in *instrumenter) body(tree *parse.Tree, list *parse.ListNode, depth int) error {
 	if list == nil {
-		return
+		return nil
+	}
+	if depth > maxNesting {
+		return fmt.Errorf("line %d: actions nest more than %d deep", lineAt(tree, list.Pos), maxNesting)
 	}
 	for _, n := range list.Nodes {
+		var err error
 		switch n := n.(type) {
+		case *parse.ActionNode:
+			if pipeDepth(n.Pipe) > maxNesting {
+				return fmt.Errorf("line %d: pipelines nest more than %d deep", lineAt(tree, n.Pos), maxNesting)
+			}
+			if len(n.Pipe.Decl) == 0 {
+				id := parse.NewIdentifier(outFunc).SetTree(tree).SetPos(n.Pos)
+				n.Pipe.Cmds = append(n.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: n.Pos, Args: []parse.Node{id}})
+			}
 		case *parse.RangeNode:
-			instrument(tree, n.List)
-			instrument(tree, n.ElseList)
-			n.List = withStep(tree, n.List, n.Pos)
+			if err = in.body(tree, n.List, depth+1); err == nil {
+				err = in.body(tree, n.ElseList, depth+1)
+			}
+			n.List = in.withStep(tree, n.List, n.Pos)
 		case *parse.IfNode:
-			instrument(tree, n.List)
-			instrument(tree, n.ElseList)
+			if err = in.body(tree, n.List, depth+1); err == nil {
+				err = in.body(tree, n.ElseList, depth+1)
+			}
 		case *parse.WithNode:
-			instrument(tree, n.List)
-			instrument(tree, n.ElseList)
+			if err = in.body(tree, n.List, depth+1); err == nil {
+				err = in.body(tree, n.ElseList, depth+1)
+			}
+		}
+		if err != nil {
+			return err
 		}
 	}
-	if list == tree.Root {
-		tree.Root = withStep(tree, list, list.Pos)
-	}
+	return nil
 }
 
-func withStep(tree *parse.Tree, list *parse.ListNode, pos parse.Pos) *parse.ListNode {
+// withStep makes list charge, first, what running it once costs.
+func (in *instrumenter) withStep(tree *parse.Tree, list *parse.ListNode, pos parse.Pos) *parse.ListNode {
 	if list == nil {
 		list = &parse.ListNode{NodeType: parse.NodeList, Pos: pos}
 	}
-	id := parse.NewIdentifier(stepFunc).SetTree(tree).SetPos(pos)
+	n := 1 + cost(list)
+	if !in.seen[n] {
+		in.seen[n] = true
+		in.steps = append(in.steps, n)
+	}
+	id := parse.NewIdentifier(stepFunc + strconv.Itoa(n)).SetTree(tree).SetPos(pos)
 	cmd := &parse.CommandNode{NodeType: parse.NodeCommand, Pos: pos, Args: []parse.Node{id}}
 	action := &parse.ActionNode{NodeType: parse.NodeAction, Pos: pos,
 		Pipe: &parse.PipeNode{NodeType: parse.NodePipe, Pos: pos, Cmds: []*parse.CommandNode{cmd}}}
@@ -119,145 +249,62 @@ func withStep(tree *parse.Tree, list *parse.ListNode, pos parse.Pos) *parse.List
 	return list
 }
 
-// budget is what one render may spend: output and allocated bytes, steps.
-type budget struct {
-	bytes int64
-	steps int
-}
-
-var errBudget = errors.New("budget")
-
-func (b *budget) charge(n int) error {
-	b.bytes -= int64(n)
-	if b.bytes < 0 {
-		return errBudget
+// cost is the number of steps running list once takes, not counting range
+// bodies (which charge per iteration) and called templates (which charge
+// when entered): a step per node, command and argument, both branches of
+// an if or with counted. The functions charge by the bytes they go over on
+// top of this.
+func cost(list *parse.ListNode) int {
+	if list == nil {
+		return 0
 	}
-	return nil
-}
-
-// limitedWriter fails once the budget is spent.
-type limitedWriter struct {
-	buf bytes.Buffer
-	b   *budget
-}
-
-func (w *limitedWriter) Write(p []byte) (int, error) {
-	if err := w.b.charge(len(p)); err != nil {
-		return 0, err
-	}
-	return w.buf.Write(p)
-}
-
-// funcs returns the function set bound to one render's budget.
-func funcs(b *budget) template.FuncMap {
-	out := func(s string) (string, error) {
-		if err := b.charge(len(s)); err != nil {
-			return "", err
+	n := 0
+	for _, node := range list.Nodes {
+		n++
+		switch node := node.(type) {
+		case *parse.ActionNode:
+			n += pipeCost(node.Pipe)
+		case *parse.IfNode:
+			n += pipeCost(node.Pipe) + cost(node.List) + cost(node.ElseList)
+		case *parse.WithNode:
+			n += pipeCost(node.Pipe) + cost(node.List) + cost(node.ElseList)
+		case *parse.RangeNode:
+			n += pipeCost(node.Pipe) + cost(node.ElseList)
+		case *parse.TemplateNode:
+			n += pipeCost(node.Pipe)
 		}
-		return s, nil
 	}
-	return template.FuncMap{
-		"base64": func(s string) (string, error) {
-			if err := b.charge(base64.StdEncoding.EncodedLen(len(s))); err != nil {
-				return "", err
-			}
-			return base64.StdEncoding.EncodeToString([]byte(s)), nil
-		},
-		"base64decode": func(s string) (string, error) {
-			v, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-			if err != nil {
-				return "", errors.New("the value is not valid base64")
-			}
-			return out(string(v))
-		},
-		"trim":       strings.TrimSpace,
-		"trimPrefix": func(prefix, s string) string { return strings.TrimPrefix(s, prefix) },
-		"trimSuffix": func(suffix, s string) string { return strings.TrimSuffix(s, suffix) },
-		"upper":      func(s string) (string, error) { return out(strings.ToUpper(s)) },
-		"lower":      func(s string) (string, error) { return out(strings.ToLower(s)) },
-		"quote": func(s string) (string, error) {
-			return charged(b, 2*len(s)+2, func() string { return strconv.Quote(s) })
-		},
-		"squote": func(s string) (string, error) {
-			return charged(b, 4*len(s)+2, func() string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" })
-		},
-		"json": func(v any) (string, error) {
-			s, ok := v.(string)
-			if err := b.charge(6*len(s) + 16); err != nil {
-				return "", err
-			}
-			var buf bytes.Buffer
-			enc := json.NewEncoder(&buf)
-			enc.SetEscapeHTML(false)
-			if !ok {
-				if err := enc.Encode(v); err != nil {
-					return "", errors.New("the value cannot be printed as JSON")
-				}
-				return out(strings.TrimSuffix(buf.String(), "\n"))
-			}
-			_ = enc.Encode(s)
-			return strings.TrimSuffix(buf.String(), "\n"), nil
-		},
-		"replace": func(old, new, s string) (string, error) {
-			n := len(s)
-			if len(new) > len(old) {
-				count := strings.Count(s, old)
-				if old == "" {
-					count = len(s) + 1
-				}
-				n += count * (len(new) - len(old))
-			}
-			return charged(b, n, func() string { return strings.ReplaceAll(s, old, new) })
-		},
-		"indent": func(n int, s string) (string, error) {
-			if n < 0 || n > maxPad {
-				return "", fmt.Errorf("indent takes 0 to %d spaces", maxPad)
-			}
-			pad := strings.Repeat(" ", n)
-			return charged(b, len(s)+(strings.Count(s, "\n")+1)*n, func() string {
-				return pad + strings.ReplaceAll(s, "\n", "\n"+pad)
-			})
-		},
-		"default": func(def, s string) string {
-			if s == "" {
-				return def
-			}
-			return s
-		},
-		"required": func(msg, s string) (string, error) {
-			if s == "" {
-				return "", errors.New(msg)
-			}
-			return s, nil
-		},
-		"print":   func(args ...any) (string, error) { return out(fmt.Sprint(args...)) },
-		"println": func(args ...any) (string, error) { return out(fmt.Sprintln(args...)) },
-		"printf": func(format string, args ...any) (string, error) {
-			if err := checkFormat(format); err != nil {
-				return "", err
-			}
-			return out(fmt.Sprintf(format, args...))
-		},
-		"html":     func(args ...any) (string, error) { return out(template.HTMLEscaper(args...)) },
-		"js":       func(args ...any) (string, error) { return out(template.JSEscaper(args...)) },
-		"urlquery": func(args ...any) (string, error) { return out(url.QueryEscape(fmt.Sprint(args...))) },
-		stepFunc: func() (string, error) {
-			b.steps--
-			if b.steps < 0 {
-				return "", errSteps
-			}
-			return "", nil
-		},
-	}
+	return n
 }
 
-var errSteps = fmt.Errorf("more than %d template or loop steps", MaxSteps)
-
-func charged(b *budget, n int, f func() string) (string, error) {
-	if err := b.charge(n); err != nil {
-		return "", err
+// pipeDepth is how deep parenthesized pipelines nest in p.
+func pipeDepth(p *parse.PipeNode) int {
+	d := 0
+	for _, c := range p.Cmds {
+		for _, a := range c.Args {
+			if sub, ok := a.(*parse.PipeNode); ok {
+				d = max(d, pipeDepth(sub))
+			}
+		}
 	}
-	return f(), nil
+	return d + 1
+}
+
+func pipeCost(p *parse.PipeNode) int {
+	if p == nil {
+		return 0
+	}
+	n := len(p.Decl)
+	for _, c := range p.Cmds {
+		n++
+		for _, a := range c.Args {
+			n++
+			if sub, ok := a.(*parse.PipeNode); ok {
+				n += pipeCost(sub)
+			}
+		}
+	}
+	return n
 }
 
 // checkFormat refuses printf widths and precisions that would allocate
@@ -296,26 +343,27 @@ func checkFormat(f string) error {
 	return nil
 }
 
-// render executes t over data within b.
-func (tp *Template) render(data map[string]string, b *budget) ([]byte, error) {
+// render executes t over data within w.
+func (tp *Template) render(data map[string]string, w *budget.Work) ([]byte, error) {
 	t, err := tp.t.Clone()
 	if err != nil {
 		return nil, provider.InvalidArgument("template %q: %v", tp.Path, err)
 	}
-	t.Funcs(funcs(b))
-	w := &limitedWriter{b: b}
-	if err := t.Execute(w, data); err != nil {
+	t.Funcs(withSteps(funcs(w), w, tp.steps))
+	out := &chargedWriter{w: w}
+	if err := t.Execute(out, files(data)); err != nil {
 		return nil, renderError(tp.Path, err)
 	}
-	return w.buf.Bytes(), nil
+	return out.buf.Bytes(), nil
 }
 
+// renderError keeps the code of a budget's refusal (ResourceExhausted,
+// DeadlineExceeded, Canceled) and says where; anything else is the
+// template's fault. text/template's messages name the action, never a value.
 func renderError(path string, err error) error {
-	if errors.Is(err, errBudget) {
-		return provider.Errorf(codes.ResourceExhausted, "template %q: rendering needs more bytes than the volume has room for (%s)", path, lineOf(err))
-	}
-	if errors.Is(err, errSteps) {
-		return provider.Errorf(codes.ResourceExhausted, "template %q: %v (%s): loop over less", path, errSteps, lineOf(err))
+	var pe *provider.Error
+	if errors.As(err, &pe) {
+		return provider.Errorf(pe.Code, "template %q: %s: %s", path, lineOf(err), pe.Message)
 	}
 	return provider.InvalidArgument("template %q: %s", path, templateMessage(err))
 }

@@ -1,6 +1,9 @@
 package content
 
 import (
+	"context"
+
+	"github.com/secretfs/secretfs/driver/budget"
 	"strings"
 	"testing"
 
@@ -11,12 +14,12 @@ import (
 
 func render(t *testing.T, src string, data map[string]string, limit int64) ([]byte, error) {
 	t.Helper()
-	tt, err := parseTemplate("out.env", src)
+	tt, steps, err := parseTemplate("out.env", src)
 	if err != nil {
 		return nil, provider.InvalidArgument("%v", err)
 	}
-	tp := &Template{Path: "out.env", t: tt}
-	return tp.render(data, &budget{bytes: limit, steps: MaxSteps})
+	tp := &Template{Path: "out.env", t: tt, steps: steps}
+	return tp.render(data, work(limit))
 }
 
 func TestTemplateFunctions(t *testing.T) {
@@ -90,14 +93,13 @@ func TestTemplateErrors(t *testing.T) {
 func TestTemplateBounds(t *testing.T) {
 	data := map[string]string{"x": strings.Repeat("x", 1000)}
 	cases := map[string]string{
-		"{{ range 1000000000 }}{{ end }}":                                                       "steps",
-		"{{ range 100000 }}{{ range 100000 }}{{ end }}{{ end }}":                                "steps",
-		`{{ define "a" }}{{ template "a" . }}{{ template "a" . }}{{ end }}{{ template "a" . }}`: "steps",
-		"{{ range 1000 }}{{ $.x }}{{ end }}":                                                    "room",
-		"{{ $s := .x }}{{ range 40 }}{{ $s = printf \"%s%s\" $s $s }}{{ end }}":                 "room",
-		"{{ $s := .x }}{{ range 40 }}{{ $s = print $s $s }}{{ end }}":                           "room",
-		"{{ $s := .x }}{{ range 40 }}{{ $s = replace \"x\" \"xx\" $s }}{{ end }}":               "room",
-		"{{ $s := .x }}{{ range 40 }}{{ $s = json $s }}{{ end }}":                               "room",
+		"{{ range 1000000000 }}{{ end }}":                                         "steps (driver flag --max-steps)",
+		"{{ range 100000 }}{{ range 100000 }}{{ end }}{{ end }}":                  "steps (driver flag --max-steps)",
+		"{{ range 1000 }}{{ $.x }}{{ end }}":                                      "bytes (driver flag --tmpfs-size)",
+		"{{ $s := .x }}{{ range 40 }}{{ $s = printf \"%s%s\" $s $s }}{{ end }}":   "bytes (driver flag --tmpfs-size)",
+		"{{ $s := .x }}{{ range 40 }}{{ $s = print $s $s }}{{ end }}":             "bytes (driver flag --tmpfs-size)",
+		"{{ $s := .x }}{{ range 40 }}{{ $s = replace \"x\" \"xx\" $s }}{{ end }}": "bytes (driver flag --tmpfs-size)",
+		"{{ $s := .x }}{{ range 40 }}{{ $s = json $s }}{{ end }}":                 "bytes (driver flag --tmpfs-size)",
 	}
 	for src, want := range cases {
 		_, err := render(t, src, data, 64<<10)
@@ -110,7 +112,10 @@ func TestTemplateBounds(t *testing.T) {
 			t.Errorf("%s rendered", src)
 		}
 	}
-	if _, err := parseTemplate("big", strings.Repeat("x", maxTemplateSource+1)); err == nil {
+	if _, _, err := parseTemplate("r", `{{ define "a" }}{{ template "a" . }}{{ template "a" . }}{{ end }}{{ template "a" . }}`); err == nil || !strings.Contains(err.Error(), "recursion") {
+		t.Errorf("recursive template: %v", err)
+	}
+	if _, _, err := parseTemplate("big", strings.Repeat("x", maxTemplateSource+1)); err == nil {
 		t.Error("oversized template parsed")
 	}
 }
@@ -129,13 +134,13 @@ func FuzzTemplate(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, src string) {
-		tt, err := parseTemplate("f", src)
+		tt, steps, err := parseTemplate("f", src)
 		if err != nil {
 			return
 		}
-		tp := &Template{Path: "f", t: tt}
+		tp := &Template{Path: "f", t: tt, steps: steps}
 		const limit = 1 << 16
-		out, err := tp.render(map[string]string{"a": "1", "b-c": "two"}, &budget{bytes: limit, steps: 10000})
+		out, err := tp.render(map[string]string{"a": "1", "b-c": "two"}, (*budget.Budget)(nil).Work(context.Background(), "f", limit, 10000))
 		if err == nil && len(out) > limit {
 			t.Fatalf("output of %d bytes over the limit", len(out))
 		}

@@ -21,6 +21,8 @@ const PageSize = 4096
 // Volume are the per-volume caps in force.
 type Volume struct {
 	MaxFiles, MaxDirs, MaxDepth int
+	// MaxSteps caps the steps of the volume's computation (budget.Work).
+	MaxSteps int
 	// MaxBytes caps the content of one volume in tmpfs bytes.
 	MaxBytes int64
 }

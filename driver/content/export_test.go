@@ -1,0 +1,13 @@
+package content
+
+import (
+	"context"
+
+	"github.com/secretfs/secretfs/driver/budget"
+)
+
+// work is a budget of limit bytes and the default steps, with no node
+// budget behind it.
+func work(limit int64) *budget.Work {
+	return (*budget.Budget)(nil).Work(context.Background(), "test", limit, budget.DefaultMaxSteps)
+}
