@@ -51,10 +51,14 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 	if err != nil {
 		return false, "", err
 	}
+	// An unpublish of the volume cancels the publish (keylock.Preempt).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if err := d.locks.LockForCall(ctx, in.VolumeID); err != nil {
 		return false, "", err
 	}
 	defer d.locks.Unlock(in.VolumeID)
+	d.locks.SetCancel(in.VolumeID, cancel)
 	if in.Context.IgnoredTokenAttr {
 		d.log.Warn("ignoring the volume attribute "+provider.AttrTokens+" that the pod spec sets: kubelet passed the pod's tokens in the secrets field",
 			"volume_id", in.VolumeID, "namespace", in.Context.Pod.Namespace, "pod", in.Context.Pod.Name)
@@ -258,6 +262,7 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		}
 		if d.volume(v.id) == v && v.watch == w && v.req != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), d.rotation.Timeout)
+			d.locks.SetCancel(v.id, cancel)
 			d.refresh(ctx, v, "watch")
 			cancel()
 		}
@@ -398,7 +403,7 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 	if err := validate.TargetPath(target); err != nil {
 		return err
 	}
-	if err := d.locks.LockForCall(ctx, id); err != nil {
+	if err := d.locks.Preempt(ctx, id); err != nil {
 		return err
 	}
 	defer d.locks.Unlock(id)

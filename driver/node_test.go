@@ -377,13 +377,51 @@ func TestConcurrentCallForSameVolumeIsAborted(t *testing.T) {
 	if err := e.publish("vol-1", target); status.Code(err) != codes.Aborted {
 		t.Fatalf("second publish: want Aborted, got %v", err)
 	}
-	if err := e.unpublish("vol-1", target); status.Code(err) != codes.Aborted {
-		t.Fatalf("unpublish during publish: want Aborted, got %v", err)
-	}
 	e.prov.set(func(p *testProvider) { p.block = nil })
 	close(block)
 	if err := <-first; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An unpublish that arrives while the volume's publish is running cancels
+// the publish and succeeds at once: nothing a class makes the driver wait
+// for or compute keeps a pod Terminating.
+func TestUnpublishCancelsARunningPublish(t *testing.T) {
+	e := newEnv(t, nil)
+	block := make(chan struct{})
+	defer close(block)
+	e.prov.set(func(p *testProvider) { p.block = block })
+	target := e.target("vol")
+	first := make(chan error)
+	go func() { first <- e.publish("vol-1", target) }()
+	waitFor(t, "the publish to hold the lock", func() bool {
+		cancel := make(chan struct{})
+		close(cancel)
+		if e.d.locks.Lock("vol-1", cancel) {
+			e.d.locks.Unlock("vol-1")
+			return false
+		}
+		return true
+	})
+	start := time.Now()
+	if err := e.unpublish("vol-1", target); err != nil {
+		t.Fatalf("unpublish during publish: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("unpublish took %v", d)
+	}
+	if err := <-first; status.Code(err) != codes.Canceled {
+		t.Errorf("the cancelled publish: %v, want Canceled", err)
+	}
+	if m := mountsUnder(t, e.dir); len(m) != 0 {
+		t.Fatalf("still mounted: %v", m)
+	}
+	if _, err := os.Lstat(target); !os.IsNotExist(err) {
+		t.Fatalf("target left behind: %v", err)
+	}
+	if e.d.volume("vol-1") != nil {
+		t.Fatal("the cancelled volume is still known")
 	}
 }
 

@@ -36,7 +36,10 @@ func (d *Driver) Serve(ctx context.Context, endpoint string) error {
 
 	d.serving.Store(true)
 	defer d.serving.Store(false)
-	stopServing := context.AfterFunc(ctx, func() { d.serving.Store(false) })
+	stopServing := context.AfterFunc(ctx, func() {
+		d.serving.Store(false)
+		d.locks.CancelAll() // in-flight publishes and refreshes: kubelet retries them
+	})
 	defer stopServing()
 	d.log.Info("serving CSI", "endpoint", path, "driver", d.name, "version", Version, "node_id", d.nodeID)
 	if err := unixsock.Serve(ctx, srv, lis, gracePeriod); err != nil {

@@ -22,6 +22,7 @@ type Set struct {
 type lockEntry struct {
 	released   chan struct{} // closed on unlock
 	background bool
+	cancel     context.CancelFunc // stops the holder's work (SetCancel); may be nil
 }
 
 func (l *Set) take(key string, background bool) {
@@ -71,6 +72,59 @@ func (l *Set) Lock(key string, cancel <-chan struct{}) bool {
 		case <-cancel:
 			return false
 		}
+	}
+}
+
+// SetCancel records how to stop the work of the holder of key: the cancel
+// of the context it runs under. Preempt calls it.
+func (l *Set) SetCancel(key string, cancel context.CancelFunc) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.held[key]; e != nil {
+		e.cancel = cancel
+	}
+}
+
+// Preempt takes the lock for a call that ends the volume (unpublish):
+// nothing a class makes the driver compute may keep a pod Terminating, so
+// whatever holds the lock (a publish, a refresh) is cancelled, and Preempt
+// waits for it to let go, until ctx ends (Aborted; kubelet retries).
+func (l *Set) Preempt(ctx context.Context, key string) error {
+	for {
+		l.mu.Lock()
+		e, busy := l.held[key]
+		if !busy {
+			l.take(key, false)
+			l.mu.Unlock()
+			return nil
+		}
+		cancel := e.cancel
+		l.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+		select {
+		case <-e.released:
+		case <-ctx.Done():
+			return status.Errorf(codes.Aborted, "an operation on volume %s is still stopping: %v", key, ctx.Err())
+		}
+	}
+}
+
+// CancelAll cancels the work of every holder (the driver is stopping): the
+// calls return at their next step, and gRPC's graceful stop does not wait
+// on anything a class makes the driver compute.
+func (l *Set) CancelAll() {
+	l.mu.Lock()
+	var cancels []context.CancelFunc
+	for _, e := range l.held {
+		if e.cancel != nil {
+			cancels = append(cancels, e.cancel)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range cancels {
+		c()
 	}
 }
 

@@ -55,3 +55,32 @@ func TestKeyLock(t *testing.T) {
 		t.Fatalf("call past its deadline: %v", err)
 	}
 }
+
+// Preempt cancels the work that holds the lock and takes it when that work
+// lets go; it waits for a holder without a cancel, as long as ctx allows.
+func TestPreempt(t *testing.T) {
+	var l Set
+	ctx := context.Background()
+	work, cancel := context.WithCancel(ctx)
+	if err := l.LockForCall(work, "v"); err != nil {
+		t.Fatal(err)
+	}
+	l.SetCancel("v", cancel)
+	go func() {
+		<-work.Done() // the holder stops when cancelled
+		l.Unlock("v")
+	}()
+	if err := l.Preempt(ctx, "v"); err != nil {
+		t.Fatalf("preempt: %v", err)
+	}
+	if work.Err() == nil {
+		t.Fatal("the holder was not cancelled")
+	}
+	// Held by work that cannot be cancelled: Aborted at the deadline.
+	short, stop := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer stop()
+	if err := l.Preempt(short, "v"); status.Code(err) != codes.Aborted {
+		t.Fatalf("preempt of a holder without cancel: %v", err)
+	}
+	l.Unlock("v")
+}
