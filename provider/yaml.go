@@ -15,8 +15,8 @@ import (
 // nodes it can make from a scan that allocates nothing, and the caller
 // charges that bound (or refuses a document over a fixed one).
 
-// MaxParamNodes bounds the YAML nodes of one class parameter (objects,
-// templates), as YAMLNodes counts them: at most 10 MiB of parse tree. A class
+// MaxParamNodes bounds the YAML nodes of a class's objects parameter, as
+// YAMLNodes counts them: at most 10 MiB of parse tree. A class
 // of a thousand objects (the fake backend's most) needs about 20,000.
 const MaxParamNodes = 32 << 10
 

@@ -151,9 +151,16 @@ func FuzzExtract(f *testing.F) {
 		if err != nil {
 			return
 		}
-		out, err := p.Extract([]byte(doc), work(4096))
-		if err == nil && len(out) > 4096 {
+		w := work(1 << 16)
+		var out []byte
+		n := allocated(func() { out, err = p.Extract([]byte(doc), w) })
+		if err == nil && len(out) > 1<<16 {
 			t.Fatalf("result of %d bytes over the limit", len(out))
+		}
+		// Parsing and printing allocate at most what was charged (which
+		// never passes the limit), with room for the parser's own buffers.
+		if bound := uint64(w.Charged()) + 4*uint64(len(doc)) + 64<<10; n > bound {
+			t.Fatalf("allocated %d bytes, charged %d, bound %d", n, w.Charged(), bound)
 		}
 		if err != nil && provider.CodeOf(err) == codes.Internal {
 			t.Fatalf("untyped error: %v", err)

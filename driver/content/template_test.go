@@ -139,13 +139,24 @@ func FuzzTemplate(f *testing.F) {
 			return
 		}
 		tp := &Template{Path: "f", t: tt, steps: steps}
-		const limit = 1 << 16
-		out, err := tp.render(map[string]string{"a": "1", "b-c": "two"}, (*budget.Budget)(nil).Work(context.Background(), "f", limit, 10000))
+		const limit, maxSteps = 1 << 16, 10000
+		w := (*budget.Budget)(nil).Work(context.Background(), "f", limit, maxSteps)
+		var out []byte
+		n := allocated(func() { out, err = tp.render(map[string]string{"a": "1", "b-c": "two"}, w) })
 		if err == nil && len(out) > limit {
 			t.Fatalf("output of %d bytes over the limit", len(out))
 		}
 		if err != nil && provider.CodeOf(err) == codes.Internal {
 			t.Fatalf("untyped error: %v", err)
+		}
+		// What a render may allocate: what it charged (at most the limit),
+		// twice over for fmt's and text/template's own copies, plus the
+		// renderer's bookkeeping, a bounded amount per step.
+		if bound := uint64(2*w.Charged()) + 1024*uint64(w.StepsTaken()) + 256<<10; n > bound {
+			t.Fatalf("%q allocated %d bytes; charged %d bytes and %d steps, bound %d", src, n, w.Charged(), w.StepsTaken(), bound)
+		}
+		if w.StepsTaken() > maxSteps {
+			t.Fatalf("%d steps taken, more than %d", w.StepsTaken(), maxSteps)
 		}
 	})
 }

@@ -183,3 +183,23 @@ func TestExtractParseIsCharged(t *testing.T) {
 		}
 	}
 }
+
+// Parsed templates are remembered by source, and a parse tree holds about
+// 100 bytes per byte of source: classes of dense templates must not make
+// the memo hold more than its bound (before, 4 MiB of source: ~400 MiB).
+func TestTemplateMemoIsBoundedInTreeBytes(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range 40 {
+		src := "- path: f\n  template: '" + strings.Repeat("{{1}}", 12000) + strings.Repeat("x", i) + "'\n"
+		if _, err := memo.get(src); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapAlloc) - int64(before.HeapAlloc); grown > maxMemoTrees+8<<20 {
+		t.Errorf("the memo holds %d MiB after 40 dense classes; bound %d MiB", grown>>20, maxMemoTrees>>20)
+	}
+}
