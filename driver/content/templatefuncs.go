@@ -207,10 +207,10 @@ func funcs(w *budget.Work) template.FuncMap {
 				return "", err
 			}
 			// Each verb prints one argument (any, with %[n]), escaped at
-			// most 4 bytes a byte (%q, % x), padded to at most maxPad; extra
-			// arguments are printed after.
+			// most 6 bytes a byte (%q, % #x writes "0x41 "), padded to at
+			// most maxPad; extra arguments are printed after.
 			verbs := strings.Count(format, "%")
-			n := len(format) + verbs*(maxPad+4*largest+32) + 4*total + 64
+			n := len(format) + verbs*(maxPad+6*largest+32) + 6*total + 64
 			return build(total+len(format), n, func() string { return fmt.Sprintf(format, args...) })
 		},
 		"html": escaper(w, 6, template.HTMLEscaper),
