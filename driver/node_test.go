@@ -363,17 +363,7 @@ func TestConcurrentCallForSameVolumeIsAborted(t *testing.T) {
 	target := e.target("vol")
 	first := make(chan error)
 	go func() { first <- e.publish("vol-1", target) }()
-	waitFor(t, "first publish to hold the lock", func() bool {
-		// Lock gives up at once (cancel is closed) while the lock is held;
-		// a free lock it takes and gives back.
-		cancel := make(chan struct{})
-		close(cancel)
-		if e.d.locks.Lock("vol-1", cancel) {
-			e.d.locks.Unlock("vol-1")
-			return false
-		}
-		return true
-	})
+	waitLocked(t, e, "vol-1")
 	if err := e.publish("vol-1", target); status.Code(err) != codes.Aborted {
 		t.Fatalf("second publish: want Aborted, got %v", err)
 	}
@@ -395,15 +385,7 @@ func TestUnpublishCancelsARunningPublish(t *testing.T) {
 	target := e.target("vol")
 	first := make(chan error)
 	go func() { first <- e.publish("vol-1", target) }()
-	waitFor(t, "the publish to hold the lock", func() bool {
-		cancel := make(chan struct{})
-		close(cancel)
-		if e.d.locks.Lock("vol-1", cancel) {
-			e.d.locks.Unlock("vol-1")
-			return false
-		}
-		return true
-	})
+	waitLocked(t, e, "vol-1")
 	start := time.Now()
 	if err := e.unpublish("vol-1", target); err != nil {
 		t.Fatalf("unpublish during publish: %v", err)
@@ -687,4 +669,20 @@ func TestTokensFromSecrets(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument || strings.Contains(err.Error(), `"":`) {
 		t.Fatalf("bad tokens in secrets: %v", err)
 	}
+}
+
+// waitLocked waits until a call holds the lock of volume id: Lock gives up
+// at once (cancel is closed) while the lock is held; a free lock it takes
+// and gives back.
+func waitLocked(t *testing.T, e *env, id string) {
+	t.Helper()
+	waitFor(t, "a call to hold the lock of "+id, func() bool {
+		cancel := make(chan struct{})
+		close(cancel)
+		if e.d.locks.Lock(id, cancel) {
+			e.d.locks.Unlock(id)
+			return false
+		}
+		return true
+	})
 }
