@@ -96,17 +96,11 @@ func (w *Work) StepBytes(n int) error {
 	return w.Step(1 + int64(n)>>10)
 }
 
-// Charged returns the bytes charged so far.
-func (w *Work) Charged() int64 { return w.bytes }
-
 // StepsTaken returns the steps charged so far.
 func (w *Work) StepsTaken() int64 { return w.maxSteps - max(w.steps, 0) }
 
 // Left returns the bytes that may still be charged for this volume.
 func (w *Work) Left() int64 { return w.maxBytes - w.bytes }
-
-// Context is the request's context the computation runs under.
-func (w *Work) Context() context.Context { return w.ctx }
 
 // Done releases what the computation reserved in the node budget.
 func (w *Work) Done() {

@@ -11,3 +11,6 @@ import (
 func work(limit int64) *budget.Work {
 	return (*budget.Budget)(nil).Work(context.Background(), "test", limit, budget.DefaultMaxSteps)
 }
+
+// charged is what w, a budget of limit bytes, has charged.
+func charged(w *budget.Work, limit int64) int64 { return limit - w.Left() }

@@ -152,8 +152,8 @@ func FuzzTemplate(f *testing.F) {
 		// What a render may allocate: what it charged (at most the limit),
 		// twice over for fmt's and text/template's own copies, plus the
 		// renderer's bookkeeping, a bounded amount per step.
-		if bound := uint64(2*w.Charged()) + 1024*uint64(w.StepsTaken()) + 256<<10; n > bound {
-			t.Fatalf("%q allocated %d bytes; charged %d bytes and %d steps, bound %d", src, n, w.Charged(), w.StepsTaken(), bound)
+		if bound := uint64(2*charged(w, limit)) + 1024*uint64(w.StepsTaken()) + 256<<10; n > bound {
+			t.Fatalf("%q allocated %d bytes; charged %d bytes and %d steps, bound %d", src, n, charged(w, limit), w.StepsTaken(), bound)
 		}
 		if w.StepsTaken() > maxSteps {
 			t.Fatalf("%d steps taken, more than %d", w.StepsTaken(), maxSteps)
