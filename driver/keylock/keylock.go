@@ -3,6 +3,7 @@ package keylock
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -35,22 +36,36 @@ func (l *Set) take(key string, background bool) {
 // LockForCall takes the lock for a gRPC call: Aborted if another call holds
 // it, waiting (until ctx ends) while a background refresh holds it.
 func (l *Set) LockForCall(ctx context.Context, key string) error {
-	for {
-		l.mu.Lock()
-		e, busy := l.held[key]
-		if !busy {
-			l.take(key, false)
-			l.mu.Unlock()
-			return nil
-		}
-		l.mu.Unlock()
+	return l.acquire(key, false, func(e *lockEntry, _ context.CancelFunc) error {
 		if !e.background {
 			return status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", key)
 		}
 		select {
 		case <-e.released:
+			return nil
 		case <-ctx.Done():
 			return status.Errorf(codes.Aborted, "volume %s is being refreshed: %v", key, ctx.Err())
+		}
+	})
+}
+
+// acquire takes key for a call (background false) or background work. While
+// another holds it, busy is asked with the holder and its cancel: nil to
+// try again once the holder has let go (busy waits for e.released), or an
+// error to give up with.
+func (l *Set) acquire(key string, background bool, busy func(e *lockEntry, cancel context.CancelFunc) error) error {
+	for {
+		l.mu.Lock()
+		e, held := l.held[key]
+		if !held {
+			l.take(key, background)
+			l.mu.Unlock()
+			return nil
+		}
+		cancel := e.cancel
+		l.mu.Unlock()
+		if err := busy(e, cancel); err != nil {
+			return err
 		}
 	}
 }
@@ -58,22 +73,17 @@ func (l *Set) LockForCall(ctx context.Context, key string) error {
 // Lock waits for the lock for key on behalf of background work; it gives up
 // and returns false when cancel is closed first.
 func (l *Set) Lock(key string, cancel <-chan struct{}) bool {
-	for {
-		l.mu.Lock()
-		e, busy := l.held[key]
-		if !busy {
-			l.take(key, true)
-			l.mu.Unlock()
-			return true
-		}
-		l.mu.Unlock()
+	return l.acquire(key, true, func(e *lockEntry, _ context.CancelFunc) error {
 		select {
 		case <-e.released:
+			return nil
 		case <-cancel:
-			return false
+			return errGaveUp
 		}
-	}
+	}) == nil
 }
+
+var errGaveUp = errors.New("gave up")
 
 // SetCancel records how to stop the work of the holder of key: the cancel
 // of the context it runs under. Preempt calls it.
@@ -90,25 +100,17 @@ func (l *Set) SetCancel(key string, cancel context.CancelFunc) {
 // whatever holds the lock (a publish, a refresh) is cancelled, and Preempt
 // waits for it to let go, until ctx ends (Aborted; kubelet retries).
 func (l *Set) Preempt(ctx context.Context, key string) error {
-	for {
-		l.mu.Lock()
-		e, busy := l.held[key]
-		if !busy {
-			l.take(key, false)
-			l.mu.Unlock()
-			return nil
-		}
-		cancel := e.cancel
-		l.mu.Unlock()
+	return l.acquire(key, false, func(e *lockEntry, cancel context.CancelFunc) error {
 		if cancel != nil {
 			cancel()
 		}
 		select {
 		case <-e.released:
+			return nil
 		case <-ctx.Done():
 			return status.Errorf(codes.Aborted, "an operation on volume %s is still stopping: %v", key, ctx.Err())
 		}
-	}
+	})
 }
 
 // CancelAll cancels the work of every holder (the driver is stopping): the
