@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/secretfs/secretfs/driver/class"
-	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -150,7 +149,7 @@ func TestContentClassInterval(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]string{"fast": `"rotationInterval":"5m0s"`, "tiny": `"rotationInterval":"1m0s"`} {
-		if got := readFile(t, e.target(name)+"/"+metadata.File); !strings.Contains(got, want) {
+		if got := readFile(t, e.target(name)+"/"+recordFile); !strings.Contains(got, want) {
 			t.Errorf("%s status %s, want %s", name, got, want)
 		}
 	}

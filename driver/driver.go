@@ -25,10 +25,7 @@ import (
 	"github.com/secretfs/secretfs/driver/cache"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
-	"github.com/secretfs/secretfs/driver/keylock"
-	"github.com/secretfs/secretfs/driver/limits"
 	"github.com/secretfs/secretfs/driver/metrics"
-	"github.com/secretfs/secretfs/driver/rotation"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -44,7 +41,7 @@ const (
 )
 
 // Per-volume limits on the shape of a file set (Config.MaxFiles, MaxDirs,
-// MaxDepth; see package driver/limits).
+// MaxDepth; see limits.go).
 const (
 	DefaultMaxFiles = provider.DefaultMaxFiles
 	DefaultMaxDirs  = 1024
@@ -154,13 +151,13 @@ type Driver struct {
 	nodeID  string
 	classes class.Source
 	resolve func(string) (provider.Provider, error)
-	limits  limits.Volume  // per volume; MaxBytes is Config.TmpfsSize
+	limits  volumeLimits   // per volume; MaxBytes is Config.TmpfsSize
 	budget  *budget.Budget // nil: no node budget
 	// mountBytes is the tmpfs size: room for two generations (old and new
 	// during a swap) plus the metadata file.
 	mountBytes   int64
 	recoverUnder string
-	rotation     rotation.Policy
+	rotation     rotationPolicy
 	log          *slog.Logger
 	metrics      *metrics.Metrics
 	events       EventSink // nil: none
@@ -177,7 +174,7 @@ type Driver struct {
 	// cacheExternal: the external providers the admin lets the cache share.
 	cacheExternal map[string]bool
 
-	locks keylock.Set
+	locks volumeLocks
 
 	mu   sync.Mutex
 	vols map[string]*volume // by volume id
@@ -236,7 +233,7 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	lim := limits.Volume{MaxFiles: cfg.MaxFiles, MaxDirs: cfg.MaxDirs, MaxDepth: cfg.MaxDepth, MaxBytes: cfg.TmpfsSize, MaxSteps: cfg.MaxSteps}
+	lim := volumeLimits{MaxFiles: cfg.MaxFiles, MaxDirs: cfg.MaxDirs, MaxDepth: cfg.MaxDepth, MaxBytes: cfg.TmpfsSize, MaxSteps: cfg.MaxSteps}
 	for _, l := range []struct {
 		v    *int
 		def  int
@@ -269,7 +266,7 @@ func New(cfg Config) (*Driver, error) {
 		limits:       lim,
 		mountBytes:   2*cfg.TmpfsSize + 64<<10,
 		recoverUnder: cfg.RecoverUnder,
-		rotation:     rotation.New(cfg.RotationInterval),
+		rotation:     newRotationPolicy(cfg.RotationInterval),
 		minInterval:  cfg.MinRotationInterval,
 		maxInterval:  cfg.MaxRotationInterval,
 		maxStale:     max(cfg.MaxStaleIfError, 0),

@@ -19,8 +19,6 @@ import (
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
 	"github.com/secretfs/secretfs/driver/hook"
-	"github.com/secretfs/secretfs/driver/limits"
-	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -251,16 +249,16 @@ func (v *volume) info() hook.Volume {
 }
 
 // saveMetadata writes what v mounted to its metadata file (package
-// driver/metadata).
+// record.go).
 func (v *volume) saveMetadata() error {
-	m := metadata.Volume{
+	m := record{
 		VolumeID: v.id, Target: v.target, Pod: v.pod, Class: v.class,
 		Provider: v.provider, GID: v.gid, LastFetch: v.lastFetch.UTC(), Versions: v.versions,
 	}
 	if v.interval != 0 {
 		m.RotationInterval = v.interval.String()
 	}
-	return metadata.Save(v.target, m)
+	return saveRecord(v.target, m)
 }
 
 // noteBudget shows what the node budget holds (metric node_budget_used_bytes).
@@ -453,7 +451,7 @@ func (d *Driver) checkWritten(v *volume, external, first bool, plan *content.Pla
 	if err != nil || !isTmpfs {
 		return nil, false, status.Errorf(codes.Internal, "after provider %q wrote the files, %s is not a tmpfs", v.provider, v.target)
 	}
-	if used > d.limits.MaxBytes+limits.PageSize {
+	if used > d.limits.MaxBytes+pageSize {
 		return nil, false, provider.Errorf(codes.ResourceExhausted, "provider %q wrote %d bytes into the volume of class %q in namespace %q, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.provider, used, v.class, v.pod.Namespace, d.limits.MaxBytes)
 	}
 	changed := first || !slices.Equal(v.versions, res.Versions)
@@ -465,7 +463,7 @@ func (d *Driver) checkWritten(v *volume, external, first bool, plan *content.Pla
 		return nil, changed, err
 	}
 	defer root.Close()
-	files, err := atomicwriter.ReadBack(root, metadata.File, d.limits.MaxFiles, d.limits.MaxBytes)
+	files, err := atomicwriter.ReadBack(root, recordFile, d.limits.MaxFiles, d.limits.MaxBytes)
 	if err != nil {
 		return nil, changed, status.Errorf(codes.Internal, "reading back the files provider %q wrote: %v", v.provider, err)
 	}

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/secretfs/secretfs/driver/limits"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -89,7 +88,7 @@ func TestNodeBudget(t *testing.T) {
 	}
 	// A volume holds 2 data pages-worth files, the metadata page and (with
 	// the cache) the cached content: 4*64 KiB + 4 KiB. Room for 3.
-	perVolume := int64(4*fileSize + limits.PageSize)
+	perVolume := int64(4*fileSize + pageSize)
 	e := newEnv(t, func(c *Config) { c.NodeBudget = 3*perVolume + perVolume/2 })
 	e.prov.set(func(p *testProvider) { p.files = big })
 	for i := range 3 {
@@ -220,7 +219,7 @@ func TestNodeBudgetAfterRestart(t *testing.T) {
 	e.stop()
 	e.start(cfg)
 	// Recovery counts what the tmpfs holds: data, metadata, and links.
-	if got := e.d.budget.Used(); got < used || got > used+3*2*limits.PageSize {
+	if got := e.d.budget.Used(); got < used || got > used+3*2*pageSize {
 		t.Fatalf("after the restart the budget counts %d bytes; before it %d", got, used)
 	}
 	if err := e.publish("vol-3", e.target("3")); status.Code(err) != codes.ResourceExhausted {

@@ -14,10 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/secretfs/secretfs/driver/content"
-	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
-	"github.com/secretfs/secretfs/driver/validate"
-	"github.com/secretfs/secretfs/driver/watch"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -47,11 +44,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 // publish returns whether the call was a republish and, for a first
 // publish, the provider of the volume's class once it is known (metrics).
 func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) (republish bool, prov string, err error) {
-	in, err := validate.Publish(req)
+	in, err := parsePublish(req)
 	if err != nil {
 		return false, "", err
 	}
-	// An unpublish of the volume cancels the publish (keylock.Preempt).
+	// An unpublish of the volume cancels the publish (Preempt).
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if err := d.locks.LockForCall(ctx, in.VolumeID); err != nil {
@@ -84,7 +81,7 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 // tmpfs and writes the files) and starts its provider watch. A target we
 // refuse (symlink, not empty, mounted) is left as it is; after that, any
 // failure unmounts and removes the target and forgets the volume.
-func (d *Driver) firstPublish(ctx context.Context, in *validate.Input) (prov string, err error) {
+func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (prov string, err error) {
 	v := &volume{id: in.VolumeID, target: in.Target, pod: in.Context.Pod, class: in.Context.Class, gid: in.GID}
 	d.reclaim(in.Target)
 	if err := prepareTarget(in.Target); err != nil {
@@ -108,7 +105,7 @@ func (d *Driver) firstPublish(ctx context.Context, in *validate.Input) (prov str
 // adopt takes over a volume of ours that recovery did not find (mounted
 // outside RecoverUnder, or its metadata unreadable at start-up): the target
 // is a secretfs tmpfs whose metadata names this very volume id.
-func (d *Driver) adopt(in *validate.Input) {
+func (d *Driver) adopt(in *publishInput) {
 	if mounted, err := tmpfs.IsMountPoint(in.Target); err != nil || !mounted || tmpfs.Verify(in.Target) != nil {
 		return
 	}
@@ -143,7 +140,7 @@ func (d *Driver) reclaim(target string) {
 // republish checks that the request matches the mounted volume, takes over
 // fresh tokens, and refreshes when due. A failed refresh is logged and
 // counted; the volume keeps its last good content and the call succeeds.
-func (d *Driver) republish(ctx context.Context, v *volume, in *validate.Input) error {
+func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) error {
 	switch {
 	case v.target != in.Target:
 		return status.Errorf(codes.AlreadyExists, "volume %s is already published at %s; an ephemeral volume has exactly one target path", v.id, v.target)
@@ -176,7 +173,7 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *validate.Input) e
 // request builds the identity part of a provider request from a publish:
 // pod, tokens and nodePublishSecretRef data. Parameters come from the class
 // only (withClass); volume attributes never reach them.
-func request(v *volume, in *validate.Input) *provider.Request {
+func request(v *volume, in *publishInput) *provider.Request {
 	return &provider.Request{
 		Pod:         in.Context.Pod,
 		Class:       v.class,
@@ -204,7 +201,7 @@ func (d *Driver) holdMounted(v *volume) {
 
 // loadVolume is the volume whose metadata the tmpfs at target holds.
 func loadVolume(target string) (*volume, error) {
-	m, err := metadata.Load(target)
+	m, err := loadRecord(target)
 	if err != nil {
 		return nil, err
 	}
@@ -250,13 +247,13 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		req = withClass(req, plan.Parameters(cls.Parameters), v.versions)
 		v.req = req
 	}
-	w, err := watch.Start(wp, v.provider, req, d.rotation.Debounce, func() {
+	w, err := startProviderWatch(wp, v.provider, req, d.rotation.Debounce, func() {
 		// The cached answer predates the change: the refresh this kicks
 		// (and any other volume's fetch) must go to the backend.
 		if d.cache != nil {
 			d.cache.Invalidate(v.id, time.Now())
 		}
-	}, func(w *watch.Watch) {
+	}, func(w *providerWatch) {
 		if !d.locks.Lock(v.id, w.Done()) {
 			return
 		}
@@ -397,10 +394,10 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 
 func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := validate.VolumeID(id); err != nil {
+	if err := checkVolumeID(id); err != nil {
 		return err
 	}
-	if err := validate.TargetPath(target); err != nil {
+	if err := checkTargetPath(target); err != nil {
 		return err
 	}
 	if err := d.locks.Preempt(ctx, id); err != nil {

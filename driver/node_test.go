@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/secretfs/secretfs/driver/metadata"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -53,12 +52,12 @@ func TestPublishUnpublish(t *testing.T) {
 		t.Fatalf("provider request %+v", req)
 	}
 	// Metadata: non-secret, 0600.
-	fi, err := os.Lstat(filepath.Join(target, metadata.File))
+	fi, err := os.Lstat(filepath.Join(target, recordFile))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("metadata file: %v %v", fi, err)
 	}
-	var md metadata.Volume
-	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(target, metadata.File))), &md); err != nil || md.VolumeID != "vol-1" || md.Class != "app" || md.Provider != "test" || len(md.Versions) != 3 {
+	var md record
+	if err := json.Unmarshal([]byte(readFile(t, filepath.Join(target, recordFile))), &md); err != nil || md.VolumeID != "vol-1" || md.Class != "app" || md.Provider != "test" || len(md.Versions) != 3 {
 		t.Fatalf("metadata %+v %v", md, err)
 	}
 	if got := testutil.ToFloat64(e.d.metrics.Mounted); got != 1 {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/tmpfs"
-	"github.com/secretfs/secretfs/driver/watch"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -48,7 +47,7 @@ type volume struct {
 	// including tokens and nodePublishSecretRef data, for watch refreshes.
 	req *provider.Request
 	// watch is the provider watch, if the provider has one.
-	watch *watch.Watch
+	watch *providerWatch
 }
 
 // recover rebuilds the volume table from the secretfs tmpfs mounts of this

@@ -9,7 +9,7 @@ import (
 // TestBinaryLeavesOutOtherAPIGroups keeps packages that register or wrap
 // every built-in Kubernetes API group out of the driver binary: each of
 // them adds megabytes of code that package initialisation pages in, and
-// the driver uses core/v1 (internal/kubecore) and one CRD (dynamic) only.
+// the driver uses core/v1 (internal/kube/kubecore) and one CRD (dynamic) only.
 func TestBinaryLeavesOutOtherAPIGroups(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").Output()
 	if err != nil {
@@ -28,7 +28,7 @@ func TestBinaryLeavesOutOtherAPIGroups(t *testing.T) {
 	}
 	for _, p := range banned {
 		if deps[p] {
-			t.Errorf("the driver binary imports %s; use internal/kubecore or the dynamic client instead", p)
+			t.Errorf("the driver binary imports %s; use internal/kube/kubecore or the dynamic client instead", p)
 		}
 	}
 }

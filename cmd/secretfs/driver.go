@@ -23,7 +23,7 @@ import (
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
-	"github.com/secretfs/secretfs/driver/events"
+	"github.com/secretfs/secretfs/internal/kube/events"
 	"github.com/secretfs/secretfs/provider/plugin"
 )
 

@@ -8,7 +8,7 @@ import (
 	"syscall"
 
 	"github.com/secretfs/secretfs/driver"
-	"github.com/secretfs/secretfs/driver/agent"
+	"github.com/secretfs/secretfs/internal/agent"
 	"github.com/secretfs/secretfs/driver/class"
 )
 

@@ -4,7 +4,7 @@ import (
 	"context"
 	"log/slog"
 
-	"github.com/secretfs/secretfs/driver/registration"
+	"github.com/secretfs/secretfs/internal/kube/registration"
 )
 
 // registerWithKubelet serves kubelet's plugin-registration socket for the

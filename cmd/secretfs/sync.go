@@ -15,10 +15,10 @@ import (
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/hook"
-	"github.com/secretfs/secretfs/driver/ignored"
-	"github.com/secretfs/secretfs/driver/podstatus"
-	"github.com/secretfs/secretfs/driver/secretsync"
-	"github.com/secretfs/secretfs/internal/kubecore"
+	"github.com/secretfs/secretfs/internal/kube/ignored"
+	"github.com/secretfs/secretfs/internal/kube/podstatus"
+	"github.com/secretfs/secretfs/internal/kube/secretsync"
+	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 

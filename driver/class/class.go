@@ -31,7 +31,7 @@ type Class struct {
 	// Parameters is spec.parameters, passed to the provider as they are.
 	Parameters map[string]string
 	// SecretObjects is spec.secretObjects: Kubernetes Secrets to mirror
-	// mounted objects into (driver/secretsync, when sync is on).
+	// mounted objects into (internal/kube/secretsync, when sync is on).
 	SecretObjects []SecretObject
 	// Unknown names the spec fields the driver does not act on (sorted), so
 	// that the pod's owner can be told instead of the fields being dropped.

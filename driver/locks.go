@@ -1,5 +1,6 @@
-// Package keylock holds the per-volume locks of the driver.
-package keylock
+// The per-volume locks: one CSI call (or refresh) at a time per volume.
+
+package driver
 
 import (
 	"context"
@@ -10,12 +11,12 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Set is a set of per-key locks; the zero Set is ready to use. A gRPC call
+// volumeLocks is a set of per-key locks; the zero volumeLocks is ready to use. A gRPC call
 // that finds its volume locked by another call fails fast with Aborted and
 // kubelet retries; one that finds it locked by a background refresh (a
 // provider watch) waits for it, since that is no conflicting request, just
 // a short piece of work.
-type Set struct {
+type volumeLocks struct {
 	mu   sync.Mutex
 	held map[string]*lockEntry
 }
@@ -26,7 +27,7 @@ type lockEntry struct {
 	cancel     context.CancelFunc // stops the holder's work (SetCancel); may be nil
 }
 
-func (l *Set) take(key string, background bool) {
+func (l *volumeLocks) take(key string, background bool) {
 	if l.held == nil {
 		l.held = map[string]*lockEntry{}
 	}
@@ -35,7 +36,7 @@ func (l *Set) take(key string, background bool) {
 
 // LockForCall takes the lock for a gRPC call: Aborted if another call holds
 // it, waiting (until ctx ends) while a background refresh holds it.
-func (l *Set) LockForCall(ctx context.Context, key string) error {
+func (l *volumeLocks) LockForCall(ctx context.Context, key string) error {
 	return l.acquire(key, false, func(e *lockEntry, _ context.CancelFunc) error {
 		if !e.background {
 			return status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", key)
@@ -53,7 +54,7 @@ func (l *Set) LockForCall(ctx context.Context, key string) error {
 // another holds it, busy is asked with the holder and its cancel: nil to
 // try again once the holder has let go (busy waits for e.released), or an
 // error to give up with.
-func (l *Set) acquire(key string, background bool, busy func(e *lockEntry, cancel context.CancelFunc) error) error {
+func (l *volumeLocks) acquire(key string, background bool, busy func(e *lockEntry, cancel context.CancelFunc) error) error {
 	for {
 		l.mu.Lock()
 		e, held := l.held[key]
@@ -72,7 +73,7 @@ func (l *Set) acquire(key string, background bool, busy func(e *lockEntry, cance
 
 // Lock waits for the lock for key on behalf of background work; it gives up
 // and returns false when cancel is closed first.
-func (l *Set) Lock(key string, cancel <-chan struct{}) bool {
+func (l *volumeLocks) Lock(key string, cancel <-chan struct{}) bool {
 	return l.acquire(key, true, func(e *lockEntry, _ context.CancelFunc) error {
 		select {
 		case <-e.released:
@@ -87,7 +88,7 @@ var errGaveUp = errors.New("gave up")
 
 // SetCancel records how to stop the work of the holder of key: the cancel
 // of the context it runs under. Preempt calls it.
-func (l *Set) SetCancel(key string, cancel context.CancelFunc) {
+func (l *volumeLocks) SetCancel(key string, cancel context.CancelFunc) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if e := l.held[key]; e != nil {
@@ -99,7 +100,7 @@ func (l *Set) SetCancel(key string, cancel context.CancelFunc) {
 // nothing a class makes the driver compute may keep a pod Terminating, so
 // whatever holds the lock (a publish, a refresh) is cancelled, and Preempt
 // waits for it to let go, until ctx ends (Aborted; kubelet retries).
-func (l *Set) Preempt(ctx context.Context, key string) error {
+func (l *volumeLocks) Preempt(ctx context.Context, key string) error {
 	return l.acquire(key, false, func(e *lockEntry, cancel context.CancelFunc) error {
 		if cancel != nil {
 			cancel()
@@ -116,7 +117,7 @@ func (l *Set) Preempt(ctx context.Context, key string) error {
 // CancelAll cancels the work of every holder (the driver is stopping): the
 // calls return at their next step, and gRPC's graceful stop does not wait
 // on anything a class makes the driver compute.
-func (l *Set) CancelAll() {
+func (l *volumeLocks) CancelAll() {
 	l.mu.Lock()
 	var cancels []context.CancelFunc
 	for _, e := range l.held {
@@ -131,7 +132,7 @@ func (l *Set) CancelAll() {
 }
 
 // Unlock releases key.
-func (l *Set) Unlock(key string) {
+func (l *volumeLocks) Unlock(key string) {
 	l.mu.Lock()
 	e := l.held[key]
 	delete(l.held, key)

@@ -25,7 +25,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/secretfs/secretfs/internal/kubecore"
+	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 

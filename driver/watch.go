@@ -1,6 +1,7 @@
-// Package watch runs a provider watch for one volume: each burst of change
+// A provider watch for one volume: each burst of change
 // notifications folds into one refresh, run once the burst has settled.
-package watch
+
+package driver
 
 import (
 	"maps"
@@ -9,8 +10,8 @@ import (
 	"github.com/secretfs/secretfs/provider"
 )
 
-// Watch is a running provider watch for one volume.
-type Watch struct {
+// providerWatch is a running provider watch for one volume.
+type providerWatch struct {
 	provider string
 	tokens   map[string]provider.Token // the tokens it was started with
 	stop     func()
@@ -18,10 +19,10 @@ type Watch struct {
 	exited   chan struct{} // closed when the loop has ended
 }
 
-// Start starts wp's watch (the provider named name) for req. Each
+// startProviderWatch starts wp's watch (the provider named name) for req. Each
 // notification calls changed at once; refresh runs after a burst of them
 // has settled for debounce, never twice at a time, and not after Close.
-func Start(wp provider.Watcher, name string, req *provider.Request, debounce time.Duration, changed func(), refresh func(*Watch)) (*Watch, error) {
+func startProviderWatch(wp provider.Watcher, name string, req *provider.Request, debounce time.Duration, changed func(), refresh func(*providerWatch)) (*providerWatch, error) {
 	kick := make(chan struct{}, 1)
 	stop, err := wp.Watch(req, func() {
 		changed()
@@ -33,24 +34,24 @@ func Start(wp provider.Watcher, name string, req *provider.Request, debounce tim
 	if err != nil {
 		return nil, err
 	}
-	w := &Watch{provider: name, tokens: maps.Clone(req.Tokens), stop: stop, done: make(chan struct{}), exited: make(chan struct{})}
+	w := &providerWatch{provider: name, tokens: maps.Clone(req.Tokens), stop: stop, done: make(chan struct{}), exited: make(chan struct{})}
 	go w.loop(kick, debounce, refresh)
 	return w, nil
 }
 
 // Same reports whether w is a watch of the provider named name with
 // these very tokens.
-func (w *Watch) Same(name string, tokens map[string]provider.Token) bool {
+func (w *providerWatch) Same(name string, tokens map[string]provider.Token) bool {
 	return w.provider == name && maps.EqualFunc(w.tokens, tokens, func(x, y provider.Token) bool {
 		return x.Token == y.Token && x.ExpirationTimestamp.Equal(y.ExpirationTimestamp)
 	})
 }
 
 // Done is closed when w is closed.
-func (w *Watch) Done() <-chan struct{} { return w.done }
+func (w *providerWatch) Done() <-chan struct{} { return w.done }
 
 // Close stops the provider's watch and waits for a refresh in progress.
-func (w *Watch) Close() {
+func (w *providerWatch) Close() {
 	if w.stop != nil {
 		w.stop()
 	}
@@ -60,7 +61,7 @@ func (w *Watch) Close() {
 
 // loop refreshes after each burst of change notifications: it waits for the
 // burst to settle (debounce), then calls refresh.
-func (w *Watch) loop(kick <-chan struct{}, debounce time.Duration, refresh func(*Watch)) {
+func (w *providerWatch) loop(kick <-chan struct{}, debounce time.Duration, refresh func(*providerWatch)) {
 	defer close(w.exited)
 	for {
 		select {

@@ -23,8 +23,8 @@ import (
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
-	"github.com/secretfs/secretfs/driver/secretsync"
-	"github.com/secretfs/secretfs/internal/kubecore"
+	"github.com/secretfs/secretfs/internal/kube/secretsync"
+	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
@@ -84,7 +84,7 @@ func driverToken(t *testing.T, srv *kubeapi.Server) *rest.Config {
 // normal sync writes; other users are not matched.
 func TestAdmissionPolicy(t *testing.T) {
 	srv := start(t)
-	applyPolicy(t, srv, "../../deploy/components/sync-secrets/policy.yaml")
+	applyPolicy(t, srv, "../../../deploy/components/sync-secrets/policy.yaml")
 	cfg := driverToken(t, srv)
 	drv := kubernetes.NewForConfigOrDie(cfg)
 	ctx := context.Background()
@@ -205,7 +205,7 @@ func tokenObject() class.SecretObject {
 // nothing.
 func TestSyncMemoryBounded(t *testing.T) {
 	srv := start(t)
-	applyPolicy(t, srv, "../../deploy/components/sync-secrets/policy.yaml")
+	applyPolicy(t, srv, "../../../deploy/components/sync-secrets/policy.yaml")
 	client, err := kubecore.NewForConfig(driverToken(t, srv))
 	if err != nil {
 		t.Fatal(err)
@@ -265,7 +265,7 @@ func (r *recorder) all() []string {
 // SecretSyncFailed), and the Secret is untouched.
 func TestConflictUnderPolicy(t *testing.T) {
 	srv := start(t)
-	applyPolicy(t, srv, "../../deploy/components/sync-secrets/policy.yaml")
+	applyPolicy(t, srv, "../../../deploy/components/sync-secrets/policy.yaml")
 	cfg := driverToken(t, srv)
 	client, err := kubecore.NewForConfig(cfg)
 	if err != nil {
@@ -309,7 +309,7 @@ func TestConflictUnderPolicy(t *testing.T) {
 // added as an owner and the old owner stays.
 func TestSSCDSecretTakenOverUnderPolicy(t *testing.T) {
 	srv := start(t)
-	applyPolicy(t, srv, "../../deploy/components/sync-secrets/policy.yaml")
+	applyPolicy(t, srv, "../../../deploy/components/sync-secrets/policy.yaml")
 	cfg := driverToken(t, srv)
 	client, err := kubecore.NewForConfig(cfg)
 	if err != nil {

@@ -1,4 +1,4 @@
-package keylock
+package driver
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 )
 
 func TestKeyLock(t *testing.T) {
-	var l Set
+	var l volumeLocks
 	ctx := context.Background()
 	if err := l.LockForCall(ctx, "v"); err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ func TestKeyLock(t *testing.T) {
 // Preempt cancels the work that holds the lock and takes it when that work
 // lets go; it waits for a holder without a cancel, as long as ctx allows.
 func TestPreempt(t *testing.T) {
-	var l Set
+	var l volumeLocks
 	ctx := context.Background()
 	work, cancel := context.WithCancel(ctx)
 	if err := l.LockForCall(work, "v"); err != nil {

@@ -1,4 +1,4 @@
-package validate
+package driver
 
 import (
 	"strings"
@@ -24,7 +24,7 @@ func attrs(kv ...string) map[string]string {
 }
 
 func TestParseVolumeContext(t *testing.T) {
-	vc, err := ParseVolumeContext(attrs(provider.AttrPodName, "web-0", provider.AttrPodUID, "0f1e2d3c-aaaa", provider.AttrServiceAccount, "web",
+	vc, err := parseVolumeContext(attrs(provider.AttrPodName, "web-0", provider.AttrPodUID, "0f1e2d3c-aaaa", provider.AttrServiceAccount, "web",
 		provider.AttrTokens, `{"api://AzureADTokenExchange":{"token":"abc","expirationTimestamp":"2030-01-02T03:04:05Z"},"vault":{"token":"def"}}`,
 		"unrelated", "ignored"), false)
 	if err != nil {
@@ -37,7 +37,7 @@ func TestParseVolumeContext(t *testing.T) {
 	if tok.Token != "abc" || !tok.ExpirationTimestamp.Equal(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)) || vc.Tokens["vault"].Token != "def" {
 		t.Fatalf("tokens %+v", vc.Tokens)
 	}
-	if vc, err := ParseVolumeContext(attrs(provider.AttrTokens, ""), false); err != nil || vc.Tokens != nil {
+	if vc, err := parseVolumeContext(attrs(provider.AttrTokens, ""), false); err != nil || vc.Tokens != nil {
 		t.Fatalf("empty tokens: %+v %v", vc, err)
 	}
 
@@ -63,7 +63,7 @@ func TestParseVolumeContext(t *testing.T) {
 		"token wrong type":   {attrs(provider.AttrTokens, `{"aud":{"token":5}}`), "not a JSON object"},
 		"bad expiry":         {attrs(provider.AttrTokens, `{"aud":{"token":"x","expirationTimestamp":"tomorrow"}}`), "not an RFC 3339 time"},
 	} {
-		_, err := ParseVolumeContext(tc.attrs, false)
+		_, err := parseVolumeContext(tc.attrs, false)
 		if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s: want InvalidArgument containing %q, got %v", name, tc.msg, err)
 		}
@@ -76,7 +76,7 @@ func FuzzParseVolumeContext(f *testing.F) {
 	f.Add("a.b-c", "ns", "false", "Web", `{"x":{"token":"t"}}`)
 	f.Add("app", "team-a", "true", "web-0", `{"aud":{"token":"t","expirationTimestamp":"2030-01-01T00:00:00Z"}}`)
 	f.Fuzz(func(t *testing.T, class, ns, eph, pod, tokens string) {
-		vc, err := ParseVolumeContext(map[string]string{provider.AttrClass: class, provider.AttrPodNamespace: ns, provider.AttrEphemeral: eph, provider.AttrPodName: pod, provider.AttrTokens: tokens}, false)
+		vc, err := parseVolumeContext(map[string]string{provider.AttrClass: class, provider.AttrPodNamespace: ns, provider.AttrEphemeral: eph, provider.AttrPodName: pod, provider.AttrTokens: tokens}, false)
 		if err != nil {
 			if provider.CodeOf(err) != codes.InvalidArgument {
 				t.Fatalf("code %v: %v", provider.CodeOf(err), err)
@@ -91,11 +91,11 @@ func FuzzParseVolumeContext(f *testing.F) {
 
 func TestValidateTargetPath(t *testing.T) {
 	for p, msg := range map[string]string{"": "missing", "a/b": "not absolute", "/a/../b": "not clean", "/a/": "not clean", "/": "root", "/a\x00": "NUL"} {
-		if err := TargetPath(p); err == nil || !strings.Contains(err.Error(), msg) {
+		if err := checkTargetPath(p); err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("%q: want %q, got %v", p, msg, err)
 		}
 	}
-	if err := TargetPath("/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/secrets/mount"); err != nil {
+	if err := checkTargetPath("/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/secrets/mount"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -112,7 +112,7 @@ func TestTokensInSecretsOverrideTheAttribute(t *testing.T) {
 			VolumeContext:    attrs(provider.AttrTokens, attr),
 			Secrets:          map[string]string{provider.AttrTokens: `{"":{"token":"kubelet","expirationTimestamp":"2030-01-01T00:00:00Z"}}`},
 		}
-		in, err := Publish(req)
+		in, err := parsePublish(req)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -124,12 +124,12 @@ func TestTokensInSecretsOverrideTheAttribute(t *testing.T) {
 		}
 		// Empty tokens in the secrets field still mean: no tokens.
 		req.Secrets = map[string]string{provider.AttrTokens: ""}
-		if in, err := Publish(req); err != nil || in.Context.Tokens != nil {
+		if in, err := parsePublish(req); err != nil || in.Context.Tokens != nil {
 			t.Fatalf("%s: empty secrets tokens: %v %v", name, in.Context.Tokens, err)
 		}
 	}
 	// Without the secrets key the attribute is kubelet's and is used.
-	vc, err := ParseVolumeContext(attrs(provider.AttrTokens, forged), false)
+	vc, err := parseVolumeContext(attrs(provider.AttrTokens, forged), false)
 	if err != nil || vc.Tokens[""].Token != "forged" || vc.IgnoredTokenAttr {
 		t.Fatalf("attribute without secrets: %+v %v", vc, err)
 	}

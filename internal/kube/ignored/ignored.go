@@ -26,7 +26,7 @@ type EventSink interface {
 // Changed (after a driver restart, once more).
 type Hook struct {
 	events EventSink
-	// syncOn: spec.secretObjects are acted on (driver/secretsync).
+	// syncOn: spec.secretObjects are acted on (internal/kube/secretsync).
 	syncOn bool
 
 	mu   sync.Mutex

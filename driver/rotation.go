@@ -1,4 +1,4 @@
-// Package rotation is the rotation policy, all of it: when a mounted volume
+// The rotation policy, all of it: when a mounted volume
 // is refreshed, how a failing backend is spared, how often a failure is
 // reported on the pod, how long the node cache may serve an answer, and how
 // bursts of change notifications fold into one refresh.
@@ -8,12 +8,13 @@
 // interval its class sets for itself (0: none). Kubelet republishes every
 // volume periodically (CSIDriver requiresRepublish); the local agent does
 // the same at RepublishPeriod.
-package rotation
+
+package driver
 
 import "time"
 
-// Policy is the driver's rotation policy.
-type Policy struct {
+// rotationPolicy is the driver's rotation policy.
+type rotationPolicy struct {
 	// Interval is how old a volume's content may get before a republish
 	// refreshes it.
 	Interval time.Duration
@@ -23,21 +24,21 @@ type Policy struct {
 	Timeout time.Duration
 }
 
-// New is the policy for the driver's interval.
-func New(interval time.Duration) Policy {
-	return Policy{Interval: interval, Debounce: 200 * time.Millisecond, Timeout: 2 * time.Minute}
+// newRotationPolicy is the policy for the driver's interval.
+func newRotationPolicy(interval time.Duration) rotationPolicy {
+	return rotationPolicy{Interval: interval, Debounce: 200 * time.Millisecond, Timeout: 2 * time.Minute}
 }
 
 // Due reports whether a volume's clock has run out. After a failed attempt
 // the next one waits a quarter interval, so a broken backend is not
 // hammered by every republish.
-func (p Policy) Due(lastFetch, lastTry time.Time, own time.Duration, now time.Time) bool {
+func (p rotationPolicy) Due(lastFetch, lastTry time.Time, own time.Duration, now time.Time) bool {
 	iv := p.Every(own)
 	return now.Sub(lastFetch) >= iv && now.Sub(lastTry) >= iv/4
 }
 
 // Next is when Due turns true (without a watch in between).
-func (p Policy) Next(lastFetch, lastTry time.Time, own time.Duration) time.Time {
+func (p rotationPolicy) Next(lastFetch, lastTry time.Time, own time.Duration) time.Time {
 	iv := p.Every(own)
 	next := lastFetch.Add(iv)
 	if retry := lastTry.Add(iv / 4); retry.After(next) {
@@ -48,7 +49,7 @@ func (p Policy) Next(lastFetch, lastTry time.Time, own time.Duration) time.Time 
 
 // Every is a volume's interval: its class's own (secretfs.dev/rotationInterval,
 // clamped to the driver's bounds) or the driver's.
-func (p Policy) Every(own time.Duration) time.Duration {
+func (p rotationPolicy) Every(own time.Duration) time.Duration {
 	if own > 0 {
 		return own
 	}
@@ -57,7 +58,7 @@ func (p Policy) Every(own time.Duration) time.Duration {
 
 // FailureEventDue reports whether a failed refresh is reported on the pod:
 // at most once per volume and interval.
-func (p Policy) FailureEventDue(lastFailEvent time.Time, own time.Duration, now time.Time) bool {
+func (p rotationPolicy) FailureEventDue(lastFailEvent time.Time, own time.Duration, now time.Time) bool {
 	return lastFailEvent.IsZero() || now.Sub(lastFailEvent) >= p.Every(own)
 }
 
@@ -65,7 +66,7 @@ func (p Policy) FailureEventDue(lastFailEvent time.Time, own time.Duration, now 
 // from the backend call that produced it, so no volume's content is ever
 // older than the interval after a refresh. A class with its own interval
 // passes it with each cache Get (the driver's cache policy).
-func (p Policy) CacheMaxAge() time.Duration { return p.Interval }
+func (p rotationPolicy) CacheMaxAge() time.Duration { return p.Interval }
 
 // RepublishPeriod is how often a caller without kubelet (the local agent)
 // republishes a volume refreshed every interval. It is shorter than the

@@ -1,10 +1,13 @@
-// Package validate checks what a CSI node request carries before the driver
+// What a CSI node request carries, checked before the driver
 // touches anything: the volume id, the target path, the volume capability,
 // the volume attributes (volume context) and the tokens kubelet passes.
 // Every error is InvalidArgument and says what to fix; none quotes a token.
-package validate
+
+package driver
 
 import (
+	"errors"
+	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,17 +22,17 @@ import (
 // maxVolumeIDBytes is the CSI spec's limit on volume ids.
 const maxVolumeIDBytes = 128
 
-// Input is a validated NodePublishVolume request.
-type Input struct {
+// publishInput is a validated NodePublishVolume request.
+type publishInput struct {
 	VolumeID string
 	Target   string
-	Context  *VolumeContext
+	Context  *volumeContext
 	GID      int // the pod's fsGroup (volume_mount_group), or -1
 	Secrets  map[string]string
 }
 
-// VolumeID checks a CSI volume id.
-func VolumeID(id string) error {
+// checkVolumeID checks a CSI volume id.
+func checkVolumeID(id string) error {
 	switch {
 	case id == "":
 		return provider.InvalidArgument("volume id is missing")
@@ -41,8 +44,8 @@ func VolumeID(id string) error {
 	return nil
 }
 
-// TargetPath checks a target path: absolute, clean, not the root.
-func TargetPath(p string) error {
+// checkTargetPath checks a target path: absolute, clean, not the root.
+func checkTargetPath(p string) error {
 	switch {
 	case p == "":
 		return provider.InvalidArgument("target path is missing")
@@ -60,13 +63,13 @@ func TargetPath(p string) error {
 	return nil
 }
 
-// Publish checks everything about a NodePublishVolume request before
+// parsePublish checks everything about a NodePublishVolume request before
 // anything is touched.
-func Publish(req *csi.NodePublishVolumeRequest) (*Input, error) {
-	if err := VolumeID(req.GetVolumeId()); err != nil {
+func parsePublish(req *csi.NodePublishVolumeRequest) (*publishInput, error) {
+	if err := checkVolumeID(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := TargetPath(req.GetTargetPath()); err != nil {
+	if err := checkTargetPath(req.GetTargetPath()); err != nil {
 		return nil, err
 	}
 	gid, err := capability(req.GetVolumeCapability())
@@ -77,7 +80,7 @@ func Publish(req *csi.NodePublishVolumeRequest) (*Input, error) {
 		return nil, provider.InvalidArgument("secretfs volumes are read-only: set readOnly: true on the pod's csi volume")
 	}
 	_, tokensInSecrets := req.GetSecrets()[provider.AttrTokens]
-	vc, err := ParseVolumeContext(req.GetVolumeContext(), tokensInSecrets)
+	vc, err := parseVolumeContext(req.GetVolumeContext(), tokensInSecrets)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +88,7 @@ func Publish(req *csi.NodePublishVolumeRequest) (*Input, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Input{
+	return &publishInput{
 		VolumeID: req.GetVolumeId(),
 		Target:   req.GetTargetPath(),
 		Context:  vc,
@@ -109,7 +112,7 @@ func Publish(req *csi.NodePublishVolumeRequest) (*Input, error) {
 // kubelet (every version since 1.20, for a CSIDriver with tokenRequests and
 // without serviceAccountTokenInSecrets) overwrites the attribute with the
 // tokens it minted, so the attribute is trusted.
-func tokensFromSecrets(vc *VolumeContext, secrets map[string]string) (map[string]string, error) {
+func tokensFromSecrets(vc *volumeContext, secrets map[string]string) (map[string]string, error) {
 	raw, ok := secrets[provider.AttrTokens]
 	if !ok {
 		return secrets, nil
@@ -161,3 +164,88 @@ func capability(c *csi.VolumeCapability) (int, error) {
 	}
 	return gid, nil
 }
+
+// volumeContext is what a publish learns from the volume attributes.
+type volumeContext struct {
+	Class  string
+	Pod    provider.Pod
+	Tokens map[string]provider.Token
+	// IgnoredTokenAttr: the volume attributes carried provider.AttrTokens although
+	// kubelet passed the tokens in the secrets field, so the pod author
+	// wrote it; it was ignored.
+	IgnoredTokenAttr bool
+}
+
+// parseVolumeContext validates the attributes of an ephemeral inline volume.
+// Errors are InvalidArgument and say what to fix; they never quote a token.
+// With tokensInSecrets (kubelet passed the tokens in the request's secrets
+// field) the provider.AttrTokens attribute is not read at all: see tokensFromSecrets.
+func parseVolumeContext(attrs map[string]string, tokensInSecrets bool) (*volumeContext, error) {
+	if eph := attrs[provider.AttrEphemeral]; eph != "true" {
+		if eph == "" {
+			eph = "missing"
+		} else {
+			eph = fmt.Sprintf("%.20q", eph)
+		}
+		return nil, provider.InvalidArgument("secretfs serves only CSI ephemeral inline volumes, but %s is %s: use a csi volume in the pod spec, and a CSIDriver with volumeLifecycleModes [Ephemeral] and podInfoOnMount: true", provider.AttrEphemeral, eph)
+	}
+	vc := &volumeContext{
+		Class: attrs[provider.AttrClass],
+		Pod: provider.Pod{
+			Namespace:      attrs[provider.AttrPodNamespace],
+			Name:           attrs[provider.AttrPodName],
+			UID:            attrs[provider.AttrPodUID],
+			ServiceAccount: attrs[provider.AttrServiceAccount],
+		},
+	}
+	if vc.Class == "" {
+		return nil, provider.InvalidArgument("volume attribute %s is missing: set volumeAttributes.%s to the name of a SecretProviderClass in the pod's namespace", provider.AttrClass, provider.AttrClass)
+	}
+	if err := checkName(vc.Class, 253, true); err != nil {
+		return nil, provider.InvalidArgument("volume attribute %s %.80q is not a valid object name: %v", provider.AttrClass, vc.Class, err)
+	}
+	if vc.Pod.Namespace == "" {
+		return nil, provider.InvalidArgument("volume attribute %s is missing: the CSIDriver object must set podInfoOnMount: true", provider.AttrPodNamespace)
+	}
+	if err := checkName(vc.Pod.Namespace, 63, false); err != nil {
+		return nil, provider.InvalidArgument("volume attribute %s %.80q is not a valid namespace: %v", provider.AttrPodNamespace, vc.Pod.Namespace, err)
+	}
+	for key, val := range map[string]string{provider.AttrPodName: vc.Pod.Name, provider.AttrPodUID: vc.Pod.UID, provider.AttrServiceAccount: vc.Pod.ServiceAccount} {
+		if val != "" {
+			if err := checkName(val, 253, true); err != nil {
+				return nil, provider.InvalidArgument("volume attribute %s %.80q is invalid: %v", key, val, err)
+			}
+		}
+	}
+	if _, ok := attrs[provider.AttrTokens]; ok && tokensInSecrets {
+		vc.IgnoredTokenAttr = true
+	} else if raw, ok := attrs[provider.AttrTokens]; ok && raw != "" {
+		toks, err := provider.ParseTokens(raw)
+		if err != nil {
+			return nil, err
+		}
+		vc.Tokens = toks
+	}
+	return vc, nil
+}
+
+// checkName accepts Kubernetes object names: lowercase letters, digits, '-'
+// and, for DNS subdomains, '.'; starting and ending alphanumeric.
+func checkName(s string, max int, dots bool) error {
+	if len(s) > max {
+		return fmt.Errorf("longer than %d characters", max)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || dots && c == '.'
+		if !ok {
+			return errors.New("only lowercase letters, digits and '-'" + map[bool]string{true: " or '.'", false: ""}[dots] + " are allowed")
+		}
+	}
+	if !isAlnum(s[0]) || !isAlnum(s[len(s)-1]) {
+		return errors.New("must start and end with a letter or digit")
+	}
+	return nil
+}
+
+func isAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }

@@ -21,7 +21,6 @@ import (
 
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/class"
-	"github.com/secretfs/secretfs/driver/rotation"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -213,7 +212,7 @@ type republisher struct {
 }
 
 func newRepublisher(d *driver.Driver, volumeID string, interval time.Duration) *republisher {
-	r := &republisher{Ticker: time.NewTicker(rotation.RepublishPeriod(interval)), d: d, volumeID: volumeID, interval: interval}
+	r := &republisher{Ticker: time.NewTicker(driver.RepublishPeriod(interval)), d: d, volumeID: volumeID, interval: interval}
 	r.follow()
 	return r
 }
@@ -226,7 +225,7 @@ func (r *republisher) follow() {
 		}
 		if iv := time.Duration(st.RotationInterval); iv > 0 && iv != r.interval {
 			r.interval = iv
-			r.Reset(rotation.RepublishPeriod(iv))
+			r.Reset(driver.RepublishPeriod(iv))
 		}
 	}
 }

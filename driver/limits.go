@@ -1,10 +1,11 @@
-// Package limits holds the per-volume caps on the shape of a file set:
+// The per-volume caps on the shape of a file set:
 // files, directories, path depth and tmpfs bytes (the driver's flags
 // --max-files, --max-dirs, --max-depth and --tmpfs-size). Directories and
 // deep paths cost inodes and kernel memory but no tmpfs pages, so the size
 // cap alone does not bound them. Every check runs before anything is
 // mounted or written.
-package limits
+
+package driver
 
 import (
 	"os"
@@ -15,11 +16,11 @@ import (
 	"github.com/secretfs/secretfs/provider"
 )
 
-// PageSize is what tmpfs charges per started page.
-const PageSize = 4096
+// pageSize is what tmpfs charges per started page.
+const pageSize = 4096
 
-// Volume are the per-volume caps in force.
-type Volume struct {
+// volumeLimits are the per-volume caps in force.
+type volumeLimits struct {
 	MaxFiles, MaxDirs, MaxDepth int
 	// MaxSteps caps the steps of the volume's computation (budget.Work).
 	MaxSteps int
@@ -31,7 +32,7 @@ type Volume struct {
 // and new during a swap) of files and directories with their generation
 // directory, the top-level links, and the root, ..data, ..data_tmp and the
 // metadata file with its temporary.
-func (l Volume) Inodes() int64 {
+func (l volumeLimits) Inodes() int64 {
 	return int64(2*(1+l.MaxFiles+l.MaxDirs) + l.MaxFiles + 8)
 }
 
@@ -43,7 +44,7 @@ func (l Volume) Inodes() int64 {
 // class in errors (called only for an error). need is what the volume
 // holds on this node: its tmpfs pages, the metadata file, and with cached
 // the copy of the content the node cache keeps.
-func (l Volume) Files(res *provider.Result, defaultMode os.FileMode, prov string, where func() string, cached bool) (files []atomicwriter.File, need int64, err error) {
+func (l volumeLimits) Files(res *provider.Result, defaultMode os.FileMode, prov string, where func() string, cached bool) (files []atomicwriter.File, need int64, err error) {
 	if len(res.Files) > l.MaxFiles {
 		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s yields %d files; a volume holds at most %d (driver flag --max-files): split the class", where(), len(res.Files), l.MaxFiles)
 	}
@@ -69,7 +70,7 @@ func (l Volume) Files(res *provider.Result, defaultMode os.FileMode, prov string
 	case u.Bytes > l.MaxBytes:
 		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s needs %d bytes of tmpfs for %d files (data pages, and a page for each top-level name longer than 120 bytes), more than the per-volume limit of %d bytes (driver flag --tmpfs-size): split the class", where(), u.Bytes, len(files), l.MaxBytes)
 	}
-	need = u.Bytes + PageSize
+	need = u.Bytes + pageSize
 	if cached {
 		need += content
 	}

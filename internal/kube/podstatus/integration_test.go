@@ -19,7 +19,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
-	"github.com/secretfs/secretfs/driver/podstatus"
+	"github.com/secretfs/secretfs/internal/kube/podstatus"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
@@ -60,8 +60,8 @@ func TestPodStatusLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	apply(t, admin, "../../deploy/components/pod-status/crd.yaml")
-	apply(t, admin, "../../deploy/components/pod-status/rbac.yaml")
+	apply(t, admin, "../../../deploy/components/pod-status/crd.yaml")
+	apply(t, admin, "../../../deploy/components/pod-status/rbac.yaml")
 	eventually(t, "the CRD served", func() bool {
 		_, err := admin.Resource(podstatus.GVR).Namespace("default").List(context.Background(), metav1.ListOptions{})
 		return err == nil
@@ -136,8 +136,8 @@ func TestPodStatusNamesAndLateDeletes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	apply(t, admin, "../../deploy/components/pod-status/crd.yaml")
-	apply(t, admin, "../../deploy/components/pod-status/rbac.yaml")
+	apply(t, admin, "../../../deploy/components/pod-status/crd.yaml")
+	apply(t, admin, "../../../deploy/components/pod-status/rbac.yaml")
 	eventually(t, "the CRD served", func() bool {
 		_, err := admin.Resource(podstatus.GVR).Namespace("default").List(context.Background(), metav1.ListOptions{})
 		return err == nil

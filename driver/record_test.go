@@ -1,4 +1,4 @@
-package metadata
+package driver
 
 import (
 	"os"
@@ -11,17 +11,17 @@ import (
 
 func TestSaveLoad(t *testing.T) {
 	dir := t.TempDir()
-	in := Volume{VolumeID: "csi-0123abcd", Target: dir, Pod: provider.Pod{Namespace: "team-a", Name: "app"},
+	in := record{VolumeID: "csi-0123abcd", Target: dir, Pod: provider.Pod{Namespace: "team-a", Name: "app"},
 		Class: "app", Provider: "fake", GID: 2000, LastFetch: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
 		Versions: []provider.ObjectVersion{{ID: "a", Version: "1"}}, RotationInterval: "1m0s"}
-	if err := Save(dir, in); err != nil {
+	if err := saveRecord(dir, in); err != nil {
 		t.Fatal(err)
 	}
-	fi, err := os.Lstat(filepath.Join(dir, File))
+	fi, err := os.Lstat(filepath.Join(dir, recordFile))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("metadata file mode: %v %v", fi, err)
 	}
-	out, err := Load(dir)
+	out, err := loadRecord(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,24 +34,28 @@ func TestSaveLoad(t *testing.T) {
 func TestLoadRefuses(t *testing.T) {
 	for name, setup := range map[string]func(dir string) error{
 		"missing":   func(string) error { return nil },
-		"symlink":   func(dir string) error { return os.Symlink("/etc/hostname", filepath.Join(dir, File)) },
-		"directory": func(dir string) error { return os.Mkdir(filepath.Join(dir, File), 0o700) },
-		"corrupt":   func(dir string) error { return os.WriteFile(filepath.Join(dir, File), []byte("{"), 0o600) },
+		"symlink":   func(dir string) error { return os.Symlink("/etc/hostname", filepath.Join(dir, recordFile)) },
+		"directory": func(dir string) error { return os.Mkdir(filepath.Join(dir, recordFile), 0o700) },
+		"corrupt":   func(dir string) error { return os.WriteFile(filepath.Join(dir, recordFile), []byte("{"), 0o600) },
 		"version 2": func(dir string) error {
-			return os.WriteFile(filepath.Join(dir, File), []byte(`{"version":2,"volumeID":"v"}`), 0o600)
+			return os.WriteFile(filepath.Join(dir, recordFile), []byte(`{"version":2,"volumeID":"v"}`), 0o600)
 		},
 		"bad id": func(dir string) error {
-			return os.WriteFile(filepath.Join(dir, File), []byte(`{"version":1,"volumeID":"a\u0001b"}`), 0o600)
+			return os.WriteFile(filepath.Join(dir, recordFile), []byte(`{"version":1,"volumeID":"a\u0001b"}`), 0o600)
 		},
-		"empty id":  func(dir string) error { return os.WriteFile(filepath.Join(dir, File), []byte(`{"version":1}`), 0o600) },
-		"too large": func(dir string) error { return os.WriteFile(filepath.Join(dir, File), make([]byte, 1<<20+1), 0o600) },
+		"empty id": func(dir string) error {
+			return os.WriteFile(filepath.Join(dir, recordFile), []byte(`{"version":1}`), 0o600)
+		},
+		"too large": func(dir string) error {
+			return os.WriteFile(filepath.Join(dir, recordFile), make([]byte, 1<<20+1), 0o600)
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
 			if err := setup(dir); err != nil {
 				t.Fatal(err)
 			}
-			if m, err := Load(dir); err == nil {
+			if m, err := loadRecord(dir); err == nil {
 				t.Fatalf("loaded %+v", m)
 			}
 		})
@@ -69,10 +73,10 @@ func FuzzLoad(f *testing.F) {
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, File), data, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, recordFile), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		m, err := Load(dir)
+		m, err := loadRecord(dir)
 		if err != nil {
 			return
 		}

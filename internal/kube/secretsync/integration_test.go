@@ -23,8 +23,8 @@ import (
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
-	"github.com/secretfs/secretfs/driver/secretsync"
-	"github.com/secretfs/secretfs/internal/kubecore"
+	"github.com/secretfs/secretfs/internal/kube/secretsync"
+	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
@@ -102,7 +102,7 @@ func start(t *testing.T) *kubeapi.Server {
 		t.Fatal(err)
 	}
 	// The component's RBAC, as shipped.
-	data, err := os.ReadFile("../../deploy/components/sync-secrets/rbac.yaml")
+	data, err := os.ReadFile("../../../deploy/components/sync-secrets/rbac.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
