@@ -8,8 +8,8 @@ import (
 	"syscall"
 
 	"github.com/secretfs/secretfs/driver"
-	"github.com/secretfs/secretfs/internal/agent"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/internal/agent"
 )
 
 func runMount(args []string, stdout, stderr io.Writer) int {

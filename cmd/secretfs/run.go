@@ -13,8 +13,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/secretfs/secretfs/internal/agent"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/internal/agent"
 	"github.com/secretfs/secretfs/provider/azure"
 )
 

@@ -16,9 +16,9 @@ import (
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/internal/kube/ignored"
+	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/internal/kube/podstatus"
 	"github.com/secretfs/secretfs/internal/kube/secretsync"
-	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 

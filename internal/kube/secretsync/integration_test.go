@@ -23,8 +23,8 @@ import (
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
-	"github.com/secretfs/secretfs/internal/kube/secretsync"
 	"github.com/secretfs/secretfs/internal/kube/kubecore"
+	"github.com/secretfs/secretfs/internal/kube/secretsync"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
