@@ -11,12 +11,9 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/budget"
-	"github.com/secretfs/secretfs/driver/cache"
-	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/content"
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/tmpfs"
@@ -34,44 +31,54 @@ import (
 //
 // Hooks (Config.Hooks) attach to exactly these two moves.
 
-// apply brings v's files up to date with its class and backend:
+// apply brings v's files up to date with its class and backend. Each step
+// is one block below, marked with its number:
 //
-//  1. look the class up, only in the pod's namespace;
-//  2. build the backend request: identity from kubelet (base), parameters
-//     from the class only (less the driver's own settings, see package driver/content),
-//     the versions mounted now;
-//  3. for an external provider, which may write into the target itself,
-//     mount the tmpfs first and verify it;
-//  4. fetch, through the node cache under the volume's identity where its
-//     answers may be shared (content.Shareable);
-//  5. shape the content (key paths, templates, optional objects), then
-//     check the file set: paths, modes, count, directories, depth, size
-//     cap; and make room in the node budget (on a refresh only once the
-//     writer knows the content changed). When the provider wrote the files
-//     itself, check what it wrote instead (6. and 7. were the provider's);
-//  6. on a first publish, mount the tmpfs (after every check, so a refused
-//     volume of a built-in backend never mounts anything);
-//  7. write the files with the atomic writer (statfs-verified tmpfs), then
-//     settle the volume's share of the node budget;
-//  8. record what was mounted in the volume and its metadata file;
-//  9. tell the hooks when the content changed.
+//  1. Look the class up, only in the pod's namespace, and read what the
+//     driver takes from it: its serving settings (package class) and its
+//     content plan (package content).
+//  2. Build the backend request: identity from kubelet (base), parameters
+//     from the class only, less the driver's own; the versions mounted now.
+//  3. For an external provider, which may write into the target itself,
+//     mount the tmpfs first and verify it.
+//  4. Fetch, through the node cache under the volume's identity where its
+//     answers may be shared (fetch.go). From here on, what the class and the
+//     values make the driver compute is charged to one budget.Work.
+//  5. Make the file set: shape the content (key paths, templates, optional
+//     objects) and check it (paths, modes, count, directories, depth, size);
+//     or, when the provider wrote the files itself, check what it wrote.
+//  6. Write the files: on a first publish reserve their bytes in the node
+//     budget and mount the tmpfs (after every check, so a refused volume of
+//     a built-in backend never mounts anything); the atomic writer checks
+//     with statfs that it writes to the tmpfs, and on a refresh reserves
+//     only once it knows the content changed.
+//  7. Record what was mounted, in the volume and its metadata file.
+//  8. Tell the hooks when the content changed.
 //
 // A first publish that fails leaves v.mounted telling the caller whether to
 // unmount. A refresh that fails leaves the last good content in place. The
-// caller holds the volume lock.
+// caller holds the volume lock. Errors are typed (provider.Error); the CSI
+// methods turn them into a gRPC status (toStatus).
 func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (changed bool, err error) {
+	first := !v.mounted
+
 	// 1.
 	cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
 	if err != nil {
 		return false, err
 	}
-	// 2.
+	settings, err := cls.Settings()
+	if err != nil {
+		return false, err
+	}
 	plan, err := content.ForClass(cls)
 	if err != nil {
 		return false, err
 	}
 	v.cls, v.provider = cls, cls.Provider
-	v.interval, _ = plan.RotationInterval(d.minInterval, d.maxInterval)
+	v.interval = settings.Interval(d.minInterval, d.maxInterval)
+
+	// 2.
 	req := withClass(base, plan.Parameters(cls.Parameters), v.versions)
 	req.Limits = provider.Limits{MaxBytes: d.limits.MaxBytes, MaxFiles: d.limits.MaxFiles}
 	if d.owner != nil {
@@ -82,15 +89,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		return false, err
 	}
 	_, external := p.(provider.External)
-	share, err := content.Shareable(cls, external, d.cacheExternal[v.provider] || d.cacheExternal["*"])
-	if err != nil {
-		return false, err
-	}
-	first := !v.mounted
-	// Everything computed from the class and the values below is charged
-	// to one budget, before it is allocated (see budget.Work).
-	work := d.budget.Work(ctx, v.id, d.limits.MaxBytes, int64(d.limits.MaxSteps))
-	defer work.Done()
+
 	// 3.
 	if external {
 		if err := d.mountTmpfs(v); err != nil {
@@ -99,88 +98,127 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		// Never hand a provider a target that is not v's tmpfs (unmounted
 		// or replaced behind the driver's back).
 		if err := tmpfs.VerifyMounted(v.target); err != nil {
-			return false, status.Errorf(codes.Internal, "not calling provider %q: %v", v.provider, err)
+			return false, provider.Errorf(codes.Internal, "not calling provider %q: %v", v.provider, err)
 		}
 	}
+
 	// 4.
-	res, fetched, err := d.fetch(ctx, v, p, req, cls, plan, share, work)
+	work := d.budget.Work(ctx, v.id, d.limits.MaxBytes, int64(d.limits.MaxSteps))
+	defer work.Done()
+	res, fetched, err := d.fetch(ctx, v, p, req, d.shareable(settings, external, v.provider), settings, plan, work)
 	if err != nil {
 		return false, err
 	}
 	defer res.Wipe()
-	var files []atomicwriter.File
-	if res.WrittenByProvider {
-		// 5.
-		if files, changed, err = d.checkWritten(v, external, first, plan, res); err != nil {
-			return false, err
-		}
-		defer atomicwriter.Wipe(files)
-	} else {
-		// 5.
-		if plan != nil {
-			if res, err = d.shape(v, plan, req, res, work); err != nil {
-				return false, err
-			}
-			defer res.Wipe() // the rendered files; the fetched ones are wiped above
-		}
-		where := func() string { return "class \"" + v.class + "\" in namespace \"" + v.pod.Namespace + "\"" }
-		var need int64
-		if files, need, err = d.limits.Files(res, req.DefaultMode, v.provider, where, d.cache != nil); err != nil {
-			return false, err
-		}
-		grow, settle := d.budget.For(v.id, need, where)
-		if first && grow != nil {
-			if err := grow(); err != nil {
-				return false, err
-			}
-			grow = nil
-		}
-		// 6.
-		if err := d.mountTmpfs(v); err != nil {
-			settle(false)
-			d.noteBudget()
-			return false, err
-		}
-		// 7.
-		w := d.writer(v, grow)
-		// Mounted just above (step 6): empty, no earlier generation. An
-		// external provider had the tmpfs before this write (step 3) and may
-		// have left files in it: look as usual.
-		w.Fresh = first && !external
-		changed, err = w.Write(files)
-		settle(err == nil && (changed || first))
-		d.noteBudget()
-		if err != nil {
-			if provider.CodeOf(err) == codes.ResourceExhausted {
-				return false, err // the node budget refused the new generation
-			}
-			return false, writeError(v, err)
-		}
+
+	// 5.
+	set, err := d.fileSet(v, external, first, plan, req, res, work)
+	if err != nil {
+		return false, err
 	}
-	// 8.
+	defer set.wipe()
+
+	// 6.
+	if changed, err = d.write(v, set, first); err != nil {
+		return false, err
+	}
+
+	// 7.
 	v.req, v.lastFetch, v.versions = req, fetched, res.Versions
-	v.files, v.bytes = len(files), 0
-	for _, f := range files {
+	v.files, v.bytes = len(set.files), 0
+	for _, f := range set.files {
 		v.bytes += int64(len(f.Data))
 	}
-	if err := v.saveMetadata(); err != nil {
+	if err := v.saveRecord(); err != nil {
 		if first {
 			return false, writeError(v, err)
 		}
 		d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)
 	}
-	// 9.
 	if first {
 		d.log.LogAttrs(ctx, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
 			slog.String("namespace", v.pod.Namespace), slog.String("pod", v.pod.Name), slog.String("class", v.class),
-			slog.String("provider", v.provider), slog.Int("files", len(files)), slog.Bool("written_by_provider", res.WrittenByProvider))
+			slog.String("provider", v.provider), slog.Int("files", len(set.files)), slog.Bool("written_by_provider", set.writtenByProvider))
 	}
+
+	// 8.
 	if changed || first {
-		info := v.info()
-		info.Files = files
+		info := v.info(set.files)
 		for _, h := range d.hooks {
 			h.Changed(ctx, info)
 		}
+	}
+	return changed, nil
+}
+
+// A fileSet is a volume's new files, checked and ready to write (apply's
+// step 5). Wipe it when done.
+type fileSet struct {
+	files []atomicwriter.File
+	// need is what the files take on the tmpfs: the node budget's charge.
+	need int64
+	// rendered holds the content the driver computed (templates, keys);
+	// the other files share the fetched result's, which apply wipes.
+	rendered *provider.Result
+	// writtenByProvider: an external provider wrote the files into the
+	// tmpfs itself; files are read back from it for the hooks (or nil) and
+	// changed says whether their versions changed.
+	writtenByProvider, changed bool
+}
+
+func (s *fileSet) wipe() {
+	s.rendered.Wipe()
+	if s.writtenByProvider {
+		atomicwriter.Wipe(s.files)
+	}
+}
+
+// fileSet makes v's file set from a fetched result (apply's step 5).
+func (d *Driver) fileSet(v *volume, external, first bool, plan *content.Plan, req *provider.Request, res *provider.Result, work *budget.Work) (*fileSet, error) {
+	if res.WrittenByProvider {
+		return d.checkWritten(v, external, first, plan, res)
+	}
+	set := &fileSet{}
+	if plan != nil {
+		out, err := d.shape(v, plan, req, res, work)
+		if err != nil {
+			return nil, err
+		}
+		set.rendered, res = out, out
+	}
+	var err error
+	if set.files, set.need, err = d.limits.files(res, req.DefaultMode, v.provider, v.where(), d.cache != nil); err != nil {
+		set.wipe()
+		return nil, err
+	}
+	return set, nil
+}
+
+// write puts set on v's tmpfs (apply's step 6) and reports whether the
+// content changed; what the provider wrote itself is there already.
+func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, err error) {
+	if set.writtenByProvider {
+		return set.changed, nil
+	}
+	charge := d.budget.Charge(v.id, set.need, v.where())
+	if first {
+		if err := charge.Reserve(); err != nil {
+			return false, err
+		}
+	}
+	if err := d.mountTmpfs(v); err != nil {
+		charge.Settle(false)
+		return false, err
+	}
+	// A refresh reserves only once the writer knows the content changed:
+	// old and new generation side by side until the swap.
+	changed, err = d.writer(v, charge.Reserve).Write(set.files)
+	charge.Settle(err == nil && (changed || first))
+	if err != nil {
+		if provider.CodeOf(err) == codes.ResourceExhausted {
+			return false, err // the node budget refused the new generation
+		}
+		return false, writeError(v, err)
 	}
 	return changed, nil
 }
@@ -193,7 +231,6 @@ func (d *Driver) forget(v *volume) {
 	d.stopWatch(v)
 	if d.budget != nil {
 		d.budget.Release(v.id)
-		d.noteBudget()
 	}
 	if d.cache != nil {
 		d.cache.Release(v.id)
@@ -207,7 +244,7 @@ func (d *Driver) forget(v *volume) {
 	n := len(d.vols)
 	d.mu.Unlock()
 	d.metrics.Mounted.Set(float64(n))
-	info := v.info()
+	info := v.info(nil)
 	for _, h := range d.hooks {
 		h.Gone(info)
 	}
@@ -243,14 +280,25 @@ func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
 	}
 }
 
-// info is what hooks see of v.
-func (v *volume) info() hook.Volume {
-	return hook.Volume{ID: v.id, Target: v.target, Pod: v.pod, Class: v.cls, Provider: v.provider, Versions: v.versions}
+// info is what hooks see of v, with files when its content changed.
+func (v *volume) info(files []atomicwriter.File) hook.Volume {
+	info := hook.Volume{ID: v.id, Target: v.target, Pod: v.pod, Class: v.cls, Provider: v.provider, Versions: v.versions}
+	if files != nil {
+		info.Files = make([]provider.File, len(files))
+		for i, f := range files {
+			info.Files[i] = provider.File{Path: f.Path, Mode: f.Mode, Contents: f.Data}
+		}
+	}
+	return info
 }
 
-// saveMetadata writes what v mounted to its metadata file (package
-// record.go).
-func (v *volume) saveMetadata() error {
+// where names v's class for messages.
+func (v *volume) where() string {
+	return "class \"" + v.class + "\" in namespace \"" + v.pod.Namespace + "\""
+}
+
+// saveRecord writes what v mounted to its metadata file (record.go).
+func (v *volume) saveRecord() error {
 	m := record{
 		VolumeID: v.id, Target: v.target, Pod: v.pod, Class: v.class,
 		Provider: v.provider, GID: v.gid, LastFetch: v.lastFetch.UTC(), Versions: v.versions,
@@ -259,13 +307,6 @@ func (v *volume) saveMetadata() error {
 		m.RotationInterval = v.interval.String()
 	}
 	return saveRecord(v.target, m)
-}
-
-// noteBudget shows what the node budget holds (metric node_budget_used_bytes).
-func (d *Driver) noteBudget() {
-	if d.budget != nil {
-		d.metrics.BudgetUsed.Set(float64(d.budget.Used()))
-	}
 }
 
 // withClass returns a copy of base with the class's provider parameters
@@ -278,109 +319,6 @@ func withClass(base *provider.Request, params map[string]string, current []provi
 	}
 	req.CurrentVersions = current
 	return &req
-}
-
-// fetch is the one way the driver asks a backend for a volume's files. With
-// the node cache on and share set (content.Shareable), it goes through the cache
-// under the volume's identity (see package driver/cache for why sharing
-// keeps every authorization decision intact), and the volume holds the
-// entry until it is forgotten or fetches under another identity. It returns
-// when the backend call behind the result started: the age of the content.
-// The result is the caller's own: wipe it when done.
-func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req *provider.Request, cls *class.Class, plan *content.Plan, share bool, work *budget.Work) (*provider.Result, time.Time, error) {
-	var (
-		res *provider.Result
-		at  time.Time
-		err error
-	)
-	fetch := func(ctx context.Context) (*provider.Result, error) {
-		if plan == nil {
-			return d.backend(ctx, p, v.provider, req)
-		}
-		return plan.Fetch(ctx, req, work, func(ctx context.Context, req *provider.Request) (*provider.Result, error) {
-			return d.backend(ctx, p, v.provider, req)
-		})
-	}
-	if d.cache != nil && share {
-		// The class's own interval is the max age; stale content only for a
-		// first publish, when the class asks for it (bounded by the driver).
-		stale := plan.StaleIfError(d.maxStale)
-		pol := cache.Policy{MaxAge: v.interval, StaleIfError: stale, ServeStale: stale > 0 && !v.mounted}
-		key := d.keyer.Key(cache.Identity{
-			Provider: v.provider, Namespace: req.Pod.Namespace, ServiceAccount: req.Pod.ServiceAccount,
-			Tokens: req.Tokens, Secrets: req.Secrets, Parameters: content.KeyParameters(cls, stale > 0),
-		})
-		var outcome cache.Outcome
-		res, at, outcome, err = d.cache.GetWith(ctx, v.id, key, pol, fetch)
-		if outcome == cache.Stale {
-			d.servedStale(ctx, v, at, err)
-			err = nil
-		}
-		d.metrics.CacheGets[outcome].Inc()
-		// Files a provider wrote are on the tmpfs of the volume whose call
-		// it was: another volume asks the provider itself.
-		if err == nil && res.WrittenByProvider && outcome != cache.Miss {
-			share = false
-		}
-	}
-	if d.cache != nil && !share {
-		d.cache.Release(v.id)
-	}
-	if d.cache == nil || !share {
-		at = time.Now()
-		res, err = fetch(ctx)
-	}
-	if d.cache != nil {
-		d.metrics.CacheEntries.Set(float64(d.cache.Len()))
-	}
-	if err != nil {
-		return nil, time.Time{}, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
-	}
-	return res, at, nil
-}
-
-// servedStale logs and reports that v got stale content because of err.
-func (d *Driver) servedStale(ctx context.Context, v *volume, at time.Time, err error) {
-	age := time.Since(at)
-	d.log.LogAttrs(ctx, slog.LevelWarn, "backend failed; new volume served the node cache's last good content (staleIfError)",
-		slog.String("volume_id", v.id), slog.String("namespace", v.pod.Namespace), slog.String("class", v.class),
-		slog.Duration("age", age), slog.String("code", provider.CodeOf(err).String()), slog.String("err", err.Error()))
-	if s, ok := d.events.(ContentEventSink); ok {
-		s.ServedStale(v.pod, v.class, age, err)
-	}
-}
-
-// shape turns a fetched result into the volume's content under plan
-// (templates, hidden objects, optional objects left out) and reports newly
-// omitted objects once. The returned result shares res's contents and owns
-// the rendered ones: wipe both.
-func (d *Driver) shape(v *volume, plan *content.Plan, req *provider.Request, res *provider.Result, work *budget.Work) (*provider.Result, error) {
-	out, err := plan.Render(res, work, req.DefaultMode)
-	if err != nil {
-		return nil, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q: %s", v.class, v.pod.Namespace, err.Error())
-	}
-	if !slices.Equal(out.Missing, v.omitted) {
-		v.omitted = out.Missing
-		if len(out.Missing) > 0 {
-			d.log.Info("optional objects not found, left out", "volume_id", v.id, "namespace", v.pod.Namespace,
-				"class", v.class, "objects", out.Missing)
-			if s, ok := d.events.(ContentEventSink); ok {
-				s.Omitted(v.pod, v.class, out.Missing)
-			}
-		}
-	}
-	return &provider.Result{Files: out.Files, Versions: out.Versions}, nil
-}
-
-// backend is one call to a backend, counted by provider and result code.
-func (d *Driver) backend(ctx context.Context, p provider.Provider, name string, req *provider.Request) (*provider.Result, error) {
-	start := time.Now()
-	res, err := p.Fetch(ctx, req)
-	if err == nil && res == nil {
-		err = provider.Errorf(codes.Internal, "provider %q returned no result and no error", name)
-	}
-	d.metrics.Fetched(name, provider.CodeOf(err), time.Since(start))
-	return res, err
 }
 
 // providerFor resolves v's provider name to a backend.
@@ -414,7 +352,7 @@ func (d *Driver) mountTmpfs(v *volume) error {
 		opts.Mode = rootModeWithGroup
 	}
 	if err := tmpfs.Mount(v.target, opts); err != nil {
-		return status.Errorf(codes.Internal, "mounting tmpfs: %v", err)
+		return provider.Errorf(codes.Internal, "mounting tmpfs: %v", err)
 	}
 	v.mounted = true
 	return nil
@@ -440,34 +378,33 @@ func (d *Driver) writer(v *volume, grow func() error) *atomicwriter.Writer {
 // return none (the Secrets Store CSI Driver's provider-writes mode, the AWS
 // provider's default): apply mounts and verifies the tmpfs before calling
 // them, so what they write is bounded by the tmpfs size.
-func (d *Driver) checkWritten(v *volume, external, first bool, plan *content.Plan, res *provider.Result) ([]atomicwriter.File, bool, error) {
+func (d *Driver) checkWritten(v *volume, external, first bool, plan *content.Plan, res *provider.Result) (*fileSet, error) {
 	if !external {
-		return nil, false, status.Errorf(codes.Internal, "built-in provider %q returned no files", v.provider)
+		return nil, provider.Errorf(codes.Internal, "built-in provider %q returned no files", v.provider)
 	}
 	if plan.NeedsFiles() {
-		return nil, false, provider.Errorf(codes.FailedPrecondition, "class %q in namespace %q uses templates, keyPath or optional objects, which need the files from the provider, but provider %q wrote them into the volume itself: configure it to return the files (the AWS provider: driverWritesSecrets) or drop those settings", v.class, v.pod.Namespace, v.provider)
+		return nil, provider.Errorf(codes.FailedPrecondition, "class %q in namespace %q uses templates, keyPath or optional objects, which need the files from the provider, but provider %q wrote them into the volume itself: configure it to return the files (the AWS provider: driverWritesSecrets) or drop those settings", v.class, v.pod.Namespace, v.provider)
 	}
 	used, isTmpfs, err := tmpfs.Usage(v.target)
 	if err != nil || !isTmpfs {
-		return nil, false, status.Errorf(codes.Internal, "after provider %q wrote the files, %s is not a tmpfs", v.provider, v.target)
+		return nil, provider.Errorf(codes.Internal, "after provider %q wrote the files, %s is not a tmpfs", v.provider, v.target)
 	}
 	if used > d.limits.MaxBytes+pageSize {
-		return nil, false, provider.Errorf(codes.ResourceExhausted, "provider %q wrote %d bytes into the volume of class %q in namespace %q, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.provider, used, v.class, v.pod.Namespace, d.limits.MaxBytes)
+		return nil, provider.Errorf(codes.ResourceExhausted, "provider %q wrote %d bytes into the volume of class %q in namespace %q, more than the per-volume limit of %d bytes: split the class or raise the driver's tmpfs size", v.provider, used, v.class, v.pod.Namespace, d.limits.MaxBytes)
 	}
-	changed := first || !slices.Equal(v.versions, res.Versions)
-	if !changed || len(d.hooks) == 0 {
-		return nil, changed, nil
+	set := &fileSet{writtenByProvider: true, changed: first || !slices.Equal(v.versions, res.Versions)}
+	if !set.changed || len(d.hooks) == 0 {
+		return set, nil
 	}
 	root, err := os.OpenRoot(v.target)
 	if err != nil {
-		return nil, changed, err
+		return nil, provider.Errorf(codes.Internal, "reading back the files provider %q wrote: %v", v.provider, err)
 	}
 	defer root.Close()
-	files, err := atomicwriter.ReadBack(root, recordFile, d.limits.MaxFiles, d.limits.MaxBytes)
-	if err != nil {
-		return nil, changed, status.Errorf(codes.Internal, "reading back the files provider %q wrote: %v", v.provider, err)
+	if set.files, err = atomicwriter.ReadBack(root, recordFile, d.limits.MaxFiles, d.limits.MaxBytes); err != nil {
+		return nil, provider.Errorf(codes.Internal, "reading back the files provider %q wrote: %v", v.provider, err)
 	}
-	return files, changed, nil
+	return set, nil
 }
 
 // writeError turns a write failure into a status: a full tmpfs is the
@@ -475,10 +412,10 @@ func (d *Driver) checkWritten(v *volume, external, first bool, plan *content.Pla
 // anything else is ours.
 func writeError(v *volume, err error) error {
 	if errors.Is(err, atomicwriter.ErrRefused) {
-		return status.Errorf(codes.Internal, "%v", err)
+		return provider.Errorf(codes.Internal, "%v", err)
 	}
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		return status.Errorf(codes.ResourceExhausted, "class %q does not fit in the volume's tmpfs: %v", v.class, err)
+		return provider.Errorf(codes.ResourceExhausted, "class %q does not fit in the volume's tmpfs: %v", v.class, err)
 	}
-	return status.Errorf(codes.Internal, "writing files of class %q: %v", v.class, err)
+	return provider.Errorf(codes.Internal, "writing files of class %q: %v", v.class, err)
 }

@@ -26,7 +26,7 @@ func (h *recordingHook) Changed(_ context.Context, v hook.Volume) {
 	defer h.mu.Unlock()
 	var paths []string
 	for _, f := range v.Files {
-		paths = append(paths, f.Path+"="+string(f.Data))
+		paths = append(paths, f.Path+"="+string(f.Contents))
 	}
 	class := "<nil>"
 	if v.Class != nil {

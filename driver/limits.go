@@ -44,9 +44,9 @@ func (l volumeLimits) Inodes() int64 {
 // class in errors (called only for an error). need is what the volume
 // holds on this node: its tmpfs pages, the metadata file, and with cached
 // the copy of the content the node cache keeps.
-func (l volumeLimits) Files(res *provider.Result, defaultMode os.FileMode, prov string, where func() string, cached bool) (files []atomicwriter.File, need int64, err error) {
+func (l volumeLimits) files(res *provider.Result, defaultMode os.FileMode, prov string, where string, cached bool) (files []atomicwriter.File, need int64, err error) {
 	if len(res.Files) > l.MaxFiles {
-		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s yields %d files; a volume holds at most %d (driver flag --max-files): split the class", where(), len(res.Files), l.MaxFiles)
+		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s yields %d files; a volume holds at most %d (driver flag --max-files): split the class", where, len(res.Files), l.MaxFiles)
 	}
 	files = make([]atomicwriter.File, len(res.Files))
 	var content int64
@@ -59,16 +59,16 @@ func (l volumeLimits) Files(res *provider.Result, defaultMode os.FileMode, prov 
 		content += int64(len(f.Contents))
 	}
 	if err := atomicwriter.ValidateFiles(files); err != nil {
-		return nil, 0, provider.InvalidArgument("provider %q returned an unusable file set for %s: %v", prov, where(), err)
+		return nil, 0, provider.InvalidArgument("provider %q returned an unusable file set for %s: %v", prov, where, err)
 	}
 	u := atomicwriter.Measure(files)
 	switch {
 	case u.Depth > l.MaxDepth:
-		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s has a file path %d directories deep; a volume allows %d (driver flag --max-depth): use shorter paths", where(), u.Depth, l.MaxDepth)
+		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s has a file path %d directories deep; a volume allows %d (driver flag --max-depth): use shorter paths", where, u.Depth, l.MaxDepth)
 	case u.Dirs > l.MaxDirs:
-		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s needs %d directories; a volume holds at most %d (driver flag --max-dirs): use fewer directories in the file paths", where(), u.Dirs, l.MaxDirs)
+		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s needs %d directories; a volume holds at most %d (driver flag --max-dirs): use fewer directories in the file paths", where, u.Dirs, l.MaxDirs)
 	case u.Bytes > l.MaxBytes:
-		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s needs %d bytes of tmpfs for %d files (data pages, and a page for each top-level name longer than 120 bytes), more than the per-volume limit of %d bytes (driver flag --tmpfs-size): split the class", where(), u.Bytes, len(files), l.MaxBytes)
+		return nil, 0, provider.Errorf(codes.ResourceExhausted, "%s needs %d bytes of tmpfs for %d files (data pages, and a page for each top-level name longer than 120 bytes), more than the per-volume limit of %d bytes (driver flag --tmpfs-size): split the class", where, u.Bytes, len(files), l.MaxBytes)
 	}
 	need = u.Bytes + pageSize
 	if cached {

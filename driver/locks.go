@@ -8,7 +8,8 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/secretfs/secretfs/provider"
 )
 
 // volumeLocks is a set of per-key locks; the zero volumeLocks is ready to use. A gRPC call
@@ -39,13 +40,13 @@ func (l *volumeLocks) take(key string, background bool) {
 func (l *volumeLocks) LockForCall(ctx context.Context, key string) error {
 	return l.acquire(key, false, func(e *lockEntry, _ context.CancelFunc) error {
 		if !e.background {
-			return status.Errorf(codes.Aborted, "an operation on volume %s is already in progress", key)
+			return provider.Errorf(codes.Aborted, "an operation on volume %s is already in progress", key)
 		}
 		select {
 		case <-e.released:
 			return nil
 		case <-ctx.Done():
-			return status.Errorf(codes.Aborted, "volume %s is being refreshed: %v", key, ctx.Err())
+			return provider.Errorf(codes.Aborted, "volume %s is being refreshed: %v", key, ctx.Err())
 		}
 	})
 }
@@ -109,7 +110,7 @@ func (l *volumeLocks) Preempt(ctx context.Context, key string) error {
 		case <-e.released:
 			return nil
 		case <-ctx.Done():
-			return status.Errorf(codes.Aborted, "an operation on volume %s is still stopping: %v", key, ctx.Err())
+			return provider.Errorf(codes.Aborted, "an operation on volume %s is still stopping: %v", key, ctx.Err())
 		}
 	})
 }

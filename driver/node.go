@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -33,8 +32,9 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		d.metrics.Published(prov, err)
 	}
 	if err != nil {
+		attrs := req.GetVolumeContext()
 		d.log.Warn("publish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
-			"namespace", req.GetVolumeContext()[provider.AttrPodNamespace], "class", req.GetVolumeContext()[provider.AttrClass],
+			"namespace", attrs[provider.AttrPodNamespace], "pod", attrs[provider.AttrPodName], "class", attrs[provider.AttrClass],
 			"code", status.Code(err).String(), "err", status.Convert(err).Message())
 		return nil, err
 	}
@@ -143,11 +143,11 @@ func (d *Driver) reclaim(target string) {
 func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) error {
 	switch {
 	case v.target != in.Target:
-		return status.Errorf(codes.AlreadyExists, "volume %s is already published at %s; an ephemeral volume has exactly one target path", v.id, v.target)
+		return provider.Errorf(codes.AlreadyExists, "volume %s is already published at %s; an ephemeral volume has exactly one target path", v.id, v.target)
 	case v.class != in.Context.Class || v.pod.Namespace != in.Context.Pod.Namespace:
-		return status.Errorf(codes.AlreadyExists, "volume %s is already published for class %q in namespace %q, not class %q in namespace %q", v.id, v.class, v.pod.Namespace, in.Context.Class, in.Context.Pod.Namespace)
+		return provider.Errorf(codes.AlreadyExists, "volume %s is already published for class %q in namespace %q, not class %q in namespace %q", v.id, v.class, v.pod.Namespace, in.Context.Class, in.Context.Pod.Namespace)
 	case v.gid != in.GID:
-		return status.Errorf(codes.AlreadyExists, "volume %s is already published with volume mount group %d, not %d", v.id, v.gid, in.GID)
+		return provider.Errorf(codes.AlreadyExists, "volume %s is already published with volume mount group %d, not %d", v.id, v.gid, in.GID)
 	}
 	if v.pod.UID == "" && v.pod.Name == "" {
 		v.pod = in.Context.Pod // recovered without pod info; learn it now
@@ -196,7 +196,7 @@ func (d *Driver) holdMounted(v *volume) {
 		return
 	}
 	d.budget.Hold(v.id, used)
-	d.noteBudget()
+
 }
 
 // loadVolume is the volume whose metadata the tmpfs at target holds.
@@ -335,8 +335,6 @@ func (d *Driver) dropStatus(id string) {
 	d.status.mu.Unlock()
 }
 
-var errTargetUnsafe = provider.InvalidArgument("target path is unsafe")
-
 // prepareTarget makes sure target is an empty directory that is not a mount
 // point and not a symlink, creating it if needed (its parent must exist).
 func prepareTarget(target string) error {
@@ -345,27 +343,27 @@ func prepareTarget(target string) error {
 	case errors.Is(err, fs.ErrNotExist):
 		if err := os.Mkdir(target, 0o750); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
-				return status.Errorf(codes.FailedPrecondition, "the parent directory of target path %s does not exist", target)
+				return provider.Errorf(codes.FailedPrecondition, "the parent directory of target path %s does not exist", target)
 			}
-			return status.Errorf(codes.Internal, "creating target path: %v", err)
+			return provider.Errorf(codes.Internal, "creating target path: %v", err)
 		}
 		return nil
 	case err != nil:
-		return status.Errorf(codes.Internal, "checking target path: %v", err)
+		return provider.Errorf(codes.Internal, "checking target path: %v", err)
 	case fi.Mode()&fs.ModeSymlink != 0:
-		return fmt.Errorf("%w: %s is a symlink; refusing to mount through it", errTargetUnsafe, target)
+		return provider.InvalidArgument("target path is unsafe: %s is a symlink; refusing to mount through it", target)
 	case !fi.IsDir():
-		return fmt.Errorf("%w: %s exists and is not a directory", errTargetUnsafe, target)
+		return provider.InvalidArgument("target path is unsafe: %s exists and is not a directory", target)
 	}
 	if mounted, err := tmpfs.IsMountPoint(target); err != nil || mounted {
-		return fmt.Errorf("%w: %s is already a mount point of another volume or file system", errTargetUnsafe, target)
+		return provider.InvalidArgument("target path is unsafe: %s is already a mount point of another volume or file system", target)
 	}
 	entries, err := os.ReadDir(target)
 	if err != nil {
-		return status.Errorf(codes.Internal, "reading target path: %v", err)
+		return provider.Errorf(codes.Internal, "reading target path: %v", err)
 	}
 	if len(entries) > 0 {
-		return fmt.Errorf("%w: %s is not empty", errTargetUnsafe, target)
+		return provider.InvalidArgument("target path is unsafe: %s is not empty", target)
 	}
 	return nil
 }
@@ -415,7 +413,7 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 		// what is ours, a tmpfs; never something else mounted there.
 		if mounted, _ := tmpfs.IsMountPoint(target); mounted {
 			if err := tmpfs.Verify(target); err != nil {
-				return status.Errorf(codes.FailedPrecondition, "target %s is a mount point that secretfs did not create: %v", target, err)
+				return provider.Errorf(codes.FailedPrecondition, "target %s is a mount point that secretfs did not create: %v", target, err)
 			}
 		}
 	} else {
@@ -423,7 +421,7 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 		d.stopWatch(v)
 	}
 	if err := tmpfs.Unmount(target); err != nil {
-		return status.Errorf(codes.Internal, "unmounting %s: %v", target, err)
+		return provider.Errorf(codes.Internal, "unmounting %s: %v", target, err)
 	}
 	if v != nil {
 		d.forget(v)

@@ -48,17 +48,9 @@ func (d *Driver) Serve(ctx context.Context, endpoint string) error {
 	return nil
 }
 
-// serverOptions fit the server to how kubelet calls it: a new connection
-// for every CSI call (pkg/volume/csi/csi_client.go). Fixed flow-control
-// windows (gRPC's defaults, set explicitly) turn off its bandwidth
-// estimator, which each new connection would otherwise allocate and ping
-// for; BenchmarkKubeletProbe measures it (5 allocations fewer per call).
-// Stream workers, smaller or no transport buffers, a shared write buffer,
-// GODEBUG=adaptivestackstart=1 and GOMAXPROCS=1 were measured too (driver
-// CPU per dial + NodeGetCapabilities + close, from /proc) and changed
-// nothing beyond the noise, so none is set. What a connection costs is
-// grpc-go's own: a server with nothing but a static NodeGetCapabilities
-// costs within 10% of this one per connection.
+// serverOptions: kubelet dials a new connection per CSI call; fixed
+// flow-control windows (gRPC's defaults) spare each connection the
+// bandwidth estimator (BenchmarkKubeletProbe).
 func serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InitialWindowSize(64 << 10),

@@ -76,11 +76,6 @@ type Writer struct {
 	// a new generation is written (which holds pages beside the old one
 	// until the swap); an error stops Write with nothing changed.
 	Grow func() error
-	// Fresh says Dir is an empty file system the caller has just mounted
-	// (and Check has verified): there is no earlier generation to compare
-	// with or clean up, so Write skips looking for one (a readlink and a
-	// directory listing per first publish).
-	Fresh bool
 }
 
 // owner is the uid argument of chown: -1 leaves the owner.
@@ -119,16 +114,14 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 	}
 
 	// 2. Stop if the current generation already holds exactly files.
-	var oldGen string
-	if !w.Fresh {
-		if oldGen, err = readlinkat(dfd, dataDirName); err != nil && !errors.Is(err, unix.ENOENT) {
-			return false, fmt.Errorf("reading %s: %w", dataDirName, err)
-		}
-		if !isGeneration(oldGen) {
-			oldGen = "" // not one of ours: compare nothing with it, remove nothing through it
-		}
-		w.removeStale(dfd, oldGen)
+	oldGen, err := readlinkat(dfd, dataDirName)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return false, fmt.Errorf("reading %s: %w", dataDirName, err)
 	}
+	if !isGeneration(oldGen) {
+		oldGen = "" // not one of ours: compare nothing with it, remove nothing through it
+	}
+	w.removeStale(dfd, oldGen)
 	var oldTop map[string]struct{}
 	if oldGen != "" {
 		same, top, err := w.sameContent(dfd, oldGen, files)

@@ -331,22 +331,20 @@ func TestWriteReplacesLeftoverDataTmp(t *testing.T) {
 	}
 }
 
-// Fresh (an empty file system just mounted) writes the same layout, and
-// later writes without Fresh compare with it and replace it as usual.
-func TestWriteFresh(t *testing.T) {
+// A write into an empty directory, then the same files (no change), then
+// fewer: one generation and its top-level links remain.
+func TestWriteIntoEmptyThenReplace(t *testing.T) {
 	dir := t.TempDir()
 	w := New(dir)
-	w.Fresh = true
 	files := []File{{Path: "a", Mode: 0o644, Data: []byte("A1")}, {Path: "sub/b", Mode: 0o600, Data: []byte("B1")}}
 	if changed, err := w.Write(files); err != nil || !changed {
-		t.Fatalf("fresh write: changed=%v err=%v", changed, err)
+		t.Fatalf("first write: changed=%v err=%v", changed, err)
 	}
 	if got := readAll(t, dir); len(got) != 2 || got["a"] != "A1" || got["sub/b"] != "B1" {
 		t.Fatalf("content: %v", got)
 	}
-	w.Fresh = false
 	if changed, err := w.Write(files); err != nil || changed {
-		t.Fatalf("identical write after a fresh one: changed=%v err=%v", changed, err)
+		t.Fatalf("identical write after the first: changed=%v err=%v", changed, err)
 	}
 	if changed, err := w.Write(files[:1]); err != nil || !changed {
 		t.Fatalf("replacing write: changed=%v err=%v", changed, err)

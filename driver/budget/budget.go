@@ -102,31 +102,48 @@ func (b *Budget) Reserve(id string, n int64) error {
 	return nil
 }
 
-// For makes room for volume id to hold need bytes. grow is for
-// atomicwriter.Writer.Grow (old and new generation side by side until the
-// swap) and refuses with ResourceExhausted, prefixed with where (the
-// volume's class and namespace, built only for the error); settle records
-// what id holds once the write is over (need when written, else what it
-// held before). A nil Budget does neither.
-func (b *Budget) For(id string, need int64, where func() string) (grow func() error, settle func(written bool)) {
+// A Charge makes room in the budget for one write of a volume: need bytes
+// for its new files, beside what it held before until the write is over.
+// The methods of a nil Charge (from a nil Budget) do nothing.
+type Charge struct {
+	b         *Budget
+	id, where string // where names the volume's class in errors
+	old, need int64
+}
+
+// Charge starts a write of volume id whose files take need bytes; where
+// names the volume (its class and namespace) in the error.
+func (b *Budget) Charge(id string, need int64, where string) *Charge {
 	if b == nil {
-		return nil, func(bool) {}
-	}
-	old := b.Held(id)
-	grow = func() error {
-		if err := b.Reserve(id, old+need); err != nil {
-			return provider.Errorf(codes.ResourceExhausted, "%s: %s", where(), err.Error())
-		}
 		return nil
 	}
-	settle = func(written bool) {
-		if written {
-			_ = b.Reserve(id, need) // shrinks: never fails
-		} else {
-			_ = b.Reserve(id, old)
-		}
+	return &Charge{b: b, id: id, where: where, old: b.Held(id), need: need}
+}
+
+// Reserve holds the old and the new files side by side (what the atomic
+// writer's Grow asks for), or fails with ResourceExhausted. Calling it
+// again holds the same.
+func (c *Charge) Reserve() error {
+	if c == nil {
+		return nil
 	}
-	return grow, settle
+	if err := c.b.Reserve(c.id, c.old+c.need); err != nil {
+		return provider.Errorf(codes.ResourceExhausted, "%s: %s", c.where, err.Error())
+	}
+	return nil
+}
+
+// Settle records what the volume holds once the write is over: need when
+// the new files were written, else what it held before.
+func (c *Charge) Settle(written bool) {
+	if c == nil {
+		return
+	}
+	if written {
+		_ = c.b.Reserve(c.id, c.need) // shrinks: never fails
+	} else {
+		_ = c.b.Reserve(c.id, c.old)
+	}
 }
 
 // Hold records that volume id holds n bytes, whatever the limit: a volume

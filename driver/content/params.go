@@ -5,17 +5,12 @@
 // object leaves only itself out), extracts keys from JSON or YAML values,
 // and renders templated files.
 //
-// Class parameters (all prefixed "secretfs.dev/", a prefix no provider
-// uses; an unknown one is an error):
+// Class parameters of this package (prefixed class.Prefix, "secretfs.dev/";
+// the class's serving settings, class.SettingParams, are taken out here too
+// but read by package class; any other name under the prefix is an error):
 //
 //	secretfs.dev/templates         YAML list of {path, template, mode}
 //	secretfs.dev/hideObjects       "true": write only the templated files
-//	secretfs.dev/rotationInterval  this class's rotation interval (Go duration)
-//	secretfs.dev/staleIfError      serve the node cache's last good content
-//	                               up to this age to new pods when the backend fails
-//	secretfs.dev/nodeCache         "true": share an external provider's answers
-//	                               through the node cache; "false": never share
-//	                               (read by the driver, see NodeCache)
 //
 // Fields of an item of the objects parameter (Azure, Vault, AWS, fake,
 // kubernetes) or of the secrets parameter (GCP), removed before the
@@ -32,27 +27,25 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	yaml "go.yaml.in/yaml/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 )
 
-// Prefix starts every class parameter this package owns.
-const Prefix = "secretfs.dev/"
+// Prefix starts every class parameter of secretfs (class.Prefix).
+const Prefix = class.Prefix
 
-// Class parameters.
+// Class parameters of this package.
 const (
-	ParamTemplates        = Prefix + "templates"
-	ParamHideObjects      = Prefix + "hideObjects"
-	ParamRotationInterval = Prefix + "rotationInterval"
-	ParamStaleIfError     = Prefix + "staleIfError"
-	ParamNodeCache        = Prefix + "nodeCache"
+	ParamTemplates   = Prefix + "templates"
+	ParamHideObjects = Prefix + "hideObjects"
 )
 
 // Object fields.
@@ -75,8 +68,6 @@ type Plan struct {
 	arrayForm    bool
 	templates    []*Template
 	hideObjects  bool
-	rotation     time.Duration
-	staleIfError time.Duration
 	copied       bool // params is this Plan's own map
 }
 
@@ -141,17 +132,12 @@ func (p *Plan) parseOwn(params map[string]string) error {
 			if err != nil {
 				err = fmt.Errorf("must be true or false")
 			}
-		case ParamRotationInterval:
-			p.rotation, err = parseDuration(v)
-		case ParamStaleIfError:
-			p.staleIfError, err = parseDuration(v)
-		case ParamNodeCache:
-			if _, perr := strconv.ParseBool(strings.TrimSpace(v)); perr != nil {
-				err = fmt.Errorf("must be true or false")
-			}
 		default:
-			return provider.InvalidArgument("class parameter %q is not one secretfs knows; known: %s, %s, %s, %s, %s",
-				clip(k), ParamTemplates, ParamHideObjects, ParamRotationInterval, ParamStaleIfError, ParamNodeCache)
+			if slices.Contains(class.SettingParams, k) {
+				continue // read by package class
+			}
+			return provider.InvalidArgument("class parameter %q is not one secretfs knows; known: %s, %s, %s",
+				clip(k), ParamTemplates, ParamHideObjects, strings.Join(class.SettingParams, ", "))
 		}
 		if err != nil {
 			return provider.InvalidArgument("class parameter %s: %v", k, err)
@@ -161,29 +147,6 @@ func (p *Plan) parseOwn(params map[string]string) error {
 		return provider.InvalidArgument("class parameter %s is true but %s declares no file: nothing would be written", ParamHideObjects, ParamTemplates)
 	}
 	return nil
-}
-
-// NodeCache reads the class's secretfs.dev/nodeCache parameter: whether the
-// node cache may share this class's answers between the volumes of one
-// identity, and whether the class says so at all.
-func NodeCache(params map[string]string) (share, set bool, err error) {
-	v, ok := params[ParamNodeCache]
-	if !ok {
-		return false, false, nil
-	}
-	share, err = strconv.ParseBool(strings.TrimSpace(v))
-	if err != nil {
-		return false, false, provider.InvalidArgument("class parameter %s must be true or false", ParamNodeCache)
-	}
-	return share, true, nil
-}
-
-func parseDuration(v string) (time.Duration, error) {
-	d, err := time.ParseDuration(strings.TrimSpace(v))
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("must be a positive duration such as 30s, 5m or 1h")
-	}
-	return d, nil
 }
 
 // templateSpec is one item of the templates parameter.
@@ -412,40 +375,6 @@ func (p *Plan) Parameters(params map[string]string) map[string]string {
 		return params
 	}
 	return p.params
-}
-
-// RotationInterval is the class's own interval clamped to [min, max], and
-// whether the class sets one; a zero min or max does not clamp.
-func (p *Plan) RotationInterval(min, max time.Duration) (time.Duration, bool) {
-	if p == nil || p.rotation == 0 {
-		return 0, false
-	}
-	d := p.rotation
-	if min > 0 && d < min {
-		d = min
-	}
-	if max > 0 && d > max {
-		d = max
-	}
-	return d, true
-}
-
-// StaleIfError is the age up to which the class lets a new pod be served
-// the node cache's last good content when the backend fails (0: never),
-// bounded by max, the driver's limit (0: the feature is off).
-func (p *Plan) StaleIfError(max time.Duration) time.Duration {
-	if p == nil || max <= 0 {
-		return 0
-	}
-	return min(p.staleIfError, max)
-}
-
-// StaleIfErrorAsked is the class's own staleIfError, before the driver's limit.
-func (p *Plan) StaleIfErrorAsked() time.Duration {
-	if p == nil {
-		return 0
-	}
-	return p.staleIfError
 }
 
 // Shapes reports whether Render changes anything (templates or hidden objects).

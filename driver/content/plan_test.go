@@ -5,11 +5,11 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	yaml "go.yaml.in/yaml/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -26,9 +26,6 @@ func TestParsePlainClass(t *testing.T) {
 	if p.Shapes() {
 		t.Error("plain class shapes its files")
 	}
-	if _, ok := p.RotationInterval(time.Second, time.Hour); ok {
-		t.Error("plain class has its own interval")
-	}
 }
 
 func TestParseStripsOwnParameters(t *testing.T) {
@@ -36,8 +33,9 @@ func TestParseStripsOwnParameters(t *testing.T) {
 		"objects":              "- objectName: a\n  optional: true\n- objectName: b\n  keyPath: db.password\n- objectName: c\n",
 		ParamTemplates:         "- path: app.env\n  mode: \"0400\"\n  template: \"A={{ .a }}\"\n",
 		ParamHideObjects:       "true",
-		ParamRotationInterval:  "10s",
-		ParamStaleIfError:      "5m",
+		class.ParamRotationInterval: "10s",
+		class.ParamStaleIfError:     "5m",
+		class.ParamNodeCache:        "false",
 		"csi.storage.k8s.io/x": "kept",
 	}
 	p, err := Parse(params)
@@ -59,18 +57,6 @@ func TestParseStripsOwnParameters(t *testing.T) {
 	}
 	if params[ParamTemplates] == "" || !strings.Contains(params["objects"], "optional") {
 		t.Error("the class's own map was modified")
-	}
-	if d, _ := p.RotationInterval(time.Minute, time.Hour); d != time.Minute {
-		t.Errorf("10s clamped to [1m,1h] = %v", d)
-	}
-	if d, _ := p.RotationInterval(time.Second, 5*time.Second); d != 5*time.Second {
-		t.Errorf("10s clamped to [1s,5s] = %v", d)
-	}
-	if d := p.StaleIfError(time.Minute); d != time.Minute {
-		t.Errorf("stale 5m bounded by 1m = %v", d)
-	}
-	if d := p.StaleIfError(0); d != 0 {
-		t.Errorf("stale with the driver's feature off = %v", d)
 	}
 }
 
@@ -99,9 +85,6 @@ func TestParseErrors(t *testing.T) {
 		{Prefix + "template": "x"},
 		{ParamHideObjects: "true"},
 		{ParamHideObjects: "yes please"},
-		{ParamRotationInterval: "-1s"},
-		{ParamRotationInterval: "soon"},
-		{ParamStaleIfError: "0"},
 		{ParamTemplates: "- path: a\n  template: \"{{ .x \"\n"},
 		{ParamTemplates: "- path: a\n  template: x\n- path: a\n  template: y\n"},
 		{ParamTemplates: "- path: a\n  tmpl: x\n"},

@@ -7,7 +7,6 @@ package hook
 import (
 	"context"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -22,9 +21,10 @@ type Volume struct {
 	// recovered after a restart and not refreshed since.
 	Class    *class.Class
 	Provider string
-	// Files is the content just written (Changed only). The slices belong to
-	// the driver and are wiped after the hook returns: copy what you keep.
-	Files []atomicwriter.File
+	// Files is the content just written (Changed only), modes resolved. The
+	// contents belong to the driver and are wiped after the hook returns:
+	// copy what you keep.
+	Files []provider.File
 	// Versions are the object versions the backend reported for the files
 	// mounted now.
 	Versions []provider.ObjectVersion

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/secretfs/secretfs/provider"
 	"maps"
 	"slices"
 	"strings"
@@ -12,7 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
 )
 
@@ -79,7 +79,7 @@ func (e *buildError) Error() string {
 
 // build returns the Secrets the class's secretObjects ask for, without a
 // per-class cap or node budget (see buildWith).
-func build(objs []class.SecretObject, files []atomicwriter.File) ([]*desired, []error) {
+func build(objs []class.SecretObject, files []provider.File) ([]*desired, []error) {
 	return buildWith(objs, files, limits{})
 }
 
@@ -90,7 +90,7 @@ func build(objs []class.SecretObject, files []atomicwriter.File) ([]*desired, []
 // others are still built. Before it copies anything it checks lim (see
 // batch.go): what the class makes it hold, each file counted once however
 // many Secrets use it, within the per-class cap and the node budget.
-func buildWith(objs []class.SecretObject, files []atomicwriter.File, lim limits) ([]*desired, []error) {
+func buildWith(objs []class.SecretObject, files []provider.File, lim limits) ([]*desired, []error) {
 	var errs []error
 	if len(objs) > MaxSecretObjects {
 		errs = append(errs, &buildError{msg: fmt.Sprintf("the class has %d secretObjects; only the first %d are synced: split the class", len(objs), MaxSecretObjects)})
@@ -98,7 +98,7 @@ func buildWith(objs []class.SecretObject, files []atomicwriter.File, lim limits)
 	}
 	byPath := make(map[string][]byte, len(files))
 	for _, f := range files {
-		byPath[f.Path] = f.Data
+		byPath[f.Path] = f.Contents
 	}
 	b, err := newBatch(objs, byPath, lim)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"github.com/secretfs/secretfs/provider"
 	"math/big"
 	"strings"
 	"testing"
@@ -19,14 +20,13 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
 )
 
-func files(kv ...string) []atomicwriter.File {
-	var out []atomicwriter.File
+func files(kv ...string) []provider.File {
+	var out []provider.File
 	for i := 0; i < len(kv); i += 2 {
-		out = append(out, atomicwriter.File{Path: kv[i], Mode: 0o644, Data: []byte(kv[i+1])})
+		out = append(out, provider.File{Path: kv[i], Mode: 0o644, Contents: []byte(kv[i+1])})
 	}
 	return out
 }
@@ -97,7 +97,7 @@ func TestBuildBounds(t *testing.T) {
 	if len(ds) != MaxSecretObjects || len(errs) != 1 || !strings.Contains(errs[0].Error(), "only the first") {
 		t.Fatalf("%d secrets, errors %v", len(ds), errs)
 	}
-	big := []atomicwriter.File{{Path: "a", Data: make([]byte, MaxSecretBytes)}}
+	big := []provider.File{{Path: "a", Contents: make([]byte, MaxSecretBytes)}}
 	_, errs = build([]class.SecretObject{{SecretName: "s", Data: []class.SecretObjectData{{ObjectName: "a", Key: "k"}}}}, big)
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "bytes of data") {
 		t.Fatalf("oversized: %v", errs)
@@ -149,7 +149,7 @@ func TestBuildTLS(t *testing.T) {
 			b, chain := bundle(t, tc.key)
 			ds, errs := build([]class.SecretObject{{SecretName: "tls", Type: "kubernetes.io/tls", Data: []class.SecretObjectData{
 				{ObjectName: "cert.pem", Key: "tls.key"}, {ObjectName: "cert.pem", Key: "tls.crt"}, {ObjectName: "cert.pem", Key: "ca.pem"},
-			}}}, []atomicwriter.File{{Path: "cert.pem", Data: b}})
+			}}}, []provider.File{{Path: "cert.pem", Contents: b}})
 			if len(errs) != 0 {
 				t.Fatal(errs)
 			}

@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/internal/kube/kubecore"
@@ -146,7 +145,7 @@ func deletePod(t *testing.T, srv *kubeapi.Server, name string) {
 
 func volume(pod provider.Pod, pass string) hook.Volume {
 	return hook.Volume{ID: "vol-" + pod.Name, Pod: pod, Class: cls, Provider: "fake",
-		Files: []atomicwriter.File{{Path: "pass", Mode: 0o644, Data: []byte(pass)}}}
+		Files: []provider.File{{Path: "pass", Mode: 0o644, Contents: []byte(pass)}}}
 }
 
 func secret(t *testing.T, srv *kubeapi.Server) *corev1.Secret {

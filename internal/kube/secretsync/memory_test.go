@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
@@ -33,12 +32,12 @@ func manySecrets(n int, objects ...string) *class.Class {
 	return c
 }
 
-func bigVolume(id string, c *class.Class, files ...atomicwriter.File) hook.Volume {
+func bigVolume(id string, c *class.Class, files ...provider.File) hook.Volume {
 	return hook.Volume{ID: id, Pod: provider.Pod{Namespace: "ns", Name: "p-" + id, UID: "uid-" + id}, Class: c, Provider: "fake", Files: files}
 }
 
-func file(path string, n int, fill byte) atomicwriter.File {
-	return atomicwriter.File{Path: path, Mode: 0o644, Data: bytes.Repeat([]byte{fill}, n)}
+func file(path string, n int, fill byte) provider.File {
+	return provider.File{Path: path, Mode: 0o644, Contents: bytes.Repeat([]byte{fill}, n)}
 }
 
 // entries returns how many Secrets the syncer still holds content for.

@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
-	"github.com/secretfs/secretfs/driver/atomicwriter"
 	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
@@ -219,7 +218,7 @@ func TestSyncMemoryBounded(t *testing.T) {
 			Data: []class.SecretObjectData{{ObjectName: "blob", Key: "blob"}}})
 	}
 	blob := bytes.Repeat([]byte{'z'}, 200<<10)
-	v := hook.Volume{ID: "vol-big", Pod: pod, Class: big, Provider: "fake", Files: []atomicwriter.File{{Path: "blob", Mode: 0o644, Data: blob}}}
+	v := hook.Volume{ID: "vol-big", Pod: pod, Class: big, Provider: "fake", Files: []provider.File{{Path: "blob", Mode: 0o644, Contents: blob}}}
 	ctx := context.Background()
 	n.syncer.Changed(ctx, v)
 	for i := range 16 {
@@ -233,8 +232,8 @@ func TestSyncMemoryBounded(t *testing.T) {
 	}
 	over := &class.Class{Name: "over", Namespace: ns, Provider: "fake", SecretObjects: []class.SecretObject{{SecretName: "over",
 		Data: []class.SecretObjectData{{ObjectName: "blob", Key: "a"}, {ObjectName: "blob2", Key: "b"}}}}}
-	v = hook.Volume{ID: "vol-over", Pod: pod, Class: over, Provider: "fake", Files: []atomicwriter.File{
-		{Path: "blob", Mode: 0o644, Data: blob}, {Path: "blob2", Mode: 0o644, Data: blob}}}
+	v = hook.Volume{ID: "vol-over", Pod: pod, Class: over, Provider: "fake", Files: []provider.File{
+		{Path: "blob", Mode: 0o644, Contents: blob}, {Path: "blob2", Mode: 0o644, Contents: blob}}}
 	before := n.requests(t)
 	n.syncer.Changed(ctx, v)
 	if _, err := srv.Client.CoreV1().Secrets(ns).Get(ctx, "over", metav1.GetOptions{}); !apierrors.IsNotFound(err) || n.requests(t) != before {
