@@ -99,6 +99,28 @@ func parseDriverFlags(args []string, stdout, stderr io.Writer) (f driverFlags, c
 	return f, code, ok
 }
 
+// config is the driver configuration the flags set; runDriver adds what it
+// builds from them (class source, providers, events, hooks, logger,
+// metrics registry, node budget).
+func (f *driverFlags) config() driver.Config {
+	return driver.Config{
+		DriverName:          f.driverName,
+		NodeID:              f.nodeID,
+		TmpfsSize:           f.tmpfsSize.bytes,
+		RotationInterval:    f.rotation,
+		MinRotationInterval: f.minRotation,
+		MaxRotationInterval: f.maxRotation,
+		MaxStaleIfError:     staleBound(f.maxStale),
+		RecoverUnder:        f.kubeletDir,
+		MaxFiles:            f.limits.maxFiles,
+		MaxDirs:             f.limits.maxDirs,
+		MaxDepth:            f.limits.maxDepth,
+		MaxSteps:            f.limits.maxSteps,
+		DisableCache:        !f.cache,
+		CacheExternal:       splitList(f.cacheExternal),
+	}
+}
+
 // runDriver runs the CSI node plugin with flags f until SIGINT or SIGTERM.
 func runDriver(f driverFlags, stderr io.Writer) int {
 	fail := func(code int, format string, args ...any) int {
@@ -175,29 +197,10 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 		return fail(1, "%v", err)
 	}
 	defer closeHooks()
-	d, err := driver.New(driver.Config{
-		DriverName:          f.driverName,
-		NodeID:              f.nodeID,
-		Classes:             classes,
-		Providers:           providers,
-		TmpfsSize:           f.tmpfsSize.bytes,
-		RotationInterval:    f.rotation,
-		MinRotationInterval: f.minRotation,
-		MaxRotationInterval: f.maxRotation,
-		MaxStaleIfError:     staleBound(f.maxStale),
-		Logger:              log,
-		Registerer:          registry,
-		RecoverUnder:        f.kubeletDir,
-		MaxFiles:            f.limits.maxFiles,
-		MaxDirs:             f.limits.maxDirs,
-		MaxDepth:            f.limits.maxDepth,
-		MaxSteps:            f.limits.maxSteps,
-		Budget:              sharedBudget,
-		DisableCache:        !f.cache,
-		CacheExternal:       splitList(f.cacheExternal),
-		Events:              sink,
-		Hooks:               hooks,
-	})
+	cfg := f.config()
+	cfg.Classes, cfg.Providers, cfg.Events, cfg.Hooks = classes, providers, sink, hooks
+	cfg.Logger, cfg.Registerer, cfg.Budget = log, registry, sharedBudget
+	d, err := driver.New(cfg)
 	if err != nil {
 		return fail(1, "%v", err)
 	}
