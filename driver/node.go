@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/secretfs/secretfs/driver/content"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -211,80 +210,6 @@ func loadVolume(target string) (*volume, error) {
 		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions, mounted: true,
 		interval: max(interval, 0),
 	}, nil
-}
-
-// startWatch starts a provider watch for v if its provider is a
-// provider.Watcher, replacing any running one: the new watch starts before
-// the old one stops, so no change falls in between. A watch that cannot be
-// started is logged and counted; republish rotation still works without it.
-// The caller holds the volume lock.
-func (d *Driver) startWatch(ctx context.Context, v *volume) {
-	if d.closed.Load() || v.req == nil {
-		return
-	}
-	p, err := d.providerFor(v)
-	if err != nil {
-		return
-	}
-	wp, ok := p.(provider.Watcher)
-	if !ok {
-		return
-	}
-	req := v.req
-	if req.Parameters == nil {
-		// Recovered volume that was not refreshed yet: the watch needs the
-		// class parameters to know what to watch.
-		cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
-		var plan *content.Plan
-		if err == nil {
-			plan, err = content.ForClass(cls)
-		}
-		if err != nil {
-			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
-			d.metrics.Watches.WithLabelValues("failed").Inc()
-			return
-		}
-		req = withClass(req, plan.Parameters(cls.Parameters), v.versions)
-		v.req = req
-	}
-	w, err := startProviderWatch(wp, v.provider, req, d.rotation.Debounce, func() {
-		// The cached answer predates the change: the refresh this kicks
-		// (and any other volume's fetch) must go to the backend.
-		if d.cache != nil {
-			d.cache.Invalidate(v.id, time.Now())
-		}
-	}, func(w *providerWatch) {
-		if !d.locks.Lock(v.id, w.Done()) {
-			return
-		}
-		if d.volume(v.id) == v && v.watch == w && v.req != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), d.rotation.Timeout)
-			d.locks.SetCancel(v.id, cancel)
-			d.refresh(ctx, v, "watch")
-			cancel()
-		}
-		d.locks.Unlock(v.id)
-	})
-	if err != nil {
-		d.log.Warn("cannot start provider watch; rotation relies on republish", "volume_id", v.id,
-			"provider", v.provider, "code", provider.CodeOf(err).String(), "err", err.Error())
-		d.metrics.Watches.WithLabelValues("failed").Inc()
-		return
-	}
-	d.metrics.Watches.WithLabelValues("started").Inc()
-	old := v.watch
-	v.watch = w
-	if old != nil {
-		old.Close()
-	}
-}
-
-// stopWatch ends v's watch. The caller holds the volume lock.
-func (d *Driver) stopWatch(v *volume) {
-	if v.watch != nil {
-		v.watch.Close()
-		v.watch = nil
-	}
 }
 
 // volume is the volume with id in the volume table, or nil.

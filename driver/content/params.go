@@ -82,6 +82,16 @@ type object struct {
 
 func (o *object) special() bool { return o.optional || o.keyPath != nil }
 
+// ForClass reads cls's content settings (Parse); nil for a class without
+// any. Its errors name the class.
+func ForClass(cls *class.Class) (*Plan, error) {
+	p, err := Parse(cls.Parameters)
+	if err != nil {
+		return nil, provider.Errorf(provider.CodeOf(err), "SecretProviderClass %q in namespace %q: %s", cls.Name, cls.Namespace, err.Error())
+	}
+	return p, nil
+}
+
 // Parse reads a class's parameters. A class that uses none of this package
 // gets a nil Plan (every method of which is fine to call): its parameters
 // go to the provider as they are, and nothing is allocated.

@@ -30,13 +30,13 @@ func TestParsePlainClass(t *testing.T) {
 
 func TestParseStripsOwnParameters(t *testing.T) {
 	params := map[string]string{
-		"objects":              "- objectName: a\n  optional: true\n- objectName: b\n  keyPath: db.password\n- objectName: c\n",
-		ParamTemplates:         "- path: app.env\n  mode: \"0400\"\n  template: \"A={{ .a }}\"\n",
-		ParamHideObjects:       "true",
+		"objects":                   "- objectName: a\n  optional: true\n- objectName: b\n  keyPath: db.password\n- objectName: c\n",
+		ParamTemplates:              "- path: app.env\n  mode: \"0400\"\n  template: \"A={{ .a }}\"\n",
+		ParamHideObjects:            "true",
 		class.ParamRotationInterval: "10s",
 		class.ParamStaleIfError:     "5m",
 		class.ParamNodeCache:        "false",
-		"csi.storage.k8s.io/x": "kept",
+		"csi.storage.k8s.io/x":      "kept",
 	}
 	p, err := Parse(params)
 	if err != nil {
