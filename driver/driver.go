@@ -88,7 +88,7 @@ type Config struct {
 	DisableCache bool
 	// CacheExternal names the external providers whose answers the node
 	// cache shares ("*": all). Others are fetched per volume unless their
-	// class sets secretfs.dev/nodeCache: "true" (see content.Shareable). Built-in
+	// class sets secretfs.dev/nodeCache: "true" (see Driver.shareable). Built-in
 	// backends are always shared, unless a class sets it "false".
 	CacheExternal []string
 	// Events receives what the pod's owner should see on the pod: failed
@@ -164,7 +164,7 @@ type Driver struct {
 	hooks        []hook.Hook
 	owner        *Owner // nil: Kubernetes ownership
 
-	// Bounds of a class's own settings (package driver/content).
+	// Bounds of a class's own settings (class.Settings).
 	minInterval, maxInterval, maxStale time.Duration
 
 	// cache shares backend results between volumes of one identity; nil
