@@ -151,4 +151,3 @@ func (d *Driver) backend(ctx context.Context, p provider.Provider, name string, 
 	d.metrics.Fetched(name, provider.CodeOf(err), time.Since(start))
 	return res, err
 }
-

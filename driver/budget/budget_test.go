@@ -165,3 +165,40 @@ func TestObserve(t *testing.T) {
 		t.Fatalf("observed %v, want %v", seen, want)
 	}
 }
+
+// A Charge holds old and new side by side while it writes, then what was
+// written, or the old again when the write did not happen.
+func TestCharge(t *testing.T) {
+	b := New(100)
+	if err := b.Reserve("v", 30); err != nil {
+		t.Fatal(err)
+	}
+	c := b.Charge("v", 50, `class "c" in namespace "n"`)
+	if err := c.Reserve(); err != nil || b.Used() != 80 {
+		t.Fatalf("reserve: %v, used %d, want 80", err, b.Used())
+	}
+	if err := c.Reserve(); err != nil || b.Used() != 80 {
+		t.Fatalf("a second reserve holds the same: %v, used %d", err, b.Used())
+	}
+	c.Settle(true)
+	if b.Used() != 50 || b.Held("v") != 50 {
+		t.Fatalf("settled written: used %d, held %d, want 50", b.Used(), b.Held("v"))
+	}
+
+	c = b.Charge("v", 60, `class "c" in namespace "n"`) // 50 + 60 > 100
+	err := c.Reserve()
+	if provider.CodeOf(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), `class "c" in namespace "n"`) {
+		t.Fatalf("over the budget: %v", err)
+	}
+	c.Settle(false)
+	if b.Used() != 50 {
+		t.Fatalf("settled not written: used %d, want 50", b.Used())
+	}
+
+	var none *Budget
+	nc := none.Charge("v", 1<<40, "x")
+	if err := nc.Reserve(); err != nil {
+		t.Fatalf("no budget refuses: %v", err)
+	}
+	nc.Settle(true)
+}
