@@ -175,6 +175,10 @@ type Driver struct {
 	cacheExternal map[string]bool
 
 	locks volumeLocks
+	// requested: refreshes asked for by class annotation or command
+	// (refreshnow.go); done is closed by Close.
+	requested refreshRequests
+	done      chan struct{}
 
 	mu   sync.Mutex
 	vols map[string]*volume // by volume id
@@ -276,6 +280,7 @@ func New(cfg Config) (*Driver, error) {
 		hooks:        cfg.Hooks,
 		owner:        cfg.Owner,
 		vols:         map[string]*volume{},
+		done:         make(chan struct{}),
 	}
 	switch {
 	case cfg.Budget != nil:
@@ -296,13 +301,21 @@ func New(cfg Config) (*Driver, error) {
 	}
 	d.recover()
 	d.recovered.Store(true)
+	if rr, ok := cfg.Classes.(RefreshRequested); ok {
+		if err := rr.OnRefreshRequested(d.classRefreshRequested); err != nil {
+			return nil, fmt.Errorf("driver: watching for requested refreshes: %w", err)
+		}
+	}
 	return d, nil
 }
 
 // Close stops all provider watches and wipes the node cache. Mounted
 // volumes stay mounted: a new Driver finds them again.
 func (d *Driver) Close() error {
-	d.closed.Store(true)
+	if d.closed.Swap(true) {
+		return nil
+	}
+	close(d.done)
 	d.mu.Lock()
 	vols := make([]*volume, 0, len(d.vols))
 	for _, v := range d.vols {

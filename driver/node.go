@@ -235,6 +235,7 @@ func (d *Driver) noteStatus(v *volume, err error) {
 	s := VolumeStatus{
 		VolumeID: v.id, Namespace: v.pod.Namespace, Pod: v.pod.Name, Class: v.class, Provider: v.provider,
 		Files: v.files, Bytes: v.bytes, LastFetch: v.lastFetch,
+		LastRequestedRefresh: v.requestedAt, RequestedBy: v.requestedBy,
 	}
 	if s.Files == 0 && s.Bytes == 0 {
 		s.Files = len(v.versions)

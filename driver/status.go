@@ -7,6 +7,10 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/secretfs/secretfs/provider"
 )
 
 // VolumeStatus is what `secretfs status` shows of one mounted volume: where
@@ -35,6 +39,10 @@ type VolumeStatus struct {
 	// LastError is the message of the last failed refresh, empty after a
 	// successful one.
 	LastError string `json:"lastError,omitempty"`
+	// LastRequestedRefresh is when a refresh was last asked for (class
+	// annotation or `secretfs refresh`), and RequestedBy by which.
+	LastRequestedRefresh time.Time `json:"lastRequestedRefresh,omitzero"`
+	RequestedBy          string    `json:"requestedBy,omitempty"`
 }
 
 // Interval is a duration written as text ("5m0s") in JSON, formatted only
@@ -75,13 +83,43 @@ func (d *Driver) Status() []VolumeStatus {
 	return out
 }
 
-// StatusHandler serves Status as JSON (GET /volumes), for `secretfs status`
-// over the driver's local status socket.
+// RefreshReply is the answer to POST /refresh: how many volumes the
+// request selected on this node, or why it was refused.
+type RefreshReply struct {
+	Volumes int    `json:"volumes"`
+	Error   string `json:"error,omitempty"`
+}
+
+// StatusHandler serves the driver's local status socket: Status as JSON
+// (GET /volumes, for `secretfs status`) and requested refreshes (POST
+// /refresh with a RefreshTarget as JSON, for `secretfs refresh`).
 func (d *Driver) StatusHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /volumes", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(d.Status())
+	})
+	mux.HandleFunc("POST /refresh", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		var t RefreshTarget
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&t); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			_ = json.NewEncoder(w).Encode(RefreshReply{Error: "the request is not a JSON object with namespace and class or pod"})
+			return
+		}
+		n, err := d.RequestRefresh(t, RequestedByCommand)
+		if err != nil {
+			code := http.StatusBadRequest
+			if provider.CodeOf(err) == codes.ResourceExhausted {
+				code = http.StatusTooManyRequests
+			}
+			w.WriteHeader(code)
+			_ = json.NewEncoder(w).Encode(RefreshReply{Error: err.Error()})
+			return
+		}
+		_ = json.NewEncoder(w).Encode(RefreshReply{Volumes: n})
 	})
 	return mux
 }

@@ -33,6 +33,10 @@ type volume struct {
 	// interval is the class's own rotation interval (clamped); 0: the
 	// driver's.
 	interval time.Duration
+	// requestedAt and requestedBy: the last requested refresh (refreshnow.go),
+	// in memory only.
+	requestedAt time.Time
+	requestedBy string
 	// omitted are the optional objects last reported missing, in memory
 	// only.
 	omitted []string

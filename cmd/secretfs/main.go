@@ -17,6 +17,7 @@ Usage:
   secretfs provider [flags]   serve a built-in backend over the provider protocol
   secretfs probe    [flags]   check the driver's /healthz (exec probe)
   secretfs status   [flags]   show the volumes the driver on this node has mounted (never secret values)
+  secretfs refresh  [flags]   refresh one class's or one pod's volumes on this node now
   secretfs version            print the version
 
 Run "secretfs COMMAND -h" for the flags of a command.
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runProbe(args[1:], stdout, stderr)
 	case "status":
 		return runStatus(args[1:], stdout, stderr)
+	case "refresh":
+		return runRefresh(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, versionString())
 		return 0
@@ -53,6 +56,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, run, provider, probe, status or version\n", args[0])
+	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, run, provider, probe, status, refresh or version\n", args[0])
 	return 2
 }

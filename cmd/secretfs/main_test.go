@@ -29,6 +29,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"driver", "--node-id", "", "--class-dir", "."}, "-node-id is required"},
 		{[]string{"driver", "extra"}, `unexpected argument "extra"`},
 		{[]string{"driver", "--events=maybe"}, `invalid boolean value "maybe" for -events`},
+		{[]string{"refresh", "--class", "app"}, "give -namespace and exactly one of -class and -pod"},
+		{[]string{"refresh", "--namespace", "shop", "--class", "app", "--pod", "web"}, "exactly one of -class and -pod"},
 		{[]string{"mount"}, "-target, and -class or -kubeconfig with -class-name, are required"},
 		{[]string{"driver", "--class-dir", ".", "--pprof-addr", ":6060"}, `-pprof-addr ":6060": want a loopback address`},
 		{[]string{"driver", "--class-dir", ".", "--pprof-addr", "0.0.0.0:6060"}, `"0.0.0.0" is not a loopback address`},

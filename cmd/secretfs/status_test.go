@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -149,4 +151,39 @@ func FuzzPrintable(f *testing.F) {
 			t.Fatalf("escapeJSON changed the value: %q -> %q", a.Class, b.Class)
 		}
 	})
+}
+
+// `secretfs refresh` against a driver's status handler: the request it
+// sends and the count it prints; a refusal is the driver's message.
+func TestRefreshCommand(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "status.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		got = append(got, r.Method+" "+r.URL.Path+" "+string(body))
+		if strings.Contains(string(body), `"pod"`) {
+			w.WriteHeader(http.StatusTooManyRequests)
+			fmt.Fprint(w, `{"volumes":0,"error":"1024 classes and pods are waiting"}`)
+			return
+		}
+		fmt.Fprint(w, `{"volumes":3}`)
+	})}
+	go srv.Serve(lis)
+	defer srv.Close()
+
+	var out, errOut bytes.Buffer
+	if code := run([]string{"refresh", "--socket", sock, "--namespace", "shop", "--class", "app"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "3 volume(s)") || len(got) != 1 || got[0] != `POST /refresh {"namespace":"shop","class":"app"}` {
+		t.Fatalf("out %q, requests %q", out.String(), got)
+	}
+	errOut.Reset()
+	if code := run([]string{"refresh", "--socket", sock, "--namespace", "shop", "--pod", "web"}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "the driver refused: 1024 classes") {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
 }

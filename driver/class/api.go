@@ -119,3 +119,27 @@ func apiError(namespace, name string, err error) error {
 	}
 	return provider.Unavailable("reading SecretProviderClass %q in namespace %q: %v", name, namespace, err)
 }
+
+// RefreshAnnotation on a SecretProviderClass asks every node to refresh the
+// class's mounted volumes now: each change to a new non-empty value is one
+// request (any value: a timestamp is customary).
+const RefreshAnnotation = Prefix + "refresh-requested"
+
+// OnRefreshRequested calls f with a class's namespace and name each time
+// its RefreshAnnotation changes to a new non-empty value. f must not block.
+func (s *apiSource) OnRefreshRequested(f func(namespace, name string)) error {
+	_, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(oldObj, newObj any) {
+			o, ok1 := oldObj.(*unstructured.Unstructured)
+			n, ok2 := newObj.(*unstructured.Unstructured)
+			if !ok1 || !ok2 {
+				return
+			}
+			v := n.GetAnnotations()[RefreshAnnotation]
+			if v != "" && v != o.GetAnnotations()[RefreshAnnotation] {
+				f(n.GetNamespace(), n.GetName())
+			}
+		},
+	})
+	return err
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -225,5 +226,60 @@ func TestNotFoundKeepsSSCDWording(t *testing.T) {
 	err := notFound("team-a", "app", "")
 	if !strings.HasPrefix(err.Error(), "failed to get secretproviderclass team-a/app: ") {
 		t.Errorf("message %q", err.Error())
+	}
+}
+
+// A change of the refresh annotation to a new non-empty value is one
+// request; another change of the class, the same value again, or removing
+// it is none.
+func TestAPISourceRefreshRequested(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schemaGVR]string{GVR: Kind + "List"}, spc("team-a", "app", "fake"))
+	src := newAPISource(ctx, client)
+	got := make(chan string, 10)
+	if err := src.OnRefreshRequested(func(ns, name string) { got <- ns + "/" + name }); err != nil {
+		t.Fatal(err)
+	}
+	res := client.Resource(GVR).Namespace("team-a")
+	update := func(annotation string, param string) {
+		t.Helper()
+		u, err := res.Get(ctx, "app", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if annotation == "-" {
+			u.SetAnnotations(nil)
+		} else if annotation != "" {
+			u.SetAnnotations(map[string]string{RefreshAnnotation: annotation})
+		}
+		_ = unstructured.SetNestedField(u.Object, param, "spec", "parameters", "k")
+		if _, err := res.Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case g := <-got:
+			if g != want {
+				t.Fatalf("refresh requested for %s, want %s", g, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no refresh requested, want %s", want)
+		}
+	}
+	update("2026-12-05T10:00:00Z", "v")
+	expect("team-a/app")
+	update("", "v2")                     // another change, same annotation
+	update("2026-12-05T10:00:00Z", "v3") // same value again
+	update("-", "v4")                    // removed
+	update("2026-12-05T10:05:00Z", "v5")
+	expect("team-a/app") // the only other request: the new value
+	select {
+	case g := <-got:
+		t.Fatalf("unexpected refresh request for %s", g)
+	case <-time.After(200 * time.Millisecond):
 	}
 }

@@ -92,7 +92,7 @@ func (m *Metrics) Unpublished(err error) {
 }
 
 // Refreshed counts a refresh of a mounted volume in our series and SSCD's.
-// trigger is republish or watch; changed says the content was rotated.
+// trigger is republish, watch or requested; changed says the content was rotated.
 func (m *Metrics) Refreshed(provider, trigger string, changed bool, err error, took time.Duration) {
 	result := "unchanged"
 	switch {

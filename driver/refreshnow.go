@@ -1,0 +1,184 @@
+package driver
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Refreshes on request, without waiting for the rotation interval: a
+// change of a class's secretfs.dev/refresh-requested annotation (every
+// node's driver sees it through its class informer), or `secretfs refresh`
+// on the node (through the root-only status socket).
+//
+// Both are bounded the same way. Requests for one class or one pod
+// coalesce: while one waits or runs, another adds nothing. One class or pod
+// is refreshed at most once per --min-rotation-interval (the fastest a
+// class may rotate by itself); a request inside that gap waits for its end.
+// At most maxPendingRefreshes classes and pods wait at once: a request
+// beyond that is refused. A refresh is the ordinary one (apply, under the
+// volume lock, with the rotation timeout), after the node cache has been
+// told its answer predates the request.
+
+// maxPendingRefreshes bounds the classes and pods waiting for a requested
+// refresh on one node (one goroutine each).
+const maxPendingRefreshes = 1024
+
+// Why a refresh was requested (shown by `secretfs status`).
+const (
+	RequestedByAnnotation = "class annotation"
+	RequestedByCommand    = "secretfs refresh"
+)
+
+// RefreshTarget selects the mounted volumes a requested refresh is for:
+// those of one class, or of one pod, in one namespace.
+type RefreshTarget struct {
+	Namespace string `json:"namespace"`
+	Class     string `json:"class,omitempty"`
+	Pod       string `json:"pod,omitempty"`
+}
+
+func (t RefreshTarget) key() string {
+	if t.Class != "" {
+		return "class/" + t.Namespace + "/" + t.Class
+	}
+	return "pod/" + t.Namespace + "/" + t.Pod
+}
+
+func (t RefreshTarget) matches(v *volume) bool {
+	if v.pod.Namespace != t.Namespace {
+		return false
+	}
+	if t.Class != "" {
+		return v.class == t.Class
+	}
+	return v.pod.Name == t.Pod
+}
+
+func (t RefreshTarget) check() error {
+	if (t.Class == "") == (t.Pod == "") {
+		return provider.InvalidArgument("a refresh names a class or a pod, exactly one of them")
+	}
+	if t.Namespace == "" || checkName(t.Namespace, 63, false) != nil {
+		return provider.InvalidArgument("namespace %.80q is not a valid namespace", t.Namespace)
+	}
+	if err := checkName(t.Class+t.Pod, 253, true); err != nil {
+		return provider.InvalidArgument("%.80q is not a valid object name: %v", t.Class+t.Pod, err)
+	}
+	return nil
+}
+
+// refreshRequests is what the driver knows of requested refreshes.
+type refreshRequests struct {
+	mu      sync.Mutex
+	pending map[string]bool      // by RefreshTarget.key: waiting or running
+	last    map[string]time.Time // by key: when the last one started
+}
+
+// RequestRefresh schedules a refresh of the volumes t selects on this node
+// and returns how many it selects now (0 is not an error: a class with no
+// pod here). by says who asked (RequestedByAnnotation, RequestedByCommand).
+func (d *Driver) RequestRefresh(t RefreshTarget, by string) (int, error) {
+	if err := t.check(); err != nil {
+		return 0, err
+	}
+	n := len(d.selectVolumes(t))
+	if n == 0 {
+		return 0, nil
+	}
+	key, now := t.key(), time.Now()
+	r := &d.requested
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending[key] {
+		return n, nil // folded into the one waiting or running
+	}
+	if len(r.pending) >= maxPendingRefreshes {
+		return 0, provider.Errorf(codes.ResourceExhausted, "%d classes and pods are waiting for a requested refresh on this node already; try again later", len(r.pending))
+	}
+	if r.pending == nil {
+		r.pending, r.last = map[string]bool{}, map[string]time.Time{}
+	}
+	if len(r.last) >= maxPendingRefreshes {
+		for k, at := range r.last {
+			if now.Sub(at) >= d.minInterval && !r.pending[k] {
+				delete(r.last, k)
+			}
+		}
+	}
+	r.pending[key] = true
+	wait := max(r.last[key].Add(d.minInterval).Sub(now), 0)
+	go d.runRequested(key, t, by, wait)
+	return n, nil
+}
+
+// runRequested refreshes t's volumes once wait has passed.
+func (d *Driver) runRequested(key string, t RefreshTarget, by string, wait time.Duration) {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-d.done:
+		d.requested.mu.Lock()
+		delete(d.requested.pending, key)
+		d.requested.mu.Unlock()
+		return
+	case <-timer.C:
+	}
+	at := time.Now()
+	d.requested.mu.Lock()
+	delete(d.requested.pending, key) // a request from now on is a new one
+	d.requested.last[key] = at
+	d.requested.mu.Unlock()
+	for _, v := range d.selectVolumes(t) {
+		if !d.locks.Lock(v.id, d.done) {
+			return
+		}
+		if d.volume(v.id) == v && v.req != nil {
+			if d.cache != nil {
+				d.cache.Invalidate(v.id, at)
+			}
+			v.requestedAt, v.requestedBy = at, by
+			ctx, cancel := context.WithTimeout(context.Background(), d.rotation.Timeout)
+			d.locks.SetCancel(v.id, cancel)
+			d.refresh(ctx, v, "requested")
+			cancel()
+		}
+		d.locks.Unlock(v.id)
+	}
+}
+
+// selectVolumes returns the volumes in the table t selects.
+func (d *Driver) selectVolumes(t RefreshTarget) []*volume {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []*volume
+	for _, v := range d.vols {
+		if t.matches(v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// classRefreshRequested is told by the class source that a class's
+// refresh-requested annotation changed.
+func (d *Driver) classRefreshRequested(namespace, name string) {
+	n, err := d.RequestRefresh(RefreshTarget{Namespace: namespace, Class: name}, RequestedByAnnotation)
+	if err != nil {
+		d.log.Warn("refresh requested by class annotation not scheduled", "namespace", namespace, "class", name, "err", err.Error())
+		return
+	}
+	if n > 0 {
+		d.log.Info("refresh requested by class annotation", "namespace", namespace, "class", name, "volumes", n)
+	}
+}
+
+// RefreshRequested is a class.Source that reports changes of a class's
+// refresh-requested annotation (the API source does).
+type RefreshRequested interface {
+	OnRefreshRequested(f func(namespace, name string)) error
+}
