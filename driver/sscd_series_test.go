@@ -56,7 +56,9 @@ func TestSSCDSeriesFromCSICalls(t *testing.T) {
 		{"node_unpublish_total", map[string]string{"os_type": runtime.GOOS}, 1},
 		{"node_unpublish_error_total", map[string]string{"os_type": runtime.GOOS}, 0},
 	} {
-		if got := seriesValue(t, e.reg, c.name, c.labels); got != c.want {
+		if got, ok := seriesValue(t, e.reg, c.name, c.labels); !ok {
+			t.Errorf("case %d: no series %s%v", i, c.name, c.labels)
+		} else if got != c.want {
 			t.Errorf("case %d: %v, want %v", i, got, c.want)
 		}
 	}
@@ -65,9 +67,9 @@ func TestSSCDSeriesFromCSICalls(t *testing.T) {
 	}
 }
 
-// seriesValue is the value of the counter or gauge name{labels} in reg; 0
-// when it has no such series (as a fresh child of a vector reads).
-func seriesValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
+// seriesValue is the value of the counter or gauge name{labels} in reg, and
+// whether reg has that series at all (a renamed metric or label has none).
+func seriesValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
@@ -88,12 +90,12 @@ func seriesValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[
 				}
 			}
 			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
+				return c.GetValue(), true
 			}
-			return m.GetGauge().GetValue()
+			return m.GetGauge().GetValue(), true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // seriesCount is how many series the family name has in reg.
