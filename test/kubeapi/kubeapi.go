@@ -89,7 +89,20 @@ func Require(t testing.TB, s *Server, err error) *Server {
 
 // Start starts etcd and kube-apiserver in a new temporary directory and
 // waits until the API server is ready. Stop removes everything.
-func Start() (_ *Server, err error) {
+//
+// Their ports are picked free, then closed and handed to the processes by
+// number; another process may take one in between, so a start that fails
+// with "address already in use" is retried on fresh ports.
+func Start() (*Server, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := startOnce()
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return s, err
+		}
+	}
+}
+
+func startOnce() (_ *Server, err error) {
 	bin := BinDir()
 	for _, name := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
