@@ -287,3 +287,24 @@ func readFile(t testing.TB, p string) string {
 	}
 	return string(b)
 }
+
+// fakeClock is a rotation clock (Config.Now) that moves only when a test
+// advances it: a rotation comes due without sleeping.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *fakeClock { return &fakeClock{now: time.Now()} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}

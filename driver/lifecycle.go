@@ -219,15 +219,15 @@ func (d *Driver) forget(v *volume) {
 // content; it is logged, counted, and reported on the pod when the
 // rotation policy says a failure event is due. The caller holds the volume lock.
 func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
-	start := time.Now()
-	v.lastTry = start
+	start, now := time.Now(), d.now()
+	v.lastTry = now
 	changed, err := d.apply(ctx, v, v.req)
 	switch {
 	case err != nil:
 		d.log.Warn("refresh failed; keeping the last good content", "volume_id", v.id, "namespace", v.pod.Namespace,
 			"class", v.class, "trigger", trigger, "code", provider.CodeOf(err).String(), "err", err.Error())
-		if d.events != nil && d.rotation.FailureEventDue(v.lastFailEvent, v.interval, start) {
-			v.lastFailEvent = start
+		if d.events != nil && d.rotation.FailureEventDue(v.lastFailEvent, v.interval, now) {
+			v.lastFailEvent = now
 			d.events.RefreshFailed(v.pod, v.class, err)
 		}
 	case changed:
@@ -329,7 +329,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		d.cache.Release(v.id)
 	}
 	if d.cache == nil || !share {
-		at = time.Now()
+		at = d.now()
 		res, err = fetch(ctx)
 	}
 	if d.cache != nil {
@@ -343,7 +343,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 
 // servedStale logs and reports that v got stale content because of err.
 func (d *Driver) servedStale(ctx context.Context, v *volume, at time.Time, err error) {
-	age := time.Since(at)
+	age := d.now().Sub(at)
 	d.log.LogAttrs(ctx, slog.LevelWarn, "backend failed; new volume served the node cache's last good content (staleIfError)",
 		slog.String("volume_id", v.id), slog.String("namespace", v.pod.Namespace), slog.String("class", v.class),
 		slog.Duration("age", age), slog.String("code", provider.CodeOf(err).String()), slog.String("err", err.Error()))

@@ -99,7 +99,7 @@ func (d *Driver) firstPublish(ctx context.Context, in *validate.Input) (prov str
 		d.forget(v)
 		return v.provider, err
 	}
-	v.lastTry = time.Now()
+	v.lastTry = d.now()
 	d.setVolume(v)
 	d.startWatch(ctx, v)
 	return v.provider, nil
@@ -162,7 +162,7 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *validate.Input) e
 		req.Parameters = v.req.Parameters
 	}
 	v.req = req
-	if d.rotation.Due(v.lastFetch, v.lastTry, v.interval, time.Now()) {
+	if d.rotation.Due(v.lastFetch, v.lastTry, v.interval, d.now()) {
 		d.refresh(ctx, v, "republish")
 	}
 	// A recovered volume has no watch yet; a watch with other tokens or
@@ -254,7 +254,7 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		// The cached answer predates the change: the refresh this kicks
 		// (and any other volume's fetch) must go to the backend.
 		if d.cache != nil {
-			d.cache.Invalidate(v.id, time.Now())
+			d.cache.Invalidate(v.id, d.now())
 		}
 	}, func(w *watch.Watch) {
 		if !d.locks.Lock(v.id, w.Done()) {

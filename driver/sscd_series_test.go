@@ -18,7 +18,8 @@ import (
 // on republish.
 func TestSSCDSeriesFromCSICalls(t *testing.T) {
 	const interval = 20 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now })
 	ctx := context.Background()
 	target := e.target("vol")
 	if err := e.publish("vol-1", target); err != nil {
@@ -31,12 +32,12 @@ func TestSSCDSeriesFromCSICalls(t *testing.T) {
 		t.Fatalf("publish of a missing class: %v", err)
 	}
 	e.prov.set(func(p *testProvider) { p.gen = 1 })
-	time.Sleep(interval) // let the rotation come due
+	clock.Advance(interval) // let the rotation come due
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
 	e.prov.set(func(p *testProvider) { p.err = provider.Unavailable("backend down") })
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
