@@ -57,8 +57,9 @@ systemd-verify:
 # machine by k8s-bins) and helm (deps); e2e needs the whole local cluster.
 test: deps lint verify-proto k8s-bins unit e2e
 
+# test/skips runs go test and ends with every skipped test and its reason.
 unit: deps
-	$(GO) test -count=1 $(PKGS)
+	$(GO) run ./test/skips -count=1 $(PKGS)
 
 chart-test: deps
 	$(GO) test -count=1 -v ./test/chart/

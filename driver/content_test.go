@@ -180,7 +180,8 @@ func TestContentClassInterval(t *testing.T) {
 // another identity, a refusal, or a class without it gets the error.
 func TestContentStaleIfError(t *testing.T) {
 	sink := &contentEvents{}
-	e := newFakeEnv(t, func(c *Config) { c.Events = sink; c.MinRotationInterval = time.Millisecond })
+	clock := newClock()
+	e := newFakeEnv(t, func(c *Config) { c.Events = sink; c.MinRotationInterval = time.Millisecond; c.Now = clock.Now })
 	params := map[string]string{"objects": "a", "value": "v", "secretfs.dev/rotationInterval": "1ms", "secretfs.dev/staleIfError": "1h"}
 	e.classes["team-a/stale"] = &class.Class{Name: "stale", Namespace: "team-a", Provider: "test", Parameters: params}
 	if err := e.publishClass("s1", "stale", "web"); err != nil {
@@ -189,7 +190,7 @@ func TestContentStaleIfError(t *testing.T) {
 	if _, ok := e.prov.lastReq.Parameters["secretfs.dev/staleIfError"]; ok {
 		t.Fatal("the provider saw the driver's parameters")
 	}
-	time.Sleep(2 * time.Millisecond) // the cache entry (max age 1ms) has expired
+	clock.Advance(2 * time.Millisecond) // the cache entry (max age 1ms) has expired
 	e.prov.set(func(p *testProvider) { p.err = provider.Unavailable("backend down") })
 	if err := e.publishClass("s2", "stale", "web"); err != nil {
 		t.Fatalf("new pod with the backend down: %v", err)

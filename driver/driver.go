@@ -69,6 +69,10 @@ type Config struct {
 	// and the new generation both fit while a rotation swaps them.
 	TmpfsSize        int64
 	RotationInterval time.Duration // default 2m
+	// Now is the rotation clock: when a volume was fetched and tried, when
+	// it is due, the age of cached answers (time.Now when nil). Durations
+	// reported in logs and metrics always use the real clock.
+	Now func() time.Time
 	// MinRotationInterval and MaxRotationInterval bound a class's own
 	// interval (secretfs.dev/rotationInterval); defaults 10s and 24h.
 	MinRotationInterval, MaxRotationInterval time.Duration
@@ -158,6 +162,7 @@ type Driver struct {
 	mountBytes   int64
 	recoverUnder string
 	rotation     rotationPolicy
+	now          func() time.Time // the rotation clock (Config.Now)
 	log          *slog.Logger
 	metrics      *metrics.Metrics
 	events       EventSink // nil: none
@@ -271,6 +276,7 @@ func New(cfg Config) (*Driver, error) {
 		mountBytes:   2*cfg.TmpfsSize + 64<<10,
 		recoverUnder: cfg.RecoverUnder,
 		rotation:     newRotationPolicy(cfg.RotationInterval),
+		now:          cfg.Now,
 		minInterval:  cfg.MinRotationInterval,
 		maxInterval:  cfg.MaxRotationInterval,
 		maxStale:     max(cfg.MaxStaleIfError, 0),
@@ -281,6 +287,9 @@ func New(cfg Config) (*Driver, error) {
 		owner:        cfg.Owner,
 		vols:         map[string]*volume{},
 		done:         make(chan struct{}),
+	}
+	if d.now == nil {
+		d.now = time.Now
 	}
 	switch {
 	case cfg.Budget != nil:
@@ -297,7 +306,7 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if !cfg.DisableCache {
 		d.keyer = cache.NewKeyer()
-		d.cache = cache.New(cache.Options{MaxAge: d.rotation.CacheMaxAge(), Timeout: d.rotation.Timeout})
+		d.cache = cache.New(cache.Options{MaxAge: d.rotation.CacheMaxAge(), Timeout: d.rotation.Timeout, Now: d.now})
 	}
 	d.recover()
 	d.recovered.Store(true)

@@ -96,7 +96,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		d.cache.Release(v.id)
 	}
 	if d.cache == nil || !share {
-		at = time.Now()
+		at = d.now()
 		res, err = fetch(ctx)
 	}
 	if d.cache != nil {
@@ -110,7 +110,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 
 // servedStale logs and reports that v got stale content because of err.
 func (d *Driver) servedStale(ctx context.Context, v *volume, at time.Time, err error) {
-	age := time.Since(at)
+	age := d.now().Sub(at)
 	d.log.LogAttrs(ctx, slog.LevelWarn, "backend failed; new volume served the node cache's last good content (staleIfError)",
 		slog.String("volume_id", v.id), slog.String("namespace", v.pod.Namespace), slog.String("class", v.class),
 		slog.Duration("age", age), slog.String("code", provider.CodeOf(err).String()), slog.String("err", err.Error()))

@@ -254,15 +254,15 @@ func (d *Driver) forget(v *volume) {
 // content; it is logged, counted, and reported on the pod when the
 // rotation policy says a failure event is due. The caller holds the volume lock.
 func (d *Driver) refresh(ctx context.Context, v *volume, trigger string) {
-	start := time.Now()
-	v.lastTry = start
+	start, now := time.Now(), d.now()
+	v.lastTry = now
 	changed, err := d.apply(ctx, v, v.req)
 	switch {
 	case err != nil:
 		d.log.Warn("refresh failed; keeping the last good content", "volume_id", v.id, "namespace", v.pod.Namespace,
 			"class", v.class, "trigger", trigger, "code", provider.CodeOf(err).String(), "err", err.Error())
-		if d.events != nil && d.rotation.FailureEventDue(v.lastFailEvent, v.interval, start) {
-			v.lastFailEvent = start
+		if d.events != nil && d.rotation.FailureEventDue(v.lastFailEvent, v.interval, now) {
+			v.lastFailEvent = now
 			d.events.RefreshFailed(v.pod, v.class, err)
 		}
 	case changed:

@@ -55,7 +55,8 @@ func (h *recordingHook) take() []string {
 func TestHooksFollowTheLifecycle(t *testing.T) {
 	const interval = 300 * time.Millisecond
 	h := &recordingHook{}
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval; c.Hooks = []hook.Hook{h} })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now; c.Hooks = []hook.Hook{h} })
 	target := e.target("vol")
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
@@ -65,7 +66,7 @@ func TestHooksFollowTheLifecycle(t *testing.T) {
 	}
 
 	// Due but unchanged: no hook. Due and changed: Changed.
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestHooksFollowTheLifecycle(t *testing.T) {
 		t.Fatalf("unchanged refresh told hooks: %q", got)
 	}
 	e.prov.set(func(p *testProvider) { p.gen = 1 })
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}

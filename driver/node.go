@@ -95,7 +95,7 @@ func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (prov strin
 		d.forget(v)
 		return v.provider, err
 	}
-	v.lastTry = time.Now()
+	v.lastTry = d.now()
 	d.setVolume(v)
 	d.startWatch(ctx, v)
 	return v.provider, nil
@@ -158,7 +158,7 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) err
 		req.Parameters = v.req.Parameters
 	}
 	v.req = req
-	if d.rotation.Due(v.lastFetch, v.lastTry, v.interval, time.Now()) {
+	if d.rotation.Due(v.lastFetch, v.lastTry, v.interval, d.now()) {
 		d.refresh(ctx, v, "republish")
 	}
 	// A recovered volume has no watch yet; a watch with other tokens or

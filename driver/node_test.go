@@ -462,7 +462,8 @@ func TestHundredVolumesConcurrently(t *testing.T) {
 
 func TestRotationViaRepublish(t *testing.T) {
 	const interval = 400 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now })
 	target := e.target("vol")
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
@@ -475,7 +476,7 @@ func TestRotationViaRepublish(t *testing.T) {
 	if e.prov.callCount() != 1 || readFile(t, filepath.Join(target, "a")) != "a=v#0" {
 		t.Fatalf("refreshed before the interval: calls=%d", e.prov.callCount())
 	}
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +492,7 @@ func TestRotationViaRepublish(t *testing.T) {
 
 	// Unchanged content: fetched, not swapped.
 	genDir, _ := os.Readlink(filepath.Join(target, "..data"))
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
@@ -501,7 +502,7 @@ func TestRotationViaRepublish(t *testing.T) {
 
 	// A failing backend: republish still OK, content kept, failure counted.
 	e.prov.set(func(p *testProvider) { p.err = provider.Unavailable("backend down"); p.gen = 2 })
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatalf("republish with failing backend: %v", err)
 	}
@@ -513,7 +514,7 @@ func TestRotationViaRepublish(t *testing.T) {
 	}
 	// The backend recovers: the next due republish rotates.
 	e.prov.set(func(p *testProvider) { p.err = nil })
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
@@ -522,7 +523,7 @@ func TestRotationViaRepublish(t *testing.T) {
 	}
 	// The class is looked up again on refresh: a parameter edit applies.
 	e.classes["team-a/app"].Parameters = map[string]string{"objects": "a,z", "value": "w"}
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
@@ -535,14 +536,15 @@ func TestRotationViaRepublish(t *testing.T) {
 }
 
 func TestRestartRecovery(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.RotationInterval = 100 * time.Millisecond })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = 100*time.Millisecond, clock.Now })
 	for i := 0; i < 3; i++ {
 		if err := e.publish(fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	cfg := Config{
-		NodeID: "node-1", Classes: e.classes, RotationInterval: 100 * time.Millisecond, RecoverUnder: e.dir,
+		NodeID: "node-1", Classes: e.classes, RotationInterval: 100 * time.Millisecond, Now: clock.Now, RecoverUnder: e.dir,
 		Providers: func(string) (provider.Provider, error) { return e.prov, nil },
 		Logger:    e.d.log, Registerer: e.reg,
 	}
@@ -561,7 +563,7 @@ func TestRestartRecovery(t *testing.T) {
 	}
 	// Republish with tokens refreshes (the recovered clock is honoured).
 	e.prov.set(func(p *testProvider) { p.gen = 7 })
-	time.Sleep(100 * time.Millisecond)
+	clock.Advance(100 * time.Millisecond)
 	req := publishReq("vol-0", e.target("t0"), "app", "team-a")
 	req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"tok","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
 	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {

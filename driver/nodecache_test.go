@@ -252,13 +252,14 @@ func TestCacheNeverSharedBetweenServiceAccounts(t *testing.T) {
 // and the republishes after the interval go through the cache too.
 func TestCacheRotationOneFetchPerInterval(t *testing.T) {
 	const interval = time.Second
-	e := newFakeEnv(t, func(c *Config) { c.RotationInterval = interval })
+	clock := newClock()
+	e := newFakeEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now })
 	e.publishAll(t, 0, 20, "web")
 	e.wantObjectFetches(t, "publish", 1)
 	e.publishAll(t, 0, 20, "web") // not due
 	e.wantObjectFetches(t, "republish before the interval", 1)
 	for round := int64(2); round <= 3; round++ {
-		time.Sleep(interval)
+		clock.Advance(interval)
 		e.publishAll(t, 0, 20, "web")
 		e.wantObjectFetches(t, fmt.Sprintf("rotation %d", round-1), round)
 	}
@@ -272,13 +273,14 @@ func TestCacheRotationOneFetchPerInterval(t *testing.T) {
 // keep their last good content and the failure is counted.
 func TestCacheRevokedIdentityDenied(t *testing.T) {
 	const interval = 300 * time.Millisecond
-	e := newFakeEnv(t, func(c *Config) { c.RotationInterval = interval })
+	clock := newClock()
+	e := newFakeEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now })
 	e.publishAll(t, 0, 3, "web")
 	e.publishAll(t, 3, 6, "api")
 	before := readFile(t, filepath.Join(e.target("t0"), "api-key"))
 
 	e.classes["team-a/shared"].Parameters = map[string]string{"objects": strings.Replace(fakeObjectsParam, "key-1", "key-2", 1), "deny": "web"}
-	time.Sleep(interval)
+	clock.Advance(interval)
 	e.publishAll(t, 3, 6, "api") // api refreshes first and caches the new content
 	if got := readFile(t, filepath.Join(e.target("t3"), "api-key")); got != "key-2" {
 		t.Fatalf("api not rotated: %q", got)
@@ -314,7 +316,8 @@ func TestCacheRevokedIdentityDenied(t *testing.T) {
 // api's fresh entry is never served to web.
 func TestCacheRevokedInBackend(t *testing.T) {
 	const interval = 300 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now })
 	var revoked atomic.Bool
 	e.prov.set(func(p *testProvider) {
 		p.files = func(req *provider.Request) []provider.File {
@@ -334,7 +337,7 @@ func TestCacheRevokedInBackend(t *testing.T) {
 	pub("w", "web")
 	pub("a", "api")
 	revoked.Store(true)
-	time.Sleep(interval)
+	clock.Advance(interval)
 	pub("a", "api")
 	pub("w", "web")
 	if n := e.prov.callCount(); n != 4 {
@@ -388,8 +391,9 @@ func TestLastPodLeavesNothing(t *testing.T) {
 	const interval = 500 * time.Millisecond
 	var wp *watchProvider
 	var providers func(string) (provider.Provider, error)
+	clock := newClock()
 	e := newEnv(t, func(c *Config) {
-		c.RotationInterval = interval
+		c.RotationInterval, c.Now = interval, clock.Now
 		withWatchProvider(&wp)(c)
 		providers = c.Providers
 	})
@@ -425,7 +429,7 @@ func TestLastPodLeavesNothing(t *testing.T) {
 	}
 
 	// Restart: watches end with the old driver, the new one starts empty.
-	cfg := Config{NodeID: "node-1", Classes: e.classes, RotationInterval: interval, RecoverUnder: e.dir,
+	cfg := Config{NodeID: "node-1", Classes: e.classes, RotationInterval: interval, Now: clock.Now, RecoverUnder: e.dir,
 		Providers: providers, Logger: e.d.log, Registerer: e.reg}
 	e.stop()
 	if activeWatches() != 0 {
@@ -438,7 +442,7 @@ func TestLastPodLeavesNothing(t *testing.T) {
 	// Recovered volumes re-populate the cache on their next refresh: one
 	// backend call for both.
 	calls := e.prov.callCount()
-	time.Sleep(interval)
+	clock.Advance(interval)
 	for i := n / 2; i < n; i++ {
 		publish(i)
 	}
@@ -464,7 +468,8 @@ func TestLastPodLeavesNothing(t *testing.T) {
 // one identity rotate together through the cache.
 func TestRotationAtomicUnderReaders(t *testing.T) {
 	const interval = 20 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now })
 	e.classes["team-a/app"].Parameters = map[string]string{"objects": "a,b,sub/c", "value": strings.Repeat("x", 3000)}
 	const vols = 3
 	for i := 0; i < vols; i++ {
@@ -531,7 +536,7 @@ func TestRotationAtomicUnderReaders(t *testing.T) {
 	}
 	for gen := 1; gen <= 15; gen++ {
 		e.prov.set(func(p *testProvider) { p.gen = gen })
-		time.Sleep(interval)
+		clock.Advance(interval)
 		for i := 0; i < vols; i++ {
 			if err := e.publish(fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i))); err != nil {
 				t.Fatal(err)

@@ -90,7 +90,7 @@ func (d *Driver) RequestRefresh(t RefreshTarget, by string) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	key, now := t.key(), time.Now()
+	key, now := t.key(), d.now()
 	r := &d.requested
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -128,7 +128,7 @@ func (d *Driver) runRequested(key string, t RefreshTarget, by string, wait time.
 		return
 	case <-timer.C:
 	}
-	at := time.Now()
+	at := d.now()
 	d.requested.mu.Lock()
 	delete(d.requested.pending, key) // a request from now on is a new one
 	d.requested.last[key] = at

@@ -37,7 +37,8 @@ func TestSyncedSecretExistsWhenPublishReturns(t *testing.T) {
 	}
 	t.Cleanup(syncer.Close)
 	const interval = 300 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval; c.Hooks = []hook.Hook{syncer} })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now; c.Hooks = []hook.Hook{syncer} })
 	e.classes["team-a/app"].SecretObjects = []class.SecretObject{{SecretName: "app-env", Data: []class.SecretObjectData{{ObjectName: "a", Key: "A"}}}}
 
 	value := func() string {
@@ -55,7 +56,7 @@ func TestSyncedSecretExistsWhenPublishReturns(t *testing.T) {
 		t.Fatalf("after the first publish A=%q", got)
 	}
 	e.prov.set(func(p *testProvider) { p.gen = 1 })
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}

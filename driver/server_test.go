@@ -167,7 +167,8 @@ func TestServeEndpointForms(t *testing.T) {
 // tokens, nodePublishSecretRef data, even when things fail.
 func TestNoSecretsInLogsOrMetrics(t *testing.T) {
 	const secret, token, pubSecret = "S3CRET-VALUE-4242", "TOKEN-eyJhbGciOi-9999", "CLIENT-SECRET-7777"
-	e := newEnv(t, func(c *Config) { c.RotationInterval = time.Millisecond })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = time.Millisecond, clock.Now })
 	e.prov.set(func(p *testProvider) {
 		p.files = func(*provider.Request) []provider.File {
 			return []provider.File{{Path: "db", Contents: []byte(secret)}}
@@ -184,7 +185,7 @@ func TestNoSecretsInLogsOrMetrics(t *testing.T) {
 	if readFile(t, filepath.Join(target, "db")) != secret {
 		t.Fatal("secret not mounted")
 	}
-	time.Sleep(2 * time.Millisecond)
+	clock.Advance(2 * time.Millisecond)
 	e.prov.set(func(p *testProvider) { p.err = provider.Unavailable("backend down") })
 	if _, err := e.node.NodePublishVolume(ctx, req); err != nil { // failing refresh
 		t.Fatal(err)

@@ -18,7 +18,8 @@ import (
 // on republish.
 func TestSSCDSeriesFromCSICalls(t *testing.T) {
 	const interval = 20 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now })
 	ctx := context.Background()
 	target := e.target("vol")
 	if err := e.publish("vol-1", target); err != nil {
@@ -31,12 +32,12 @@ func TestSSCDSeriesFromCSICalls(t *testing.T) {
 		t.Fatalf("publish of a missing class: %v", err)
 	}
 	e.prov.set(func(p *testProvider) { p.gen = 1 })
-	time.Sleep(interval) // let the rotation come due
+	clock.Advance(interval) // let the rotation come due
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
 	e.prov.set(func(p *testProvider) { p.err = provider.Unavailable("backend down") })
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +57,9 @@ func TestSSCDSeriesFromCSICalls(t *testing.T) {
 		{"node_unpublish_total", map[string]string{"os_type": runtime.GOOS}, 1},
 		{"node_unpublish_error_total", map[string]string{"os_type": runtime.GOOS}, 0},
 	} {
-		if got := seriesValue(t, e.reg, c.name, c.labels); got != c.want {
+		if got, ok := seriesValue(t, e.reg, c.name, c.labels); !ok {
+			t.Errorf("case %d: no series %s%v", i, c.name, c.labels)
+		} else if got != c.want {
 			t.Errorf("case %d: %v, want %v", i, got, c.want)
 		}
 	}
@@ -65,9 +68,9 @@ func TestSSCDSeriesFromCSICalls(t *testing.T) {
 	}
 }
 
-// seriesValue is the value of the counter or gauge name{labels} in reg; 0
-// when it has no such series (as a fresh child of a vector reads).
-func seriesValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
+// seriesValue is the value of the counter or gauge name{labels} in reg, and
+// whether reg has that series at all (a renamed metric or label has none).
+func seriesValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
@@ -88,12 +91,12 @@ func seriesValue(t *testing.T, reg prometheus.Gatherer, name string, labels map[
 				}
 			}
 			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
+				return c.GetValue(), true
 			}
-			return m.GetGauge().GetValue()
+			return m.GetGauge().GetValue(), true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // seriesCount is how many series the family name has in reg.

@@ -14,7 +14,8 @@ import (
 // refresh error while it lasts, and nothing once the volume is gone.
 func TestStatus(t *testing.T) {
 	const interval = 20 * time.Millisecond
-	e := newEnv(t, func(c *Config) { c.RotationInterval = interval })
+	clock := newClock()
+	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = interval, clock.Now })
 	target := e.target("vol")
 	if got := e.d.Status(); len(got) != 0 {
 		t.Fatalf("status before publishing: %+v", got)
@@ -34,7 +35,7 @@ func TestStatus(t *testing.T) {
 	}
 
 	e.prov.set(func(p *testProvider) { p.err = provider.Unavailable("backend down") })
-	time.Sleep(interval) // let the rotation come due
+	clock.Advance(interval) // let the rotation come due
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func TestStatus(t *testing.T) {
 	}
 
 	e.prov.set(func(p *testProvider) { p.err = nil; p.gen = 1 })
-	time.Sleep(interval)
+	clock.Advance(interval)
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}

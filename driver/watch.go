@@ -125,7 +125,7 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		// The cached answer predates the change: the refresh this kicks
 		// (and any other volume's fetch) must go to the backend.
 		if d.cache != nil {
-			d.cache.Invalidate(v.id, time.Now())
+			d.cache.Invalidate(v.id, d.now())
 		}
 	}, func(w *providerWatch) {
 		if !d.locks.Lock(v.id, w.Done()) {

@@ -44,7 +44,7 @@ func newSSCDMetrics() *sscdMetrics {
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help + " (Secrets Store CSI Driver compatible)."}, labels)
 	}
-	return &sscdMetrics{
+	s := &sscdMetrics{
 		publish:         counter("node_publish_total", "Volumes mounted by NodePublishVolume", "provider", "os_type"),
 		publishErrors:   counter("node_publish_error_total", "NodePublishVolume calls that failed to mount a volume", "provider", "error_type", "os_type"),
 		unpublish:       counter("node_unpublish_total", "NodeUnpublishVolume calls that succeeded", "os_type"),
@@ -56,6 +56,12 @@ func newSSCDMetrics() *sscdMetrics {
 			Buckets: buckets,
 		}, []string{"os_type"}),
 	}
+	// The unpublish series have no label but os_type: both exist from the
+	// start at 0, so a scrape (and a test) tells "none failed" from "no such
+	// series".
+	s.unpublish.WithLabelValues(osType)
+	s.unpublishErrors.WithLabelValues(osType)
+	return s
 }
 
 func (s *sscdMetrics) register(reg prometheus.Registerer) error {

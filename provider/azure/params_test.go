@@ -1,6 +1,8 @@
 package azure
 
 import (
+	"fmt"
+	"maps"
 	"strings"
 	"testing"
 
@@ -178,10 +180,37 @@ func FuzzParseObjects(f *testing.F) {
 	})
 }
 
+// parseChallenge has two properties: any header parses into trimmed keys and
+// values holding no comma and no surrounding quote; and a challenge built
+// from two token keys and plain values parses back into exactly them.
 func FuzzParseChallenge(f *testing.F) {
-	f.Add(`Bearer authorization="https://login.microsoftonline.com/t", resource="https://vault.azure.net"`)
-	f.Add(`Bearer authorization="x",scope="https://vault.azure.net/.default"`)
-	f.Fuzz(func(t *testing.T, h string) {
-		_ = parseChallenge(h)
+	f.Add(`Bearer authorization="https://login.microsoftonline.com/t", resource="https://vault.azure.net"`, "authorization", "https://login.microsoftonline.com/t", "resource", "https://vault.azure.net")
+	f.Add(`Bearer authorization="x",scope="https://vault.azure.net/.default"`, "authorization", "x", "scope", "https://vault.azure.net/.default")
+	f.Add(`bearer a=b=c,,=d, "e"`, "a", "b=c", "e", "")
+	f.Fuzz(func(t *testing.T, h, k1, v1, k2, v2 string) {
+		for k, v := range parseChallenge(h) {
+			if k != strings.TrimSpace(k) || strings.Contains(k, ",") {
+				t.Fatalf("%q: key %q not trimmed or holds a comma", h, k)
+			}
+			if strings.Contains(v, ",") || strings.HasPrefix(v, `"`) || strings.HasSuffix(v, `"`) {
+				t.Fatalf("%q: value %q holds a comma or a surrounding quote", h, v)
+			}
+		}
+		token := func(s string) bool {
+			return s != "" && !strings.ContainsFunc(s, func(r rune) bool {
+				return r <= ' ' || r >= 0x7f || strings.ContainsRune(`"=,;\`, r)
+			})
+		}
+		plain := func(s string) bool {
+			return s == strings.TrimSpace(s) && !strings.ContainsAny(s, `",`)
+		}
+		if !token(k1) || !token(k2) || k1 == k2 || !plain(v1) || !plain(v2) {
+			return
+		}
+		header := fmt.Sprintf(`Bearer %s="%s", %s="%s"`, k1, v1, k2, v2)
+		got := parseChallenge(header)
+		if want := map[string]string{k1: v1, k2: v2}; !maps.Equal(got, want) {
+			t.Fatalf("%q parsed as %v, want %v", header, got, want)
+		}
 	})
 }

@@ -3,6 +3,7 @@ package fake
 import (
 	"context"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -203,11 +204,21 @@ func TestInvalidNamespace(t *testing.T) {
 	}
 }
 
+// The keys kubelet and the Secrets Store CSI Driver add to the parameters
+// are not objects and change nothing: the result is the class's one object,
+// the same as without them.
 func TestIgnoredDriverParameters(t *testing.T) {
 	p := objects("- {objectName: a, value: x}")
 	p["csi.storage.k8s.io/pod.name"] = "app-0"
 	p["secrets-store.csi.k8s.io/usePodIdentity"] = "false"
-	mustFetch(t, New(Options{}), request(p))
+	res := mustFetch(t, New(Options{}), request(p))
+	if len(res.Files) != 1 || res.Files[0].Path != "a" || res.Files[0].Mode != 0o644 || string(res.Files[0].Contents) != "x" {
+		t.Fatalf("files %+v, want only a (0644) = x", res.Files)
+	}
+	plain := mustFetch(t, New(Options{}), request(objects("- {objectName: a, value: x}")))
+	if !reflect.DeepEqual(res, plain) {
+		t.Errorf("driver parameters changed the result:\n%+v\nwithout them:\n%+v", res, plain)
+	}
 }
 
 func TestCodeByName(t *testing.T) {

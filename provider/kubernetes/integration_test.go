@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -469,12 +471,7 @@ func TestTokenProblems(t *testing.T) {
 
 func TestAPIServerUnreachable(t *testing.T) {
 	s := apiServer(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close() // nothing listens there now
+	addr := boundNotListening(t)
 	p, err := New(Options{Host: "https://" + addr, CAData: s.CAData})
 	if err != nil {
 		t.Fatal(err)
@@ -511,4 +508,25 @@ func BenchmarkFetch(b *testing.B) {
 	b.StopTimer()
 	after, _ := f.log.counts()
 	b.ReportMetric(float64(after-before)/float64(b.N), "requests/op")
+}
+
+// boundNotListening returns a loopback address whose port this test holds,
+// bound but not listening, until it ends: connecting there is refused, and
+// no other process can take the port meanwhile (as it could after a
+// listen-and-close).
+func boundNotListening(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*unix.SockaddrInet4).Port))
 }

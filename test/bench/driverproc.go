@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -34,15 +35,10 @@ type driverProc struct {
 }
 
 func startDriver(ctx context.Context, cfg config, bin, dir, kubeletDir string, mode runMode) (*driverProc, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	p := &driverProc{
-		sock:    filepath.Join(dir, "csi.sock"),
-		metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", port),
-		log:     filepath.Join(dir, fmt.Sprintf("driver-cache-%v-sync-%v-%s.log", mode.cache, mode.sync, mode.pattern)),
-		exited:  make(chan error, 1),
+		sock:   filepath.Join(dir, "csi.sock"),
+		log:    filepath.Join(dir, fmt.Sprintf("driver-cache-%v-sync-%v-%s.log", mode.cache, mode.sync, mode.pattern)),
+		exited: make(chan error, 1),
 	}
 	os.Remove(p.sock)
 	logFile, err := os.Create(p.log)
@@ -57,7 +53,7 @@ func startDriver(ctx context.Context, cfg config, bin, dir, kubeletDir string, m
 		"--backends", "fake",
 		"--provider-dir", filepath.Join(dir, "providers"),
 		"--kubelet-dir", kubeletDir,
-		"--metrics-addr", "127.0.0.1:" + strconv.Itoa(port),
+		"--metrics-addr", "127.0.0.1:0", // the port the driver binds is read from its log
 		"--health-addr", "",
 		"--rotation-interval", cfg.rotation.String(),
 		"--cache=" + strconv.FormatBool(mode.cache),
@@ -90,7 +86,8 @@ func startDriver(ctx context.Context, cfg config, bin, dir, kubeletDir string, m
 		pctx, c := context.WithTimeout(ctx, time.Second)
 		resp, err := ids.Probe(pctx, &csi.ProbeRequest{})
 		c()
-		if err == nil && resp.GetReady().GetValue() {
+		if addr := servedAddr(p.log); err == nil && resp.GetReady().GetValue() && addr != "" {
+			p.metrics = "http://" + addr + "/metrics"
 			return p, nil
 		}
 		select {
@@ -281,13 +278,17 @@ func unmountUnder(dir string) {
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// servedAddr is the address the driver's HTTP server (metrics only: health
+// is off) listens on, from its JSON log; empty until it is logged.
+func servedAddr(log string) string {
+	b, _ := os.ReadFile(log)
+	for _, line := range strings.Split(string(b), "\n") {
+		var rec struct{ Msg, Addr string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "serving HTTP" {
+			return rec.Addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ""
 }
 
 // tail returns the last lines of a log file.

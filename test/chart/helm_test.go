@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/secretfs/secretfs/test/ci"
 	"github.com/secretfs/secretfs/test/kubeapi"
 )
 
@@ -40,10 +41,7 @@ func newHelm(t *testing.T) *helm {
 		bin = filepath.Join(cache, "secretfs", "helm-"+helmVersion, "helm")
 	}
 	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("helm not found at %s: run make deps", bin)
-		}
-		t.Skipf("helm not found at %s (make deps builds it, or set HELM)", bin)
+		ci.Missing(t, "helm not found at %s (make deps builds it, or set HELM)", bin)
 	}
 	return &helm{t: t, bin: bin, home: t.TempDir()}
 }

@@ -168,22 +168,37 @@ func TestRender(t *testing.T) {
 }
 
 // Values the schema does not know, or of the wrong kind, fail the render
-// instead of being ignored.
+// instead of being ignored, each with the error that names the value (any
+// other helm error, such as a wrong chart path, is not this one).
 func TestValuesSchemaRejects(t *testing.T) {
 	h := newHelm(t)
-	for _, set := range [][]string{
-		{"--set", "metrics.servicemonitor.enabled=true"}, // misspelt key
-		{"--set", "unknownTopLevel=1"},
-		{"--set", "registration=kubelet"},
-		{"--set", "logFormat=yaml"},
-		{"--set", "image.pullPolicy=Sometimes"},
-		{"--set-json", `tokenAudiences=["a","a"]`},
-		{"--set", "serviceAccount.create=false"}, // and no name
-		{"--set", "kubeletDir=relative/path"},
+	const schema = "values don't meet the specifications of the schema(s)"
+	for _, c := range []struct {
+		set  []string
+		want []string // substrings of helm's error, in order
+	}{
+		{[]string{"--set", "metrics.servicemonitor.enabled=true"}, []string{schema, "at '/metrics': additional properties 'servicemonitor' not allowed"}}, // misspelt key
+		{[]string{"--set", "unknownTopLevel=1"}, []string{schema, "additional properties 'unknownTopLevel' not allowed"}},
+		{[]string{"--set", "registration=kubelet"}, []string{schema, "at '/registration': value must be one of 'self', 'sidecar'"}},
+		{[]string{"--set", "logFormat=yaml"}, []string{schema, "at '/logFormat': value must be one of"}},
+		{[]string{"--set", "image.pullPolicy=Sometimes"}, []string{schema, "at '/image/pullPolicy': value must be one of"}},
+		{[]string{"--set-json", `tokenAudiences=["a","a"]`}, []string{schema, "at '/tokenAudiences': items at 0 and 1 are equal"}},
+		{[]string{"--set", "serviceAccount.create=false"}, []string{"serviceAccount.name is required when serviceAccount.create is false"}}, // and no name
+		{[]string{"--set", "kubeletDir=relative/path"}, []string{schema, "at '/kubeletDir': 'relative/path' does not match pattern '^/'"}},
 	} {
-		_, err := h.run(append([]string{"template", "secretfs", chartDir}, set...)...)
+		_, err := h.run(append([]string{"template", "secretfs", chartDir}, c.set...)...)
 		if err == nil {
-			t.Errorf("helm template %v succeeded; want an error", set)
+			t.Errorf("helm template %v succeeded; want an error", c.set)
+			continue
+		}
+		rest := err.Error()
+		for _, w := range c.want {
+			i := strings.Index(rest, w)
+			if i < 0 {
+				t.Errorf("helm template %v: %v\nwant an error with %q", c.set, err, w)
+				break
+			}
+			rest = rest[i+len(w):]
 		}
 	}
 }

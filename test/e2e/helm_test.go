@@ -13,6 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/secretfs/secretfs/test/ci"
 )
 
 // The Helm chart installs a working driver: a second secretfs, under its own
@@ -21,11 +23,12 @@ import (
 // owns, is left alone and the release notes say so.
 //
 // Needs HELM (the helm binary) and SECRETFS_E2E_HELM_VALUES (values for this
-// cluster, written by test/cluster/up.sh); skipped without them.
+// cluster, written by test/cluster/up.sh or test/e2e/kind.sh); skipped
+// without them, or failed in CI.
 func TestHelmChart(t *testing.T) {
 	helmBin, values := os.Getenv("HELM"), os.Getenv("SECRETFS_E2E_HELM_VALUES")
 	if helmBin == "" || values == "" {
-		t.Skip("HELM and SECRETFS_E2E_HELM_VALUES are not set (make e2e sets them)")
+		ci.Missing(t, "HELM and SECRETFS_E2E_HELM_VALUES are not set (make e2e and make e2e-kind set them; helm: make deps)")
 	}
 	const name = "csi-helm.secretfs.dev"
 	ns := newNamespace(t)

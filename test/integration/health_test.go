@@ -2,7 +2,6 @@ package integration
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -31,15 +30,12 @@ func TestProviderHealthInHealthz(t *testing.T) {
 	t.Cleanup(func() { prov.Process.Kill(); prov.Wait() })
 	waitForSocket(t, sock)
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	start(t, "driver", "--endpoint", "unix://"+filepath.Join(dir, "csi.sock"), "--node-id", "n1", "--class-dir", classDir,
-		"--kubelet-dir", dir, "--provider-dir", providerDir, "--health-addr", addr, "--metrics-addr", "",
+	// The driver binds a free port itself and logs it: no port is picked,
+	// closed and handed over for another process to take in between.
+	out := start(t, "driver", "--endpoint", "unix://"+filepath.Join(dir, "csi.sock"), "--node-id", "n1", "--class-dir", classDir,
+		"--kubelet-dir", dir, "--provider-dir", providerDir, "--health-addr", "127.0.0.1:0", "--metrics-addr", "",
 		"--provider-health-interval", "100ms")
+	addr := servedAddr(t, out)
 
 	healthz := func() (int, string) {
 		resp, err := http.Get("http://" + addr + "/healthz")
@@ -68,4 +64,27 @@ func TestProviderHealthInHealthz(t *testing.T) {
 	prov.Process.Signal(os.Interrupt)
 	prov.Wait()
 	waitBody("provider extfake: unhealthy since ")
+}
+
+// servedAddr waits for the driver to log the address its HTTP server
+// listens on (text log: msg="serving HTTP" addr=HOST:PORT).
+func servedAddr(t *testing.T, out *output) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, line := range strings.Split(out.String(), "\n") {
+			if !strings.Contains(line, `msg="serving HTTP"`) {
+				continue
+			}
+			for _, field := range strings.Fields(line) {
+				if addr, ok := strings.CutPrefix(field, "addr="); ok {
+					return addr
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the driver did not log its HTTP address; output:\n%s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

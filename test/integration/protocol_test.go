@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,11 +109,13 @@ func TestExternalProviderMissing(t *testing.T) {
 	}
 }
 
-func start(t *testing.T, args ...string) {
+// start runs secretfs with args until the test ends; what it prints so far
+// is read through the returned output.
+func start(t *testing.T, args ...string) *output {
 	t.Helper()
 	cmd := exec.Command(secretfsBin, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &output{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -123,6 +126,25 @@ func start(t *testing.T, args ...string) {
 			t.Logf("secretfs %s output:\n%s", args[0], out.String())
 		}
 	})
+	return out
+}
+
+// output is a process's output, safe to read while the process writes.
+type output struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (o *output) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.Write(p)
+}
+
+func (o *output) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.buf.String()
 }
 
 func nodeClient(t *testing.T, socket string) csi.NodeClient {

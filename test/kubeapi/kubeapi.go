@@ -28,6 +28,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/secretfs/secretfs/test/ci"
 )
 
 // Issuer is the service-account issuer, which is also the API server's
@@ -71,15 +73,15 @@ func BinDir() string {
 }
 
 // Require returns s, or fails the test when err says the server could not
-// start: in CI (CI set to anything) always, elsewhere it skips when only the
-// binaries are missing.
+// start. When only the binaries are missing it skips, or fails in CI
+// (ci.Missing); any other error fails.
 func Require(t testing.TB, s *Server, err error) *Server {
 	t.Helper()
 	if err == nil {
 		return s
 	}
-	if errors.Is(err, ErrMissingBinaries) && os.Getenv("CI") == "" {
-		t.Skipf("%v (build them into %s or set SECRETFS_K8S_BIN)", err, BinDir())
+	if errors.Is(err, ErrMissingBinaries) {
+		ci.Missing(t, "%v (build them into %s or set SECRETFS_K8S_BIN)", err, BinDir())
 	}
 	t.Fatalf("kube-apiserver: %v", err)
 	return nil
@@ -87,7 +89,20 @@ func Require(t testing.TB, s *Server, err error) *Server {
 
 // Start starts etcd and kube-apiserver in a new temporary directory and
 // waits until the API server is ready. Stop removes everything.
-func Start() (_ *Server, err error) {
+//
+// Their ports are picked free, then closed and handed to the processes by
+// number; another process may take one in between, so a start that fails
+// with "address already in use" is retried on fresh ports.
+func Start() (*Server, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := startOnce()
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return s, err
+		}
+	}
+}
+
+func startOnce() (_ *Server, err error) {
 	bin := BinDir()
 	for _, name := range []string{"etcd", "kube-apiserver"} {
 		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {

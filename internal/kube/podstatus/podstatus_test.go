@@ -3,11 +3,15 @@ package podstatus
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -108,7 +112,8 @@ func newFake() (*fakeServer, *dynamicfake.FakeDynamicClient) {
 		cur := s.objs[d.GetName()]
 		if pre := d.GetDeleteOptions().Preconditions; cur != nil && pre != nil &&
 			((pre.UID != nil && *pre.UID != cur.GetUID()) || (pre.ResourceVersion != nil && *pre.ResourceVersion != cur.GetResourceVersion())) {
-			return true, nil, fmt.Errorf("precondition failed")
+			// What the API server answers: 409 Conflict.
+			return true, nil, apierrors.NewConflict(GVR.GroupResource(), d.GetName(), fmt.Errorf("precondition failed"))
 		}
 		delete(s.objs, d.GetName())
 		return true, nil, nil
@@ -209,4 +214,161 @@ func TestSameNodeRecreatedPod(t *testing.T) {
 	}
 	w.Gone(vol("uid-3"))
 	waitFor(t, "the last pod's unpublish deletes it", func() bool { return !srv.has(name) })
+}
+
+// recorder counts the requests the writer sends through the fake server.
+type recorder struct {
+	mu      sync.Mutex
+	patches []k8stesting.PatchAction
+	deletes []k8stesting.DeleteAction
+}
+
+func record(c *dynamicfake.FakeDynamicClient) *recorder {
+	r := &recorder{}
+	c.PrependReactor("*", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		switch a := a.(type) {
+		case k8stesting.PatchAction:
+			r.patches = append(r.patches, a)
+		case k8stesting.DeleteAction:
+			r.deletes = append(r.deletes, a)
+		}
+		return false, nil, nil // on to the fake server
+	})
+	return r
+}
+
+func (r *recorder) counts() (patches, deletes int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.patches), len(r.deletes)
+}
+
+// What one apply sends: a server-side apply (forced, under the driver's
+// field manager) of the object named by Name in the pod's namespace, with
+// the node label, the pod as its only owner and the volume's status; three
+// changes queued together are one apply, of the last. The delete that
+// follows carries exactly the uid and resourceVersion that apply got back.
+func TestApplyAndDeleteRequests(t *testing.T) {
+	srv, client := newFake()
+	rec := record(client)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w, err := New(Options{Client: client, Node: "node-a", QPS: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := hook.Volume{ID: "vol-1", Target: "/pods/uid-1/mount", Pod: provider.Pod{Namespace: "team-a", Name: "web-0", UID: "uid-1"}, Class: &class.Class{Name: "app"}}
+	for _, version := range []string{"1", "2", "3"} {
+		v.Versions = []provider.ObjectVersion{{ID: "secret/db", Version: version}}
+		w.Changed(ctx, v)
+	}
+	go w.Run(ctx)
+	name := Name("web-0", "team-a", "app")
+	waitFor(t, "the apply", func() bool { return srv.has(name) })
+	if p, d := rec.counts(); p != 1 || d != 0 {
+		t.Fatalf("%d patches, %d deletes for three changes queued together; want 1 apply", p, d)
+	}
+	rec.mu.Lock()
+	p := rec.patches[0]
+	rec.mu.Unlock()
+	if p.GetPatchType() != types.ApplyPatchType || p.GetName() != name || p.GetNamespace() != "team-a" || p.GetResource() != GVR {
+		t.Fatalf("patch %s %s/%s of %v, want an apply of team-a/%s", p.GetPatchType(), p.GetNamespace(), p.GetName(), p.GetResource(), name)
+	}
+	var sent unstructured.Unstructured
+	if err := sent.UnmarshalJSON(p.GetPatch()); err != nil {
+		t.Fatal(err)
+	}
+	owners := sent.GetOwnerReferences()
+	if sent.GetKind() != "SecretProviderClassPodStatus" || sent.GetAPIVersion() != GVR.GroupVersion().String() ||
+		sent.GetLabels()[NodeLabel] != "node-a" || len(owners) != 1 ||
+		owners[0].Kind != "Pod" || owners[0].APIVersion != "v1" || owners[0].Name != "web-0" || owners[0].UID != "uid-1" {
+		t.Fatalf("object %s %s labels %v owners %+v", sent.GetAPIVersion(), sent.GetKind(), sent.GetLabels(), owners)
+	}
+	status, _, _ := unstructured.NestedMap(sent.Object, "status")
+	objects, _ := status["objects"].([]any)
+	if status["podName"] != "web-0" || status["secretProviderClassName"] != "app" || status["mounted"] != true ||
+		status["targetPath"] != "/pods/uid-1/mount" || len(objects) != 1 ||
+		objects[0].(map[string]any)["id"] != "secret/db" || objects[0].(map[string]any)["version"] != "3" {
+		t.Fatalf("status %v", status)
+	}
+	srv.mu.Lock()
+	uid, rv := srv.objs[name].GetUID(), srv.objs[name].GetResourceVersion()
+	srv.mu.Unlock()
+
+	w.Gone(v)
+	waitFor(t, "the delete", func() bool { return !srv.has(name) })
+	if p, d := rec.counts(); p != 1 || d != 1 {
+		t.Fatalf("%d patches, %d deletes; want 1 and 1", p, d)
+	}
+	rec.mu.Lock()
+	del := rec.deletes[0]
+	rec.mu.Unlock()
+	pre := del.GetDeleteOptions().Preconditions
+	if del.GetName() != name || del.GetNamespace() != "team-a" || pre == nil || pre.UID == nil || pre.ResourceVersion == nil ||
+		*pre.UID != uid || *pre.ResourceVersion != rv {
+		t.Fatalf("delete of %s/%s with preconditions %+v; want uid %s resourceVersion %s", del.GetNamespace(), del.GetName(), pre, uid, rv)
+	}
+}
+
+// Nothing is sent for what the writer must not touch: a volume without a
+// class, pod name or pod uid; a name that would be invalid; and a delete of
+// an object this node never wrote (left to the garbage collector, counted
+// as skipped).
+func TestNoRequests(t *testing.T) {
+	_, client := newFake()
+	rec := record(client)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := prometheus.NewRegistry()
+	w, err := New(Options{Client: client, Node: "n", QPS: 1000, Registerer: reg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Run(ctx)
+	pod := provider.Pod{Namespace: "ns", Name: "web-0", UID: "uid-1"}
+	w.Changed(ctx, hook.Volume{ID: "a", Pod: pod})                                                                          // no class
+	w.Changed(ctx, hook.Volume{ID: "b", Pod: provider.Pod{Namespace: "ns", UID: "u"}, Class: &class.Class{Name: "app"}})    // no pod name
+	w.Changed(ctx, hook.Volume{ID: "c", Pod: provider.Pod{Namespace: "ns", Name: "web-0"}, Class: &class.Class{Name: "a"}}) // no uid
+	w.Changed(ctx, hook.Volume{ID: "d", Pod: provider.Pod{Namespace: "ns", Name: "Web_0", UID: "u"}, Class: &class.Class{Name: "app"}})
+	w.Gone(hook.Volume{ID: "e", Pod: pod, Class: &class.Class{Name: "never-written"}})
+	waitFor(t, "the skipped delete", func() bool {
+		return testutil.ToFloat64(w.writes.WithLabelValues("delete", "skipped")) == 1
+	})
+	if p, d := rec.counts(); p != 0 || d != 0 {
+		t.Fatalf("%d patches, %d deletes; want none", p, d)
+	}
+}
+
+// A failed apply is retried (with backoff) until it succeeds, and counted
+// by the API's reason.
+func TestApplyRetried(t *testing.T) {
+	srv, client := newFake()
+	var mu sync.Mutex
+	fail := 1
+	client.PrependReactor("patch", "*", func(k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if fail > 0 {
+			fail--
+			return true, nil, apierrors.NewServiceUnavailable("try later")
+		}
+		return false, nil, nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w, err := New(Options{Client: client, Node: "n", QPS: 1000, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Run(ctx)
+	w.Changed(ctx, hook.Volume{ID: "a", Pod: provider.Pod{Namespace: "ns", Name: "web-0", UID: "uid-1"}, Class: &class.Class{Name: "app"}})
+	waitFor(t, "the retried apply", func() bool { return srv.has(Name("web-0", "ns", "app")) })
+	if got := testutil.ToFloat64(w.writes.WithLabelValues("apply", "ServiceUnavailable")); got != 1 {
+		t.Errorf("failed applies counted %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(w.writes.WithLabelValues("apply", "ok")); got != 1 {
+		t.Errorf("applies counted %v, want 1", got)
+	}
 }
