@@ -89,6 +89,9 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		return false, err
 	}
 	first := !v.mounted
+	if first {
+		d.checkAudiences(ctx, v, p, req)
+	}
 	// Everything computed from the class and the values below is charged
 	// to one budget, before it is allocated (see budget.Work).
 	work := d.budget.Work(ctx, v.id, d.limits.MaxBytes, int64(d.limits.MaxSteps))
@@ -336,7 +339,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		d.metrics.CacheEntries.Set(float64(d.cache.Len()))
 	}
 	if err != nil {
-		return nil, time.Time{}, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
+		return nil, time.Time{}, fetchError(v, err)
 	}
 	return res, at, nil
 }

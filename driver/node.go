@@ -37,7 +37,8 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	}
 	if err != nil {
 		d.log.Warn("publish failed", "volume_id", req.GetVolumeId(), "target", req.GetTargetPath(),
-			"namespace", req.GetVolumeContext()[provider.AttrPodNamespace], "class", req.GetVolumeContext()[provider.AttrClass],
+			"namespace", req.GetVolumeContext()[provider.AttrPodNamespace], "pod", req.GetVolumeContext()[provider.AttrPodName],
+			"class", req.GetVolumeContext()[provider.AttrClass],
 			"code", status.Code(err).String(), "err", status.Convert(err).Message())
 		return nil, err
 	}

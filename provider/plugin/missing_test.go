@@ -1,0 +1,36 @@
+package plugin
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+func TestAudiencesMissing(t *testing.T) {
+	a := DefaultAudiences()
+	tok := func(auds ...string) map[string]provider.Token {
+		m := map[string]provider.Token{}
+		for _, x := range auds {
+			m[x] = provider.Token{}
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name   string
+		tokens map[string]provider.Token
+		want   []string
+	}{
+		{"vault", nil, []string{"vault"}},
+		{"vault", tok("", "api://AzureADTokenExchange"), []string{"vault"}},
+		{"vault", tok("vault"), nil},
+		{"aws", tok("sts.amazonaws.com"), []string{"pods.eks.amazonaws.com"}},
+		{"gcp", tok("my-project.svc.id.goog"), nil},
+		{"gcp", tok(""), []string{"*.svc.id.goog"}},
+		{"other", nil, nil},
+	} {
+		if got := a.Missing(tc.name, tc.tokens); !slices.Equal(got, tc.want) {
+			t.Errorf("Missing(%s, %v) = %q, want %q", tc.name, tc.tokens, got, tc.want)
+		}
+	}
+}
