@@ -11,7 +11,7 @@ import (
 // was not asked for them (the CSIDriver's tokenRequests lack them).
 func (a Audiences) Missing(name string, tokens map[string]provider.Token) []string {
 	var missing []string
-	for _, p := range a.m[name] {
+	for _, p := range a.For(name) {
 		one := Audiences{m: map[string][]string{name: {p}}}
 		found := false
 		for aud := range tokens {

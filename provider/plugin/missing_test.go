@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"maps"
 	"slices"
 	"testing"
 
@@ -32,5 +33,23 @@ func TestAudiencesMissing(t *testing.T) {
 		if got := a.Missing(tc.name, tc.tokens); !slices.Equal(got, tc.want) {
 			t.Errorf("Missing(%s, %v) = %q, want %q", tc.name, tc.tokens, got, tc.want)
 		}
+	}
+}
+
+// "*=AUD" forwards AUD to every provider besides its own audiences.
+func TestAudiencesAllProviders(t *testing.T) {
+	a := DefaultAudiences()
+	if err := a.Set(AllProviders + "=aud1,aud2"); err != nil {
+		t.Fatal(err)
+	}
+	tokens := map[string]provider.Token{"aud1": {}, "vault": {}, "other": {}}
+	for name, want := range map[string][]string{"vault": {"aud1", "vault"}, "conjur": {"aud1"}} {
+		got, _ := a.Filter(name, tokens)
+		if keys := slices.Sorted(maps.Keys(got)); !slices.Equal(keys, want) {
+			t.Errorf("%s receives %q, want %q", name, keys, want)
+		}
+	}
+	if got := a.Missing("conjur", tokens); !slices.Equal(got, []string{"aud2"}) {
+		t.Errorf("Missing = %q", got)
 	}
 }
