@@ -74,7 +74,10 @@ func TestSSCDCIValues(t *testing.T) {
 	if v, ok := arg(d, "--provider-audiences"); ok {
 		t.Errorf("--provider-audiences=%s without tokenRequestsForEveryProvider", v)
 	}
-	r = parseRendered(t, h.must(sscdArgs("-f", sscdCIValues, "--set", "tokenRequestsForEveryProvider=true")...))
+	r = parseRendered(t, h.must(sscdArgs("-f", sscdCIValues, "--set", "tokenRequestsForEveryProvider=true", "--set", "commonLabels.team=dev")...))
+	if r.daemonSet.Labels["team"] != "dev" || r.csiDriver.Labels["team"] != "dev" {
+		t.Errorf("commonLabels not on the objects: %v %v", r.daemonSet.Labels, r.csiDriver.Labels)
+	}
 	if v, _ := arg(r.driver(t), "--provider-audiences"); v != "*=aud1,aud2,conjur,api://AzureADTokenExchange,sts.amazonaws.com" {
 		t.Errorf("--provider-audiences=%s, want every tokenRequests audience for every provider", v)
 	}
