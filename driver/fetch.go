@@ -103,7 +103,7 @@ func (d *Driver) fetch(ctx context.Context, v *volume, p provider.Provider, req 
 		d.metrics.CacheEntries.Set(float64(d.cache.Len()))
 	}
 	if err != nil {
-		return nil, time.Time{}, provider.Errorf(provider.CodeOf(err), "class %q in namespace %q, provider %q: %s", v.class, v.pod.Namespace, v.provider, err.Error())
+		return nil, time.Time{}, fetchError(v, err)
 	}
 	return res, at, nil
 }

@@ -89,6 +89,9 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		return false, err
 	}
 	_, external := p.(provider.External)
+	if first {
+		d.checkAudiences(ctx, v, p, req)
+	}
 
 	// 3.
 	if external {

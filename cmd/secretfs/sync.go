@@ -30,14 +30,16 @@ type syncFlags struct {
 	maxBytes  quantityFlag
 	podStatus bool
 	statusQPS float64
+	owner     string
 }
 
 func (s *syncFlags) register(fs *flag.FlagSet) {
-	fs.BoolVar(&s.secrets, "sync-secrets", false, "mirror mounted objects into the Kubernetes Secrets a class's spec.secretObjects declares, in the pod's namespace, owned by the pods (needs create/patch on secrets: the sync-secrets RBAC and admission policy); off: such classes mount and the pod gets a Warning Event saying the Secrets are not synced")
+	fs.BoolVar(&s.secrets, "sync-secrets", false, "mirror mounted objects into the Kubernetes Secrets a class's spec.secretObjects declares, in the pod's namespace, owned by the pods' controllers or the pods (-sync-owner; needs create/patch on secrets: the sync-secrets RBAC and admission policy); off: such classes mount and the pod gets a Warning Event saying the Secrets are not synced")
 	fs.BoolVar(&s.podStatus, "pod-status", false, "keep a SecretProviderClassPodStatus per pod volume, as the Secrets Store CSI Driver does (needs its CRD and the pod-status RBAC); written off the publish path")
 	fs.Float64Var(&s.statusQPS, "pod-status-qps", 5, "API requests per second the SecretProviderClassPodStatus writer may make (burst twice that)")
 	s.maxBytes.bytes = secretsync.DefaultMaxClassBytes
 	fs.Var(&s.maxBytes, strings.TrimPrefix(secretsync.MaxClassBytesFlag, "--"), "most bytes of files one class's spec.secretObjects may sync, each file counted once however many Secrets use it (a quantity, e.g. 1Mi); what the sync holds counts in the node budget until written")
+	fs.StringVar(&s.owner, strings.TrimPrefix(secretsync.OwnerFlag, "--"), string(secretsync.OwnerController), "owner of a synced Secret: controller (the pod's ReplicaSet, StatefulSet, DaemonSet or Job, the pod when it has none, as the Secrets Store CSI Driver does; one get of the pod per volume) or pod (every pod an owner: the Secret goes with its last pod, one owner and one write per pod)")
 	fs.DurationVar(&s.wait, "sync-secrets-wait", 10*time.Second, "how long a first publish waits for its Secrets to be written before returning (the write goes on in the background)")
 }
 
@@ -53,6 +55,10 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 	var hooks []hook.Hook
 	closeAll := func() {}
 	w, _ := events.(warner)
+	owner, err := secretsync.ParseOwnerMode(s.owner)
+	if err != nil {
+		return nil, nil, err
+	}
 	if s.secrets {
 		if restConfig == nil {
 			return nil, nil, errors.New("-sync-secrets needs the API server (a kubeconfig or in-cluster config)")
@@ -64,7 +70,7 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 			return nil, nil, err
 		}
 		opts := secretsync.Options{Client: client, Registerer: reg, Logger: log, Wait: s.wait, FieldManager: fieldManager,
-			Budget: nodeBudget, MaxClassBytes: s.maxBytes.bytes}
+			Budget: nodeBudget, MaxClassBytes: s.maxBytes.bytes, Owner: owner}
 		if w != nil {
 			opts.Events = w
 		}

@@ -62,8 +62,8 @@ func (a *Audiences) Set(s string) error {
 	if !ok {
 		return errors.New(`want NAME=AUDIENCE[,AUDIENCE...], e.g. aws=sts.amazonaws.com,pods.eks.amazonaws.com ("" is the API server's audience; NAME= forwards none)`)
 	}
-	if !ValidName(name) {
-		return fmt.Errorf("provider name %.80q: use letters, digits, '-', '_' and '.', at most 63 characters", name)
+	if name != AllProviders && !ValidName(name) {
+		return fmt.Errorf("provider name %.80q: use letters, digits, '-', '_' and '.', at most 63 characters, or %s for every provider", name, AllProviders)
 	}
 	var auds []string
 	for _, f := range strings.Split(list, ",") {
@@ -130,12 +130,27 @@ func (a *Audiences) String() string {
 	return strings.Join(parts, " ")
 }
 
-// For returns the audience patterns configured for provider name.
-func (a Audiences) For(name string) []string { return slices.Clone(a.m[name]) }
+// AllProviders, as the name in "NAME=AUDIENCE,...", forwards those
+// audiences to every external provider besides its own: the Secrets Store
+// CSI Driver's behaviour (every provider gets every token), for a node
+// admin who chooses it.
+const AllProviders = "*"
+
+// For returns the audience patterns configured for provider name (its own
+// and AllProviders').
+func (a Audiences) For(name string) []string {
+	out := slices.Clone(a.m[name])
+	for _, p := range a.m[AllProviders] {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
 
 // allowed reports whether provider name may receive a token for aud.
 func (a Audiences) allowed(name, aud string) bool {
-	for _, p := range a.m[name] {
+	for _, p := range a.For(name) {
 		if p == aud {
 			return true
 		}

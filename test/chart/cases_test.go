@@ -115,7 +115,13 @@ func checkFull(t *testing.T, r *rendered) {
 		"--azure-ca-file":                     "/etc/secretfs-ca/ca.crt",
 		"--sync-secrets":                      "true",
 		"--sync-secrets-max-bytes":            "512Ki",
+		"--sync-owner":                        "controller",
 	})
+	if !slices.ContainsFunc(r.clusterRole.Rules, func(rule rbacv1.PolicyRule) bool {
+		return slices.Equal(rule.Resources, []string{"pods"}) && slices.Equal(rule.Verbs, []string{"get"})
+	}) {
+		t.Errorf("no get on pods for the controller owners of synced Secrets: %+v", r.clusterRole.Rules)
+	}
 	var audienceFlags []string
 	for _, a := range d.Args {
 		if strings.HasPrefix(a, "--provider-audiences=") {

@@ -16,8 +16,8 @@ import (
 // The chart's sync-secrets admission policy, installed on a real API server
 // with the chart's RBAC and service account (values ci/full-values.yaml):
 // the driver's own token is refused a service-account-token Secret, an
-// unmanaged one and one not owned by pods, and may write a managed Secret
-// owned by a pod.
+// unmanaged one and one owned by anything but pods and their controllers,
+// and may write a managed Secret owned by a pod or a pod's controller.
 func TestSyncPolicyFromChart(t *testing.T) {
 	h := newHelm(t)
 	c := startCluster(t)
@@ -52,7 +52,12 @@ func TestSyncPolicyFromChart(t *testing.T) {
 	secret := func(name string, typ corev1.SecretType, labels map[string]string, owner string) *corev1.Secret {
 		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Type: typ}
 		if owner != "" {
-			s.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: owner, Name: "x", UID: "uid-x"}}
+			// owner is "[apiVersion/]Kind"; the core group when bare.
+			apiVersion, kind := "v1", owner
+			if i := strings.LastIndex(owner, "/"); i >= 0 {
+				apiVersion, kind = owner[:i], owner[i+1:]
+			}
+			s.OwnerReferences = []metav1.OwnerReference{{APIVersion: apiVersion, Kind: kind, Name: "x", UID: "uid-x"}}
 		}
 		if typ == corev1.SecretTypeServiceAccountToken {
 			s.Annotations = map[string]string{corev1.ServiceAccountNameKey: "default"}
@@ -76,13 +81,22 @@ func TestSyncPolicyFromChart(t *testing.T) {
 		"a service-account token":  secret("token", corev1.SecretTypeServiceAccountToken, managed, "Pod"),
 		"an unmanaged Secret":      secret("unmanaged", corev1.SecretTypeOpaque, nil, "Pod"),
 		"a Secret owned by a Node": secret("node", corev1.SecretTypeOpaque, managed, "Node"),
+		// Owners are exactly what --sync-owner makes: pods and the
+		// controllers of pods.
+		"owned by a Deployment":           secret("deploy", corev1.SecretTypeOpaque, managed, "apps/v1/Deployment"),
+		"owned by a CronJob":              secret("cronjob", corev1.SecretTypeOpaque, managed, "batch/v1/CronJob"),
+		"owned by a ReplicaSet of v1":     secret("rs-core", corev1.SecretTypeOpaque, managed, "ReplicaSet"),
+		"owned by a custom ReplicaSet":    secret("rs-custom", corev1.SecretTypeOpaque, managed, "example.com/v1/ReplicaSet"),
+		"owned by a Pod of another group": secret("pod-custom", corev1.SecretTypeOpaque, managed, "example.com/v1/Pod"),
 	} {
 		if _, err := drv.CoreV1().Secrets("team-a").Create(ctx, s, dry); !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "sync-secrets") {
 			t.Errorf("%s: %v, want the policy's refusal", what, err)
 		}
 	}
-	if _, err := drv.CoreV1().Secrets("team-a").Create(ctx, secret("synced", corev1.SecretTypeOpaque, managed, "Pod"), dry); err != nil {
-		t.Errorf("a managed Secret owned by a pod: %v", err)
+	for _, owner := range []string{"Pod", "apps/v1/ReplicaSet", "apps/v1/StatefulSet", "apps/v1/DaemonSet", "batch/v1/Job"} {
+		if _, err := drv.CoreV1().Secrets("team-a").Create(ctx, secret("synced", corev1.SecretTypeOpaque, managed, owner), dry); err != nil {
+			t.Errorf("a managed Secret owned by %s: %v", owner, err)
+		}
 	}
 	if _, err := drv.CoreV1().Secrets("team-a").Get(ctx, "any", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("get with the driver's token: %v, want Forbidden", err)

@@ -329,6 +329,11 @@ func checkInvariants(t *testing.T, r *rendered) {
 			if slices.Contains(rule.Resources, "secrets") && (sync != "true" || !slices.Equal(rule.Verbs, []string{"create", "patch"})) {
 				t.Errorf("ClusterRole rule %+v reaches Secrets (--sync-secrets=%s)", rule, sync)
 			}
+			// Pods: get only, for the controller owners of synced Secrets.
+			owner, _ := arg(driver, "--sync-owner")
+			if slices.Contains(rule.Resources, "pods") && (sync != "true" || owner != "controller" || !slices.Equal(rule.Verbs, []string{"get"})) {
+				t.Errorf("ClusterRole rule %+v reaches pods (--sync-secrets=%s --sync-owner=%s)", rule, sync, owner)
+			}
 			// Pod statuses only with --pod-status, and exactly the
 			// component's verbs.
 			podStatus, _ := arg(driver, "--pod-status")

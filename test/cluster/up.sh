@@ -10,6 +10,9 @@
 # addresses would not be loopback).
 #
 #   SECRETFS_DEPLOY=0   start the cluster without building and deploying secretfs
+#   SECRETFS_TOKEN_AUDIENCES=vault,...   audiences added to the CSIDriver's
+#                       tokenRequests (and the chart values' tokenAudiences) on
+#                       every run, for external providers such as Vault
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 start_time=$SECONDS
@@ -335,6 +338,21 @@ patches:
               - name: providers-dir-etc
                 hostPath: {path: $PROVIDERS_ETC_DIR}
 EOF
+# Token audiences for external providers: added to the shipped CSIDriver's
+# tokenRequests on every run (a hand edit of the CSIDriver is replaced by
+# the next apply).
+token_audiences=()
+if [[ -n ${SECRETFS_TOKEN_AUDIENCES:-} ]]; then
+	IFS=, read -ra token_audiences <<<"$SECRETFS_TOKEN_AUDIENCES"
+	{
+		echo "  - target: {kind: CSIDriver}"
+		echo "    patch: |-"
+		for a in "${token_audiences[@]}"; do
+			[[ $a =~ ^[A-Za-z0-9._:/-]+$ ]] || die "SECRETFS_TOKEN_AUDIENCES: audience \"$a\" has characters other than letters, digits and ._:/-"
+			echo "      - {op: add, path: /spec/tokenRequests/-, value: {audience: \"$a\"}}"
+		done
+	} >>"$W/deploy/kustomization.yaml"
+fi
 # Values for installing the Helm chart on this cluster (the e2e suite's
 # TestHelmChart installs a second driver with them).
 cat >"$W/deploy/helm-values.yaml" <<EOF
@@ -352,6 +370,9 @@ env:
 rotationInterval: 5s
 terminationGracePeriodSeconds: 5
 EOF
+if ((${#token_audiences[@]})); then
+	echo 'tokenAudiences: ["", "api://AzureADTokenExchange"'"$(printf ', "%s"' "${token_audiences[@]}")]" >>"$W/deploy/helm-values.yaml"
+fi
 log "deploying secretfs (test/cluster/overlay, kubelet root $KUBELET_ROOT)"
 # kubelet's root dir is this cluster's, not /var/lib/kubelet: every host path
 # of the driver lives under it.

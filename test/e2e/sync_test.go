@@ -211,7 +211,7 @@ func rolledOut(d *appsv1.DaemonSet) bool {
 
 // Secret sync, in the order a migration meets it: off by default (the pod
 // is told), then on: a Deployment's env from a synced Secret, TLS split,
-// owners, scale down, rotation, deletion; an unmanaged Secret left alone;
+// owners (the ReplicaSet), scale down, rotation, deletion; an unmanaged Secret left alone;
 // two classes in one pod, one of them created as v1alpha1.
 func TestSecretSync(t *testing.T) {
 	ctx := context.Background()
@@ -273,9 +273,10 @@ func TestSecretSync(t *testing.T) {
 				}
 			}
 		}
-		podNames := []string{pods[0].Name, pods[1].Name}
-		slices.Sort(podNames)
-		env := waitSecret(t, ns, "app-env", "owned by both pods", func(s *corev1.Secret) bool { return slices.Equal(ownerNames(s), podNames) })
+		// Owners as the Secrets Store CSI Driver makes them: the pods'
+		// ReplicaSet, once.
+		rs := []string{metav1.GetControllerOf(pods[0]).Name}
+		env := waitSecret(t, ns, "app-env", "owned by the ReplicaSet", func(s *corev1.Secret) bool { return slices.Equal(ownerNames(s), rs) })
 		if env.Type != corev1.SecretTypeOpaque || string(env.Data["USER"]) != user || string(env.Data["PASS"]) != pass ||
 			env.Labels[managedLabel] != "true" || env.Labels["app"] != "shop" || len(env.Data) != 2 {
 			t.Errorf("app-env: type %q labels %v keys %d", env.Type, env.Labels, len(env.Data))
@@ -308,18 +309,18 @@ func TestSecretSync(t *testing.T) {
 			t.Errorf("app-env after both volumes rotated: %v", err)
 		}
 
-		// Scale to 1: one owner left (the garbage collector drops the other).
+		// Scale to 1: the ReplicaSet is still the one owner.
 		one := int32(1)
 		if _, err := client.AppsV1().Deployments(ns).Patch(ctx, dep.Name, types.MergePatchType,
 			[]byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, one)), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		left := waitPods(t, ns, "app=shop", 1)
-		waitSecret(t, ns, "app-env", "one owner left", func(s *corev1.Secret) bool {
-			return slices.Equal(ownerNames(s), []string{left[0].Name})
-		})
+		waitPods(t, ns, "app=shop", 1)
+		if s, err := getSecret(ns, "app-env"); err != nil || !slices.Equal(ownerNames(s), rs) {
+			t.Errorf("app-env after scaling to 1: %v", err)
+		}
 
-		// Delete the Deployment: the Secrets go with the last pod.
+		// Delete the Deployment: the Secrets go with its ReplicaSet.
 		bg := metav1.DeletePropagationForeground
 		if err := client.AppsV1().Deployments(ns).Delete(ctx, dep.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil {
 			t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -14,6 +15,14 @@ import (
 // collector, so that dependents (ownerReferences) are deleted after their
 // last owner, as in a real cluster. Stop ends it with the rest.
 func (s *Server) StartGarbageCollector() error {
+	return s.StartControllers("garbagecollector")
+}
+
+// StartControllers runs kube-controller-manager with the named controllers
+// (e.g. "garbagecollector", "deployment", "replicaset", "statefulset"):
+// workloads then make ReplicaSets and pods as in a real cluster (pods stay
+// Pending: there is no scheduler or kubelet). At most one per Server.
+func (s *Server) StartControllers(controllers ...string) error {
 	bin := filepath.Join(BinDir(), "kube-controller-manager")
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("%w: kube-controller-manager not found in %s", ErrMissingBinaries, BinDir())
@@ -28,7 +37,7 @@ func (s *Server) StartGarbageCollector() error {
 		return err
 	}
 	if err := s.spawn("kube-controller-manager", bin,
-		"--kubeconfig="+kubeconfig, "--controllers=garbagecollector", "--leader-elect=false",
+		"--kubeconfig="+kubeconfig, "--controllers="+strings.Join(controllers, ","), "--leader-elect=false",
 		"--secure-port=0", "--use-service-account-credentials=false",
 		"--concurrent-gc-syncs=5",
 	); err != nil {

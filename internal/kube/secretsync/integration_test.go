@@ -264,15 +264,17 @@ func TestReplacedSecretIsNotOverwritten(t *testing.T) {
 	if string(sec.Data["PASS"]) != "theirs" || len(sec.OwnerReferences) != 0 || sec.Labels[secretsync.ManagedLabel] != "" {
 		t.Fatalf("an unmanaged Secret was written: %+v", sec)
 	}
-	// Requests by this node: create; then patch (refused), create (exists),
-	// the test patch (fails), the label's test alone (fails: unmanaged).
-	if got := n.requests(t); got != 5 {
-		t.Errorf("%d requests, want 5", got)
+	// Requests by this node: get of the pod (its controller, once per
+	// volume), create; then patch (refused), create (exists), the test
+	// patch (fails), the label's test alone (fails: unmanaged).
+	if got := n.requests(t); got != 6 {
+		t.Errorf("%d requests, want 6", got)
 	}
 }
 
-// The sync's first publish adds one request; a second pod on the node one
-// patch; a refresh that changes nothing none.
+// The sync's first publish adds two requests (the get of the pod for its
+// controller, the create); a second pod on the node (a bare pod: its own
+// owner) a get and a patch; a refresh that changes nothing none.
 func TestRequestsPerPublish(t *testing.T) {
 	srv := start(t)
 	ctx := context.Background()
@@ -283,9 +285,9 @@ func TestRequestsPerPublish(t *testing.T) {
 		do   func()
 		want int
 	}{
-		{"first publish", func() { n.syncer.Changed(ctx, volume(p0, "one")) }, 1},
+		{"first publish", func() { n.syncer.Changed(ctx, volume(p0, "one")) }, 2},
 		{"same content again", func() { n.syncer.Changed(ctx, volume(p0, "one")) }, 0},
-		{"second pod", func() { n.syncer.Changed(ctx, volume(p1, "one")) }, 1},
+		{"second pod", func() { n.syncer.Changed(ctx, volume(p1, "one")) }, 2},
 		{"rotation", func() { n.syncer.Changed(ctx, volume(p0, "two")) }, 1},
 		{"unpublish", func() { n.syncer.Gone(volume(p0, "")) }, 0},
 	}

@@ -145,16 +145,17 @@ func (s *Syncer) retryNow(e *entry) {
 	s.startLocked(e)
 }
 
-// ownersLocked returns the owner references of every pod on this node that
-// syncs e, and those of them the Secret is not known to have.
+// ownersLocked returns the owners (pods, or the pods' controllers) of every
+// volume on this node that syncs e, each once, and those of them the Secret
+// is not known to have.
 func (e *entry) ownersLocked() (all, adds []metav1.OwnerReference) {
-	seen := map[string]bool{}
+	seen := map[types.UID]bool{}
 	for _, u := range e.users {
-		if seen[u.pod.UID] {
+		ref := u.owner
+		if seen[ref.UID] {
 			continue
 		}
-		seen[u.pod.UID] = true
-		ref := metav1.OwnerReference{APIVersion: "v1", Kind: "Pod", Name: u.pod.Name, UID: types.UID(u.pod.UID)}
+		seen[ref.UID] = true
 		all = append(all, ref)
 		if e.uid == "" || !e.owners[ref.UID] {
 			adds = append(adds, ref)

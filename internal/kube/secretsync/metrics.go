@@ -41,7 +41,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"os_type"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "secret_sync_requests_total",
-			Help: "API requests of the Secret sync by verb (create, patch, get) and result (ok, or the API error reason).",
+			Help: "API requests of the Secret sync by verb (create, patch, get, get-pod: the read of a pod for its controller) and result (ok, or the API error reason).",
 		}, []string{"verb", "result"}),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "secretfs", Name: "secret_syncs_total",

@@ -111,12 +111,32 @@ func TestAdmissionPolicy(t *testing.T) {
 	unmanaged := good("unmanaged")
 	unmanaged.Labels = map[string]string{"app": "x"}
 	refused["an unmanaged Secret"] = unmanaged
-	rs := good("rs-owned")
-	rs.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "rs-uid"}}
-	refused["a Secret owned by a ReplicaSet"] = rs
-	mixed := good("mixed-owners")
-	mixed.OwnerReferences = append(mixed.OwnerReferences, rs.OwnerReferences...)
-	refused["a Secret owned by a pod and a ReplicaSet"] = mixed
+	// Owners: exactly pods and the controllers of pods.
+	owned := func(name string, refs ...metav1.OwnerReference) *corev1.Secret {
+		s := good(name)
+		s.OwnerReferences = refs
+		return s
+	}
+	ref := func(apiVersion, kind string) metav1.OwnerReference {
+		return metav1.OwnerReference{APIVersion: apiVersion, Kind: kind, Name: "web", UID: types.UID("uid-" + kind)}
+	}
+	refused["a Secret owned by a Deployment"] = owned("deploy-owned", ref("apps/v1", "Deployment"))
+	refused["a Secret owned by a pod and a Deployment"] = owned("mixed-owners", podOwner[0], ref("apps/v1", "Deployment"))
+	refused["a Secret owned by a CronJob"] = owned("cronjob-owned", ref("batch/v1", "CronJob"))
+	refused["a Secret owned by a ReplicaSet of another group"] = owned("rs-other", ref("example.com/v1", "ReplicaSet"))
+	refused["a Secret owned by a Node"] = owned("node-owned", ref("v1", "Node"))
+	admitted := map[string]*corev1.Secret{
+		"a Secret owned by a ReplicaSet":           owned("rs-owned", ref("apps/v1", "ReplicaSet")),
+		"a Secret owned by a StatefulSet":          owned("sts-owned", ref("apps/v1", "StatefulSet")),
+		"a Secret owned by a DaemonSet":            owned("ds-owned", ref("apps/v1", "DaemonSet")),
+		"a Secret owned by a Job":                  owned("job-owned", ref("batch/v1", "Job")),
+		"a Secret owned by a pod and a ReplicaSet": owned("pod-rs-owned", podOwner[0], ref("apps/v1", "ReplicaSet")),
+	}
+	for what, s := range admitted {
+		if _, err := drv.CoreV1().Secrets(ns).Create(ctx, s, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+			t.Errorf("%s: refused: %v", what, err)
+		}
+	}
 	orphan := good("orphan")
 	orphan.OwnerReferences = nil
 	refused["a Secret without owners"] = orphan
@@ -168,8 +188,8 @@ func TestAdmissionPolicy(t *testing.T) {
 	if got := owners(sec); len(got) != 2 || string(sec.Data["PASS"]) != "one" {
 		t.Fatalf("synced Secret: owners %v data %q", got, sec.Data)
 	}
-	if a.requests(t) != 1 || b.requests(t) != 3 {
-		t.Errorf("requests: node-a %d (want 1: create), node-b %d (want 3: create, test patch, patch)", a.requests(t), b.requests(t))
+	if a.requests(t) != 2 || b.requests(t) != 4 {
+		t.Errorf("requests: node-a %d (want 2: get of the pod, create), node-b %d (want 4: get of the pod, create, test patch, patch)", a.requests(t), b.requests(t))
 	}
 	a.syncer.Changed(ctx, volume(pod, "two"))
 	if got := string(secret(t, srv).Data["PASS"]); got != "two" {

@@ -9,10 +9,11 @@
 //   - Only Secrets the class names, only in the pod's namespace, and never a
 //     Secret without the managed label: such a Secret is a conflict, posted
 //     as a Warning Event on the pod naming it; the volume mounts anyway.
-//   - The pods are the Secret's owners (ownerReferences, one per pod, from
-//     every node), so the cluster's garbage collector deletes the Secret
-//     when the last pod that uses it is gone, on whatever node. The driver
-//     never deletes a Secret itself and makes no request on unpublish.
+//   - The Secret's owners are the pods' controllers (the pod when it has
+//     none), or with OwnerPod every pod (owner.go), each once, from every
+//     node, so the cluster's garbage collector deletes the Secret when the
+//     last of them is gone, on whatever node. The driver never deletes a
+//     Secret itself and makes no request on unpublish.
 //   - A failed write (RBAC missing, API down) is a Warning Event and a
 //     metric, and is retried with back-off from the newest content, so after
 //     the next success the Secret holds what the files hold.
@@ -30,14 +31,16 @@
 //     Writes in flight send at most MaxInflightBytes of data at once.
 //
 // Cost: one write per Secret and content change on each node, plus owner
-// additions: a first publish adds at most one request (a patch that adds
-// its pod, or the create), and publishes of pods that arrive while a write
+// additions: a first publish adds at most one write (a patch that adds its
+// owner, none when the Secret has it already, or the create) and, with
+// controller owners, one get of the pod; publishes of pods that arrive while a write
 // of the same Secret is in flight share the next one, so N simultaneous
 // publishes on a node cost at most two writes. A refresh that changes
 // nothing makes no request. The first sync of an existing Secret on a node
 // costs three requests once (create refused, a JSON patch of test
 // operations only that checks the label and type and changes nothing, the
-// patch). The sync never reads a Secret: its RBAC is create and patch.
+// patch). The sync never reads a Secret: its RBAC is create and patch on
+// Secrets, and get on pods for controller owners.
 package secretsync
 
 import (
@@ -51,6 +54,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/secretfs/secretfs/driver/budget"
@@ -104,6 +108,12 @@ type Options struct {
 	// Secrets read, each file counted once (default DefaultMaxClassBytes;
 	// negative: no cap).
 	MaxClassBytes int64
+	// Owner says which object owns a synced Secret (default
+	// OwnerController; see owner.go).
+	Owner OwnerMode
+	// Pods reads a pod's controller (OwnerController only). Nil: Client,
+	// when it is also a kubecore.PodsGetter.
+	Pods kubecore.PodsGetter
 }
 
 // Syncer keeps Secrets in step with the volumes on one node. Its methods
@@ -120,6 +130,8 @@ type Syncer struct {
 	fieldManager string
 	budget       *budget.Budget
 	maxClass     int64
+	owner        OwnerMode
+	pods         kubecore.PodsGetter
 	// inflight bounds the bytes of Secret data being sent at once: a write
 	// costs about three times its data while it runs (the JSON body, the
 	// response, the decoded answer), outside the node budget, within the
@@ -129,8 +141,11 @@ type Syncer struct {
 	mu      sync.Mutex
 	secrets map[key]*entry
 	vols    map[string][]key // volume id -> the Secrets it syncs
-	closed  bool
-	running sync.WaitGroup
+	// volOwner is the owner of what a volume syncs (OwnerController: read
+	// once per volume).
+	volOwner map[string]volOwner
+	closed   bool
+	running  sync.WaitGroup
 }
 
 type key struct{ ns, name string }
@@ -160,6 +175,9 @@ type entry struct {
 
 type user struct {
 	pod provider.Pod
+	// owner is the owner the Secret gets for this volume: its pod or the
+	// pod's controller.
+	owner metav1.OwnerReference
 	// lastEvent is the message last posted on the pod for this Secret, so a
 	// failure that repeats on every retry is posted once.
 	lastEvent string
@@ -179,7 +197,22 @@ func New(opts Options) (*Syncer, error) {
 		wait: opts.Wait, timeout: opts.Timeout, minBackoff: opts.MinBackoff, maxBackoff: opts.MaxBackoff,
 		fieldManager: opts.FieldManager, budget: opts.Budget, maxClass: opts.MaxClassBytes,
 		inflight: semaphore.NewWeighted(MaxInflightBytes),
-		secrets:  map[key]*entry{}, vols: map[string][]key{},
+		secrets:  map[key]*entry{}, vols: map[string][]key{}, volOwner: map[string]volOwner{},
+		owner: opts.Owner, pods: opts.Pods,
+	}
+	switch s.owner {
+	case "":
+		s.owner = OwnerController
+	case OwnerController, OwnerPod:
+	default:
+		return nil, fmt.Errorf("secretsync: unknown owner mode %q", s.owner)
+	}
+	if s.owner == OwnerController && s.pods == nil {
+		pg, ok := opts.Client.(kubecore.PodsGetter)
+		if !ok {
+			return nil, errors.New("secretsync: Pods is required to make the pods' controllers owners")
+		}
+		s.pods = pg
 	}
 	if s.maxClass == 0 {
 		s.maxClass = DefaultMaxClassBytes
@@ -237,9 +270,13 @@ func (s *Syncer) Changed(ctx context.Context, v hook.Volume) {
 		keys[i] = key{v.Pod.Namespace, d.name}
 	}
 	s.use(v.ID, keys)
+	var owner metav1.OwnerReference
+	if len(ds) > 0 {
+		owner = s.ownerOf(ctx, v)
+	}
 	var waits []<-chan error
 	for i, d := range ds {
-		if ch := s.submit(keys[i], d, v); ch != nil {
+		if ch := s.submit(keys[i], d, v, owner); ch != nil {
 			waits = append(waits, ch)
 		}
 	}
@@ -295,6 +332,7 @@ func (s *Syncer) use(id string, keys []key) {
 	}
 	if len(keys) == 0 {
 		delete(s.vols, id)
+		delete(s.volOwner, id)
 	} else {
 		s.vols[id] = keys
 	}
@@ -320,10 +358,11 @@ func (s *Syncer) dropLocked(k key, e *entry) {
 	e.waiters = nil
 }
 
-// submit asks for d to be written on behalf of v. It returns nil when the
-// Secret already holds d with v's pod among its owners, else a channel that
-// receives the outcome of the write that includes this request.
-func (s *Syncer) submit(k key, d *desired, v hook.Volume) <-chan error {
+// submit asks for d to be written on behalf of v, with owner among the
+// Secret's owners. It returns nil when the Secret already holds d with
+// owner among its owners, else a channel that receives the outcome of the
+// write that includes this request.
+func (s *Syncer) submit(k key, d *desired, v hook.Volume, owner metav1.OwnerReference) <-chan error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -336,12 +375,12 @@ func (s *Syncer) submit(k key, d *desired, v hook.Volume) <-chan error {
 		s.secrets[k] = e
 	}
 	if u := e.users[v.ID]; u == nil {
-		e.users[v.ID] = &user{pod: v.Pod}
+		e.users[v.ID] = &user{pod: v.Pod, owner: owner}
 	} else {
-		u.pod = v.Pod
+		u.pod, u.owner = v.Pod, owner
 	}
 	e.provider = v.Provider
-	if !e.running && e.retry == nil && e.uid != "" && e.written == d.hash && e.owners[types.UID(v.Pod.UID)] {
+	if !e.running && e.retry == nil && e.uid != "" && e.written == d.hash && e.owners[owner.UID] {
 		// Written already (e.want is nil): the hash is all that is kept.
 		d.release()
 		s.metrics.results.WithLabelValues("unchanged").Inc()

@@ -53,6 +53,11 @@ type coreSecrets struct{ corev1client.SecretsGetter }
 
 func (c coreSecrets) Secrets(ns string) kubecore.SecretInterface { return c.SecretsGetter.Secrets(ns) }
 
+// corePods adapts client-go's typed core/v1 client to kubecore.PodsGetter.
+type corePods struct{ corev1client.PodsGetter }
+
+func (c corePods) Pods(ns string) kubecore.PodInterface { return c.PodsGetter.Pods(ns) }
+
 func newSyncer(t *testing.T, objs ...runtime.Object) (*Syncer, *fake.Clientset, *events) {
 	t.Helper()
 	return newSyncerWith(t, func(*Options) {}, objs...)
@@ -82,7 +87,8 @@ func newSyncerWith(t *testing.T, set func(*Options), objs ...runtime.Object) (*S
 		return handled, obj, err
 	})
 	ev := &events{}
-	opts := Options{Client: coreSecrets{client.CoreV1()}, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second}
+	// Pods as owners unless a test says otherwise: the fake has no pods.
+	opts := Options{Client: coreSecrets{client.CoreV1()}, Pods: corePods{client.CoreV1()}, Owner: OwnerPod, Events: ev, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Wait: 20 * time.Second}
 	set(&opts)
 	s, err := New(opts)
 	if err != nil {
@@ -399,5 +405,64 @@ func TestRefusedEntryIsNotWritten(t *testing.T) {
 	if len(e) != 2 || !strings.Contains(e[0], "p1 "+ReasonRefused) || !strings.Contains(e[0], `Secret "token"`) ||
 		!strings.Contains(e[1], `annotation key "kubernetes.io/service-account.name"`) || strings.Contains(strings.Join(e, " "), "admin") {
 		t.Fatalf("events %q", e)
+	}
+}
+
+// --sync-owner=controller: the pod's controller owns the Secret, read with
+// one get of the pod per volume; a pod without a controller owns it
+// itself; a failed read makes the pod the owner with a Warning Event.
+func TestControllerOwner(t *testing.T) {
+	isController := true
+	rsPod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1", UID: "uid-web-1",
+		OwnerReferences: []metav1.OwnerReference{
+			{APIVersion: "v1", Kind: "Other", Name: "not-controller", UID: "uid-other"},
+			{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "uid-rs", Controller: &isController},
+		}}}
+	s, client, ev := newSyncerWith(t, func(o *Options) { o.Owner = OwnerController }, rsPod)
+	ctx := context.Background()
+	podGets := func() (n int) {
+		for _, a := range client.Actions() {
+			if a.GetResource().Resource == "pods" && a.GetVerb() == "get" {
+				n++
+			}
+		}
+		return n
+	}
+	s.Changed(ctx, vol("v1", "web-1", "one"))
+	s.Changed(ctx, vol("v1", "web-1", "two")) // the owner is remembered
+	sec, err := client.CoreV1().Secrets("ns").Get(ctx, "app-env", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", UID: "uid-rs"}}
+	if !slices.Equal(sec.OwnerReferences, want) || podGets() != 1 {
+		t.Fatalf("owners %+v after %d pod reads, want %+v after 1", sec.OwnerReferences, podGets(), want)
+	}
+
+	// A pod the API server does not know (the read fails): the pod owns
+	// it, with a Warning Event, and the next change reads again.
+	s.Changed(ctx, vol("v2", "gone", "two"))
+	s.Changed(ctx, vol("v2", "gone", "three"))
+	if podGets() != 3 {
+		t.Errorf("%d pod reads, want 3 (a failed read is not remembered)", podGets())
+	}
+	sec, _ = client.CoreV1().Secrets("ns").Get(ctx, "app-env", metav1.GetOptions{})
+	var kinds []string
+	for _, o := range sec.OwnerReferences {
+		kinds = append(kinds, o.Kind+"/"+o.Name)
+	}
+	slices.Sort(kinds)
+	if !slices.Equal(kinds, []string{"Pod/gone", "ReplicaSet/web"}) {
+		t.Errorf("owners %+v, want the ReplicaSet and the pod gone", sec.OwnerReferences)
+	}
+	if got := ev.all(); len(got) != 2 || !strings.HasPrefix(got[0], "gone "+ReasonOwner+" ") {
+		t.Errorf("events %q, want two %s on the pod", got, ReasonOwner)
+	}
+
+	if _, err := ParseOwnerMode("replicaset"); err == nil {
+		t.Error("ParseOwnerMode accepted an unknown mode")
+	}
+	if _, err := New(Options{Client: s.client, Owner: "node"}); err == nil {
+		t.Error("New accepted an unknown owner mode")
 	}
 }

@@ -4,6 +4,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "secretfs.selector" -}}
@@ -56,7 +59,17 @@ annotation, also when it applied over ours: applying ours then would undo
 theirs on every upgrade, and theirs ours.
 */}}
 {{- define "secretfs.crd" -}}
-{{- $name := "secretproviderclasses.secrets-store.csi.x-k8s.io" -}}
+{{- include "secretfs.crdFor" (dict "root" . "name" "secretproviderclasses.secrets-store.csi.x-k8s.io") -}}
+{{- end -}}
+
+{{- /*
+secretfs.crdFor is secretfs.crd for the CRD named .name (.root is the
+chart's context): the same decision for the SecretProviderClassPodStatus CRD.
+*/}}
+{{- define "secretfs.crdFor" -}}
+{{- $name := .name -}}
+{{- $root := .root -}}
+{{- with $root -}}
 {{- $live := lookup "apiextensions.k8s.io/v1" "CustomResourceDefinition" "" $name -}}
 {{- if not .Values.crds.install -}}
 crds.install is false
@@ -79,6 +92,7 @@ another tool installed it (no Helm release and no app.kubernetes.io/name=secretf
 render
 {{- else -}}
 no Helm release owns it (kubectl, kustomize or chart 0.1.0's crds/ directory installed it); set crds.adopt=true and run helm upgrade --take-ownership once to let this release manage it
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end }}
