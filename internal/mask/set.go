@@ -34,6 +34,11 @@ type Set struct {
 	// longest first.
 	byFirst [256][][]byte
 	first   [256]bool
+	// single marks first bytes of one-byte values; pairs is a bitset of
+	// the first two bytes of longer values: most positions are ruled out
+	// with two lookups.
+	single  [256]bool
+	pairs   [1 << 16 / 64]uint64
 	longest int
 	count   int
 }
@@ -51,6 +56,12 @@ func NewSet(values [][]byte) *Set {
 		c := bytes.Clone(v)
 		s.byFirst[c[0]] = append(s.byFirst[c[0]], c)
 		s.first[c[0]] = true
+		if len(c) == 1 {
+			s.single[c[0]] = true
+		} else {
+			k := uint16(c[0])<<8 | uint16(c[1])
+			s.pairs[k/64] |= 1 << (k % 64)
+		}
 		s.longest = max(s.longest, len(c))
 		s.count++
 	}
@@ -58,6 +69,20 @@ func NewSet(values [][]byte) *Set {
 		slices.SortStableFunc(s.byFirst[i], func(a, b []byte) int { return len(b) - len(a) })
 	}
 	return s
+}
+
+// mayStart reports whether a value may start at data[i] (a cheap filter:
+// the caller compares the values).
+func (s *Set) mayStart(data []byte, i int) bool {
+	c := data[i]
+	if !s.first[c] {
+		return false
+	}
+	if s.single[c] || i+1 == len(data) {
+		return true
+	}
+	k := uint16(c)<<8 | uint16(data[i+1])
+	return s.pairs[k/64]&(1<<(k%64)) != 0
 }
 
 // Len is the number of distinct values.

@@ -81,7 +81,7 @@ func (w *Writer) process(data []byte, final bool) []byte {
 	set := w.src.Load()
 	i, from := 0, 0 // from: start of the bytes not yet copied to w.out
 	for i < len(data) {
-		if !set.first[data[i]] {
+		if !set.mayStart(data, i) {
 			i++
 			continue
 		}
