@@ -44,6 +44,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--class", "c.yaml", "--on-change", "reload", "--", "true"}, "-on-change: \"reload\" is not none, restart or signal:NAME"},
 		{[]string{"run", "--class", "c.yaml", "--env", "1=x", "--", "true"}, "not an environment variable name"},
 		{[]string{"run", "--class", "c.yaml", "--gid", "0", "--", "true"}, "-gid needs -uid"},
+		{[]string{"run", "--class", "c.yaml", "--mask-base64", "--", "true"}, "-mask-base64 needs -mask"},
 		{[]string{"run", "--class", "c.yaml", "--mode", "0644x", "--", "true"}, `-mode "0644x" is not an octal file mode`},
 		{[]string{"mount", "--class", "c.yaml", "--target", "t", "--mode", "1777"}, `-mode "1777" is not an octal file mode`},
 		{[]string{"mount", "--class", "c.yaml", "--target", "t", "--gid", "no-such-group-here"}, `-gid "no-such-group-here": no such group`},

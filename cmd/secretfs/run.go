@@ -38,6 +38,8 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		sa          = fs.String("service-account", "default", "service account name the backend sees")
 		onChange    = fs.String("on-change", "none", "after new files are swapped in: none, restart, or signal:NAME (e.g. signal:HUP)")
 		stopTimeout = fs.Duration("stop-timeout", 10*time.Second, "-on-change restart: SIGKILL the command this long after SIGTERM")
+		maskOut     = fs.Bool("mask", false, "replace the content of every file of the volume with *** in the command's stdout and stderr (they become pipes)")
+		maskBase64  = fs.Bool("mask-base64", false, "with -mask: also their base64 forms (standard and URL-safe, padded or not)")
 		envs        envFlag
 		owner       ownerFlags
 		tmpfsSize   = quantityFlag{bytes: 8 << 20}
@@ -64,6 +66,9 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	case *classFile == "" && (*kubeconfig == "" || *className == ""):
 		return fail(stderr, fs, 2, "-class, or -kubeconfig with -class-name, is required (see %s -h)", fs.Name())
 	}
+	if *maskBase64 && !*maskOut {
+		return fail(stderr, fs, 2, "-mask-base64 needs -mask")
+	}
 	change, err := agent.ParseOnChange(*onChange)
 	if err != nil {
 		return fail(stderr, fs, 2, "-on-change: %v", err)
@@ -83,7 +88,7 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 		ClassFile: *classFile, ClassName: *className, Namespace: *namespace,
 		Target: *target, Interval: *interval, ServiceAccount: *sa, TmpfsSize: tmpfsSize.bytes,
 		UID: uid, GID: gid, Owner: files, Env: envs.vars, OnChange: change, StopTimeout: *stopTimeout,
-		Command: command, Logger: log,
+		Mask: *maskOut, MaskBase64: *maskBase64, Command: command, Logger: log,
 	}
 	if cfg.Target == "" {
 		cfg.Target = agent.DefaultRunTarget()

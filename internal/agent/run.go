@@ -54,6 +54,10 @@ type RunConfig struct {
 	OnChange OnChange
 	// StopTimeout is how long a restart waits after SIGTERM before SIGKILL.
 	StopTimeout time.Duration
+	// Mask passes the command's stdout and stderr through a filter that
+	// replaces the content of every file of the volume with "***"
+	// (MaskBase64: their base64 forms too); see mask.go.
+	Mask, MaskBase64 bool
 	// Command is the program and its arguments.
 	Command []string
 	Logger  *slog.Logger
@@ -190,9 +194,16 @@ func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
 	log.Info("mounted in a private mount namespace", "class", cls.Name, "namespace", cls.Namespace,
 		"target", cfg.Target, "refresh", cfg.Interval, "on_change", cfg.OnChange.String())
 
+	var masks *masker
+	if cfg.Mask {
+		if masks, err = newMasker(fdPath(held.mount), cfg.MaskBase64, log); err != nil {
+			return 0, err
+		}
+		changes.mask.Store(masks)
+	}
 	s := &supervisor{cfg: cfg, log: log, d: d, req: req, sigs: sigs, hook: changes, volume: fdPath(held.mount),
 		back: backoff{min: time.Second, max: time.Minute}}
-	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target)}
+	s.cmd = command{argv: cfg.Command, env: childEnv(cfg.Target), mask: masks}
 	return s.run(ctx)
 }
 

@@ -32,6 +32,7 @@ type helperConfig struct {
 	UID, GID                   int
 	Env                        []EnvVar
 	OnChange                   string
+	Mask, MaskBase64           bool
 	Command                    []string
 }
 
@@ -66,6 +67,7 @@ func runHelper(raw string) int {
 	code, err := RunCommand(context.Background(), RunConfig{
 		ClassFile: hc.ClassFile, Target: hc.Target, Interval: hc.Interval,
 		UID: hc.UID, GID: hc.GID, Owner: owner, Env: hc.Env, OnChange: oc, Command: hc.Command,
+		Mask: hc.Mask, MaskBase64: hc.MaskBase64,
 		StopTimeout: 5 * time.Second,
 		Providers:   func(string) (provider.Provider, error) { return backend, nil },
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -103,6 +105,7 @@ type runEnv struct {
 	hc      helperConfig
 	cmd     *exec.Cmd
 	log     syncBuffer
+	stdout  *syncBuffer // when set, the run's stdout (the command's), apart from the log
 	exited  chan struct{}
 	exitErr error
 }
@@ -168,6 +171,9 @@ func (e *runEnv) start() {
 	e.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	e.cmd.Env = append(os.Environ(), helperEnv+"="+string(raw), "OUT="+e.out)
 	e.cmd.Stdout, e.cmd.Stderr = &e.log, &e.log
+	if e.stdout != nil {
+		e.cmd.Stdout = e.stdout
+	}
 	if err := e.cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}

@@ -203,7 +203,10 @@ func (s *supervisor) refreshLoop(ctx context.Context) {
 // come faster than the supervisor acts on them are told once: the command
 // reads the newest files either way.
 type changeHook struct {
-	changes   chan struct{}
+	changes chan struct{}
+	// mask, when set, is told first (run --mask), so that the values of
+	// the new files are masked from the change on.
+	mask      atomic.Pointer[masker]
 	published atomic.Bool // the first publish is not a change
 }
 
@@ -212,6 +215,9 @@ func newChangeHook() *changeHook { return &changeHook{changes: make(chan struct{
 func (h *changeHook) Changed(context.Context, hook.Volume) {
 	if !h.published.Load() {
 		return
+	}
+	if m := h.mask.Load(); m != nil {
+		m.changed()
 	}
 	select {
 	case h.changes <- struct{}{}:
