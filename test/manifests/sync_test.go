@@ -25,8 +25,12 @@ func TestSyncSecretsComponent(t *testing.T) {
 	if err := yaml.UnmarshalStrict(d[1], &binding); err != nil {
 		t.Fatal(err)
 	}
-	if len(role.Rules) != 1 || !slices.Equal(role.Rules[0].Resources, []string{"secrets"}) ||
-		!slices.Equal(role.Rules[0].Verbs, []string{"create", "patch"}) || !slices.Equal(role.Rules[0].APIGroups, []string{""}) {
+	// Secrets: create and patch only (never get or list); pods: get only, to
+	// read a pod's controller, the synced Secret's owner (--sync-owner=controller).
+	if len(role.Rules) != 2 || !slices.Equal(role.Rules[0].Resources, []string{"secrets"}) ||
+		!slices.Equal(role.Rules[0].Verbs, []string{"create", "patch"}) || !slices.Equal(role.Rules[0].APIGroups, []string{""}) ||
+		!slices.Equal(role.Rules[1].Resources, []string{"pods"}) || !slices.Equal(role.Rules[1].Verbs, []string{"get"}) ||
+		!slices.Equal(role.Rules[1].APIGroups, []string{""}) {
 		t.Errorf("rules %+v", role.Rules)
 	}
 	if binding.RoleRef.Name != role.Name || len(binding.Subjects) != 1 || binding.Subjects[0].Name != "secretfs-node" || binding.Subjects[0].Namespace != "secretfs-system" {
