@@ -2,11 +2,9 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"time"
 
@@ -48,16 +46,11 @@ func runRefresh(args []string, stdout, stderr io.Writer) int {
 }
 
 func requestRefresh(path string, t driver.RefreshTarget, timeout time.Duration) (*driver.RefreshReply, error) {
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", path)
-		},
-	}}
 	body, err := json.Marshal(t)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := client.Post("http://secretfs/refresh", "application/json", bytes.NewReader(body))
+	resp, err := statusClient(path, timeout).Post("http://secretfs/refresh", "application/json", bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("asking the driver at %s: %w (is the driver running, and is this its -status-socket?)", path, err)
 	}

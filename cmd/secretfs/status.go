@@ -100,13 +100,17 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func fetchStatus(path string, timeout time.Duration) ([]driver.VolumeStatus, error) {
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{
+// statusClient talks HTTP to the driver's status socket at path.
+func statusClient(path string, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", path)
 		},
 	}}
-	resp, err := client.Get("http://secretfs/volumes")
+}
+
+func fetchStatus(path string, timeout time.Duration) ([]driver.VolumeStatus, error) {
+	resp, err := statusClient(path, timeout).Get("http://secretfs/volumes")
 	if err != nil {
 		return nil, fmt.Errorf("asking the driver at %s: %w (is the driver running, and is this its -status-socket?)", path, err)
 	}
