@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"path"
 	"strings"
 	"testing"
@@ -59,7 +60,13 @@ func TestRefreshRequestedByAnnotation(t *testing.T) {
 	if socket == "" {
 		t.Fatalf("driver pod %s has no --endpoint=unix://... argument", dp.Name)
 	}
-	execJSON(t, driverNamespace, dp.Name, "driver", &vols, "/bin/secretfs", "status", "-o", "json", "-socket", socket)
+	out, err := execIn(context.Background(), driverNamespace, dp.Name, "driver", "/bin/secretfs", "status", "-o", "json", "-socket", socket)
+	if err != nil {
+		t.Fatalf("secretfs status in %s: %v", dp.Name, err)
+	}
+	if err := json.Unmarshal([]byte(out), &vols); err != nil {
+		t.Fatalf("secretfs status -o json: %v: %.300s", err, out)
+	}
 	for _, v := range vols {
 		if v.Namespace == ns && v.Pod == "app" {
 			if v.RequestedBy != "class annotation" || v.LastRequestedRefresh.IsZero() {
