@@ -292,7 +292,7 @@ func TestWorkloadIdentityAssertionReadsNewestToken(t *testing.T) {
 	req.Parameters["clientID"] = wiClient
 	req.Tokens = map[string]provider.Token{WorkloadIdentityAudience: {Token: e.saToken(t, "system:serviceaccount:team-a:app", 1*time.Second)}}
 	e.fetch(t, req)
-	skew.Store(int64(2 * time.Second)) // the first pod token has expired for Entra ID
+	skew.Store(int64(3 * time.Second)) // the first pod token (exp at most now+2s) has expired for Entra ID
 	before := e.fake.Count("token.assertion")
 	req.Tokens = map[string]provider.Token{WorkloadIdentityAudience: {Token: e.saToken(t, "system:serviceaccount:team-a:app", time.Hour)}}
 	e.fetch(t, req)

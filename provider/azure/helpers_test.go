@@ -111,7 +111,9 @@ func (e *testEnv) saToken(t testing.TB, sub string, ttl time.Duration) string {
 	hdr, _ := json.Marshal(map[string]string{"alg": "RS256", "kid": "sa-key", "typ": "JWT"})
 	claims, _ := json.Marshal(map[string]any{
 		"iss": e.fake.Issuer(), "sub": sub, "aud": []string{WorkloadIdentityAudience},
-		"exp": time.Now().Add(ttl).Unix(), "iat": time.Now().Unix(), "nbf": time.Now().Unix(),
+		// exp is whole seconds: round up so the token lives at least ttl (a
+		// truncated exp minted late in a second could expire at once).
+		"exp": time.Now().Add(ttl + time.Second - 1).Unix(), "iat": time.Now().Unix(), "nbf": time.Now().Unix(),
 	})
 	signed := base64.RawURLEncoding.EncodeToString(hdr) + "." + base64.RawURLEncoding.EncodeToString(claims)
 	sum := sha256.Sum256([]byte(signed))
