@@ -87,7 +87,7 @@ func TestBuildResult(t *testing.T) {
 		return specs
 	}
 
-	res, err := buildResult(pod, parse("- secretName: db\n  path: d\n  filePermission: \"0400\"\n- secretName: gone\n  optional: true\n- secretName: db\n  key: nokey\n  optional: true\n"), secrets, provider.NewBudget(nil))
+	res, err := buildResult(pod, parse("- secretName: db\n  path: d\n  filePermission: \"0400\"\n- secretName: gone\n  optional: true\n- secretName: db\n  key: nokey\n  optional: true\n"), secrets, nil, provider.NewBudget(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,15 +98,15 @@ func TestBuildResult(t *testing.T) {
 		t.Errorf("versions %+v", res.Versions)
 	}
 
-	_, err = buildResult(pod, parse("- secretName: db\n  key: nokey\n"), secrets, provider.NewBudget(nil))
+	_, err = buildResult(pod, parse("- secretName: db\n  key: nokey\n"), secrets, nil, provider.NewBudget(nil))
 	if provider.CodeOf(err) != codes.NotFound || !strings.Contains(err.Error(), `no key "nokey"`) || !strings.Contains(err.Error(), "pw, user") {
 		t.Errorf("missing key: %v", err)
 	}
-	_, err = buildResult(pod, parse("- secretName: gone\n"), secrets, provider.NewBudget(nil))
+	_, err = buildResult(pod, parse("- secretName: gone\n"), secrets, nil, provider.NewBudget(nil))
 	if provider.CodeOf(err) != codes.NotFound {
 		t.Errorf("missing secret: %v", err)
 	}
-	_, err = buildResult(pod, parse("- secretName: db\n- secretName: db\n  key: pw\n"), secrets, provider.NewBudget(nil))
+	_, err = buildResult(pod, parse("- secretName: db\n- secretName: db\n  key: pw\n"), secrets, nil, provider.NewBudget(nil))
 	if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `file "pw"`) {
 		t.Errorf("collision: %v", err)
 	}
