@@ -12,6 +12,9 @@
 //	                            # a directory prefix (default: none)
 //	    filePermission: "0400"  # octal (default: the volume's default mode)
 //	    optional: true          # a missing Secret or key is skipped
+//	  - labelSelector: app=shop # every Secret of the namespace with these
+//	    path: shop              # labels, each key as <path>/<secret>/<key>
+//	                            # (path optional; no secretName, key, optional)
 //
 // The Azure provider's spelling (`array:` of YAML strings) is accepted too.
 // There is no namespace field: Secrets are always read from the pod's
@@ -32,7 +35,11 @@
 //
 // and each pod's service account needs a Role in its namespace with
 // apiGroups [""], resources [secrets], verbs [get, watch] and resourceNames
-// of the Secrets it mounts (without watch, changes arrive on republish only).
+// of the Secrets it mounts (without watch, changes arrive on republish only);
+// for a labelSelector, verbs [list, watch] without resourceNames. Selected
+// Secrets are listed in pages counted against the volume's file limit
+// (selector.go), and each selector is watched like a Secret: one API watch
+// per (namespace, selector, service account), whose every event is a change.
 package kubernetes
 
 import (
