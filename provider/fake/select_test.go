@@ -70,8 +70,8 @@ func TestSelectorBoundsAndCollisions(t *testing.T) {
 	}
 	for in, want := range map[string]string{
 		"- {objectNamePrefix: db-}\n- {objectName: other, objectAlias: db-1, value: y}\n": `both write file "db-1"`,
-		"- {objectNamePrefix: db-}\n- {objectNamePrefix: db-3}\n":                          `objectNamePrefix db- and objectNamePrefix db-3 both write file "db-3"`,
-		"- {objectNamePrefix: db-}\n- {objectName: o, objectAlias: db-2/x, value: y}\n":    `a directory of object o's file "db-2/x"`,
+		"- {objectNamePrefix: db-}\n- {objectNamePrefix: db-3}\n":                         `objectNamePrefix db- and objectNamePrefix db-3 both write file "db-3"`,
+		"- {objectNamePrefix: db-}\n- {objectName: o, objectAlias: db-2/x, value: y}\n":   `a directory of object o's file "db-2/x"`,
 	} {
 		_, err := f.Fetch(context.Background(), request(objects(in)))
 		if provider.CodeOf(err) != codes.InvalidArgument || !contains(err, want) {
