@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"google.golang.org/grpc/codes"
 
 	"github.com/secretfs/secretfs/provider"
@@ -148,6 +150,28 @@ func TestSelectorParseRejects(t *testing.T) {
 		_, err := parseObjects(in, 0)
 		if provider.CodeOf(err) != codes.InvalidArgument {
 			t.Errorf("%s: want InvalidArgument, got %v", name, err)
+		}
+	}
+}
+
+func TestUsable(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	yes, no := true, false
+	past, future := now.Add(-time.Hour), now.Add(time.Hour)
+	for _, tc := range []struct {
+		a    *azsecrets.SecretAttributes
+		want bool
+	}{
+		{nil, true},
+		{&azsecrets.SecretAttributes{}, true},
+		{&azsecrets.SecretAttributes{Enabled: &yes, Expires: &future, NotBefore: &past}, true},
+		{&azsecrets.SecretAttributes{Enabled: &no}, false},
+		{&azsecrets.SecretAttributes{Expires: &past}, false},
+		{&azsecrets.SecretAttributes{Expires: &now}, false},
+		{&azsecrets.SecretAttributes{NotBefore: &future}, false},
+	} {
+		if got := usable(tc.a, now); got != tc.want {
+			t.Errorf("usable(%+v) = %v, want %v", tc.a, got, tc.want)
 		}
 	}
 }
