@@ -249,3 +249,25 @@ func TestSelectorWatchForbidden(t *testing.T) {
 		t.Errorf("a forbidden selector watch is still held")
 	}
 }
+
+// A list page is charged to the volume's wire allowance as it streams in:
+// Secrets too big for the volume stop the listing, not after it.
+func TestSelectorListChargedToWireBudget(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"list"})
+	big := strings.Repeat("x", 600<<10)
+	for i := range 3 {
+		f.putLabelled(fmt.Sprintf("big%d", i), map[string]string{"sel": "yes"}, big)
+	}
+	req := f.request("app", "- labelSelector: sel=yes\n")
+	req.Limits = provider.Limits{MaxBytes: 64 << 10, MaxFiles: 100}
+	_, err := f.p.Fetch(f.ctx(), req)
+	wantCode(t, err, codes.ResourceExhausted, "--tmpfs-size", `labelSelector "sel=yes"`)
+	f.log.mu.Lock()
+	read := f.log.bodyBytes
+	f.log.mu.Unlock()
+	if limit := req.Limits.WireBytes(); read > limit+64<<10 {
+		t.Errorf("read %d bytes of the list, the allowance is %d", read, limit)
+	}
+}
