@@ -40,7 +40,14 @@ type Key [sha256.Size]byte
 //   - every class parameter: the Azure clientID / userAssignedIdentityID /
 //     usePodIdentity / tenantId / keyvaultName live there, so do the object
 //     specs (what is fetched, under which file names and modes) and the
-//     fake backend's fault injection (deny, rateLimit...).
+//     fake backend's fault injection (deny, rateLimit...). A selector (the
+//     kubernetes backend's labelSelector, Key Vault's objectNamePrefix,
+//     objectNameRegex, objectTags) is an object spec too: what it selects
+//     is decided by the backend with this same identity (a list as the pod,
+//     or as the Key Vault identity), so a class with a selector and one
+//     naming the same objects never share an entry, and the key covers the
+//     selector as written (two spellings of one selector fetch separately:
+//     more backend calls, never more access).
 //
 // Tokens themselves are left out: they differ per pod (and per refresh) but
 // carry the identity above, so a result fetched with pod A's token is served

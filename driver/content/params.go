@@ -338,8 +338,20 @@ func takeFields(param string, i int, item *yaml.Node) (object, error) {
 		}
 	}
 	o.node = &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map", Content: kept}
+	if o.special() {
+		for j := 0; j+1 < len(kept); j += 2 {
+			if selectorFields[kept[j].Value] {
+				return o, provider.InvalidArgument("parameter %s: %s: optional and keyPath cannot be used with the selector %s: "+
+					"a selection that selects nothing is already no error, and it may be many files", param, o.name, kept[j].Value)
+			}
+		}
+	}
 	return o, nil
 }
+
+// selectorFields are the object fields with which the built-in backends
+// select objects instead of naming one (README "Mount by selector").
+var selectorFields = map[string]bool{"labelSelector": true, "objectNamePrefix": true, "objectNameRegex": true, "objectTags": true}
 
 // objectName names an object for messages by the fields providers use.
 func objectName(param string, i int, item *yaml.Node) string {

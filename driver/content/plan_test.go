@@ -92,6 +92,9 @@ func TestParseErrors(t *testing.T) {
 		{ParamTemplates: "[]"},
 		{"objects": "- objectName: a\n  optional: maybe\n"},
 		{"objects": "- objectName: a\n  keyPath: a..b\n"},
+		{"objects": "- labelSelector: app=x\n  optional: true\n"},
+		{"objects": "array:\n  - |\n    objectType: secret\n    objectNamePrefix: a-\n    keyPath: x\n"},
+		{"objects": "- {objectType: secret, objectTags: {a: b}, optional: false, keyPath: x}\n"},
 	}
 	for _, params := range cases {
 		if _, err := Parse(params); provider.CodeOf(err) != codes.InvalidArgument {

@@ -15,7 +15,8 @@
 //     AAD pod identity being deprecated upstream;
 //   - objects: objectName, objectType (secret, key, cert), objectVersion,
 //     objectVersionHistory, objectAlias, objectEncoding, objectFormat,
-//     filePermission.
+//     filePermission; and, a secretfs addition, selectors of secrets by
+//     objectNamePrefix, objectNameRegex and objectTags (select.go).
 //
 // Endpoints (vault DNS suffix, authority host, extra CAs) are set only by
 // Options, that is by driver flags, never by a class.
@@ -132,18 +133,24 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 		return nil, provider.Errorf(codes.ResourceExhausted, "the class lists %d objects; a volume holds at most %d files (driver flag --max-files): split the class", n, most)
 	}
 	f := &fetcher{p: p, cfg: cfg, vc: vc, sem: p.vaultSem(vaultURL), budget: budget}
-	results := make([][]objectFile, len(cfg.objects))
-	errs := make([]error, len(cfg.objects))
 	ctx, cancel := context.WithCancel(provider.WithBudget(ctx, budget))
 	defer cancel()
+	// Selectors become named objects first: listing the vault's names,
+	// counted against --max-files before any value is read (select.go).
+	objects, err := f.expand(ctx, cfg.objects, budget.Limits().MaxFiles)
+	if err != nil {
+		return nil, err
+	}
+	results := make([][]objectFile, len(objects))
+	errs := make([]error, len(objects))
 	// At most MaxConcurrentPerVault objects in progress: the vault's
 	// semaphore bounds requests, this bounds goroutines and responses held.
 	var wg sync.WaitGroup
 	next := make(chan int)
-	for range min(p.opts.MaxConcurrentPerVault, len(cfg.objects)) {
+	for range min(p.opts.MaxConcurrentPerVault, len(objects)) {
 		wg.Go(func() {
 			for i := range next {
-				o := cfg.objects[i]
+				o := objects[i]
 				results[i], errs[i] = f.object(ctx, o)
 				if o.Optional && provider.CodeOf(errs[i]) == codes.NotFound {
 					results[i], errs[i] = nil, nil
@@ -154,7 +161,7 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 			}
 		})
 	}
-	for i := range cfg.objects {
+	for i := range objects {
 		next <- i
 	}
 	close(next)

@@ -109,6 +109,9 @@ func (f *fetcher) mapError(ctx context.Context, o *object, err error, attempts i
 			if inner := innerErrorCode(re); strings.HasSuffix(inner, "Disabled") {
 				return provider.Errorf(codes.FailedPrecondition, "%s in Key Vault %q is disabled (HTTP %s %s): enable it or pin an enabled objectVersion", o.describe(), vault, detail, inner)
 			}
+			if o.isSelector() {
+				return provider.PermissionDenied("%s may not list the secrets of Key Vault %q for %s (HTTP %s): grant it list and get permission on secrets", who, vault, o.describe(), detail)
+			}
 			return provider.PermissionDenied("%s may not read %s in Key Vault %q (HTTP %s): grant it get (and for objectVersionHistory list) permission on %ss", who, o.describe(), vault, detail, kvCollection(o))
 		case http.StatusNotFound:
 			return provider.NotFound("%s was not found in Key Vault %q (HTTP %s)", o.describe(), vault, detail)

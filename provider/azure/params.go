@@ -73,8 +73,16 @@ type object struct {
 	// the field out first); honoured here too so that the provider served
 	// on its own to another CSI driver means the same thing.
 	Optional bool `yaml:"optional"`
+	// A selector instead of objectName (objectType secret only): every
+	// enabled secret of the vault whose name starts with ObjectNamePrefix,
+	// matches ObjectNameRegex (whole name, RE2) and carries every tag of
+	// ObjectTags, each as a file named after the secret. See select.go.
+	ObjectNamePrefix string            `yaml:"objectNamePrefix"`
+	ObjectNameRegex  string            `yaml:"objectNameRegex"`
+	ObjectTags       map[string]string `yaml:"objectTags"`
 
-	mode os.FileMode // parsed FilePermission or the request default
+	mode  os.FileMode    // parsed FilePermission or the request default
+	regex *regexp.Regexp // compiled ObjectNameRegex, anchored
 }
 
 // fileName is the alias if set, else the object name (as upstream).
@@ -100,6 +108,9 @@ func (o *object) sdkVersion() string {
 }
 
 func (o *object) describe() string {
+	if o.isSelector() {
+		return "secrets selected by " + o.selectorText()
+	}
 	v := o.ObjectVersion
 	if v == "" {
 		v = "latest"
@@ -277,6 +288,9 @@ func parseObjects(param string, defaultMode os.FileMode) ([]*object, error) {
 		if err := o.normalize(defaultMode); err != nil {
 			return nil, provider.InvalidArgument("objects item %d: %v", i, err)
 		}
+		if o.isSelector() {
+			continue // its file names are known once the vault is listed
+		}
 		// A file and a version-history directory of the same name would collide.
 		for _, f := range o.fileNames() {
 			if j, dup := files[f]; dup {
@@ -301,7 +315,11 @@ func (o *object) normalize(defaultMode os.FileMode) error {
 	for _, f := range []*string{&o.ObjectName, &o.ObjectAlias, &o.ObjectVersion, &o.ObjectType, &o.ObjectFormat, &o.ObjectEncoding, &o.FilePermission} {
 		*f = strings.TrimSpace(*f)
 	}
-	if !objectNameRE.MatchString(o.ObjectName) {
+	if o.isSelector() {
+		if err := o.normalizeSelector(); err != nil {
+			return err
+		}
+	} else if !objectNameRE.MatchString(o.ObjectName) {
 		if o.ObjectName == "" {
 			return fmt.Errorf("objectName is not set")
 		}
@@ -343,7 +361,9 @@ func (o *object) normalize(defaultMode os.FileMode) error {
 		}
 		o.ObjectEncoding = e
 	}
-	if err := validFileName(o.fileName()); err != nil {
+	if o.isSelector() {
+		// Secret names are valid file names; nothing more to check.
+	} else if err := validFileName(o.fileName()); err != nil {
 		return fmt.Errorf("file name %q of %q: %v", o.fileName(), o.ObjectName, err)
 	}
 	o.mode = defaultMode

@@ -142,6 +142,10 @@ func FuzzParseConfig(f *testing.F) {
 			return
 		}
 		for _, o := range cfg.objects {
+			if o.isSelector() {
+				checkSelector(t, o)
+				continue
+			}
 			for _, name := range o.fileNames() {
 				name = strings.TrimSuffix(name, "/")
 				if validFileName(name) != nil || strings.HasPrefix(name, "/") || strings.Contains(name, "..") {
@@ -159,6 +163,7 @@ func FuzzParseObjects(f *testing.F) {
 	f.Add("array:\n  - |\n    objectName: a\n    objectType: secret\n")
 	f.Add("- objectName: a\n  objectType: cert\n  objectVersion: latest\n")
 	f.Add("- {objectName: a, objectType: secret, objectVersionHistory: 2, objectAlias: dir/f}\n- {objectName: b, objectType: key}")
+	f.Add("- {objectType: secret, objectNamePrefix: shop-, objectNameRegex: 'shop-(db|mq)', objectTags: {team: shop}}")
 	f.Fuzz(func(t *testing.T, in string) {
 		objs, err := parseObjects(in, 0)
 		if err != nil {
@@ -169,6 +174,10 @@ func FuzzParseObjects(f *testing.F) {
 		}
 		seen := map[string]bool{}
 		for _, o := range objs {
+			if o.isSelector() {
+				checkSelector(t, o)
+				continue
+			}
 			if !objectNameRE.MatchString(o.ObjectName) || validFileName(o.fileName()) != nil {
 				t.Fatalf("invalid object accepted: %+v", o)
 			}
@@ -178,6 +187,25 @@ func FuzzParseObjects(f *testing.F) {
 			seen[o.fileName()] = true
 		}
 	})
+}
+
+// checkSelector checks what an accepted selector item promises: a secret
+// only, nothing that names one file, a compiled regex when it has one, and
+// bounded text.
+func checkSelector(t *testing.T, o *object) {
+	t.Helper()
+	if o.ObjectType != typeSecret || o.ObjectName != "" || o.ObjectAlias != "" || o.ObjectVersion != "" || o.ObjectVersionHistory != 0 || o.Optional {
+		t.Fatalf("selector accepted with fields that do not go with it: %+v", o)
+	}
+	if (o.ObjectNameRegex != "") != (o.regex != nil) || len(o.ObjectNameRegex) > maxRegexLen || len(o.ObjectTags) > maxTags {
+		t.Fatalf("selector regex or tags not checked: %+v", o)
+	}
+	if o.ObjectNamePrefix != "" && !objectNameRE.MatchString(o.ObjectNamePrefix) {
+		t.Fatalf("prefix %q accepted", o.ObjectNamePrefix)
+	}
+	if o.mode&^0o777 != 0 {
+		t.Fatalf("mode %o", o.mode)
+	}
 }
 
 // parseChallenge has two properties: any header parses into trimmed keys and

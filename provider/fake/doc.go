@@ -52,6 +52,14 @@
 //	objectVersion   optional, same characters as objectName; changes the
 //	                generated value.
 //
+//	objectNamePrefix instead of objectName: selects the data files of the
+//	                namespace (see Data directory) whose names start with it,
+//	                each a file of its own name (links, directories and names
+//	                starting with '.' are not selected); only filePermission
+//	                goes with it. Counted against --max-files before any file
+//	                is read; a name another item writes is InvalidArgument.
+//	                Without a data directory it selects nothing.
+//
 // Scalars are taken as written, as the Azure provider does: an unquoted
 // `filePermission: 0640` is the mode 0640 and `value: yes` the text "yes".
 // Unknown fields are errors.

@@ -171,6 +171,10 @@ func (f *Fake) read(req *provider.Request, objs []object) (*provider.Result, err
 		defMode = provider.DefaultFileMode
 	}
 	budget := provider.NewBudget(req)
+	objs, err = dir.expand(objs, budget.Limits().MaxFiles)
+	if err != nil {
+		return nil, err
+	}
 	res := &provider.Result{
 		Files:    make([]provider.File, 0, len(objs)),
 		Versions: make([]provider.ObjectVersion, 0, len(objs)),

@@ -28,6 +28,12 @@ func FuzzParseObjects(f *testing.F) {
 		}
 		seen := map[string]bool{}
 		for _, o := range objs {
+			if o.prefix != "" {
+				if !safeName(o.prefix, maxNameLen) || o.path != "" || o.hasVal || o.gen != 0 || o.mode&^os.ModePerm != 0 {
+					t.Fatalf("selector %+v accepted", o)
+				}
+				continue
+			}
 			if !safeName(o.name, maxNameLen) {
 				t.Fatalf("unsafe objectName %q accepted", o.name)
 			}

@@ -33,6 +33,9 @@ type objectSpec struct {
 	Value          *string `yaml:"value"`
 	Generate       *string `yaml:"generate"`
 	Seed           *string `yaml:"seed"`
+	// ObjectNamePrefix, instead of objectName, selects the data files of
+	// the namespace whose names start with it (select.go).
+	ObjectNamePrefix string `yaml:"objectNamePrefix"`
 }
 
 // object is a validated objectSpec.
@@ -46,6 +49,7 @@ type object struct {
 	hasVal  bool
 	gen     int // bytes to generate; 0 when not set
 	seed    string
+	prefix  string // a selector: the data files whose names start with it
 }
 
 // parseObjects decodes and validates the `objects` parameter. Every error is
@@ -68,6 +72,10 @@ func parseObjects(param string) ([]object, error) {
 		if err != nil {
 			return nil, err
 		}
+		if o.prefix != "" {
+			objs = append(objs, o) // its file names are known once the data directory is read
+			continue
+		}
 		if j, dup := paths[o.path]; dup {
 			return nil, provider.InvalidArgument("objects[%d] (%s): file name %q is already used by objects[%d]; set a distinct objectAlias", i, o.name, o.path, j)
 		}
@@ -88,6 +96,9 @@ func parseObjects(param string) ([]object, error) {
 
 func validateObject(i int, s objectSpec) (object, error) {
 	o := object{name: s.ObjectName, version: s.ObjectVersion}
+	if s.ObjectNamePrefix != "" {
+		return validateSelector(i, s)
+	}
 	if s.ObjectName == "" {
 		return o, provider.InvalidArgument("objects[%d]: objectName is required", i)
 	}

@@ -52,8 +52,10 @@ func apiServer(t testing.TB) *kubeapi.Server {
 // watch used. It is test code: tokens stay in memory and are never printed.
 type requestLog struct {
 	mu          sync.Mutex
-	gets        int
+	gets        int // every request but watches, lists included
 	watches     int
+	lists       int      // list requests (GET of the collection)
+	listLimits  []string // the limit parameter of each list request
 	watchTokens []string
 	// GETs whose response body is not closed yet, the most at once, and
 	// the bytes read from the network by the provider's client.
@@ -69,6 +71,10 @@ func (l *requestLog) wrap(next http.RoundTripper) http.RoundTripper {
 			l.watchTokens = append(l.watchTokens, strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer "))
 			l.mu.Unlock()
 			return next.RoundTrip(req)
+		}
+		if strings.HasSuffix(req.URL.Path, "/secrets") {
+			l.lists++
+			l.listLimits = append(l.listLimits, req.URL.Query().Get("limit"))
 		}
 		l.gets++
 		l.inFlight++

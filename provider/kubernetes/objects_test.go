@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/secretfs/secretfs/provider"
 )
@@ -49,26 +50,53 @@ func TestParseObjectsDefaults(t *testing.T) {
 
 func TestParseObjectsRejects(t *testing.T) {
 	for name, in := range map[string]string{
-		"empty list":        "[]",
-		"no secretName":     "- key: a\n",
-		"upper-case name":   "- secretName: DB\n",
-		"name with slash":   "- secretName: a/b\n",
-		"key with slash":    "- secretName: a\n  key: x/y\n",
-		"key dot-dot":       "- secretName: a\n  key: ..\n",
-		"absolute path":     "- secretName: a\n  path: /etc/passwd\n",
-		"escaping path":     "- secretName: a\n  path: x/../../y\n",
-		"reserved path":     "- secretName: a\n  path: ..data\n",
-		"unclean path":      "- secretName: a\n  path: a//b\n",
-		"mode not octal":    "- secretName: a\n  filePermission: \"0999\"\n",
-		"mode too big":      "- secretName: a\n  filePermission: \"01777\"\n",
-		"namespace field":   "- secretName: a\n  namespace: kube-system\n",
-		"unknown field":     "- secretName: a\n  keys: b\n",
-		"optional not bool": "- secretName: a\n  optional: maybe\n",
+		"empty list":         "[]",
+		"no secretName":      "- key: a\n",
+		"upper-case name":    "- secretName: DB\n",
+		"name with slash":    "- secretName: a/b\n",
+		"key with slash":     "- secretName: a\n  key: x/y\n",
+		"key dot-dot":        "- secretName: a\n  key: ..\n",
+		"absolute path":      "- secretName: a\n  path: /etc/passwd\n",
+		"escaping path":      "- secretName: a\n  path: x/../../y\n",
+		"reserved path":      "- secretName: a\n  path: ..data\n",
+		"unclean path":       "- secretName: a\n  path: a//b\n",
+		"mode not octal":     "- secretName: a\n  filePermission: \"0999\"\n",
+		"mode too big":       "- secretName: a\n  filePermission: \"01777\"\n",
+		"namespace field":    "- secretName: a\n  namespace: kube-system\n",
+		"unknown field":      "- secretName: a\n  keys: b\n",
+		"optional not bool":  "- secretName: a\n  optional: maybe\n",
+		"name and selector":  "- secretName: a\n  labelSelector: app=x\n",
+		"selector with key":  "- labelSelector: app=x\n  key: k\n",
+		"selector optional":  "- labelSelector: app=x\n  optional: true\n",
+		"selector syntax":    "- labelSelector: \"app in (x\"\n",
+		"selector bad key":   "- labelSelector: \"-app=x\"\n",
+		"selector too long":  "- labelSelector: app=" + strings.Repeat("x", maxSelectorLen) + "\n",
+		"selects everything": "- labelSelector: \" \"\n",
+		"selector bad path":  "- labelSelector: app=x\n  path: ../y\n",
 	} {
 		_, err := parseObjects(in, 0)
 		if provider.CodeOf(err) != codes.InvalidArgument {
 			t.Errorf("%s: want InvalidArgument, got %v", name, err)
 		}
+	}
+}
+
+func TestParseSelectorNormalized(t *testing.T) {
+	specs, err := parseObjects("- labelSelector: \"tier in (db, cache), app=shop\"\n  path: sel\n  filePermission: \"0400\"\n- labelSelector: app=shop,tier in (cache,db)\n  path: again\n", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if specs[0].selector != "app=shop,tier in (cache,db)" || specs[1].selector != specs[0].selector {
+		t.Errorf("selectors %q and %q, want one normalized form", specs[0].selector, specs[1].selector)
+	}
+	if got := selectors(specs); len(got) != 1 {
+		t.Errorf("distinct selectors %q, want one", got)
+	}
+	if got := secretNames(specs); len(got) != 0 {
+		t.Errorf("a selector item named Secrets %q", got)
+	}
+	if got := specs[0].selectedPath("db", "password"); got != "sel/db/password" || specs[0].mode != 0o400 {
+		t.Errorf("file %q mode %o, want sel/db/password 0400", got, specs[0].mode)
 	}
 }
 
@@ -87,7 +115,7 @@ func TestBuildResult(t *testing.T) {
 		return specs
 	}
 
-	res, err := buildResult(pod, parse("- secretName: db\n  path: d\n  filePermission: \"0400\"\n- secretName: gone\n  optional: true\n- secretName: db\n  key: nokey\n  optional: true\n"), secrets, provider.NewBudget(nil))
+	res, err := buildResult(pod, parse("- secretName: db\n  path: d\n  filePermission: \"0400\"\n- secretName: gone\n  optional: true\n- secretName: db\n  key: nokey\n  optional: true\n"), secrets, nil, provider.NewBudget(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,15 +126,15 @@ func TestBuildResult(t *testing.T) {
 		t.Errorf("versions %+v", res.Versions)
 	}
 
-	_, err = buildResult(pod, parse("- secretName: db\n  key: nokey\n"), secrets, provider.NewBudget(nil))
+	_, err = buildResult(pod, parse("- secretName: db\n  key: nokey\n"), secrets, nil, provider.NewBudget(nil))
 	if provider.CodeOf(err) != codes.NotFound || !strings.Contains(err.Error(), `no key "nokey"`) || !strings.Contains(err.Error(), "pw, user") {
 		t.Errorf("missing key: %v", err)
 	}
-	_, err = buildResult(pod, parse("- secretName: gone\n"), secrets, provider.NewBudget(nil))
+	_, err = buildResult(pod, parse("- secretName: gone\n"), secrets, nil, provider.NewBudget(nil))
 	if provider.CodeOf(err) != codes.NotFound {
 		t.Errorf("missing secret: %v", err)
 	}
-	_, err = buildResult(pod, parse("- secretName: db\n- secretName: db\n  key: pw\n"), secrets, provider.NewBudget(nil))
+	_, err = buildResult(pod, parse("- secretName: db\n- secretName: db\n  key: pw\n"), secrets, nil, provider.NewBudget(nil))
 	if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `file "pw"`) {
 		t.Errorf("collision: %v", err)
 	}
@@ -118,6 +146,7 @@ func FuzzParseObjects(f *testing.F) {
 	f.Add("- secretName: a\n  path: x/../y\n")
 	f.Add("- secretName: a.b-c\n  filePermission: \"777\"\n")
 	f.Add("[]")
+	f.Add("- labelSelector: \"app=shop,tier in (db)\"\n  path: sel\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		specs, err := parseObjects(in, 0)
 		if err != nil {
@@ -127,6 +156,15 @@ func FuzzParseObjects(f *testing.F) {
 			return
 		}
 		for _, s := range specs {
+			if s.selector != "" {
+				if _, err := labels.Parse(s.selector); err != nil {
+					t.Fatalf("normalized selector %q does not parse: %v", s.selector, err)
+				}
+				if err := provider.ValidatePath(s.selectedPath("a.b-c", "k.ey")); err != nil {
+					t.Fatalf("accepted selector writes an invalid path: %v", err)
+				}
+				continue
+			}
 			for _, key := range []string{"k", s.Key} {
 				if key == "" {
 					continue

@@ -12,6 +12,9 @@
 //	                            # a directory prefix (default: none)
 //	    filePermission: "0400"  # octal (default: the volume's default mode)
 //	    optional: true          # a missing Secret or key is skipped
+//	  - labelSelector: app=shop # every Secret of the namespace with these
+//	    path: shop              # labels, each key as <path>/<secret>/<key>
+//	                            # (path optional; no secretName, key, optional)
 //
 // The Azure provider's spelling (`array:` of YAML strings) is accepted too.
 // There is no namespace field: Secrets are always read from the pod's
@@ -32,7 +35,11 @@
 //
 // and each pod's service account needs a Role in its namespace with
 // apiGroups [""], resources [secrets], verbs [get, watch] and resourceNames
-// of the Secrets it mounts (without watch, changes arrive on republish only).
+// of the Secrets it mounts (without watch, changes arrive on republish only);
+// for a labelSelector, verbs [list, watch] without resourceNames. Selected
+// Secrets are listed in pages counted against the volume's file limit
+// (selector.go), and each selector is watched like a Secret: one API watch
+// per (namespace, selector, service account), whose every event is a change.
 package kubernetes
 
 import (
@@ -109,8 +116,16 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 		return nil, err
 	}
 	budget := provider.NewBudget(req)
+	// Selectors first: a selection over the file limit fails before any
+	// named Secret is read.
+	lists := p.listAll(ctx, token, req.Pod, selectors(specs), budget)
+	for _, sel := range selectors(specs) {
+		if err := lists[sel].err; err != nil {
+			return nil, err
+		}
+	}
 	secrets := p.getAll(ctx, token, req.Pod, secretNames(specs), budget)
-	return buildResult(req.Pod, specs, secrets, budget)
+	return buildResult(req.Pod, specs, secrets, lists, budget)
 }
 
 // maxConcurrentGets bounds the GETs of one fetch in flight: a class may name
@@ -156,7 +171,7 @@ func (p *Provider) getAll(ctx context.Context, token string, pod provider.Pod, n
 // buildResult maps the fetched Secrets to files, applying optional, and
 // rejects two objects that write the same path. Every file is charged to
 // budget (content and count).
-func buildResult(pod provider.Pod, specs []spec, secrets map[string]fetchedSecret, budget *provider.Budget) (*provider.Result, error) {
+func buildResult(pod provider.Pod, specs []spec, secrets map[string]fetchedSecret, lists map[string]listed, budget *provider.Budget) (*provider.Result, error) {
 	// A fetch stopped by the budget reports that, not the GETs it canceled.
 	for _, f := range secrets {
 		if provider.CodeOf(f.err) == codes.ResourceExhausted {
@@ -177,6 +192,17 @@ func buildResult(pod provider.Pod, specs []spec, secrets map[string]fetchedSecre
 		return nil
 	}
 	for _, s := range specs {
+		if s.selector != "" {
+			for _, sec := range lists[s.selector].secrets {
+				what := "Secret " + pod.Namespace + "/" + sec.Name + " (labelSelector " + quote(s.selector) + ")"
+				for _, key := range sortedKeys(sec) {
+					if err := add(s.selectedPath(sec.Name, key), s.mode, sec.Data[key], what+" key "+key); err != nil {
+						return nil, err
+					}
+				}
+			}
+			continue
+		}
 		f := secrets[s.SecretName]
 		if f.err != nil {
 			if s.Optional && provider.CodeOf(f.err) == codes.NotFound {
@@ -211,6 +237,9 @@ func buildResult(pod provider.Pod, specs []spec, secrets map[string]fetchedSecre
 		}
 		res.Versions = append(res.Versions, v)
 	}
+	for _, sel := range sortedSelectors(lists) {
+		res.Versions = append(res.Versions, provider.ObjectVersion{ID: selectorVersionID(sel), Version: lists[sel].rv})
+	}
 	return res, nil
 }
 
@@ -233,6 +262,15 @@ func sortedNames(m map[string]fetchedSecret) []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+func sortedSelectors(m map[string]listed) []string {
+	sels := make([]string, 0, len(m))
+	for s := range m {
+		sels = append(sels, s)
+	}
+	sort.Strings(sels)
+	return sels
 }
 
 // keyList names a Secret's keys (never values) for a missing-key message.

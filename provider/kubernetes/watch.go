@@ -20,7 +20,9 @@ import (
 // decided by the service account, so volumes of pods that share one may
 // share its watch, and a node opens one watch per Secret in use, however
 // big the cluster is.
-type watchKey struct{ namespace, secret, serviceAccount string }
+// A label selector's watch is shared the same way, per (namespace,
+// normalized selector, service account); secret is "" in its key.
+type watchKey struct{ namespace, secret, selector, serviceAccount string }
 
 type watchState int
 
@@ -90,8 +92,17 @@ func (p *Provider) Watch(req *provider.Request, changed func()) (func(), error) 
 		}
 	}
 	for _, name := range secretNames(specs) {
-		mounted, ok := mountedVersion(req.CurrentVersions, name)
-		stop, err := p.subscribe(req.Pod, name, token, mounted, ok, changed)
+		mounted, ok := mountedVersion(req.CurrentVersions, versionID(name))
+		stop, err := p.subscribe(watchKey{req.Pod.Namespace, name, "", req.Pod.ServiceAccount}, req.Pod, token, mounted, ok, changed)
+		if err != nil {
+			stopAll()
+			return nil, err
+		}
+		stops = append(stops, stop)
+	}
+	for _, sel := range selectors(specs) {
+		mounted, ok := mountedVersion(req.CurrentVersions, selectorVersionID(sel))
+		stop, err := p.subscribe(watchKey{req.Pod.Namespace, "", sel, req.Pod.ServiceAccount}, req.Pod, token, mounted, ok, changed)
 		if err != nil {
 			stopAll()
 			return nil, err
@@ -102,17 +113,26 @@ func (p *Provider) Watch(req *provider.Request, changed func()) (func(), error) 
 	return func() { once.Do(stopAll) }, nil
 }
 
-func mountedVersion(versions []provider.ObjectVersion, secret string) (string, bool) {
+func mountedVersion(versions []provider.ObjectVersion, id string) (string, bool) {
 	for _, v := range versions {
-		if v.ID == versionID(secret) {
+		if v.ID == id {
 			return v.Version, true
 		}
 	}
 	return "", false
 }
 
-func (p *Provider) subscribe(pod provider.Pod, secret string, token provider.Token, mountedRV string, mountedKnown bool, changed func()) (func(), error) {
-	key := watchKey{pod.Namespace, secret, pod.ServiceAccount}
+// subscribe adds changed to the shared watch of key. For a Secret,
+// mountedRV is the resourceVersion the volume mounted ("" when it was
+// absent); for a selector, the resourceVersion of the list the volume
+// mounted, where a new watch starts, so every change after that list is an
+// event. A selector's watch reports every event (a Secret that starts or
+// stops matching arrives as added or deleted), and a volume that joins a
+// selector's watch opened by another is told of a change at once unless its
+// list is the last thing the watch saw: list versions of the same state
+// differ whenever anything else in the cluster changed, so this costs a
+// spare refresh, never a missed change.
+func (p *Provider) subscribe(key watchKey, pod provider.Pod, token provider.Token, mountedRV string, mountedKnown bool, changed func()) (func(), error) {
 	p.mu.Lock()
 	w := p.watches[key]
 	created := w == nil
@@ -151,10 +171,16 @@ func (p *Provider) subscribe(pod provider.Pod, secret string, token provider.Tok
 		// one, so a 403 is reported to this volume's driver.
 		if w.waitAttempt(startAttempts, p.opts.RequestTimeout+time.Second) == stateForbidden {
 			release()
+			if key.selector != "" {
+				return nil, provider.PermissionDenied(
+					"%s may list but not watch Secrets in namespace %s, so Secrets that start or stop matching labelSelector %s "+
+						"reach this volume only at its rotation interval: add verb watch to its Role (resources [secrets], no resourceNames)",
+					saName(pod), pod.Namespace, quote(key.selector))
+			}
 			return nil, provider.PermissionDenied(
 				"%s may get but not watch Secret %s/%s, so changes reach this volume only on republish: "+
 					"add verb watch to its Role (resources [secrets], resourceNames [%s])",
-				saName(pod), pod.Namespace, secret, secret)
+				saName(pod), pod.Namespace, key.secret, key.secret)
 		}
 	}
 	return release, nil
@@ -240,19 +266,14 @@ func (w *sharedWatch) finishAttempt(state watchState, token string) {
 	w.mu.Unlock()
 }
 
-const (
-	minBackoff = 500 * time.Millisecond
-	maxBackoff = 30 * time.Second
-	// unauthorizedRetry re-tries a rejected token in case the rejection was
-	// the API server's passing fault; a fresher token retries at once.
-	unauthorizedRetry = time.Minute
-)
-
 // run keeps one API watch open until ctx ends, reconnecting with the
 // freshest token and exponential backoff.
 func (w *sharedWatch) run(ctx context.Context) {
 	defer close(w.done)
 	log := w.p.opts.Logger.With("namespace", w.key.namespace, "secret", w.key.secret, "serviceAccount", w.key.serviceAccount)
+	if w.key.selector != "" {
+		log = w.p.opts.Logger.With("namespace", w.key.namespace, "labelSelector", w.key.selector, "serviceAccount", w.key.serviceAccount)
+	}
 	backoff := minBackoff
 	for ctx.Err() == nil {
 		select { // a restart asked for before this connection is moot
@@ -313,12 +334,16 @@ func (w *sharedWatch) open(ctx context.Context, token string) (watch.Interface, 
 	w.mu.Unlock()
 	// The server ends a watch after this; reconnecting picks a fresher token.
 	timeout := int64(300 + rand.IntN(300))
-	return w.p.client.Secrets(w.key.namespace).Watch(withToken(ctx, token), metav1.ListOptions{
+	opts := metav1.ListOptions{
 		FieldSelector:       "metadata.name=" + w.key.secret,
 		ResourceVersion:     rv,
 		AllowWatchBookmarks: true,
 		TimeoutSeconds:      &timeout,
-	})
+	}
+	if w.key.selector != "" {
+		opts.FieldSelector, opts.LabelSelector = "", w.key.selector
+	}
+	return w.p.client.Secrets(w.key.namespace).Watch(withToken(ctx, token), opts)
 }
 
 type streamEnd int
@@ -379,13 +404,23 @@ func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log i
 func (w *sharedWatch) observe(present bool, rv string) {
 	w.mu.Lock()
 	w.resumeRV = rv
-	if w.known && w.present == present && (!present || w.rv == rv) {
+	if w.key.selector != "" {
+		// Each event of a selector's watch is a change of the selection:
+		// a Secret added, changed, or deleted or no longer matching.
+		// Only a replay of the last event seen is not.
+		if w.known && w.rv == rv {
+			w.mu.Unlock()
+			return
+		}
+		w.known, w.present, w.rv = true, true, rv
+	} else if w.known && w.present == present && (!present || w.rv == rv) {
 		w.mu.Unlock()
 		return
-	}
-	w.known, w.present, w.rv = true, present, rv
-	if !present {
-		w.rv = ""
+	} else {
+		w.known, w.present, w.rv = true, present, rv
+		if !present {
+			w.rv = ""
+		}
 	}
 	fns := make([]func(), 0, len(w.subs))
 	for _, s := range w.subs {
@@ -411,42 +446,6 @@ func (w *sharedWatch) setState(s watchState) {
 	w.mu.Lock()
 	w.state = s
 	w.mu.Unlock()
-}
-
-// sleep waits d (forever when d < 0) or until a fresher token arrives. It
-// returns false when ctx ended.
-func (w *sharedWatch) sleep(ctx context.Context, d time.Duration) bool {
-	var timer <-chan time.Time
-	if d >= 0 {
-		t := time.NewTimer(d + time.Duration(rand.Int64N(int64(d/5)+1)))
-		defer t.Stop()
-		timer = t.C
-	}
-	select {
-	case <-ctx.Done():
-		return false
-	case <-w.wake:
-	case <-timer:
-	}
-	return true
-}
-
-// maxLoggedForbidden bounds the keys remembered by logForbiddenOnce: every
-// republish of a volume without watch permission asks again, so the keys
-// must outlive the volumes, but not grow with every pod the node ever ran.
-const maxLoggedForbidden = 4096
-
-func (p *Provider) logForbiddenOnce(key watchKey, log interface{ Warn(string, ...any) }) {
-	p.mu.Lock()
-	first := !p.loggedNo[key]
-	if first && len(p.loggedNo) >= maxLoggedForbidden {
-		clear(p.loggedNo) // bound memory: keys of pods long gone may log again
-	}
-	p.loggedNo[key] = true
-	p.mu.Unlock()
-	if first {
-		log.Warn("service account may get but not watch this Secret: changes reach its volumes only on republish; grant verb watch to enable rotation within seconds")
-	}
 }
 
 func metaOf(obj any) (string, error) {

@@ -294,9 +294,9 @@ func TestLogForbiddenOnceIsBounded(t *testing.T) {
 	var logged int
 	log := warnFunc(func(string, ...any) { logged++ })
 	for i := range 2 * maxLoggedForbidden {
-		p.logForbiddenOnce(watchKey{"ns", fmt.Sprint("s", i), "sa"}, log)
+		p.logForbiddenOnce(watchKey{"ns", fmt.Sprint("s", i), "", "sa"}, log)
 	}
-	p.logForbiddenOnce(watchKey{"ns", fmt.Sprint("s", 2*maxLoggedForbidden-1), "sa"}, log)
+	p.logForbiddenOnce(watchKey{"ns", fmt.Sprint("s", 2*maxLoggedForbidden-1), "", "sa"}, log)
 	if logged != 2*maxLoggedForbidden {
 		t.Errorf("logged %d times, want once per key (%d)", logged, 2*maxLoggedForbidden)
 	}

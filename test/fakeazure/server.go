@@ -265,6 +265,7 @@ func (s *Server) SetLatency(d time.Duration) {
 // "vault.challenge" (401s), "vault.throttled" (429s), "vault.ok",
 // "vault.secrets.get", "vault.secrets.list", "vault.keys.get",
 // "vault.keys.list", "vault.certificates.get", "vault.certificates.list",
+// "vault.secrets.listnames" (pages of GET /secrets, the secrets' list),
 // "token" (every token request), "token.secret", "token.assertion",
 // "token.managed", "token.refused".
 func (s *Server) Count(name string) int64 {

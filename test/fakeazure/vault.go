@@ -7,9 +7,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/big"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +34,7 @@ type version struct {
 	kid         string // secrets backing a certificate
 	jwk         map[string]any
 	cer         []byte
+	tags        map[string]string
 }
 
 // AddVault creates (or returns) the vault name.
@@ -108,6 +111,23 @@ func (v *Vault) AddCertificate(name string, leafDER []byte, secretValue, content
 	return id
 }
 
+// SetTags sets the tags of the newest version of a secret (nil removes
+// them), as a portal edit of the secret's tags does.
+func (v *Vault) SetTags(name string, tags map[string]string) {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	if versions := v.objects["secrets"][name]; len(versions) > 0 {
+		versions[len(versions)-1].tags = tags
+	}
+}
+
+// Delete removes a secret with all its versions.
+func (v *Vault) Delete(name string) {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	delete(v.objects["secrets"], name)
+}
+
 // Disable disables one version of an object in collection "secrets",
 // "keys" or "certificates".
 func (v *Vault) Disable(collection, name, id string) {
@@ -176,6 +196,11 @@ func (s *Server) serveVault(w http.ResponseWriter, r *http.Request, name string)
 		return
 	}
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	if len(parts) == 1 && parts[0] == "secrets" {
+		s.inc("vault.secrets.listnames")
+		s.listSecrets(w, r, v)
+		return
+	}
 	if len(parts) < 2 || len(parts) > 3 {
 		writeKVError(w, http.StatusNotFound, "NotFound", "", "unknown path")
 		return
@@ -296,6 +321,55 @@ func (s *Server) listVersions(w http.ResponseWriter, r *http.Request, v *Vault, 
 		q.Set("api-version", r.URL.Query().Get("api-version"))
 		q.Set("$skiptoken", strconv.Itoa(end))
 		body["nextLink"] = "https://" + v.host() + "/" + collection + "/" + name + "/versions?" + q.Encode()
+	} else {
+		body["nextLink"] = nil
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+// listSecrets lists the vault's secrets (the properties of each one's
+// newest version, with its tags, the id without a version) in name order,
+// paged with $skiptoken and an absolute nextLink, as Key Vault's
+// GET /secrets does.
+func (s *Server) listSecrets(w http.ResponseWriter, r *http.Request, v *Vault) {
+	skip, _ := strconv.Atoi(r.URL.Query().Get("$skiptoken"))
+	s.mu.Lock()
+	names := make([]string, 0, len(v.objects["secrets"]))
+	for name := range v.objects["secrets"] {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	items := make([]map[string]any, 0, len(names))
+	for _, name := range names {
+		versions := v.objects["secrets"][name]
+		if len(versions) == 0 {
+			continue
+		}
+		ver := versions[len(versions)-1]
+		item := map[string]any{"id": "https://" + v.host() + "/secrets/" + name, "attributes": attributes(ver)}
+		if ver.contentType != "" {
+			item["contentType"] = ver.contentType
+		}
+		if ver.kid != "" {
+			item["managed"] = true
+		}
+		if len(ver.tags) > 0 {
+			item["tags"] = maps.Clone(ver.tags)
+		}
+		items = append(items, item)
+	}
+	s.mu.Unlock()
+	s.inc("vault.ok")
+	if skip < 0 || skip > len(items) {
+		skip = len(items)
+	}
+	end := min(skip+s.cfg.PageSize, len(items))
+	body := map[string]any{"value": items[skip:end]}
+	if end < len(items) {
+		q := url.Values{}
+		q.Set("api-version", r.URL.Query().Get("api-version"))
+		q.Set("$skiptoken", strconv.Itoa(end))
+		body["nextLink"] = "https://" + v.host() + "/secrets?" + q.Encode()
 	} else {
 		body["nextLink"] = nil
 	}

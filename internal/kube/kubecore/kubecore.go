@@ -94,6 +94,16 @@ func (c *Client) Secrets(namespace string) SecretInterface {
 		func() *corev1.Secret { return &corev1.Secret{} }, gentype.PrefersProtobuf[*corev1.Secret]())
 }
 
+// ListSecrets lists the Secrets of namespace that opts selects, one page
+// (opts.Limit, opts.Continue) per call. The kubernetes backend's label
+// selectors use it; it is not part of SecretInterface, which the Secret
+// sync's fakes implement.
+func (c *Client) ListSecrets(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.SecretList, error) {
+	return gentype.NewClientWithList[*corev1.Secret, *corev1.SecretList]("secrets", c.rest, parameterCodec, namespace,
+		func() *corev1.Secret { return &corev1.Secret{} }, func() *corev1.SecretList { return &corev1.SecretList{} },
+		gentype.PrefersProtobuf[*corev1.Secret]()).List(ctx, opts)
+}
+
 // EventSink returns the sink an event recorder writes through: each Event
 // goes to its own namespace, as client-go's EventSinkImpl does it.
 func (c *Client) EventSink() record.EventSink {
