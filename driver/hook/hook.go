@@ -21,6 +21,10 @@ type Volume struct {
 	// recovered after a restart and not refreshed since.
 	Class    *class.Class
 	Provider string
+	// First: this Changed is the volume's first publish (its content is
+	// new to the pod, not a change of it). A volume recovered after a
+	// driver restart is not first again.
+	First bool
 	// Files is the content just written (Changed only), modes resolved. The
 	// contents belong to the driver and are wiped after the hook returns:
 	// copy what you keep.
