@@ -1,7 +1,8 @@
 // Package hook is the contract of the driver's two hook points (Config.Hooks):
 // a volume's content changed, and a volume is gone. The driver calls them
 // from apply and forget; the Secret sync, the pod status writer, the
-// ignored-fields Event and the local agent implement them.
+// restart on change, the ignored-fields Event and the local agent
+// implement them.
 package hook
 
 import (
