@@ -475,6 +475,13 @@ func TestAdmissionPolicy(t *testing.T) {
 	if _, err := srv.Client.AppsV1().StatefulSets(ns).Create(ctx, ss, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "agent"}, Spec: appsv1.DaemonSetSpec{
+		Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "agent"}},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "agent"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}}}}}
+	if _, err := srv.Client.AppsV1().DaemonSets(ns).Create(ctx, ds, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	dry := metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}
 	value := strings.Repeat("0123456789abcdef", 2)
 	ann := func(k, v string) string {
@@ -498,6 +505,12 @@ func TestAdmissionPolicy(t *testing.T) {
 		if _, err := drv.AppsV1().StatefulSets(ns).Patch(ctx, "db", types.MergePatchType, []byte(patch), dry); err != nil {
 			t.Errorf("StatefulSet %s: %v", patch, err)
 		}
+		// Not a dry run: the API server bumps a DaemonSet's template
+		// generation annotation on a template change, which the policy
+		// must let through.
+		if _, err := drv.AppsV1().DaemonSets(ns).Patch(ctx, "agent", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Errorf("DaemonSet %s: %v", patch, err)
+		}
 	}
 	for what, patch := range refused {
 		_, err := drv.AppsV1().Deployments(ns).Patch(ctx, "web", types.MergePatchType, []byte(patch), dry)
@@ -507,6 +520,14 @@ func TestAdmissionPolicy(t *testing.T) {
 	}
 	if _, err := drv.AppsV1().StatefulSets(ns).Patch(ctx, "db", types.MergePatchType, []byte(`{"spec":{"replicas":3}}`), dry); !apierrors.IsInvalid(err) {
 		t.Errorf("StatefulSet replicas: %v, want refused by the policy", err)
+	}
+	for what, patch := range map[string]string{
+		"an annotation":       `{"metadata":{"annotations":{"x":"y"}}}`,
+		"the update strategy": `{"spec":{"updateStrategy":{"type":"OnDelete"}}}`,
+	} {
+		if _, err := drv.AppsV1().DaemonSets(ns).Patch(ctx, "agent", types.MergePatchType, []byte(patch), dry); !apierrors.IsInvalid(err) {
+			t.Errorf("DaemonSet, %s: %v, want refused by the policy", what, err)
+		}
 	}
 	// RBAC: no create or delete of workloads, no update, no list.
 	if err := drv.AppsV1().Deployments(ns).Delete(ctx, "web", metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
