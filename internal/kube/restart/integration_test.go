@@ -502,7 +502,7 @@ func TestAdmissionPolicy(t *testing.T) {
 		if _, err := drv.AppsV1().Deployments(ns).Patch(ctx, "web", types.MergePatchType, []byte(patch), dry); err != nil {
 			t.Errorf("Deployment %s: %v", patch, err)
 		}
-		if _, err := drv.AppsV1().StatefulSets(ns).Patch(ctx, "db", types.MergePatchType, []byte(patch), dry); err != nil {
+		if _, err := drv.AppsV1().StatefulSets(ns).Patch(ctx, "db", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 			t.Errorf("StatefulSet %s: %v", patch, err)
 		}
 		// Not a dry run: the API server bumps a DaemonSet's template
