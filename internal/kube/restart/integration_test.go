@@ -384,6 +384,37 @@ func TestRestartOnChange(t *testing.T) {
 	if rs := settled(t, srv, "web"); len(rs) != 3 {
 		t.Fatalf("ReplicaSets after a second rotation: %v, want 3", rs)
 	}
+
+	// A third rotation seen at the same moment by two new nodes, each
+	// reading the Deployment before the other wrote: both may patch, with
+	// the same value, and the template changes once.
+	d, err = srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen := d.Generation
+	x, y := newNode(t, cfg), newNode(t, cfg)
+	var wg sync.WaitGroup
+	for _, n := range []*node{x, y} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, p := range pods {
+				n.Changed(ctx, vol(restarting, p, false, "v4"))
+			}
+			n.WaitIdle()
+		}()
+	}
+	wg.Wait()
+	if w := x.calls.writes() + y.calls.writes(); w < 1 || w > 2 {
+		t.Errorf("two nodes at once: %d writes, want 1 or 2", w)
+	}
+	if rs := settled(t, srv, "web"); len(rs) != 4 {
+		t.Fatalf("ReplicaSets after a third rotation: %v, want 4", rs)
+	}
+	if d, err = srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{}); err != nil || d.Generation != gen+1 {
+		t.Errorf("generation %d after a rotation seen by two nodes at once, want %d (%v)", d.Generation, gen+1, err)
+	}
 }
 
 func bare(t *testing.T, srv *kubeapi.Server, name string, owner *metav1.OwnerReference) corev1.Pod {
