@@ -147,6 +147,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	// 8.
 	if changed || first {
 		info := v.info(set.files)
+		info.First = first
 		for _, h := range d.hooks {
 			h.Changed(ctx, info)
 		}

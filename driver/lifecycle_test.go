@@ -32,7 +32,11 @@ func (h *recordingHook) Changed(_ context.Context, v hook.Volume) {
 	if v.Class != nil {
 		class = v.Class.Namespace + "/" + v.Class.Name
 	}
-	h.events = append(h.events, "changed "+v.ID+" "+class+" "+v.Pod.Namespace+" "+v.Provider+" "+strings.Join(paths, ","))
+	what := "changed " // a refresh that changed the files
+	if v.First {
+		what = "published " // a first publish
+	}
+	h.events = append(h.events, what+v.ID+" "+class+" "+v.Pod.Namespace+" "+v.Provider+" "+strings.Join(paths, ","))
 }
 
 func (h *recordingHook) Gone(v hook.Volume) {
@@ -49,8 +53,8 @@ func (h *recordingHook) take() []string {
 	return out
 }
 
-// Hooks hear of a first publish before it returns, of a refresh only when
-// the content changed, and of every way a volume ends: unpublish, a failed
+// Hooks hear of a first publish before it returns (Volume.First), of a
+// refresh only when the content changed (not First), and of every way a volume ends: unpublish, a failed
 // first publish, and a volume unmounted behind the driver's back.
 func TestHooksFollowTheLifecycle(t *testing.T) {
 	const interval = 300 * time.Millisecond
@@ -61,7 +65,7 @@ func TestHooksFollowTheLifecycle(t *testing.T) {
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.take(); !slices.Equal(got, []string{"changed vol-1 team-a/app team-a test a=a=v#0,b=b=v#0,c=c=v#0"}) {
+	if got := h.take(); !slices.Equal(got, []string{"published vol-1 team-a/app team-a test a=a=v#0,b=b=v#0,c=c=v#0"}) {
 		t.Fatalf("after first publish: %q", got)
 	}
 
@@ -89,7 +93,7 @@ func TestHooksFollowTheLifecycle(t *testing.T) {
 	if err := e.publish("vol-1", target); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.take(); !slices.Equal(got, []string{"gone vol-1", "changed vol-1 team-a/app team-a test a=a=v#1,b=b=v#1,c=c=v#1"}) {
+	if got := h.take(); !slices.Equal(got, []string{"gone vol-1", "published vol-1 team-a/app team-a test a=a=v#1,b=b=v#1,c=c=v#1"}) {
 		t.Fatalf("after an unmount behind the driver's back: %q", got)
 	}
 

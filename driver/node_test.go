@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/driver/tmpfs"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -537,6 +539,7 @@ func TestRotationViaRepublish(t *testing.T) {
 
 func TestRestartRecovery(t *testing.T) {
 	clock := newClock()
+	hooks := &recordingHook{}
 	e := newEnv(t, func(c *Config) { c.RotationInterval, c.Now = 100*time.Millisecond, clock.Now })
 	for i := 0; i < 3; i++ {
 		if err := e.publish(fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i))); err != nil {
@@ -546,7 +549,7 @@ func TestRestartRecovery(t *testing.T) {
 	cfg := Config{
 		NodeID: "node-1", Classes: e.classes, RotationInterval: 100 * time.Millisecond, Now: clock.Now, RecoverUnder: e.dir,
 		Providers: func(string) (provider.Provider, error) { return e.prov, nil },
-		Logger:    e.d.log, Registerer: e.reg,
+		Logger:    e.d.log, Registerer: e.reg, Hooks: []hook.Hook{hooks},
 	}
 	e.stop()
 
@@ -571,6 +574,11 @@ func TestRestartRecovery(t *testing.T) {
 	}
 	if readFile(t, filepath.Join(e.target("t0"), "a")) != "a=v#7" || e.prov.lastReq.Tokens["api"].Token != "tok" {
 		t.Fatal("recovered volume not refreshed with the new tokens")
+	}
+	// A recovered volume's changed content is a change, not a first
+	// publish (a restart on change must not miss it).
+	if got := hooks.take(); !slices.Equal(got, []string{"changed vol-0 team-a/app team-a test a=a=v#7,b=b=v#7,c=c=v#7"}) {
+		t.Fatalf("hooks after the refresh of a recovered volume: %q", got)
 	}
 	for i := 0; i < 3; i++ {
 		if err := e.unpublish(fmt.Sprintf("vol-%d", i), e.target(fmt.Sprintf("t%d", i))); err != nil {

@@ -1,13 +1,19 @@
 package main
 
 import (
+	"context"
+	"flag"
 	"io"
+	"log/slog"
 	"reflect"
 	"testing"
 	"time"
 
+	"k8s.io/client-go/rest"
+
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/budget"
+	"github.com/secretfs/secretfs/internal/kube/restart"
 )
 
 // TestDriverConfigFromFlags: each flag of `secretfs driver` lands in the
@@ -51,5 +57,33 @@ func TestDriverConfigFromFlags(t *testing.T) {
 				t.Errorf("config:\n got %+v\nwant %+v", got, want)
 			}
 		})
+	}
+}
+
+// The restarts on change are a hook only with --restart-on-change: off by
+// default, nothing of the class parameter is acted on (the ignored hook
+// posts a Warning Event instead).
+func TestRestartHookOnlyWithFlag(t *testing.T) {
+	for _, args := range [][]string{nil, {"--restart-on-change"}} {
+		var s syncFlags
+		fs := flag.NewFlagSet("driver", flag.ContinueOnError)
+		s.register(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		hooks, closeAll, err := s.hooks(context.Background(), &rest.Config{Host: "https://127.0.0.1:1"}, "node", nil, "secretfs", nil, nil, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, h := range hooks {
+			if _, ok := h.(*restart.Restarter); ok {
+				n++
+			}
+		}
+		closeAll()
+		if want := len(args); n != want {
+			t.Errorf("flags %q: %d restart hooks, want %d", args, n, want)
+		}
 	}
 }

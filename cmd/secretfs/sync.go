@@ -18,6 +18,7 @@ import (
 	"github.com/secretfs/secretfs/internal/kube/ignored"
 	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/internal/kube/podstatus"
+	"github.com/secretfs/secretfs/internal/kube/restart"
 	"github.com/secretfs/secretfs/internal/kube/secretsync"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -31,6 +32,9 @@ type syncFlags struct {
 	podStatus bool
 	statusQPS float64
 	owner     string
+	// restart turns on restarts on change (secretfs.dev/onChange).
+	restart    bool
+	restartQPS float64
 }
 
 func (s *syncFlags) register(fs *flag.FlagSet) {
@@ -40,6 +44,8 @@ func (s *syncFlags) register(fs *flag.FlagSet) {
 	s.maxBytes.bytes = secretsync.DefaultMaxClassBytes
 	fs.Var(&s.maxBytes, strings.TrimPrefix(secretsync.MaxClassBytesFlag, "--"), "most bytes of files one class's spec.secretObjects may sync, each file counted once however many Secrets use it (a quantity, e.g. 1Mi); what the sync holds counts in the node budget until written")
 	fs.StringVar(&s.owner, strings.TrimPrefix(secretsync.OwnerFlag, "--"), string(secretsync.OwnerController), "owner of a synced Secret: controller (the pod's ReplicaSet, StatefulSet, DaemonSet or Job, the pod when it has none, as the Secrets Store CSI Driver does; one get of the pod per volume) or pod (every pod an owner: the Secret goes with its last pod, one owner and one write per pod)")
+	fs.BoolVar(&s.restart, strings.TrimPrefix(restart.Flag, "--"), false, "restart a pod's workload when the content of a volume whose class sets secretfs.dev/onChange: restart changes: a rolling restart of its Deployment, StatefulSet or DaemonSet (a pod-template annotation, as kubectl rollout restart), an eviction of a pod without one (needs the restart-on-change RBAC and admission policy); off: such classes mount and the pod gets a Warning Event saying nothing restarts")
+	fs.Float64Var(&s.restartQPS, "restart-qps", 5, "API requests per second the restarts on change may make (burst twice that)")
 	fs.DurationVar(&s.wait, "sync-secrets-wait", 10*time.Second, "how long a first publish waits for its Secrets to be written before returning (the write goes on in the background)")
 }
 
@@ -48,7 +54,8 @@ type warner interface {
 	Warning(pod provider.Pod, reason, message string)
 }
 
-// hooks returns the volume hooks of the driver: the Secret sync when on, and
+// hooks returns the volume hooks of the driver: the Secret sync when on, the
+// restarts on change when on, and
 // the Warning Event about class fields the driver ignores when Events are on.
 // nodeBudget is the driver's node budget (nil: none), which the sync charges.
 func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID string, events driver.EventSink, fieldManager string, nodeBudget *budget.Budget, reg prometheus.Registerer, log *slog.Logger) ([]hook.Hook, func(), error) {
@@ -97,8 +104,28 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 		go writer.Run(ctx)
 		hooks = append(hooks, writer)
 	}
+	if s.restart {
+		if restConfig == nil {
+			return nil, nil, errors.New(restart.Flag + " needs the API server (a kubeconfig or in-cluster config)")
+		}
+		cfg := rest.CopyConfig(restConfig)
+		cfg.UserAgent = rest.DefaultKubernetesUserAgent() + " secretfs-restart"
+		cfg.QPS, cfg.Burst = float32(s.restartQPS), max(1, int(2*s.restartQPS))
+		client, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		opts := restart.Options{Client: client, Logger: log, FieldManager: fieldManager}
+		if e, ok := events.(restart.EventSink); ok {
+			opts.Events = e
+		}
+		r := restart.New(opts)
+		hooks = append(hooks, r)
+		closeSync := closeAll
+		closeAll = func() { closeSync(); r.Close() }
+	}
 	if w != nil {
-		hooks = append(hooks, ignored.New(w, s.secrets))
+		hooks = append(hooks, ignored.New(w, s.secrets, s.restart))
 	}
 	return hooks, closeAll, nil
 }

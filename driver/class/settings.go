@@ -27,10 +27,21 @@ const (
 	// ParamNodeCache: "true" shares an external provider's answers through
 	// the node cache; "false" never shares this class's.
 	ParamNodeCache = Prefix + "nodeCache"
+	// ParamOnChange says what a change of a mounted volume's content does
+	// besides rewriting the files: OnChangeNone (the default) or
+	// OnChangeRestart (a rolling restart of the pod's workload, when the
+	// driver runs with --restart-on-change).
+	ParamOnChange = Prefix + "onChange"
+)
+
+// Values of ParamOnChange.
+const (
+	OnChangeNone    = "none"
+	OnChangeRestart = "restart"
 )
 
 // SettingParams are the serving settings' parameter names.
-var SettingParams = []string{ParamRotationInterval, ParamStaleIfError, ParamNodeCache}
+var SettingParams = []string{ParamRotationInterval, ParamStaleIfError, ParamNodeCache, ParamOnChange}
 
 // Settings are a class's serving settings; the zero value asks for none.
 type Settings struct {
@@ -41,6 +52,8 @@ type Settings struct {
 	StaleIfError time.Duration
 	// NodeCache is the class's secretfs.dev/nodeCache, when NodeCacheSet.
 	NodeCache, NodeCacheSet bool
+	// Restart: secretfs.dev/onChange is "restart".
+	Restart bool
 }
 
 // Settings reads c's serving settings. Errors are InvalidArgument and name
@@ -63,6 +76,8 @@ func (c *Class) Settings() (Settings, error) {
 			if s.NodeCache, err = strconv.ParseBool(strings.TrimSpace(v)); err != nil {
 				err = fmt.Errorf("must be true or false")
 			}
+		case ParamOnChange:
+			s.Restart, err = parseOnChange(v)
 		}
 		if err != nil {
 			return Settings{}, provider.InvalidArgument("SecretProviderClass %q in namespace %q: class parameter %s: %v", c.Name, c.Namespace, k, err)
@@ -94,6 +109,31 @@ func (s Settings) Stale(max time.Duration) time.Duration {
 		return 0
 	}
 	return min(s.StaleIfError, max)
+}
+
+// RestartOnChange reads c's secretfs.dev/onChange alone (what a hook
+// needs, without the other settings); an invalid value is an error, as in
+// Settings.
+func (c *Class) RestartOnChange() (bool, error) {
+	v, ok := c.Parameters[ParamOnChange]
+	if !ok {
+		return false, nil
+	}
+	restart, err := parseOnChange(v)
+	if err != nil {
+		return false, provider.InvalidArgument("SecretProviderClass %q in namespace %q: class parameter %s: %v", c.Name, c.Namespace, ParamOnChange, err)
+	}
+	return restart, nil
+}
+
+func parseOnChange(v string) (bool, error) {
+	switch strings.TrimSpace(v) {
+	case OnChangeNone:
+		return false, nil
+	case OnChangeRestart:
+		return true, nil
+	}
+	return false, fmt.Errorf("must be %q or %q", OnChangeRestart, OnChangeNone)
 }
 
 func parseDuration(v string) (time.Duration, error) {

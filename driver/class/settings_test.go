@@ -47,6 +47,8 @@ func TestSettingsErrors(t *testing.T) {
 		{ParamRotationInterval: "soon"},
 		{ParamStaleIfError: "0"},
 		{ParamNodeCache: "maybe"},
+		{ParamOnChange: "reload"},
+		{ParamOnChange: ""},
 	} {
 		_, err := (&Class{Name: "app", Namespace: "shop", Parameters: params}).Settings()
 		if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"app" in namespace "shop"`) {
@@ -57,5 +59,25 @@ func TestSettingsErrors(t *testing.T) {
 				t.Errorf("error does not name %s: %v", k, err)
 			}
 		}
+	}
+}
+
+func TestOnChange(t *testing.T) {
+	for v, want := range map[string]bool{"restart": true, " restart ": true, "none": false} {
+		c := &Class{Name: "app", Namespace: "shop", Parameters: map[string]string{ParamOnChange: v}}
+		s, err := c.Settings()
+		if err != nil || s.Restart != want {
+			t.Errorf("Settings with onChange %q: %+v %v", v, s, err)
+		}
+		if got, err := c.RestartOnChange(); err != nil || got != want {
+			t.Errorf("RestartOnChange %q = %v %v", v, got, err)
+		}
+	}
+	if got, err := (&Class{}).RestartOnChange(); got || err != nil {
+		t.Errorf("a class without onChange: %v %v", got, err)
+	}
+	_, err := (&Class{Name: "app", Namespace: "shop", Parameters: map[string]string{ParamOnChange: "Restart"}}).RestartOnChange()
+	if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), ParamOnChange) {
+		t.Errorf("RestartOnChange of an unknown value: %v", err)
 	}
 }

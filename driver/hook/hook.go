@@ -1,7 +1,8 @@
 // Package hook is the contract of the driver's two hook points (Config.Hooks):
 // a volume's content changed, and a volume is gone. The driver calls them
 // from apply and forget; the Secret sync, the pod status writer, the
-// ignored-fields Event and the local agent implement them.
+// restart on change, the ignored-fields Event and the local agent
+// implement them.
 package hook
 
 import (
@@ -21,6 +22,10 @@ type Volume struct {
 	// recovered after a restart and not refreshed since.
 	Class    *class.Class
 	Provider string
+	// First: this Changed is the volume's first publish (its content is
+	// new to the pod, not a change of it). A volume recovered after a
+	// driver restart is not first again.
+	First bool
 	// Files is the content just written (Changed only), modes resolved. The
 	// contents belong to the driver and are wiped after the hook returns:
 	// copy what you keep.

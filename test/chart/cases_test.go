@@ -116,6 +116,8 @@ func checkFull(t *testing.T, r *rendered) {
 		"--sync-secrets":                      "true",
 		"--sync-secrets-max-bytes":            "512Ki",
 		"--sync-owner":                        "controller",
+		"--restart-on-change":                 "true",
+		"--restart-qps":                       "3",
 	})
 	if !slices.ContainsFunc(r.clusterRole.Rules, func(rule rbacv1.PolicyRule) bool {
 		return slices.Equal(rule.Resources, []string{"pods"}) && slices.Equal(rule.Verbs, []string{"get"})

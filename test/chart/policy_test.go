@@ -38,8 +38,10 @@ func TestSyncPolicyFromChart(t *testing.T) {
 			}
 		}
 	}
-	if len(docs) != 5 {
-		t.Fatalf("%d of the service account, role, binding, policy and policy binding rendered", len(docs))
+	// The restart-on-change policy and binding come along (full-values
+	// turns restarts on too).
+	if len(docs) != 7 {
+		t.Fatalf("%d of the service account, role, binding, and the two policies and policy bindings rendered", len(docs))
 	}
 	c.apply(t, docs, false)
 	ctx := context.Background()

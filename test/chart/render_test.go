@@ -35,6 +35,10 @@ type rendered struct {
 	crd            *unstructured.Unstructured
 	syncPolicy     *admissionv1.ValidatingAdmissionPolicy
 	syncBinding    *admissionv1.ValidatingAdmissionPolicyBinding
+	// restartPolicy and restartBinding: the restart-on-change policy (its
+	// name ends in -restart-on-change).
+	restartPolicy  *admissionv1.ValidatingAdmissionPolicy
+	restartBinding *admissionv1.ValidatingAdmissionPolicyBinding
 }
 
 // parseRendered splits helm's output into documents and decodes each into
@@ -51,7 +55,10 @@ func parseRendered(t *testing.T, out string) *rendered {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var meta struct{ APIVersion, Kind string }
+		var meta struct {
+			APIVersion, Kind string
+			Metadata         struct{ Name string }
+		}
 		if err := yaml.Unmarshal(doc, &meta); err != nil {
 			t.Fatalf("%v in\n%s", err, doc)
 		}
@@ -82,11 +89,21 @@ func parseRendered(t *testing.T, out string) *rendered {
 			r.serviceMonitor = &monitoringv1.ServiceMonitor{}
 			obj = r.serviceMonitor
 		case "ValidatingAdmissionPolicy":
-			r.syncPolicy = &admissionv1.ValidatingAdmissionPolicy{}
-			obj = r.syncPolicy
+			p := &admissionv1.ValidatingAdmissionPolicy{}
+			if strings.HasSuffix(meta.Metadata.Name, "-restart-on-change") {
+				r.restartPolicy = p
+			} else {
+				r.syncPolicy = p
+			}
+			obj = p
 		case "ValidatingAdmissionPolicyBinding":
-			r.syncBinding = &admissionv1.ValidatingAdmissionPolicyBinding{}
-			obj = r.syncBinding
+			b := &admissionv1.ValidatingAdmissionPolicyBinding{}
+			if strings.HasSuffix(meta.Metadata.Name, "-restart-on-change") {
+				r.restartBinding = b
+			} else {
+				r.syncBinding = b
+			}
+			obj = b
 		case "CustomResourceDefinition":
 			// Its schema is checked by the API server (dry run).
 			r.crd = &unstructured.Unstructured{}
@@ -329,10 +346,19 @@ func checkInvariants(t *testing.T, r *rendered) {
 			if slices.Contains(rule.Resources, "secrets") && (sync != "true" || !slices.Equal(rule.Verbs, []string{"create", "patch"})) {
 				t.Errorf("ClusterRole rule %+v reaches Secrets (--sync-secrets=%s)", rule, sync)
 			}
-			// Pods: get only, for the controller owners of synced Secrets.
+			// Pods: get only, for the controller owners of synced Secrets
+			// and for restarts on change.
 			owner, _ := arg(driver, "--sync-owner")
-			if slices.Contains(rule.Resources, "pods") && (sync != "true" || owner != "controller" || !slices.Equal(rule.Verbs, []string{"get"})) {
-				t.Errorf("ClusterRole rule %+v reaches pods (--sync-secrets=%s --sync-owner=%s)", rule, sync, owner)
+			restart, _ := arg(driver, "--restart-on-change")
+			if slices.Contains(rule.Resources, "pods") && ((sync != "true" || owner != "controller") && restart != "true" || !slices.Equal(rule.Verbs, []string{"get"})) {
+				t.Errorf("ClusterRole rule %+v reaches pods (--sync-secrets=%s --sync-owner=%s --restart-on-change=%s)", rule, sync, owner, restart)
+			}
+			// Workloads and evictions only for restarts on change, with
+			// exactly the component's verbs.
+			for _, res := range []string{"replicasets", "deployments", "statefulsets", "daemonsets", "pods/eviction"} {
+				if slices.Contains(rule.Resources, res) && (restart != "true" || !slices.Equal(rule.Verbs, componentVerbs(t, res))) {
+					t.Errorf("ClusterRole rule %+v reaches %s (--restart-on-change=%s)", rule, res, restart)
+				}
 			}
 			// Pod statuses only with --pod-status, and exactly the
 			// component's verbs.
@@ -355,6 +381,11 @@ func checkInvariants(t *testing.T, r *rendered) {
 		checkSyncPolicy(t, r, "system:serviceaccount:"+namespace+":"+spec.ServiceAccountName)
 	} else if r.syncPolicy != nil || r.syncBinding != nil {
 		t.Error("admission policy rendered without --sync-secrets")
+	}
+	if restart, _ := arg(driver, "--restart-on-change"); restart == "true" {
+		checkRestartPolicy(t, r, "system:serviceaccount:"+namespace+":"+spec.ServiceAccountName)
+	} else if r.restartPolicy != nil || r.restartBinding != nil {
+		t.Error("restart admission policy rendered without --restart-on-change")
 	}
 	if r.crd != nil {
 		if r.crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
@@ -479,4 +510,72 @@ func TestSyncPolicyFileIsTheComponents(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Error("deploy/charts/secretfs/files/sync-secrets-policy.yaml differs from deploy/components/sync-secrets/policy.yaml")
 	}
+}
+
+// The chart's copy of the restart policy is the component's, byte for byte.
+func TestRestartPolicyFileIsTheComponents(t *testing.T) {
+	a, err := os.ReadFile("../../deploy/components/restart-on-change/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(chartDir, "files", "restart-on-change-policy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Error("deploy/charts/secretfs/files/restart-on-change-policy.yaml differs from deploy/components/restart-on-change/policy.yaml")
+	}
+}
+
+// componentVerbs are the verbs the restart-on-change component grants on
+// resource.
+func componentVerbs(t *testing.T, resource string) []string {
+	t.Helper()
+	data, err := os.ReadFile("../../deploy/components/restart-on-change/rbac.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var role rbacv1.ClusterRole
+	if err := yaml.UnmarshalStrict([]byte(strings.Split(string(data), "\n---\n")[0]), &role); err != nil {
+		t.Fatal(err)
+	}
+	for _, rule := range role.Rules {
+		if slices.Contains(rule.Resources, resource) {
+			return rule.Verbs
+		}
+	}
+	return nil
+}
+
+// checkRestartPolicy: the chart's restart policy is the component's, named
+// after the release, matching user only, and bound to deny.
+func checkRestartPolicy(t *testing.T, r *rendered, user string) {
+	t.Helper()
+	if r.restartPolicy == nil || r.restartBinding == nil {
+		t.Fatal("--restart-on-change without the admission policy and its binding")
+	}
+	docs := strings.Split(string(must(os.ReadFile("../../deploy/components/restart-on-change/policy.yaml"))), "\n---\n")
+	var want admissionv1.ValidatingAdmissionPolicy
+	if err := yaml.UnmarshalStrict([]byte(docs[0]), &want); err != nil {
+		t.Fatal(err)
+	}
+	got := r.restartPolicy.Spec
+	if len(got.MatchConditions) != 1 || got.MatchConditions[0].Expression != "request.userInfo.username == '"+user+"'" {
+		t.Errorf("restart policy matches %+v, want the driver's service account %s", got.MatchConditions, user)
+	}
+	got.MatchConditions, want.Spec.MatchConditions = nil, nil
+	if !equalJSON(t, got, want.Spec) {
+		t.Error("the chart's restart policy differs from deploy/components/restart-on-change/policy.yaml")
+	}
+	b := r.restartBinding
+	if b.Spec.PolicyName != r.restartPolicy.Name || !slices.Equal(b.Spec.ValidationActions, []admissionv1.ValidationAction{admissionv1.Deny}) {
+		t.Errorf("restart binding %+v", b.Spec)
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }

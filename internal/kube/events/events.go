@@ -155,6 +155,17 @@ func (r *Recorder) Warning(pod provider.Pod, reason, message string) {
 	r.recorder.Event(ref, corev1.EventTypeWarning, reason, clip(message))
 }
 
+// Normal posts a Normal event with reason and message on pod (a hook's
+// report of what it did, such as a restart on change). The message must not
+// hold a secret value or a token; it is capped at MaxMessage bytes.
+func (r *Recorder) Normal(pod provider.Pod, reason, message string) {
+	ref, ok := podRef(pod)
+	if !ok {
+		return
+	}
+	r.recorder.Event(ref, corev1.EventTypeNormal, reason, clip(message))
+}
+
 // Close stops posting; events still queued are dropped.
 func (r *Recorder) Close() {
 	r.broadcaster.Shutdown()

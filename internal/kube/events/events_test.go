@@ -160,3 +160,15 @@ func TestOmittedAndServedStaleEvents(t *testing.T) {
 		t.Errorf("stale event %s %s %q", e.Type, e.Reason, e.Message)
 	}
 }
+
+func TestNormalEvent(t *testing.T) {
+	sink := &recordingSink{}
+	r := newWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
+	defer r.Close()
+	r.Normal(provider.Pod{}, "SecretRestart", "no pod: not posted")
+	r.Normal(pod, "SecretRestart", strings.Repeat("x", 2*MaxMessage))
+	waitCounts(t, sink, 1, 0)
+	if e := sink.created[0]; e.Type != corev1.EventTypeNormal || e.Reason != "SecretRestart" || len(e.Message) > MaxMessage || e.InvolvedObject.Name != pod.Name {
+		t.Errorf("normal event %s %s on %s, message of %d bytes", e.Type, e.Reason, e.InvolvedObject.Name, len(e.Message))
+	}
+}

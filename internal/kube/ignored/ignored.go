@@ -1,7 +1,8 @@
 // Package ignored tells a pod's owner, with one Warning Event per volume,
 // what of the pod's SecretProviderClass the driver does not act on: spec
-// fields it does not know, and spec.secretObjects while sync to Kubernetes
-// Secrets is off. The volume still mounts; nothing is dropped silently.
+// fields it does not know, spec.secretObjects while sync to Kubernetes
+// Secrets is off, and secretfs.dev/onChange: restart while restarts on
+// change are off. The volume still mounts; nothing is dropped silently.
 package ignored
 
 import (
@@ -28,6 +29,9 @@ type Hook struct {
 	events EventSink
 	// syncOn: spec.secretObjects are acted on (internal/kube/secretsync).
 	syncOn bool
+	// restartOn: secretfs.dev/onChange: restart is acted on
+	// (internal/kube/restart).
+	restartOn bool
 
 	mu   sync.Mutex
 	told map[string]bool // volume ids already told
@@ -36,9 +40,9 @@ type Hook struct {
 var _ hook.Hook = (*Hook)(nil)
 
 // New returns a Hook posting to events; syncOn says whether Secret sync
-// is on.
-func New(events EventSink, syncOn bool) *Hook {
-	return &Hook{events: events, syncOn: syncOn, told: map[string]bool{}}
+// is on, restartOn whether restarts on change are.
+func New(events EventSink, syncOn, restartOn bool) *Hook {
+	return &Hook{events: events, syncOn: syncOn, restartOn: restartOn, told: map[string]bool{}}
 }
 
 // Changed posts the Event if v's class has something the driver ignores
@@ -47,7 +51,8 @@ func (h *Hook) Changed(_ context.Context, v hook.Volume) {
 	if v.Class == nil {
 		return
 	}
-	msg := Message(v.Class.Name, v.Class.Unknown, len(v.Class.SecretObjects), h.syncOn)
+	restart, _ := v.Class.RestartOnChange()
+	msg := Message(v.Class.Name, v.Class.Unknown, len(v.Class.SecretObjects), h.syncOn, restart && !h.restartOn)
 	if msg == "" {
 		return
 	}
@@ -69,8 +74,12 @@ func (h *Hook) Gone(v hook.Volume) {
 
 // Message says what of class is ignored and how to change that; empty when
 // nothing is.
-func Message(class string, unknown []string, secretObjects int, syncOn bool) string {
+// restartIgnored: the class asks for restarts on change, which are off.
+func Message(class string, unknown []string, secretObjects int, syncOn, restartIgnored bool) string {
 	var parts []string
+	if restartIgnored {
+		parts = append(parts, "secretfs.dev/onChange: restart has no effect: restarts on change are off on this driver; an admin turns them on with --restart-on-change and the restart-on-change RBAC (kustomize component deploy/components/restart-on-change, or the chart's restartOnChange.enabled=true)")
+	}
 	if secretObjects > 0 && !syncOn {
 		parts = append(parts, fmt.Sprintf("spec.secretObjects (%d Secrets) is not synced: Secret sync is off on this driver; an admin turns it on with --sync-secrets and the sync-secrets RBAC (kustomize component deploy/components/sync-secrets, or the chart's syncSecret.enabled=true)", secretObjects))
 	}

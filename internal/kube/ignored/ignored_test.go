@@ -17,7 +17,7 @@ func (s *sink) Warning(_ provider.Pod, reason, msg string) { s.msgs = append(s.m
 func TestOneEventPerVolume(t *testing.T) {
 	cls := &class.Class{Name: "app", SecretObjects: []class.SecretObject{{SecretName: "s"}}, Unknown: []string{"rotationPollInterval"}}
 	s := &sink{}
-	h := New(s, false)
+	h := New(s, false, true)
 	v := hook.Volume{ID: "v1", Pod: provider.Pod{Namespace: "ns", Name: "p"}, Class: cls}
 	h.Changed(context.Background(), v)
 	h.Changed(context.Background(), v) // a rotation: not again
@@ -38,10 +38,21 @@ func TestOneEventPerVolume(t *testing.T) {
 
 func TestNothingIgnoredNoEvent(t *testing.T) {
 	s := &sink{}
-	h := New(s, true)
+	h := New(s, true, true)
 	h.Changed(context.Background(), hook.Volume{ID: "v", Class: &class.Class{Name: "a", SecretObjects: []class.SecretObject{{SecretName: "s"}}}})
 	h.Changed(context.Background(), hook.Volume{ID: "w"}) // recovered, class unknown yet
 	if len(s.msgs) != 0 {
 		t.Fatalf("events %q", s.msgs)
+	}
+}
+
+func TestRestartOff(t *testing.T) {
+	cls := &class.Class{Name: "app", Parameters: map[string]string{class.ParamOnChange: class.OnChangeRestart}}
+	for _, on := range []bool{false, true} {
+		s := &sink{}
+		New(s, true, on).Changed(context.Background(), hook.Volume{ID: "v", Class: cls})
+		if on && len(s.msgs) != 0 || !on && (len(s.msgs) != 1 || !strings.Contains(s.msgs[0], "--restart-on-change")) {
+			t.Errorf("restarts on=%v: events %q", on, s.msgs)
+		}
 	}
 }

@@ -1,0 +1,240 @@
+// Package restart restarts a pod's workload when the content of one of its
+// volumes changes, for classes that ask for it (secretfs.dev/onChange:
+// restart) on a driver run with --restart-on-change. It is a driver hook
+// (hook.Hook).
+//
+// What it does, per change seen on this node:
+//
+//  1. Changed (under the volume's lock) skips a first publish (a new pod's
+//     content is not a change), a volume without new files and a class
+//     that does not opt in; otherwise it hashes the new files into the
+//     restart value (Value) and queues a job for the pod. Nothing else
+//     happens on the publish path; a full queue drops the job with a
+//     Warning Event.
+//  2. One worker takes the jobs, each under a deadline, through an API
+//     client limited in requests per second (the driver's flag). Jobs of
+//     one pod coalesce while queued (the newest value wins).
+//  3. It finds the pod's workload: the pod's controller (one GET of the
+//     pod, remembered per pod), and for a ReplicaSet the ReplicaSet's
+//     controller (one GET, remembered per ReplicaSet).
+//  4. Deployment, StatefulSet, DaemonSet: the value goes into the pod
+//     template's annotation secretfs.dev/restartedFor, as `kubectl rollout
+//     restart` writes its own annotation, so the workload's strategy and
+//     disruption budget pace the rollout. The value depends only on the
+//     class and the content, so every node and pod that sees one change
+//     writes the same value: a workload already carrying it is not written
+//     again (a GET, no write), and this node remembers it per workload (no
+//     call at all for the next pod of it). One change makes one rollout.
+//  5. A pod without a controller, and a pod of a ReplicaSet without a
+//     Deployment (changing such a ReplicaSet's template replaces no pod),
+//     is evicted through the Eviction API, so disruption budgets apply; a
+//     refusal by a budget (429) is retried with backoff a bounded number
+//     of times, then reported.
+//  6. A Job's pod (it runs to completion; evicting it would count as a
+//     failure) and a pod of any other controller kind are not restarted:
+//     a Warning Event says so.
+//  7. Whatever was restarted is told with a Normal Event on the pod that
+//     saw the change; a failure with a Warning Event.
+package restart
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+
+	"github.com/secretfs/secretfs/driver/hook"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// Flag is the driver flag that turns the restarts on.
+const Flag = "--restart-on-change"
+
+// Annotation is the pod-template annotation the restart writes.
+const Annotation = "secretfs.dev/restartedFor"
+
+// Event reasons.
+const (
+	// ReasonRestarted (Normal): a workload was restarted or a pod evicted.
+	ReasonRestarted = "SecretRestart"
+	// ReasonNotRestarted (Warning): a change was seen but nothing could be
+	// restarted.
+	ReasonNotRestarted = "SecretRestartFailed"
+)
+
+// EventSink posts Events on pods; it must not block.
+type EventSink interface {
+	Normal(pod provider.Pod, reason, message string)
+	Warning(pod provider.Pod, reason, message string)
+}
+
+// Options configure a Restarter.
+type Options struct {
+	// Client is the API client (its rate limit bounds the requests per
+	// second).
+	Client dynamic.Interface
+	// Events: where Events go (nil: none).
+	Events EventSink
+	Logger *slog.Logger
+	// FieldManager names the driver in the objects' managed fields.
+	FieldManager string
+	// Timeout bounds one job (default 30s).
+	Timeout time.Duration
+	// Queue bounds the pods waiting for their job (default 1024).
+	Queue int
+	// EvictionRetries bounds the attempts of an eviction a disruption
+	// budget refuses (default 5), the first retry after EvictionBackoff
+	// (default 2s), doubling.
+	EvictionRetries int
+	EvictionBackoff time.Duration
+}
+
+// maxRemembered bounds each of the Restarter's memories (pods'
+// controllers, ReplicaSets' owners, values written); a full one is
+// emptied, which costs API calls, never correctness.
+const maxRemembered = 4096
+
+// Restarter is the hook. Close it when done.
+type Restarter struct {
+	opts   Options
+	log    *slog.Logger
+	queue  chan string
+	cancel context.CancelFunc
+	done   sync.WaitGroup
+
+	mu      sync.Mutex
+	pending map[string]job // by pod UID
+	busy    int            // jobs queued or running
+	idle    *sync.Cond
+	podCtl  map[string]ref    // pod UID -> its controller (zero: none)
+	rsOwner map[string]ref    // ReplicaSet UID -> its controller (zero: none)
+	written map[string]string // workload -> value it carries
+	values  map[string]string // digest -> Value
+}
+
+// job is one pod's restart.
+type job struct {
+	pod   provider.Pod
+	class string
+	sum   [32]byte // content digest (Digest); the value is derived in the worker
+}
+
+var _ hook.Hook = (*Restarter)(nil)
+
+// New returns a Restarter and starts its worker.
+func New(opts Options) *Restarter {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.Queue <= 0 {
+		opts.Queue = 1024
+	}
+	if opts.EvictionRetries <= 0 {
+		opts.EvictionRetries = 5
+	}
+	if opts.EvictionBackoff <= 0 {
+		opts.EvictionBackoff = 2 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Restarter{opts: opts, log: opts.Logger, queue: make(chan string, opts.Queue), cancel: cancel,
+		pending: map[string]job{}, podCtl: map[string]ref{}, rsOwner: map[string]ref{}, written: map[string]string{}, values: map[string]string{}}
+	r.idle = sync.NewCond(&r.mu)
+	r.done.Add(1)
+	go r.work(ctx)
+	return r
+}
+
+// Close stops the worker; queued jobs are dropped.
+func (r *Restarter) Close() {
+	r.cancel()
+	r.done.Wait()
+}
+
+// Changed queues a restart for v's pod when v's class asks for one and
+// this is a change of content, not a first publish (step 1).
+func (r *Restarter) Changed(_ context.Context, v hook.Volume) {
+	if v.First || v.Files == nil || v.Class == nil {
+		return
+	}
+	// The class was checked by the publish that mounted it; an invalid
+	// value cannot get here, and is no restart if it did.
+	if restart, err := v.Class.RestartOnChange(); err != nil || !restart {
+		return
+	}
+	j := job{pod: v.Pod, class: v.Class.Name, sum: Digest(v.Class.Namespace, v.Class.Name, v.Files)}
+	r.mu.Lock()
+	if _, queued := r.pending[v.Pod.UID]; queued {
+		r.pending[v.Pod.UID] = j // the newest content wins
+		r.mu.Unlock()
+		return
+	}
+	select {
+	case r.queue <- v.Pod.UID:
+		r.pending[v.Pod.UID] = j
+		r.busy++
+		r.mu.Unlock()
+	default:
+		r.mu.Unlock()
+		r.warn(v.Pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but the driver's restart queue is full (%d pods waiting): the pod's workload was not restarted", j.class, r.opts.Queue))
+	}
+}
+
+// Gone forgets v's pod's controller.
+func (r *Restarter) Gone(v hook.Volume) {
+	r.mu.Lock()
+	delete(r.podCtl, v.Pod.UID)
+	r.mu.Unlock()
+}
+
+// work runs the jobs one at a time (step 2).
+func (r *Restarter) work(ctx context.Context) {
+	defer r.done.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case uid := <-r.queue:
+			r.mu.Lock()
+			j := r.pending[uid]
+			delete(r.pending, uid)
+			r.mu.Unlock()
+			jctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+			r.run(jctx, j)
+			cancel()
+			r.mu.Lock()
+			r.busy--
+			if r.busy == 0 {
+				r.idle.Broadcast()
+			}
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *Restarter) warn(pod provider.Pod, msg string) {
+	r.log.Warn("restart on change", "namespace", pod.Namespace, "pod", pod.Name, "msg", msg)
+	if r.opts.Events != nil {
+		r.opts.Events.Warning(pod, ReasonNotRestarted, msg)
+	}
+}
+
+func (r *Restarter) normal(pod provider.Pod, msg string) {
+	r.log.Info("restart on change", "namespace", pod.Namespace, "pod", pod.Name, "msg", msg)
+	if r.opts.Events != nil {
+		r.opts.Events.Normal(pod, ReasonRestarted, msg)
+	}
+}
+
+// remember sets m[k] = v, emptying m first when full.
+func remember[V any](m map[string]V, k string, v V) {
+	if _, ok := m[k]; !ok && len(m) >= maxRemembered {
+		clear(m)
+	}
+	m[k] = v
+}

@@ -1,0 +1,69 @@
+package restart
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// What the hook costs on the publish path when it has nothing to do: a
+// class without the opt-in, a first publish, a refresh that changed
+// nothing (no Files): no allocation, no job.
+func TestNothingToDoCostsNothing(t *testing.T) {
+	r := New(Options{})
+	defer r.Close()
+	files := []provider.File{{Path: "pass", Mode: 0o644, Contents: []byte("v2")}}
+	pod := provider.Pod{Namespace: "ns", Name: "p", UID: "u"}
+	opted := &class.Class{Name: "app", Namespace: "ns", Parameters: map[string]string{class.ParamOnChange: class.OnChangeRestart}}
+	for name, v := range map[string]hook.Volume{
+		"a class without the opt-in": {Class: &class.Class{Name: "app", Namespace: "ns", Parameters: map[string]string{"objects": "x"}}, Files: files, Pod: pod},
+		"onChange: none":             {Class: &class.Class{Name: "app", Namespace: "ns", Parameters: map[string]string{class.ParamOnChange: class.OnChangeNone}}, Files: files, Pod: pod},
+		"a first publish":            {Class: opted, Files: files, Pod: pod, First: true},
+		"no files":                   {Class: opted, Pod: pod},
+		"a recovered volume":         {Files: files, Pod: pod},
+	} {
+		if a := testing.AllocsPerRun(100, func() { r.Changed(context.Background(), v) }); a != 0 {
+			t.Errorf("%s: %v allocations per Changed", name, a)
+		}
+		r.mu.Lock()
+		queued := len(r.pending) + r.busy
+		r.mu.Unlock()
+		if queued != 0 {
+			t.Errorf("%s: a job was queued", name)
+		}
+	}
+}
+
+// A full queue drops the job and says so on the pod; jobs of one pod
+// coalesce into one.
+func TestQueueBoundAndCoalescing(t *testing.T) {
+	events := &recorder{}
+	r := &Restarter{opts: Options{Queue: 1, Events: events}, log: slog.New(slog.DiscardHandler), queue: make(chan string, 1), pending: map[string]job{}}
+	opted := &class.Class{Name: "app", Namespace: "ns", Parameters: map[string]string{class.ParamOnChange: class.OnChangeRestart}}
+	v := func(uid, content string) hook.Volume {
+		return hook.Volume{Class: opted, Pod: provider.Pod{Namespace: "ns", Name: "p-" + uid, UID: uid},
+			Files: []provider.File{{Path: "pass", Contents: []byte(content)}}}
+	}
+	r.Changed(context.Background(), v("a", "1"))
+	r.Changed(context.Background(), v("a", "2")) // coalesced: the newest wins
+	if len(r.queue) != 1 || r.pending["a"].sum != Digest("ns", "app", v("a", "2").Files) || len(events.warnings) != 0 {
+		t.Fatalf("queue %d, pending %v, events %q", len(r.queue), r.pending, events.warnings)
+	}
+	r.Changed(context.Background(), v("b", "1")) // the queue is full
+	if len(r.queue) != 1 || len(r.pending) != 1 || len(events.warnings) != 1 {
+		t.Fatalf("queue %d, pending %d, events %q", len(r.queue), len(r.pending), events.warnings)
+	}
+}
+
+type recorder struct{ warnings, normals []string }
+
+func (r *recorder) Normal(_ provider.Pod, reason, msg string) {
+	r.normals = append(r.normals, reason+": "+msg)
+}
+func (r *recorder) Warning(_ provider.Pod, reason, msg string) {
+	r.warnings = append(r.warnings, reason+": "+msg)
+}

@@ -1,0 +1,214 @@
+package restart
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+var (
+	podsGVR        = schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+	replicaSetsGVR = schema.GroupVersionResource{Group: "apps", Version: "v1", Resource: "replicasets"}
+	// restartable are the workloads whose pod template the restart writes.
+	restartable = map[string]schema.GroupVersionResource{
+		"Deployment":  {Group: "apps", Version: "v1", Resource: "deployments"},
+		"StatefulSet": {Group: "apps", Version: "v1", Resource: "statefulsets"},
+		"DaemonSet":   {Group: "apps", Version: "v1", Resource: "daemonsets"},
+	}
+)
+
+// ref is an object's controller: zero when it has none.
+type ref struct {
+	apiVersion, kind, name, uid string
+}
+
+func controllerRef(o metav1.Object) ref {
+	if c := metav1.GetControllerOfNoCopy(o); c != nil {
+		return ref{apiVersion: c.APIVersion, kind: c.Kind, name: c.Name, uid: string(c.UID)}
+	}
+	return ref{}
+}
+
+// run does one job (steps 3 to 7 of the package comment).
+func (r *Restarter) run(ctx context.Context, j job) {
+	why := fmt.Sprintf("the content of SecretProviderClass %q changed", j.class)
+	ctl, ok := r.controllerOf(ctx, j)
+	if !ok {
+		return
+	}
+	switch {
+	case ctl == (ref{}):
+		r.evict(ctx, j, why)
+		return
+	case ctl.apiVersion == "apps/v1" && ctl.kind == "ReplicaSet":
+		owner, ok := r.ownerOfReplicaSet(ctx, j, ctl)
+		if !ok {
+			return
+		}
+		if owner == (ref{}) {
+			r.evict(ctx, j, why) // its ReplicaSet replaces it
+			return
+		}
+		ctl = owner
+	}
+	if gvr, ok := restartable[ctl.kind]; ok && ctl.apiVersion == "apps/v1" {
+		r.rollout(ctx, j, gvr, ctl, why)
+		return
+	}
+	if ctl.kind == "Job" {
+		r.warn(j.pod, fmt.Sprintf("%s, but the pod belongs to Job %q, whose pods run to completion: not restarted", why, ctl.name))
+		return
+	}
+	r.warn(j.pod, fmt.Sprintf("%s, but the pod's controller is a %s %s %q, which the driver does not restart (it restarts Deployments, StatefulSets and DaemonSets, and evicts pods without one)", why, ctl.apiVersion, ctl.kind, ctl.name))
+}
+
+// controllerOf returns j's pod's controller; false when there is nothing
+// to do (the pod is gone, or being deleted, or could not be read: told).
+func (r *Restarter) controllerOf(ctx context.Context, j job) (ref, bool) {
+	r.mu.Lock()
+	c, ok := r.podCtl[j.pod.UID]
+	r.mu.Unlock()
+	if ok {
+		return c, true
+	}
+	pod, err := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace).Get(ctx, j.pod.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return ref{}, false
+	}
+	if err != nil {
+		r.warn(j.pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but reading the pod's controller failed: %v", j.class, err))
+		return ref{}, false
+	}
+	if string(pod.GetUID()) != j.pod.UID || pod.GetDeletionTimestamp() != nil {
+		return ref{}, false // another pod of that name, or this one is going
+	}
+	c = controllerRef(pod)
+	r.mu.Lock()
+	remember(r.podCtl, j.pod.UID, c)
+	r.mu.Unlock()
+	return c, true
+}
+
+// ownerOfReplicaSet returns rs's controller (zero: none).
+func (r *Restarter) ownerOfReplicaSet(ctx context.Context, j job, rs ref) (ref, bool) {
+	r.mu.Lock()
+	c, ok := r.rsOwner[rs.uid]
+	r.mu.Unlock()
+	if ok {
+		return c, true
+	}
+	obj, err := r.opts.Client.Resource(replicaSetsGVR).Namespace(j.pod.Namespace).Get(ctx, rs.name, metav1.GetOptions{})
+	if err == nil && string(obj.GetUID()) != rs.uid {
+		err = apierrors.NewNotFound(replicaSetsGVR.GroupResource(), rs.name) // replaced
+	}
+	if err != nil {
+		r.warn(j.pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but reading the pod's ReplicaSet %q failed: %v", j.class, rs.name, err))
+		return ref{}, false
+	}
+	c = controllerRef(obj)
+	r.mu.Lock()
+	remember(r.rsOwner, rs.uid, c)
+	r.mu.Unlock()
+	return c, true
+}
+
+// rollout writes the restart value into w's pod template unless it is
+// there already (step 4).
+func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionResource, w ref, why string) {
+	value := r.value(j.sum)
+	key := w.kind + "/" + j.pod.Namespace + "/" + w.name + "/" + w.uid
+	r.mu.Lock()
+	seen := r.written[key] == value
+	r.mu.Unlock()
+	if seen {
+		return
+	}
+	client := r.opts.Client.Resource(gvr).Namespace(j.pod.Namespace)
+	obj, err := client.Get(ctx, w.name, metav1.GetOptions{})
+	if err == nil && string(obj.GetUID()) != w.uid {
+		err = apierrors.NewNotFound(gvr.GroupResource(), w.name) // replaced
+	}
+	if err != nil {
+		r.warn(j.pod, fmt.Sprintf("%s, but reading the pod's %s %q failed: %v", why, w.kind, w.name, err))
+		return
+	}
+	current, _, _ := unstructured.NestedString(obj.Object, "spec", "template", "metadata", "annotations", Annotation)
+	if current != value {
+		patch, _ := json.Marshal(map[string]any{
+			"metadata": map[string]any{"uid": w.uid}, // the workload read above, not a namesake
+			"spec": map[string]any{"template": map[string]any{"metadata": map[string]any{
+				"annotations": map[string]string{Annotation: value}}}},
+		})
+		if _, err := client.Patch(ctx, w.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: r.opts.FieldManager}); err != nil {
+			r.warn(j.pod, fmt.Sprintf("%s, but restarting the pod's %s %q failed: %v", why, w.kind, w.name, err))
+			return
+		}
+		r.normal(j.pod, fmt.Sprintf("Rolling restart of %s %q: %s (pod template annotation %s=%s)", w.kind, w.name, why, Annotation, value))
+	}
+	r.mu.Lock()
+	remember(r.written, key, value)
+	r.mu.Unlock()
+}
+
+// value returns Value(sum), computed once per digest on this node.
+func (r *Restarter) value(sum [32]byte) string {
+	k := string(sum[:])
+	r.mu.Lock()
+	v, ok := r.values[k]
+	r.mu.Unlock()
+	if ok {
+		return v
+	}
+	v = Value(sum)
+	r.mu.Lock()
+	remember(r.values, k, v)
+	r.mu.Unlock()
+	return v
+}
+
+// evict evicts j's pod through the Eviction API, retrying a refusal by a
+// disruption budget a bounded number of times (step 5).
+func (r *Restarter) evict(ctx context.Context, j job, why string) {
+	eviction := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "policy/v1", "kind": "Eviction",
+		"metadata": map[string]any{"name": j.pod.Name, "namespace": j.pod.Namespace},
+		// Only this pod, not a namesake created since.
+		"deleteOptions": map[string]any{"preconditions": map[string]any{"uid": j.pod.UID}},
+	}}
+	client := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace)
+	backoff := r.opts.EvictionBackoff
+	var err error
+	for attempt := 1; ; attempt++ {
+		_, err = client.Create(ctx, eviction, metav1.CreateOptions{}, "eviction")
+		if err == nil {
+			r.normal(j.pod, fmt.Sprintf("Evicted the pod (it has no controller to restart, or only a ReplicaSet): %s", why))
+			return
+		}
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return // gone already
+		}
+		if !apierrors.IsTooManyRequests(err) || attempt == r.opts.EvictionRetries {
+			break
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			err = errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		backoff *= 2
+	}
+	r.warn(j.pod, fmt.Sprintf("%s, but evicting the pod failed (after the attempts a disruption budget allows): %v", why, err))
+}
