@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -123,13 +124,22 @@ func (e *credEnv) setObject(name string, v []byte) {
 	}
 }
 
-func (e *credEnv) start() {
+func (e *credEnv) start() { e.startWith(nil) }
+
+// startWith starts the server; with activated, as systemd's socket
+// activation does: the socket at descriptor 3, LISTEN_FDS=1 and LISTEN_PID
+// the server's pid (set by a shell that then execs the server).
+func (e *credEnv) startWith(activated *os.File) {
 	e.t.Helper()
 	raw, err := json.Marshal(e.hc)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	if activated != nil {
+		e.cmd = exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, os.Args[0], "-test.run=^$")
+		e.cmd.ExtraFiles = []*os.File{activated}
+	}
 	e.cmd.Env = append(os.Environ(), credHelperEnv+"="+string(raw))
 	e.cmd.Stdout, e.cmd.Stderr = &e.log, &e.log
 	if err := e.cmd.Start(); err != nil {
@@ -336,4 +346,62 @@ func TestCredentialsBounds(t *testing.T) {
 		t.Fatalf("%d credentials served, want 1 (the waiting one)", n)
 	}
 	e.stop()
+}
+
+// Socket activation: the server serves the socket systemd passes, and leaves
+// it to systemd at exit.
+func TestCredentialsSocketActivation(t *testing.T) {
+	e := newCredEnv(t, DefaultCredentialLimits)
+	sock := e.hc.Socket
+	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	e.hc.Socket = ""
+	e.startWith(f)
+	f.Close()
+	if got := string(loadCredential(t, sock, "app.service", "token")); got != "first" {
+		t.Fatalf("got %q, want the token", got)
+	}
+	e.stop()
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("the activated socket is gone: %v", err)
+	}
+}
+
+// The socket path must be a socket to be replaced, and its directory
+// root's alone.
+func TestCredentialsSocketPathRefused(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "not-a-socket")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	open := filepath.Join(dir, "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cfg := CredentialsConfig{ClassFile: filepath.Join(dir, "class.yaml"), Limits: DefaultCredentialLimits}
+	for sock, want := range map[string]string{file: "not a socket", filepath.Join(open, "c.sock"): "writable by others"} {
+		cfg.Socket = sock
+		if err := Credentials(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("socket %s: %v, want %q", sock, err, want)
+		}
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Fatalf("the file at the socket path was touched: %q %v", b, err)
+	}
 }
