@@ -53,6 +53,9 @@ func runCredentials(args []string, stdout, stderr io.Writer) int {
 	if *classFile == "" && (*kubeconfig == "" || *className == "") {
 		return fail(stderr, fs, 2, "-class, or -kubeconfig with -class-name, is required (see %s -h)", fs.Name())
 	}
+	if err := lim.Check(); err != nil {
+		return fail(stderr, fs, 2, "%v", err)
+	}
 	allow.rules.Only = *only
 	if *only && len(allow.rules.Units) == 0 {
 		return fail(stderr, fs, 2, "-allowed-only without any -allow would serve nothing")

@@ -73,7 +73,7 @@ func Credentials(ctx context.Context, cfg CredentialsConfig) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("%w (running as uid %d)", ErrNotRoot, os.Geteuid())
 	}
-	if err := cfg.Limits.check(); err != nil {
+	if err := cfg.Limits.Check(); err != nil {
 		return err
 	}
 	switch st := stage(); st {

@@ -58,7 +58,8 @@ type CredentialLimits struct {
 // DefaultCredentialLimits are the limits of `secretfs credentials`.
 var DefaultCredentialLimits = CredentialLimits{MaxConnections: 16, MaxOpen: 64, Timeout: 10 * time.Second, MaxSize: CredentialSizeMax}
 
-func (l *CredentialLimits) check() error {
+// Check reports limits that cannot work.
+func (l *CredentialLimits) Check() error {
 	switch {
 	case l.MaxConnections <= 0 || l.MaxOpen < l.MaxConnections:
 		return fmt.Errorf("credential limits: want 0 < connections (%d) <= open connections (%d)", l.MaxConnections, l.MaxOpen)
