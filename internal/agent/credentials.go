@@ -310,6 +310,13 @@ func credentialsIsolated(ctx context.Context, cfg CredentialsConfig) error {
 		return err
 	}
 	defer root.Close()
+	for id := range cfg.Allow.Units {
+		// A rule for a file the class does not have is most likely a typo:
+		// say so once (the class may still gain it at a refresh).
+		if _, err := root.Lstat(id); err != nil {
+			log.Warn("an -allow rule names a credential the volume does not have (yet)", "id", id)
+		}
+	}
 	log.Info("serving credentials", "class", cls.Name, "namespace", cls.Namespace, "refresh", cfg.Interval,
 		"max_connections", cfg.Limits.MaxConnections, "max_open", cfg.Limits.MaxOpen, "timeout", cfg.Limits.Timeout)
 

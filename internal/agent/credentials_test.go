@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -284,12 +285,23 @@ func TestCredentialsServe(t *testing.T) {
 			t.Fatalf("log line %q does not say %q", l, r.reason)
 		}
 	}
+	// A client that is not systemd: no address of its own.
+	plain, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(plain); err != nil || len(b) != 0 {
+		t.Fatalf("a client without an address got %d bytes (%v)", len(b), err)
+	}
+	plain.Close()
+	e.waitFor("the log line of the plain client", func() bool { return e.logCount("the peer address is not systemd's") == 1 })
+	if e.logCount("an -allow rule names a credential the volume does not have") != 0 {
+		t.Fatal("a warning for an -allow rule of a file the volume has")
+	}
 	if strings.Contains(e.log.String(), "first") || strings.Contains(e.log.String(), "mmmm") {
 		t.Fatal("a credential value is in the log")
 	}
-	if n := e.logCount("credential served"); n != 3 {
-		t.Fatalf("%d credentials served, want 3", n)
-	}
+	e.waitFor("three credentials served", func() bool { return e.logCount("credential served") == 3 })
 
 	e.setObject("token", []byte("second"))
 	e.waitFor("the new token", func() bool { return string(loadCredential(t, sock, "app.service", "token")) == "second" })
@@ -342,16 +354,15 @@ func TestCredentialsBounds(t *testing.T) {
 		t.Fatalf("the waiting connection got %q, want the token", got)
 	}
 	e.waitFor("the log of the closed reader", func() bool { return e.logCount("credential not sent\" unit=holder.service") == 1 })
-	if n := e.logCount("credential served"); n != 1 {
-		t.Fatalf("%d credentials served, want 1 (the waiting one)", n)
-	}
+	// The log reaches this process through a pipe, after the client's EOF.
+	e.waitFor("one credential served (the waiting one)", func() bool { return e.logCount("credential served") == 1 })
 	e.stop()
 }
 
 // Socket activation: the server serves the socket systemd passes, and leaves
 // it to systemd at exit.
 func TestCredentialsSocketActivation(t *testing.T) {
-	e := newCredEnv(t, DefaultCredentialLimits)
+	e := newCredEnv(t, DefaultCredentialLimits, "tokn=app.service")
 	sock := e.hc.Socket
 	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
 		t.Fatal(err)
@@ -371,6 +382,9 @@ func TestCredentialsSocketActivation(t *testing.T) {
 	f.Close()
 	if got := string(loadCredential(t, sock, "app.service", "token")); got != "first" {
 		t.Fatalf("got %q, want the token", got)
+	}
+	if n := e.logCount("an -allow rule names a credential the volume does not have (yet)\" id=tokn"); n != 1 {
+		t.Fatalf("%d warnings for the rule of a file the volume lacks, want 1", n)
 	}
 	e.stop()
 	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
