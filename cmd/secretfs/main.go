@@ -14,6 +14,7 @@ Usage:
   secretfs driver   [flags]   run the CSI node plugin (DaemonSet)
   secretfs mount    [flags]   mount a SecretProviderClass at a directory and keep it fresh (local agent)
   secretfs run [flags] -- CMD  run a command with a SecretProviderClass's files only it can see (local agent)
+  secretfs credentials [flags]  serve a SecretProviderClass's files to systemd units (LoadCredential=)
   secretfs provider [flags]   serve a built-in backend over the provider protocol
   secretfs probe    [flags]   check the driver's /healthz (exec probe)
   secretfs status   [flags]   show the volumes the driver on this node has mounted (never secret values)
@@ -41,6 +42,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runMount(args[1:], stdout, stderr)
 	case "run":
 		return runRun(args[1:], stdout, stderr)
+	case "credentials":
+		return runCredentials(args[1:], stdout, stderr)
 	case "provider":
 		return runProvider(args[1:], stdout, stderr)
 	case "probe":
@@ -56,6 +59,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, run, provider, probe, status, refresh or version\n", args[0])
+	fmt.Fprintf(stderr, "secretfs: unknown command %q; want driver, mount, run, credentials, provider, probe, status, refresh or version\n", args[0])
 	return 2
 }

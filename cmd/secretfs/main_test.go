@@ -49,6 +49,13 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"mount", "--class", "c.yaml", "--target", "t", "--mode", "1777"}, `-mode "1777" is not an octal file mode`},
 		{[]string{"mount", "--class", "c.yaml", "--target", "t", "--gid", "no-such-group-here"}, `-gid "no-such-group-here": no such group`},
 		{[]string{"run", "--class", "c.yaml", "--uid", "no-such-user-here", "--", "true"}, `-uid "no-such-user-here": no such user`},
+		{[]string{"credentials", "--socket", "/run/x.sock"}, "-class, or -kubeconfig with -class-name, is required"},
+		{[]string{"credentials", "--class", "c.yaml", "--allow", "db"}, `"db" is not ID=unit[,unit...]`},
+		{[]string{"credentials", "--class", "c.yaml", "--allow", "db=app"}, `"app" is not a unit name or pattern`},
+		{[]string{"credentials", "--class", "c.yaml", "--allow", "..data=app.service"}, `"..data" is not a credential ID`},
+		{[]string{"credentials", "--class", "c.yaml", "--allowed-only"}, "-allowed-only without any -allow would serve nothing"},
+		{[]string{"credentials", "--class", "c.yaml", "--max-connections", "8", "--max-open", "4"}, "want 0 < connections (8) <= open connections (4)"},
+		{[]string{"credentials", "--class", "c.yaml", "--timeout", "0s"}, "the timeout must be positive"},
 		{[]string{"provider", "--endpoint", "unix:///tmp/x.sock"}, "-backend and -endpoint are required"},
 		{[]string{"provider", "--backend", "vault", "--endpoint", "unix:///tmp/x.sock"}, `-backend "vault" is not a built-in backend`},
 	} {

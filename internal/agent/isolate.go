@@ -36,6 +36,21 @@ var forwarded = []os.Signal{
 // either leaves a namespace without processes, which the kernel destroys
 // together with its tmpfs: nothing is ever mounted in the host's namespace.
 func isolate(target string, uid int) (int, error) {
+	return reexec(target, reexecSpec{stage: stageAgent, uid: uid, terminal: true})
+}
+
+// reexecSpec says how reexec starts the second stage.
+type reexecSpec struct {
+	stage    string     // the value of stageEnv
+	uid      int        // the owner of the command's terminal (terminal)
+	terminal bool       // relay a terminal (pty.go); else the standard descriptors pass as they are
+	files    []*os.File // passed on as descriptors 3, 4, ...
+	env      []string   // variables not to pass on (names)
+}
+
+// reexec starts this program again as stage spec.stage in a new mount
+// namespace at target (see isolate).
+func reexec(target string, spec reexecSpec) (int, error) {
 	parent, created, err := makeTarget(target)
 	if err != nil {
 		return 0, err
@@ -54,9 +69,11 @@ func isolate(target string, uid int) (int, error) {
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
 	// The command never gets this process's terminal (pty.go).
-	tty, err := newRelay(uid, inForeground(unix.Getpgrp()))
-	if err != nil {
-		return 0, err
+	var tty *relay
+	if spec.terminal {
+		if tty, err = newRelay(spec.uid, inForeground(unix.Getpgrp())); err != nil {
+			return 0, err
+		}
 	}
 	if tty != nil {
 		defer tty.finish()
@@ -68,7 +85,8 @@ func isolate(target string, uid int) (int, error) {
 	defer runtime.UnlockOSThread()
 	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
-	cmd.Env = append(os.Environ(), stageEnv+"="+stageAgent)
+	cmd.Env = append(withoutVars(os.Environ(), spec.env), stageEnv+"="+spec.stage)
+	cmd.ExtraFiles = spec.files
 	files := tty.files()
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = files[0], files[1], files[2]
 	cmd.SysProcAttr = &syscall.SysProcAttr{

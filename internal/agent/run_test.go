@@ -43,6 +43,9 @@ func TestMain(m *testing.M) {
 	if raw := os.Getenv(helperEnv); raw != "" {
 		os.Exit(runHelper(raw))
 	}
+	if raw := os.Getenv(credHelperEnv); raw != "" {
+		os.Exit(credHelper(raw))
+	}
 	code := m.Run()
 	stopAPIServer()
 	os.Exit(code)

@@ -12,7 +12,11 @@ import (
 	"github.com/secretfs/secretfs/test/ci"
 )
 
-var systemdUnits = []string{"secretfs-mount.service", "secretfs-run.service"}
+var systemdUnits = []string{"secretfs-mount.service", "secretfs-run.service", "secretfs-credentials.service"}
+
+// systemdOtherUnits are verified too; they are not secretfs services (the
+// socket of secretfs-credentials.service, and an example consumer of it).
+var systemdOtherUnits = []string{"secretfs-credentials.socket", "app-credentials.service"}
 
 // The shipped units parse: systemd-analyze verify (Debian's systemd package)
 // with the binaries they start stubbed, and not one warning.
@@ -32,7 +36,7 @@ func TestSystemdUnitsVerify(t *testing.T) {
 		}
 	}
 	var units []string
-	for _, name := range systemdUnits {
+	for _, name := range append(systemdUnits, systemdOtherUnits...) {
 		data, err := os.ReadFile(filepath.Join(deployDir, "systemd", name))
 		if err != nil {
 			t.Fatal(err)
@@ -89,6 +93,13 @@ func TestSystemdUnitsSandbox(t *testing.T) {
 	run := unitKeys(t, "secretfs-run.service")
 	if run["ProtectSystem"] != "strict" || run["PrivateTmp"] != "yes" || run["ProtectHome"] != "yes" || !strings.Contains(run["ExecStart"], " run ") {
 		t.Errorf("secretfs-run.service: ProtectSystem %q PrivateTmp %q ProtectHome %q ExecStart %q", run["ProtectSystem"], run["PrivateTmp"], run["ProtectHome"], run["ExecStart"])
+	}
+	creds := unitKeys(t, "secretfs-credentials.service")
+	if creds["ProtectSystem"] != "strict" || creds["PrivateTmp"] != "yes" || creds["RestrictNamespaces"] != "mnt" || !strings.Contains(creds["ExecStart"], " credentials ") {
+		t.Errorf("secretfs-credentials.service: ProtectSystem %q PrivateTmp %q RestrictNamespaces %q ExecStart %q", creds["ProtectSystem"], creds["PrivateTmp"], creds["RestrictNamespaces"], creds["ExecStart"])
+	}
+	if app := unitKeys(t, "app-credentials.service"); app["LoadCredential"] != "db-password:/run/secretfs/credentials.sock" {
+		t.Errorf("app-credentials.service: LoadCredential %q", app["LoadCredential"])
 	}
 	mount := unitKeys(t, "secretfs-mount.service")
 	for _, k := range []string{"ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "ProtectKernelTunables",
