@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 
 	"github.com/secretfs/secretfs/driver/class"
@@ -287,12 +288,10 @@ func TestOwnersRollout(t *testing.T) {
 	// A new template: a new ReplicaSet. Without a kubelet no pod gets
 	// ready, so the rollout stops at its surge pod (2 replicas: maxSurge
 	// 1, maxUnavailable 0), both ReplicaSets live.
-	d, err := srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.Spec.Template.Annotations = map[string]string{"rollout": "2"}
-	if _, err := srv.Client.AppsV1().Deployments(ns).Update(ctx, d, metav1.UpdateOptions{}); err != nil {
+	// A merge patch, not get+update: the deployment controller writes the
+	// object's status meanwhile, and an update would conflict.
+	patch := []byte(`{"spec":{"template":{"metadata":{"annotations":{"rollout":"2"}}}}}`)
+	if _, err := srv.Client.AppsV1().Deployments(ns).Patch(ctx, "web", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var fresh corev1.Pod
