@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -104,6 +106,38 @@ func TestManyLargeClassesInShippedMemoryLimit(t *testing.T) {
 		if got := readTree(t, filepath.Join(dir, name))["x"]; !strings.HasSuffix(got, " v") {
 			t.Errorf("class %s: file x is %q", name, got)
 		}
+	}
+	// A refresh requested with another long annotation value reaches the
+	// volume of the class the informer keeps no spec of.
+	u, err := classes.Get(ctx, last, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.SetAnnotations(map[string]string{spc.RefreshAnnotation: strings.Repeat("b", 200<<10)})
+	if _, err := classes.Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	requested := func() string {
+		out, err := exec.Command(secretfsBin, "status", "-o", "json", "--socket", filepath.Join(dir, "status.sock")).Output()
+		if err != nil {
+			t.Fatalf("secretfs status: %v", err)
+		}
+		var vols []struct{ VolumeID, RequestedBy string }
+		if err := json.Unmarshal(out, &vols); err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vols {
+			if v.VolumeID == "vol-"+last {
+				return v.RequestedBy
+			}
+		}
+		return ""
+	}
+	for i := 0; requested() != "class annotation"; i++ {
+		if i == 100 {
+			t.Fatalf("no refresh of class %s requested by its annotation", last)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if !alive(drv) {
 		t.Fatalf("the driver died (OOM kills %d)", cg.oomKills(t))
