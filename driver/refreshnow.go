@@ -19,14 +19,21 @@ import (
 // coalesce: while one waits or runs, another adds nothing. One class or pod
 // is refreshed at most once per --min-rotation-interval (the fastest a
 // class may rotate by itself); a request inside that gap waits for its end.
-// At most maxPendingRefreshes classes and pods wait at once: a request
-// beyond that is refused. A refresh is the ordinary one (apply, under the
+// At most maxPendingRefreshes classes and pods wait at once, and at most
+// maxPendingPerNamespace of one namespace wait out a gap (so a tenant with
+// many classes mounted here cannot hold every slot and get other tenants'
+// requests refused): a request beyond either is refused. A refresh is the ordinary one (apply, under the
 // volume lock, with the rotation timeout), after the node cache has been
 // told its answer predates the request.
 
 // maxPendingRefreshes bounds the classes and pods waiting for a requested
 // refresh on one node (one goroutine each).
 const maxPendingRefreshes = 1024
+
+// maxPendingPerNamespace is one namespace's share of maxPendingRefreshes
+// for requests that wait out a gap (one that runs at once holds its slot
+// only until it starts).
+const maxPendingPerNamespace = maxPendingRefreshes / 8
 
 // Why a refresh was requested (shown by `secretfs status`).
 const (
@@ -75,8 +82,19 @@ func (t RefreshTarget) check() error {
 // refreshRequests is what the driver knows of requested refreshes.
 type refreshRequests struct {
 	mu      sync.Mutex
-	pending map[string]bool      // by RefreshTarget.key: waiting or running
+	pending map[string]bool      // by RefreshTarget.key: waiting or running; true: in perNS
+	perNS   map[string]int       // by namespace: how many of pending wait out a gap
 	last    map[string]time.Time // by key: when the last one started
+}
+
+// started forgets key (of namespace ns) as pending: the caller holds mu.
+func (r *refreshRequests) started(key, ns string) {
+	if r.pending[key] {
+		if r.perNS[ns]--; r.perNS[ns] <= 0 {
+			delete(r.perNS, ns)
+		}
+	}
+	delete(r.pending, key)
 }
 
 // RequestRefresh schedules a refresh of the volumes t selects on this node
@@ -94,24 +112,30 @@ func (d *Driver) RequestRefresh(t RefreshTarget, by string) (int, error) {
 	r := &d.requested
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.pending[key] {
+	if _, ok := r.pending[key]; ok {
 		return n, nil // folded into the one waiting or running
 	}
 	if len(r.pending) >= maxPendingRefreshes {
 		return 0, provider.Errorf(codes.ResourceExhausted, "%d classes and pods are waiting for a requested refresh on this node already; try again later", len(r.pending))
 	}
 	if r.pending == nil {
-		r.pending, r.last = map[string]bool{}, map[string]time.Time{}
+		r.pending, r.perNS, r.last = map[string]bool{}, map[string]int{}, map[string]time.Time{}
 	}
 	if len(r.last) >= maxPendingRefreshes {
 		for k, at := range r.last {
-			if now.Sub(at) >= d.minInterval && !r.pending[k] {
+			if _, ok := r.pending[k]; !ok && now.Sub(at) >= d.minInterval {
 				delete(r.last, k)
 			}
 		}
 	}
-	r.pending[key] = true
 	wait := max(r.last[key].Add(d.minInterval).Sub(now), 0)
+	if wait > 0 {
+		if r.perNS[t.Namespace] >= maxPendingPerNamespace {
+			return 0, provider.Errorf(codes.ResourceExhausted, "%d classes and pods of namespace %q are waiting for a requested refresh on this node already (each is refreshed at most once per %v); try again later", r.perNS[t.Namespace], t.Namespace, d.minInterval)
+		}
+		r.perNS[t.Namespace]++
+	}
+	r.pending[key] = wait > 0
 	go d.runRequested(key, t, by, wait)
 	return n, nil
 }
@@ -123,14 +147,14 @@ func (d *Driver) runRequested(key string, t RefreshTarget, by string, wait time.
 	select {
 	case <-d.done:
 		d.requested.mu.Lock()
-		delete(d.requested.pending, key)
+		d.requested.started(key, t.Namespace)
 		d.requested.mu.Unlock()
 		return
 	case <-timer.C:
 	}
 	at := d.now()
 	d.requested.mu.Lock()
-	delete(d.requested.pending, key) // a request from now on is a new one
+	d.requested.started(key, t.Namespace) // a request from now on is a new one
 	d.requested.last[key] = at
 	d.requested.mu.Unlock()
 	for _, v := range d.selectVolumes(t) {

@@ -1,0 +1,72 @@
+package driver
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/provider"
+)
+
+// A tenant with many classes, each with a volume on this node, asks for a
+// refresh of every one twice (the second waits out the gap): it gets one
+// backend call per class and request that is not folded, one goroutine per
+// waiting class, and no more waiting slots than its namespace's share, so
+// another tenant's request is still scheduled.
+func TestOneTenantCannotFillTheRefreshQueue(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MinRotationInterval = time.Hour })
+	const n = maxPendingRefreshes
+	for i := range n {
+		name := fmt.Sprint("c", i)
+		e.classes["team-a/"+name] = &class.Class{Name: name, Namespace: "team-a", Provider: "test", Parameters: map[string]string{"objects": "a", "value": name}}
+		if _, err := e.node.NodePublishVolume(t.Context(), publishReq(name, e.target(name), name, "team-a")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.node.NodePublishVolume(t.Context(), publishReq("b1", e.target("b1"), "other", "team-b")); err != nil {
+		t.Fatal(err)
+	}
+	calls := e.prov.callCount()
+	for i := range n { // runs now
+		if _, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-a", Class: fmt.Sprint("c", i)}, RequestedByAnnotation); err != nil {
+			t.Fatalf("first request for c%d: %v", i, err)
+		}
+		if i%256 == 255 { // these hold a slot until they start
+			waitFor(t, "the first requested refreshes", func() bool { return requestedRefreshes(t, e) == float64(i+1) })
+		}
+	}
+	waitFor(t, "the first requested refreshes", func() bool { return requestedRefreshes(t, e) == n })
+	base := runtime.NumGoroutine()
+	var accepted, refused int
+	for i := range n { // waits an hour
+		_, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-a", Class: fmt.Sprint("c", i)}, RequestedByAnnotation)
+		switch {
+		case err == nil:
+			accepted++
+		case provider.CodeOf(err) == codes.ResourceExhausted:
+			refused++
+		default:
+			t.Fatalf("second request for c%d: %v", i, err)
+		}
+	}
+	goroutines := runtime.NumGoroutine() - base
+	t.Logf("team-a: %d classes, %d waiting requests accepted, %d refused, %d goroutines more, %d backend calls",
+		n, accepted, refused, goroutines, e.prov.callCount()-calls)
+	if accepted != maxPendingPerNamespace || refused != n-maxPendingPerNamespace {
+		t.Errorf("team-a: %d waiting requests accepted, %d refused; want %d accepted", accepted, refused, maxPendingPerNamespace)
+	}
+	if goroutines > accepted+10 {
+		t.Errorf("%d goroutines for %d waiting requests", goroutines, accepted)
+	}
+	if got := e.prov.callCount() - calls; got != n {
+		t.Errorf("backend calls: %d, want %d (one per class that was refreshed)", got, n)
+	}
+	if _, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-b", Class: "other"}, RequestedByAnnotation); err != nil {
+		t.Errorf("another tenant's request: %v", err)
+	}
+	waitFor(t, "team-b's requested refresh", func() bool { return requestedRefreshes(t, e) == n+1 })
+}
