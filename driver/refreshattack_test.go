@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,4 +70,34 @@ func TestOneTenantCannotFillTheRefreshQueue(t *testing.T) {
 		t.Errorf("another tenant's request: %v", err)
 	}
 	waitFor(t, "team-b's requested refresh", func() bool { return requestedRefreshes(t, e) == n+1 })
+}
+
+// A tenant changes a class's refresh annotation 100 times within the gap:
+// two refreshes (the first, and one at the gap's end), and the driver logs
+// at Info or above only when it schedules one, not once per change.
+func TestAnnotationFlipsLogOncePerScheduledRefresh(t *testing.T) {
+	const gap = 300 * time.Millisecond
+	e := newEnv(t, func(c *Config) { c.MinRotationInterval = gap })
+	if err := e.publish("a1", e.target("a1")); err != nil {
+		t.Fatal(err)
+	}
+	calls := e.prov.callCount()
+	e.d.classRefreshRequested("team-a", "app")
+	waitFor(t, "the first requested refresh", func() bool { return requestedRefreshes(t, e) == 1 })
+	for range 100 {
+		e.d.classRefreshRequested("team-a", "app")
+	}
+	waitFor(t, "the second requested refresh", func() bool { return requestedRefreshes(t, e) == 2 })
+	time.Sleep(2 * gap) // nothing else is pending
+	if got := requestedRefreshes(t, e); got != 2 {
+		t.Errorf("requested refreshes: %v, want 2", got)
+	}
+	if got := e.prov.callCount() - calls; got != 2 {
+		t.Errorf("backend calls: %d, want 2", got)
+	}
+	lines := strings.Count(e.logs.String(), `"msg":"refresh requested by class annotation"`)
+	t.Logf("101 annotation changes: %d Info lines, %d backend calls", lines, e.prov.callCount()-calls)
+	if lines != 2 {
+		t.Errorf("%d Info lines for 101 annotation changes and 2 scheduled refreshes", lines)
+	}
 }

@@ -101,22 +101,29 @@ func (r *refreshRequests) started(key, ns string) {
 // and returns how many it selects now (0 is not an error: a class with no
 // pod here). by says who asked (RequestedByAnnotation, RequestedByCommand).
 func (d *Driver) RequestRefresh(t RefreshTarget, by string) (int, error) {
+	n, _, err := d.requestRefresh(t, by)
+	return n, err
+}
+
+// requestRefresh is RequestRefresh, and says whether it scheduled a refresh
+// (false: none selected, or folded into one waiting or running).
+func (d *Driver) requestRefresh(t RefreshTarget, by string) (n int, scheduled bool, err error) {
 	if err := t.check(); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	n := len(d.selectVolumes(t))
+	n = len(d.selectVolumes(t))
 	if n == 0 {
-		return 0, nil
+		return 0, false, nil
 	}
 	key, now := t.key(), d.now()
 	r := &d.requested
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.pending[key]; ok {
-		return n, nil // folded into the one waiting or running
+		return n, false, nil // folded into the one waiting or running
 	}
 	if len(r.pending) >= maxPendingRefreshes {
-		return 0, provider.Errorf(codes.ResourceExhausted, "%d classes and pods are waiting for a requested refresh on this node already; try again later", len(r.pending))
+		return 0, false, provider.Errorf(codes.ResourceExhausted, "%d classes and pods are waiting for a requested refresh on this node already; try again later", len(r.pending))
 	}
 	if r.pending == nil {
 		r.pending, r.perNS, r.last = map[string]bool{}, map[string]int{}, map[string]time.Time{}
@@ -131,13 +138,13 @@ func (d *Driver) RequestRefresh(t RefreshTarget, by string) (int, error) {
 	wait := max(r.last[key].Add(d.minInterval).Sub(now), 0)
 	if wait > 0 {
 		if r.perNS[t.Namespace] >= maxPendingPerNamespace {
-			return 0, provider.Errorf(codes.ResourceExhausted, "%d classes and pods of namespace %q are waiting for a requested refresh on this node already (each is refreshed at most once per %v); try again later", r.perNS[t.Namespace], t.Namespace, d.minInterval)
+			return 0, false, provider.Errorf(codes.ResourceExhausted, "%d classes and pods of namespace %q are waiting for a requested refresh on this node already (each is refreshed at most once per %v); try again later", r.perNS[t.Namespace], t.Namespace, d.minInterval)
 		}
 		r.perNS[t.Namespace]++
 	}
 	r.pending[key] = wait > 0
 	go d.runRequested(key, t, by, wait)
-	return n, nil
+	return n, true, nil
 }
 
 // runRequested refreshes t's volumes once wait has passed.
@@ -189,15 +196,18 @@ func (d *Driver) selectVolumes(t RefreshTarget) []*volume {
 }
 
 // classRefreshRequested is told by the class source that a class's
-// refresh-requested annotation changed.
+// refresh-requested annotation changed. It logs at Info only when it
+// schedules a refresh: a tenant changing the annotation in a loop makes
+// one line per refresh, not one per change.
 func (d *Driver) classRefreshRequested(namespace, name string) {
-	n, err := d.RequestRefresh(RefreshTarget{Namespace: namespace, Class: name}, RequestedByAnnotation)
-	if err != nil {
+	n, scheduled, err := d.requestRefresh(RefreshTarget{Namespace: namespace, Class: name}, RequestedByAnnotation)
+	switch {
+	case err != nil:
 		d.log.Warn("refresh requested by class annotation not scheduled", "namespace", namespace, "class", name, "err", err.Error())
-		return
-	}
-	if n > 0 {
+	case scheduled:
 		d.log.Info("refresh requested by class annotation", "namespace", namespace, "class", name, "volumes", n)
+	case n > 0:
+		d.log.Debug("refresh requested by class annotation folded into the one waiting", "namespace", namespace, "class", name)
 	}
 }
 
