@@ -1,12 +1,14 @@
 package driver
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 
 	"github.com/secretfs/secretfs/driver/class"
@@ -99,5 +101,127 @@ func TestAnnotationFlipsLogOncePerScheduledRefresh(t *testing.T) {
 	t.Logf("101 annotation changes: %d Info lines, %d backend calls", lines, e.prov.callCount()-calls)
 	if lines != 2 {
 		t.Errorf("%d Info lines for 101 annotation changes and 2 scheduled refreshes", lines)
+	}
+}
+
+// A class of the same name in another namespace, or a pod of the same name
+// there, selects none of this namespace's volumes.
+func TestRequestedRefreshStaysInItsNamespace(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MinRotationInterval = time.Hour })
+	e.classes["team-b/app"] = &class.Class{Name: "app", Namespace: "team-b", Provider: "test", Parameters: map[string]string{"objects": "x"}}
+	if err := e.publish("a1", e.target("a1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.node.NodePublishVolume(t.Context(), publishReq("b1", e.target("b1"), "other", "team-b")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-b", Class: "app"}, RequestedByAnnotation); n != 0 || err != nil {
+		t.Errorf("class app of team-b selects %d volumes (%v), want 0", n, err)
+	}
+	// Both volumes belong to pods named web-0.
+	if n, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-b", Pod: "web-0"}, RequestedByCommand); n != 1 || err != nil {
+		t.Fatalf("pod web-0 of team-b selects %d volumes (%v), want 1", n, err)
+	}
+	waitFor(t, "the requested refresh", func() bool { return requestedRefreshes(t, e) == 1 })
+	for _, s := range e.d.Status() {
+		if got := !s.LastRequestedRefresh.IsZero(); got != (s.Namespace == "team-b") {
+			t.Errorf("%s of %s refreshed on request: %v", s.VolumeID, s.Namespace, got)
+		}
+	}
+}
+
+// A requested refresh stuck in its backend does not hold up the volume's
+// unpublish: the unpublish cancels it.
+func TestUnpublishCancelsARequestedRefresh(t *testing.T) {
+	e := newEnv(t, nil)
+	if err := e.publish("a1", e.target("a1")); err != nil {
+		t.Fatal(err)
+	}
+	block := make(chan struct{})
+	defer close(block)
+	e.prov.set(func(p *testProvider) { p.block = block })
+	if _, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-a", Class: "app"}, RequestedByAnnotation); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the requested refresh to hold the volume", func() bool {
+		e.d.locks.mu.Lock()
+		defer e.d.locks.mu.Unlock()
+		l := e.d.locks.held["a1"]
+		return l != nil && l.cancel != nil
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := e.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "a1", TargetPath: e.target("a1")}); err != nil {
+		t.Fatalf("unpublish during a stuck requested refresh: %v", err)
+	}
+	waitFor(t, "the cancelled refresh", func() bool { return requestedRefreshes(t, e) == 1 })
+	if m := mountsUnder(t, e.dir); len(m) != 0 {
+		t.Errorf("mounts left: %v", m)
+	}
+}
+
+// Stopping the driver ends the goroutines of refreshes waiting out a gap.
+func TestShutdownEndsWaitingRequestedRefreshes(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.MinRotationInterval = time.Hour })
+	const n = 50
+	for i := range n {
+		name := fmt.Sprint("c", i)
+		e.classes["team-a/"+name] = &class.Class{Name: name, Namespace: "team-a", Provider: "test", Parameters: map[string]string{"objects": "a"}}
+		if _, err := e.node.NodePublishVolume(t.Context(), publishReq(name, e.target(name), name, "team-a")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-a", Class: name}, RequestedByAnnotation); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the first requested refreshes", func() bool { return requestedRefreshes(t, e) == n })
+	for i := range n {
+		if _, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-a", Class: fmt.Sprint("c", i)}, RequestedByAnnotation); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := runtime.NumGoroutine()
+	e.stop()
+	waitFor(t, "no refresh waiting", func() bool {
+		e.d.requested.mu.Lock()
+		defer e.d.requested.mu.Unlock()
+		return len(e.d.requested.pending) == 0 && len(e.d.requested.perNS) == 0
+	})
+	t.Logf("%d refreshes waiting: %d goroutines before the stop, %d after", n, before, runtime.NumGoroutine())
+	if got := requestedRefreshes(t, e); got != n {
+		t.Errorf("requested refreshes: %v, want %d (none of the waiting ones ran)", got, n)
+	}
+}
+
+// A class deleted while a refresh of it waits: the refresh fails with
+// NotFound, the volume keeps its files, and the waiting slot is freed.
+func TestRequestedRefreshOfADeletedClass(t *testing.T) {
+	const gap = 300 * time.Millisecond
+	e := newEnv(t, func(c *Config) { c.MinRotationInterval = gap })
+	if err := e.publish("a1", e.target("a1")); err != nil {
+		t.Fatal(err)
+	}
+	before := readFile(t, e.target("a1")+"/a")
+	target := RefreshTarget{Namespace: "team-a", Class: "app"}
+	for i := range 2 { // the first runs at once, the second waits out the gap
+		if _, err := e.d.RequestRefresh(target, RequestedByAnnotation); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			waitFor(t, "the first requested refresh", func() bool { return requestedRefreshes(t, e) == 1 })
+		}
+	}
+	delete(e.classes, "team-a/app")
+	waitFor(t, "two requested refreshes", func() bool { return requestedRefreshes(t, e) == 2 })
+	if got := readFile(t, e.target("a1")+"/a"); got != before {
+		t.Errorf("files after the failed refresh: %q, want %q", got, before)
+	}
+	if s := e.d.Status()[0]; !strings.Contains(s.LastError, "not found") {
+		t.Errorf("status: %+v", s)
+	}
+	e.d.requested.mu.Lock()
+	defer e.d.requested.mu.Unlock()
+	if len(e.d.requested.pending) != 0 || len(e.d.requested.perNS) != 0 {
+		t.Errorf("slots held: %v %v", e.d.requested.pending, e.d.requested.perNS)
 	}
 }
