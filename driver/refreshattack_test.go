@@ -18,8 +18,8 @@ import (
 // A tenant with many classes, each with a volume on this node, asks for a
 // refresh of every one twice (the second waits out the gap): it gets one
 // backend call per class and request that is not folded, one goroutine per
-// waiting class, and no more waiting slots than its namespace's share, so
-// another tenant's request is still scheduled.
+// waiting class, and no more slots than its namespace's share, so another
+// tenant's request is still scheduled.
 func TestOneTenantCannotFillTheRefreshQueue(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.MinRotationInterval = time.Hour })
 	const n = maxPendingRefreshes
@@ -38,7 +38,7 @@ func TestOneTenantCannotFillTheRefreshQueue(t *testing.T) {
 		if _, err := e.d.RequestRefresh(RefreshTarget{Namespace: "team-a", Class: fmt.Sprint("c", i)}, RequestedByAnnotation); err != nil {
 			t.Fatalf("first request for c%d: %v", i, err)
 		}
-		if i%256 == 255 { // these hold a slot until they start
+		if i%100 == 99 { // these hold a slot until they end
 			waitFor(t, "the first requested refreshes", func() bool { return requestedRefreshes(t, e) == float64(i+1) })
 		}
 	}
@@ -164,9 +164,12 @@ func TestUnpublishCancelsARequestedRefresh(t *testing.T) {
 func TestShutdownEndsWaitingRequestedRefreshes(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.MinRotationInterval = time.Hour })
 	const n = 50
-	for i := range n {
+	for i := range n { // before any refresh reads the map
 		name := fmt.Sprint("c", i)
 		e.classes["team-a/"+name] = &class.Class{Name: name, Namespace: "team-a", Provider: "test", Parameters: map[string]string{"objects": "a"}}
+	}
+	for i := range n {
+		name := fmt.Sprint("c", i)
 		if _, err := e.node.NodePublishVolume(t.Context(), publishReq(name, e.target(name), name, "team-a")); err != nil {
 			t.Fatal(err)
 		}
@@ -223,5 +226,48 @@ func TestRequestedRefreshOfADeletedClass(t *testing.T) {
 	defer e.d.requested.mu.Unlock()
 	if len(e.d.requested.pending) != 0 || len(e.d.requested.perNS) != 0 {
 		t.Errorf("slots held: %v %v", e.d.requested.pending, e.d.requested.perNS)
+	}
+}
+
+// A tenant whose backend hangs (its own class's latency) keeps asking for a
+// refresh, once per gap: the requests made while a refresh of the class
+// runs fold into one more, run by the same goroutine after it, instead of
+// a new goroutine per gap queueing on the volume's lock.
+func TestRequestsDuringAStuckRefreshFoldIntoOne(t *testing.T) {
+	const gap = 50 * time.Millisecond
+	e := newEnv(t, func(c *Config) { c.MinRotationInterval = gap })
+	for _, id := range []string{"a1", "a2"} {
+		if err := e.publish(id, e.target(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	calls := e.prov.callCount()
+	block := make(chan struct{})
+	e.prov.set(func(p *testProvider) { p.block = block })
+	target := RefreshTarget{Namespace: "team-a", Class: "app"}
+	base := runtime.NumGoroutine()
+	const rounds = 20
+	for range rounds {
+		if _, err := e.d.RequestRefresh(target, RequestedByAnnotation); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * gap) // past the gap: each is a new request
+	}
+	goroutines := runtime.NumGoroutine() - base
+	e.prov.set(func(p *testProvider) { p.block = nil })
+	close(block)
+	waitFor(t, "no refresh waiting or running", func() bool {
+		e.d.requested.mu.Lock()
+		defer e.d.requested.mu.Unlock()
+		return len(e.d.requested.pending) == 0
+	})
+	waitFor(t, "the refreshes to end", func() bool { return runtime.NumGoroutine() <= base })
+	got := e.prov.callCount() - calls
+	t.Logf("%d requests while the backend hung: %d goroutines more, then %d backend calls", rounds, goroutines, got)
+	if goroutines > 3 {
+		t.Errorf("%d goroutines more for %d requests of one class", goroutines, rounds)
+	}
+	if got != 2 { // the stuck refresh and the one folded after it; the second volume shares each answer (node cache)
+		t.Errorf("backend calls: %d, want 2", got)
 	}
 }

@@ -16,23 +16,23 @@ import (
 // on the node (through the root-only status socket).
 //
 // Both are bounded the same way. Requests for one class or one pod
-// coalesce: while one waits or runs, another adds nothing. One class or pod
+// coalesce: while one waits, another adds nothing; while one runs, any
+// number of others make one more run, by the same goroutine (so a backend
+// that hangs does not collect a goroutine per request). One class or pod
 // is refreshed at most once per --min-rotation-interval (the fastest a
 // class may rotate by itself); a request inside that gap waits for its end.
-// At most maxPendingRefreshes classes and pods wait at once, and at most
-// maxPendingPerNamespace of one namespace wait out a gap (so a tenant with
-// many classes mounted here cannot hold every slot and get other tenants'
-// requests refused): a request beyond either is refused. A refresh is the ordinary one (apply, under the
-// volume lock, with the rotation timeout), after the node cache has been
-// told its answer predates the request.
+// At most maxPendingRefreshes classes and pods wait or run at once, and at
+// most maxPendingPerNamespace of one namespace (so a tenant with many
+// classes mounted here, or a backend that hangs, cannot hold every slot and
+// get other tenants' requests refused): a request beyond either is refused. A refresh is the
+// ordinary one (apply, under the volume lock, with the rotation timeout),
+// after the node cache has been told its answer predates the request.
 
-// maxPendingRefreshes bounds the classes and pods waiting for a requested
-// refresh on one node (one goroutine each).
+// maxPendingRefreshes bounds the classes and pods waiting for or running a
+// requested refresh on one node (one goroutine each).
 const maxPendingRefreshes = 1024
 
-// maxPendingPerNamespace is one namespace's share of maxPendingRefreshes
-// for requests that wait out a gap (one that runs at once holds its slot
-// only until it starts).
+// maxPendingPerNamespace is one namespace's share of maxPendingRefreshes.
 const maxPendingPerNamespace = maxPendingRefreshes / 8
 
 // Why a refresh was requested (shown by `secretfs status`).
@@ -82,19 +82,17 @@ func (t RefreshTarget) check() error {
 // refreshRequests is what the driver knows of requested refreshes.
 type refreshRequests struct {
 	mu      sync.Mutex
-	pending map[string]bool      // by RefreshTarget.key: waiting or running; true: in perNS
-	perNS   map[string]int       // by namespace: how many of pending wait out a gap
-	last    map[string]time.Time // by key: when the last one started
+	pending map[string]*pendingRefresh // by RefreshTarget.key: waiting or running
+	perNS   map[string]int             // by namespace: how many of pending
+	last    map[string]time.Time       // by key: when the last one started
 }
 
-// started forgets key (of namespace ns) as pending: the caller holds mu.
-func (r *refreshRequests) started(key, ns string) {
-	if r.pending[key] {
-		if r.perNS[ns]--; r.perNS[ns] <= 0 {
-			delete(r.perNS, ns)
-		}
-	}
-	delete(r.pending, key)
+// pendingRefresh is one class's or pod's refresh, waiting or running, and
+// its goroutine's state.
+type pendingRefresh struct {
+	running bool   // refreshing its volumes
+	again   bool   // requested while running: run once more after it
+	by      string // who asked for the next run
 }
 
 // RequestRefresh schedules a refresh of the volumes t selects on this node
@@ -119,14 +117,20 @@ func (d *Driver) requestRefresh(t RefreshTarget, by string) (n int, scheduled bo
 	r := &d.requested
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.pending[key]; ok {
-		return n, false, nil // folded into the one waiting or running
+	if p, ok := r.pending[key]; ok {
+		// Folded into the one waiting; one running may have read its
+		// volumes' content before this request, so it runs once more
+		// (its own goroutine, after the gap), however many ask meanwhile.
+		if p.running {
+			p.again, p.by = true, by
+		}
+		return n, false, nil
 	}
 	if len(r.pending) >= maxPendingRefreshes {
-		return 0, false, provider.Errorf(codes.ResourceExhausted, "%d classes and pods are waiting for a requested refresh on this node already; try again later", len(r.pending))
+		return 0, false, provider.Errorf(codes.ResourceExhausted, "%d classes and pods are waiting for or running a requested refresh on this node already; try again later", len(r.pending))
 	}
 	if r.pending == nil {
-		r.pending, r.perNS, r.last = map[string]bool{}, map[string]int{}, map[string]time.Time{}
+		r.pending, r.perNS, r.last = map[string]*pendingRefresh{}, map[string]int{}, map[string]time.Time{}
 	}
 	if len(r.last) >= maxPendingRefreshes {
 		for k, at := range r.last {
@@ -136,37 +140,66 @@ func (d *Driver) requestRefresh(t RefreshTarget, by string) (n int, scheduled bo
 		}
 	}
 	wait := max(r.last[key].Add(d.minInterval).Sub(now), 0)
-	if wait > 0 {
-		if r.perNS[t.Namespace] >= maxPendingPerNamespace {
-			return 0, false, provider.Errorf(codes.ResourceExhausted, "%d classes and pods of namespace %q are waiting for a requested refresh on this node already (each is refreshed at most once per %v); try again later", r.perNS[t.Namespace], t.Namespace, d.minInterval)
-		}
-		r.perNS[t.Namespace]++
+	if r.perNS[t.Namespace] >= maxPendingPerNamespace {
+		return 0, false, provider.Errorf(codes.ResourceExhausted, "%d classes and pods of namespace %q are waiting for or running a requested refresh on this node already (each is refreshed at most once per %v); try again later", r.perNS[t.Namespace], t.Namespace, d.minInterval)
 	}
-	r.pending[key] = wait > 0
-	go d.runRequested(key, t, by, wait)
+	p := &pendingRefresh{by: by}
+	r.pending[key] = p
+	r.perNS[t.Namespace]++
+	go d.runRequested(key, t, p, wait)
 	return n, true, nil
 }
 
-// runRequested refreshes t's volumes once wait has passed.
-func (d *Driver) runRequested(key string, t RefreshTarget, by string, wait time.Duration) {
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	select {
-	case <-d.done:
-		d.requested.mu.Lock()
-		d.requested.started(key, t.Namespace)
-		d.requested.mu.Unlock()
-		return
-	case <-timer.C:
+// runRequested refreshes t's volumes once wait has passed, and again
+// (after the gap) while requests arrive during a run. It is the only
+// goroutine for key until it ends; it ends, and frees key's slot, under the
+// same lock as it decides that no request arrived during its last run.
+func (d *Driver) runRequested(key string, t RefreshTarget, p *pendingRefresh, wait time.Duration) {
+	r := &d.requested
+	for {
+		timer := time.NewTimer(wait)
+		select {
+		case <-d.done:
+			timer.Stop()
+			r.mu.Lock()
+			r.end(key, t.Namespace)
+			r.mu.Unlock()
+			return
+		case <-timer.C:
+		}
+		at := d.now()
+		r.mu.Lock()
+		p.running = true
+		by := p.by
+		r.last[key] = at
+		r.mu.Unlock()
+		stopped := !d.refreshSelected(t, at, by)
+		r.mu.Lock()
+		if stopped || !p.again {
+			r.end(key, t.Namespace)
+			r.mu.Unlock()
+			return
+		}
+		wait = max(r.last[key].Add(d.minInterval).Sub(d.now()), 0)
+		p.running, p.again = false, false
+		r.mu.Unlock()
 	}
-	at := d.now()
-	d.requested.mu.Lock()
-	d.requested.started(key, t.Namespace) // a request from now on is a new one
-	d.requested.last[key] = at
-	d.requested.mu.Unlock()
+}
+
+// end frees key's slot (of namespace ns): the caller holds mu.
+func (r *refreshRequests) end(key, ns string) {
+	delete(r.pending, key)
+	if r.perNS[ns]--; r.perNS[ns] <= 0 {
+		delete(r.perNS, ns)
+	}
+}
+
+// refreshSelected refreshes the volumes t selects, one at a time under
+// its lock, for a request made at at; false when the driver stopped.
+func (d *Driver) refreshSelected(t RefreshTarget, at time.Time, by string) bool {
 	for _, v := range d.selectVolumes(t) {
 		if !d.locks.Lock(v.id, d.done) {
-			return
+			return false
 		}
 		if d.volume(v.id) == v && v.req != nil {
 			if d.cache != nil {
@@ -180,6 +213,7 @@ func (d *Driver) runRequested(key string, t RefreshTarget, by string, wait time.
 		}
 		d.locks.Unlock(v.id)
 	}
+	return true
 }
 
 // selectVolumes returns the volumes in the table t selects.
