@@ -72,6 +72,11 @@ func TestOneTenantCannotFillTheRefreshQueue(t *testing.T) {
 		t.Errorf("another tenant's request: %v", err)
 	}
 	waitFor(t, "team-b's requested refresh", func() bool { return requestedRefreshes(t, e) == n+1 })
+	start := time.Now()
+	if _, err := e.node.NodePublishVolume(t.Context(), publishReq("b2", e.target("b2"), "other", "team-b")); err != nil {
+		t.Errorf("another tenant's publish: %v", err)
+	}
+	t.Logf("another tenant's publish with %d of team-a's refreshes waiting: %v", accepted, time.Since(start))
 }
 
 // A tenant changes a class's refresh annotation 100 times within the gap:
