@@ -19,6 +19,8 @@ import (
 	"unicode/utf16"
 	"unicode/utf8"
 
+	"golang.org/x/net/netutil"
+
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/internal/unixsock"
 )
@@ -46,6 +48,17 @@ func statusSocketPath(flag, endpoint string) (string, error) {
 	return unixsock.Parse(flag)
 }
 
+// The status socket's bounds. Its requests are a few hundred bytes, so a
+// header over statusMaxHeader is refused (431) as soon as it is read; at
+// most statusMaxConns connections are served at once (others wait in the
+// socket's backlog, costing the driver nothing). Without them, 1000
+// connections each sending 1 MiB of header OOM-killed the driver in its
+// shipped 128Mi (net/http holds up to 1 MiB of header per connection).
+const (
+	statusMaxHeader = 8 << 10
+	statusMaxConns  = 64
+)
+
 // serveStatus serves the volume table on a unix socket only root can use
 // (0600) until ctx is done. It carries no secret values, but pod and class
 // names are the node's business.
@@ -54,7 +67,8 @@ func serveStatus(ctx context.Context, path string, d *driver.Driver, log *slog.L
 	if err != nil {
 		return fmt.Errorf("status socket: %w", err)
 	}
-	srv := &http.Server{Handler: d.StatusHandler(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: d.StatusHandler(), MaxHeaderBytes: statusMaxHeader,
+		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 30 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -62,7 +76,7 @@ func serveStatus(ctx context.Context, path string, d *driver.Driver, log *slog.L
 		_ = srv.Shutdown(shutdown)
 	}()
 	log.Info("serving status", "socket", path)
-	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(netutil.LimitListener(lis, statusMaxConns)); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

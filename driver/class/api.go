@@ -61,6 +61,9 @@ func newAPISource(ctx context.Context, client dynamic.Interface) *apiSource {
 			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
 			ObjectDescription: GVR.String(),
 		})
+	if err := informer.SetTransform(slim); err != nil {
+		panic(err) // only when the informer has started
+	}
 	s := &apiSource{client: client, informer: informer, lister: cache.NewGenericLister(informer.GetIndexer(), GVR.GroupResource())}
 	go informer.RunWithContext(ctx)
 	waitCtx, cancel := context.WithTimeout(ctx, syncWait)
@@ -77,10 +80,10 @@ type apiSource struct {
 
 func (s *apiSource) Get(ctx context.Context, namespace, name string) (*Class, error) {
 	obj, err := s.lister.ByNamespace(namespace).Get(name)
-	if err != nil {
-		if !apierrors.IsNotFound(err) {
-			return nil, provider.Unavailable("reading SecretProviderClass cache: %v", err)
-		}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, provider.Unavailable("reading SecretProviderClass cache: %v", err)
+	}
+	if err != nil || specNotKept(obj) {
 		obj, err = s.client.Resource(GVR).Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return nil, apiError(namespace, name, err)
