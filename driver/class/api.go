@@ -61,10 +61,21 @@ func newAPISource(ctx context.Context, client dynamic.Interface) *apiSource {
 			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
 			ObjectDescription: GVR.String(),
 		})
-	if err := informer.SetTransform(slim); err != nil {
+	kept := newKeeper(maxKeptTotal)
+	if err := informer.SetTransform(kept.slim); err != nil {
 		panic(err) // only when the informer has started
 	}
-	s := &apiSource{client: client, informer: informer, lister: cache.NewGenericLister(informer.GetIndexer(), GVR.GroupResource())}
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(obj any) {
+		if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		if u, ok := obj.(*unstructured.Unstructured); ok {
+			kept.forget(u.GetNamespace()+"/"+u.GetName(), u.GetUID())
+		}
+	}}); err != nil {
+		panic(err) // only when the informer has stopped
+	}
+	s := &apiSource{client: client, informer: informer, lister: cache.NewGenericLister(informer.GetIndexer(), GVR.GroupResource()), kept: kept}
 	go informer.RunWithContext(ctx)
 	waitCtx, cancel := context.WithTimeout(ctx, syncWait)
 	defer cancel()
@@ -76,6 +87,7 @@ type apiSource struct {
 	client   dynamic.Interface
 	informer cache.SharedIndexInformer
 	lister   cache.GenericLister
+	kept     *keeper
 }
 
 func (s *apiSource) Get(ctx context.Context, namespace, name string) (*Class, error) {

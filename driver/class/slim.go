@@ -3,9 +3,12 @@ package class
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // What the class informer keeps of each SecretProviderClass. Every node's
@@ -25,12 +28,17 @@ import (
 //     (a publish or a refresh of it), as it reads a class the cache has not
 //     seen yet.
 //
-// A class then costs the informer at most about maxKeptSpec bytes, and the
-// number of classes is what an admin bounds with a ResourceQuota
+//  4. and only while all kept specs together stay within maxKeptTotal
+//     bytes (the keeper below): many small classes cannot add up to the
+//     driver's memory limit either; beyond it, classes are read as in 3.
+//
+// A class then costs the informer its metadata, and the number of classes
+// is what an admin bounds with a ResourceQuota
 // (count/secretproviderclasses.secrets-store.csi.x-k8s.io).
 
 const (
 	maxKeptSpec       = 16 << 10
+	maxKeptTotal      = 4 << 20
 	maxKeptAnnotation = 80
 	// notKeptField marks a slimmed class whose spec was left out. It is no
 	// field of the API (the API server prunes unknown top-level fields),
@@ -38,13 +46,74 @@ const (
 	notKeptField = "secretfs.dev/specNotKept"
 )
 
+// keeper holds the sizes of the specs the informer keeps, by
+// namespace/name, so that together they stay within limit. The transform
+// (slim) charges a class when it is stored, replacing what the same class
+// was charged before; the informer's delete handler (forget) frees it.
+type keeper struct {
+	mu     sync.Mutex
+	limit  int
+	total  int
+	sizes  map[string]charge
+	warned bool
+}
+
+// A charge is the bytes kept of one class, and which class (a class
+// deleted and created again under its name is another uid: the late
+// delete of the first must not free the second's charge).
+type charge struct {
+	uid  types.UID
+	size int
+}
+
+func newKeeper(limit int) *keeper { return &keeper{limit: limit, sizes: map[string]charge{}} }
+
+// keep charges size bytes for the class key (uid) and reports whether
+// they fit, replacing the key's earlier charge; a class that does not fit
+// keeps no charge.
+func (k *keeper) keep(key string, uid types.UID, size int) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	old := k.sizes[key].size
+	if k.total-old+size > k.limit {
+		k.total -= old
+		delete(k.sizes, key)
+		if !k.warned {
+			k.warned = true
+			slog.Warn("the class informer keeps no more specs: the classes of the cluster together exceed its limit; classes beyond it are read with one GET at each publish and refresh (bound the number of classes with a ResourceQuota)", "limit_bytes", k.limit)
+		}
+		return false
+	}
+	k.total += size - old
+	k.sizes[key] = charge{uid: uid, size: size}
+	return true
+}
+
+// forget frees what the class key was charged, if it is the class uid.
+func (k *keeper) forget(key string, uid types.UID) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if c, ok := k.sizes[key]; ok && c.uid == uid {
+		k.total -= c.size
+		delete(k.sizes, key)
+	}
+}
+
+// kept is the bytes charged now.
+func (k *keeper) kept() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.total
+}
+
 // slim is the informer's transform (see above); it leaves anything that is
 // not an *unstructured.Unstructured (a deletion tombstone) as it is.
-func slim(obj any) (any, error) {
+func (k *keeper) slim(obj any) (any, error) {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
 		return obj, nil
 	}
+	key := u.GetNamespace() + "/" + u.GetName()
 	out := &unstructured.Unstructured{Object: map[string]any{}}
 	out.SetAPIVersion(u.GetAPIVersion())
 	out.SetKind(u.GetKind())
@@ -60,9 +129,15 @@ func slim(obj any) (any, error) {
 		out.SetAnnotations(map[string]string{RefreshAnnotation: v})
 	}
 	spec, hasSpec := u.Object["spec"]
-	if u.Object[notKeptField] == true || (hasSpec && sizeOf(spec, maxKeptSpec) > maxKeptSpec) {
+	size := 0
+	if hasSpec {
+		size = sizeOf(spec, maxKeptSpec)
+	}
+	switch {
+	case u.Object[notKeptField] == true || size > maxKeptSpec || !k.keep(key, u.GetUID(), size):
+		k.forget(key, u.GetUID())
 		out.Object[notKeptField] = true
-	} else if hasSpec {
+	case hasSpec:
 		out.Object["spec"] = spec
 	}
 	return out, nil
