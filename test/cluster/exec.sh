@@ -15,4 +15,7 @@ if [[ ${1:-} == --node ]]; then
 	shift 2
 	exec nsenter --net="/run/netns/$NODE_NETNS_PREFIX$i" --mount="$(node_mntns "$i")" "$@"
 fi
-exec ip netns exec "$CP_NETNS" env KUBECONFIG="$KUBECONFIG_ADMIN" PATH="$BIN:$PATH" "$@"
+# The caller lives in the host's namespaces as long as CMD runs: node.sh
+# goes back there through it.
+exec ip netns exec "$CP_NETNS" env KUBECONFIG="$KUBECONFIG_ADMIN" PATH="$BIN:$PATH" \
+	SECRETFS_HOST_NS_PID="${SECRETFS_HOST_NS_PID:-$PPID}" "$@"
