@@ -2,12 +2,14 @@
 #
 #   make k8s-bins      build etcd and Kubernetes v1.37.2 into the per-machine cache
 #   make image         the secretfs image as _output/images/secretfs.tar (no Docker)
-#   make cluster-up    a single-node cluster on loopback with secretfs deployed (root)
+#   make cluster-up    a cluster of NODES nodes (default 3) in network namespaces
+#                      of its own, with secretfs deployed (root)
 #   make cluster-down  stop it and remove everything it left
+#   make cluster-leaks up, down, and check that nothing is left behind
 #   make e2e           cluster-up, the e2e tests, cluster-down (logs kept on failure)
 #   make e2e-kind      the e2e tests on a kind cluster (needs Docker and kind)
 
-.PHONY: k8s-bins image test-images cluster-up cluster-down e2e e2e-kind
+.PHONY: k8s-bins image test-images cluster-up cluster-down cluster-leaks e2e e2e-kind
 
 k8s-bins:
 	@echo "k8s-bins: etcd and Kubernetes $$(sed -n 's/^K8S_VERSION=//p' test/tools/build.sh) into the per-machine cache (20-40 min the first time, seconds after)"
@@ -24,6 +26,9 @@ cluster-up: deps
 
 cluster-down:
 	test/cluster/down.sh
+
+cluster-leaks: deps
+	test/cluster/leaks.sh
 
 e2e: deps
 	test/e2e/local.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Stops the cluster of up.sh and removes everything it left: processes,
-# containers, mounts under the work dir, the host paths and cgroups it
-# created, and the work dir itself. Safe to run twice or after a failed up.
+# containers and their shims, the nodes' mount namespaces (and with them every
+# mount the nodes made), the network namespaces (and with them every veth,
+# bridge, route and iptables rule inside), the nodes' cgroups, and the work
+# dir. Safe to run twice or after a failed up. leaks.sh checks it.
 #
 #   SECRETFS_KEEP_LOGS=1   move the logs to ${SECRETFS_CLUSTER_DIR}-logs-<time> first
 set -uo pipefail
@@ -13,36 +15,69 @@ if [[ ! -d $W ]]; then
 	exit 0
 fi
 
-# kubelet first, so it does not restart what is stopped next.
-stop kubelet
-
-# Containers: kill every task, then the shims our containerd started.
-if alive containerd; then
-	ctr_() { ctr -a "$CONTAINERD_SOCK" -n k8s.io "$@"; }
-	for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1; done
+# kill_cgroup_procs I: SIGKILL every process in node I's cgroups (its pods'
+# containers), until none is left.
+kill_cgroup_procs() {
+	local i=$1 pids
 	for _ in $(seq 50); do
-		ctr_ tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING"' | grep -q . || break
-		sleep 0.2
+		pids=$(find /sys/fs/cgroup/*/"$CGROUP_PREFIX$i" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+		[[ -n $pids ]] || return 0
+		kill -KILL $pids 2>/dev/null
+		sleep 0.1
 	done
-	for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks delete -f "$id" >/dev/null 2>&1; done
-	for id in $(ctr_ containers ls -q 2>/dev/null); do ctr_ containers rm "$id" >/dev/null 2>&1; done
-fi
+	log "warning: processes left in the cgroups of node $i"
+}
+
+for i in $(seq "$NODES"); do
+	# kubelet first, so it does not restart what is stopped next.
+	stop "node-$i.kubelet" "kubelet --config $(node_dir "$i")/" &
+done
+wait
+for i in $(seq "$NODES"); do
+	(
+		sock=$(node_containerd_sock "$i")
+		# Containers: kill every task, then the shims this containerd started.
+		if alive "node-$i.containerd" "containerd --config $(node_dir "$i")/"; then
+			ctr_() { ctr -a "$sock" -n k8s.io "$@"; }
+			for id in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s SIGKILL "$id" >/dev/null 2>&1; done
+		fi
+		kill_cgroup_procs "$i"
+		stop "node-$i.containerd" "containerd --config $(node_dir "$i")/"
+		# Shims outlive containerd; ours name its socket on their command line.
+		for cmdline in /proc/[0-9]*/cmdline; do
+			pid=${cmdline#/proc/}
+			pid=${pid%/cmdline}
+			if tr '\0' ' ' 2>/dev/null <"$cmdline" | grep -q -- "containerd-shim.*-address $sock"; then
+				kill -KILL "$pid" 2>/dev/null || true
+			fi
+		done
+	) &
+done
+wait
 stop kube-scheduler
 stop kube-controller-manager
 stop kube-apiserver
 stop etcd
-stop containerd
-# Shims outlive containerd; ours name its socket on their command line.
-for cmdline in /proc/[0-9]*/cmdline; do
-	pid=${cmdline#/proc/}
-	pid=${pid%/cmdline}
-	if tr '\0' ' ' 2>/dev/null <"$cmdline" | grep -q -- "containerd-shim.*-address $CONTAINERD_SOCK"; then
-		kill -KILL "$pid" 2>/dev/null || true
+# Anything still running in our network namespaces is ours.
+for ns in "$CP_NETNS" $(for i in $(seq "$NODES"); do echo "$NODE_NETNS_PREFIX$i"; done); do
+	[[ -e /run/netns/$ns ]] || continue
+	pids=$(ip netns pids "$ns" 2>/dev/null)
+	if [[ -n $pids ]]; then
+		log "killing what is left in $ns: $(echo $pids)"
+		kill -KILL $pids 2>/dev/null
+		sleep 0.2
 	fi
 done
 
-# Mounts under the work dir (kubelet's bind mount of its root, pods'
-# volumes, overlay rootfs, sandbox shm), deepest first.
+# The nodes' mount namespaces: dropping the last reference (the bind mount
+# of the namespace file, no process left) unmounts everything in them.
+for i in $(seq "$NODES"); do
+	mnt=$(node_mntns "$i")
+	if awk -v p="$mnt" '$5 == p {f = 1} END {exit !f}' /proc/self/mountinfo; then
+		umount "$mnt" || umount -l "$mnt"
+	fi
+done
+# Mounts under the work dir on the host (the namespace dir), deepest first.
 for _ in 1 2 3; do
 	mapfile -t mounts < <(awk -v w="$W" '$5 == w || index($5, w "/") == 1 {print $5}' /proc/self/mountinfo | sort -r -u)
 	((${#mounts[@]})) || break
@@ -54,30 +89,42 @@ done
 left=$(awk -v w="$W" '$5 == w || index($5, w "/") == 1' /proc/self/mountinfo | wc -l)
 ((left == 0)) || log "warning: $left mounts under $W could not be removed"
 
-# Host paths and cgroups this cluster created (recorded by up.sh).
-if [[ -f $W/created-host-paths ]]; then
-	while read -r p; do
-		[[ -e $p ]] || continue
-		if [[ $p == /sys/fs/cgroup/* ]]; then
-			find "$p" -depth -type d -exec rmdir {} + 2>/dev/null || log "warning: cgroup $p still in use"
-		else
-			rm -rf "$p"
-		fi
-	done <"$W/created-host-paths"
+# Network namespaces: deleting them deletes their veths, bridges, routes and
+# iptables rules.
+for i in $(seq "$NODES"); do
+	[[ -e /run/netns/$NODE_NETNS_PREFIX$i ]] && ip netns del "$NODE_NETNS_PREFIX$i"
+done
+[[ -e /run/netns/$CP_NETNS ]] && ip netns del "$CP_NETNS"
+# /run/netns as it was before up.sh.
+if [[ -f $W/netns-dir-state ]] && [[ -z $(ls -A /run/netns 2>/dev/null) ]]; then
+	case $(<"$W/netns-dir-state") in
+	none)
+		umount /run/netns 2>/dev/null
+		rmdir /run/netns 2>/dev/null
+		;;
+	dir) umount /run/netns 2>/dev/null ;;
+	esac
 fi
-if [[ -f $W/created-iptables-chains ]]; then
-	while IFS=: read -r ipt table chain; do
-		# Drop the rules that jump to the chain, then the chain.
-		$ipt -w -t "$table" -S 2>/dev/null | grep -- "-j $chain\$\|-j $chain " | grep '^-A' | sed 's/^-A/-D/' |
-			while read -r rule; do eval "$ipt -w -t $table $rule" 2>/dev/null; done
-		$ipt -w -t "$table" -F "$chain" 2>/dev/null
-		$ipt -w -t "$table" -X "$chain" 2>/dev/null
-	done <"$W/created-iptables-chains"
-fi
+
+# The nodes' cgroups, bottom-up (kubelet's kubepods tree inside them).
+for i in $(seq "$NODES"); do
+	for c in /sys/fs/cgroup/*/"$CGROUP_PREFIX$i"; do
+		[[ -d $c ]] || continue
+		for _ in 1 2 3 4 5; do
+			find "$c" -depth -type d -exec rmdir {} + 2>/dev/null
+			[[ -d $c ]] || break
+			sleep 0.2
+		done
+		[[ -d $c ]] && log "warning: cgroup $c still in use"
+	done
+done
 
 if [[ ${SECRETFS_KEEP_LOGS:-} == 1 && -d $LOGS ]]; then
 	kept=$W-logs-$(date +%Y%m%d-%H%M%S)
 	mv "$LOGS" "$kept"
+	for i in $(seq "$NODES"); do
+		[[ -d $(node_dir "$i")/var-log/pods ]] && cp -r "$(node_dir "$i")/var-log/pods" "$kept/node-$i-pods"
+	done
 	log "logs kept in $kept"
 fi
 rm -rf "$W"

@@ -1,9 +1,12 @@
 // Package e2e runs secretfs end to end against a real cluster named by
 // KUBECONFIG (the local cluster of test/cluster, or kind) on which secretfs
-// is deployed from test/e2e/overlay. Pods use hostNetwork, so the tests need
-// no pod network. Run with `make e2e` or `make e2e-kind`, or:
+// is deployed from test/e2e/overlay. No pod uses the host network; the local
+// cluster has several nodes (3 by default), each with its own driver, fake
+// backend data and kubelet root. Run with `make e2e` or `make e2e-kind`, or,
+// on a cluster of `make cluster-up` (whose API server is reachable only from
+// inside its control plane's network namespace):
 //
-//	KUBECONFIG=... go test -tags e2e -count=1 -v ./test/e2e/
+//	test/cluster/exec.sh go test -tags e2e -count=1 -v ./test/e2e/
 //
 // Backends: the fake (built in, and served by the example external provider
 // "extfake" of deploy/examples/external-provider over the provider

@@ -186,13 +186,12 @@ func createClass(t *testing.T, ns, name, provider string, params map[string]any)
 	}
 }
 
-// podSpec is a hostNetwork app that mounts class at mountPath and sleeps,
+// podSpec is an app that mounts class at mountPath and sleeps,
 // running as service account sa ("" for the namespace's default).
 func podSpec(sa, class string) corev1.PodSpec {
 	grace := int64(1)
 	readOnly, no := true, false
 	return corev1.PodSpec{
-		HostNetwork:                   true,
 		ServiceAccountName:            sa,
 		TerminationGracePeriodSeconds: &grace,
 		// The driver gets the pod's token from kubelet (CSIDriver
@@ -217,7 +216,7 @@ func podSpec(sa, class string) corev1.PodSpec {
 	}
 }
 
-// createAppPod creates a hostNetwork pod that mounts class at mountPath and
+// createAppPod creates a pod that mounts class at mountPath and
 // sleeps, as the namespace's default service account.
 func createAppPod(t *testing.T, ns, name, class string) *corev1.Pod {
 	t.Helper()
@@ -488,4 +487,15 @@ func assertNoTraces(t *testing.T, pod *corev1.Pod, values ...string) {
 		t.Fatalf("%v after pod %s/%s was deleted: mounts still present %+v, files with secret content %q",
 			cleanupTimeout, pod.Namespace, pod.Name, mounts, files)
 	}
+}
+
+// podNodes returns the distinct nodes pods run on, in order.
+func podNodes(pods []*corev1.Pod) []string {
+	var nodes []string
+	for _, p := range pods {
+		if !slices.Contains(nodes, p.Spec.NodeName) {
+			nodes = append(nodes, p.Spec.NodeName)
+		}
+	}
+	return nodes
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# make e2e: start the local cluster, run the e2e tests against it, and stop
-# it again whatever happened. On failure the cluster's logs are kept and
-# their path printed.
+# make e2e: start the local cluster (NODES nodes, default 3), run the e2e
+# tests against it, and stop it again whatever happened. The tests run in
+# the control plane's network namespace (test/cluster/exec.sh), where the API
+# server and the address the fake Azure listens on are. On failure the
+# cluster's logs are kept and their path printed.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 W=${SECRETFS_CLUSTER_DIR:-/tmp/secretfs-cluster}
@@ -12,7 +14,9 @@ rc=$?
 if ((rc == 0)); then
 	echo "e2e: cluster up in $((SECONDS - start)) s; running tests" >&2
 	t0=$SECONDS
-	KUBECONFIG=$W/admin.kubeconfig SECRETFS_AUDIT_LOG=$W/audit.log SECRETFS_E2E_HELM_VALUES=$W/deploy/helm-values.yaml go run -C "$repo" ./test/skips -tags e2e -count=1 -timeout 20m -v ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/
+	"$repo/test/cluster/exec.sh" env SECRETFS_AUDIT_LOG="$W/audit.log" SECRETFS_E2E_HELM_VALUES="$W/deploy/helm-values.yaml" \
+		SECRETFS_E2E_NODE_CTL="$repo/test/cluster/node.sh" \
+		go run -C "$repo" ./test/skips -tags e2e -count=1 -timeout 20m -v ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/
 	rc=$?
 	echo "e2e: tests took $((SECONDS - t0)) s (exit $rc)" >&2
 fi

@@ -294,7 +294,11 @@ func TestSecretSync(t *testing.T) {
 
 		// Rotation: the file and the Secret show the new value.
 		pass2 := "p2-" + randHex(8)
-		writeFakeData(t, pods[0].Spec.NodeName, ns, "pass", pass2)
+		// The fake backend's data is per node: change it on every node the
+		// replicas run on.
+		for _, node := range podNodes(pods) {
+			writeFakeData(t, node, ns, "pass", pass2)
+		}
 		start := time.Now()
 		waitSecret(t, ns, "app-env", "rotated", func(s *corev1.Secret) bool { return string(s.Data["PASS"]) == pass2 })
 		t.Logf("rotated value in the Secret %v after the backend changed", time.Since(start).Round(time.Second))
@@ -334,7 +338,9 @@ func TestSecretSync(t *testing.T) {
 				t.Errorf("Secret %s still there after the Deployment is gone", name)
 			}
 		}
-		removeFakeData(t, pods[0].Spec.NodeName, ns, "pass")
+		for _, node := range podNodes(pods) {
+			removeFakeData(t, node, ns, "pass")
+		}
 	})
 
 	t.Run("unmanaged", func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -61,6 +62,30 @@ func getJSON(t *testing.T, c *http.Client, method, u string, form url.Values, hd
 func TestRefusesNonLoopback(t *testing.T) {
 	if _, err := Start(Config{Addr: "0.0.0.0:0"}); err == nil {
 		t.Fatal("listening on all interfaces was allowed")
+	}
+	// In the machine's own network namespace (where unit tests run) no
+	// other address is allowed: neither the machine's own addresses nor an
+	// address it does not have.
+	route, err := defaultRoute()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ownNamespace() && route == "" {
+		t.Skip("neither in the machine's own network namespace nor in one with a default route")
+	}
+	candidates := []string{"10.240.0.1"}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() {
+			candidates = append(candidates, n.IP.String())
+		}
+	}
+	for _, ip := range candidates {
+		s, err := Start(Config{Addr: net.JoinHostPort(ip, "0")})
+		if err == nil {
+			_ = s.Close()
+			t.Errorf("listening on %s in the machine's own network namespace was allowed", ip)
+		}
 	}
 }
 

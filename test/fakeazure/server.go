@@ -5,7 +5,8 @@
 // token endpoints (client secret and federated client assertions verified
 // against a JWKS), and an App Service style managed identity endpoint.
 //
-// It listens on loopback only. Vault hosts are <name>.<VaultSuffix>; point
+// It listens on loopback, or on an address inside a network namespace of
+// its own that routes nowhere off the machine (see Config.Addr). Vault hosts are <name>.<VaultSuffix>; point
 // clients at them with DialContext (or a dial override to Addr).
 package fakeazure
 
@@ -32,7 +33,10 @@ import (
 
 // Config configures a Server. Zero values get defaults.
 type Config struct {
-	// Addr to listen on; must be a loopback address (default 127.0.0.1:0).
+	// Addr to listen on (default 127.0.0.1:0): a loopback address, or an
+	// address of this process's network namespace if that is not the
+	// machine's own and has no default route (a namespace a test suite
+	// made, such as the local cluster's control plane namespace).
 	Addr string
 	// TenantID is the only tenant the fake serves (default a fixed GUID).
 	TenantID string
@@ -111,7 +115,8 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
-	if err := requireLoopback(cfg.Addr); err != nil {
+	ip, err := checkListenAddr(cfg.Addr)
+	if err != nil {
 		return nil, err
 	}
 	if cfg.TenantID == "" {
@@ -146,7 +151,7 @@ func Start(cfg Config) (*Server, error) {
 		tokens:    map[string]tokenInfo{},
 		created:   time.Unix(1_700_000_000, 0),
 	}
-	caPEM, cert, err := newTLSCert(cfg.VaultSuffix, cfg.CA)
+	caPEM, cert, err := newTLSCert(cfg.VaultSuffix, cfg.CA, ip)
 	if err != nil {
 		return nil, err
 	}
@@ -204,8 +209,10 @@ func (s *Server) DialContext(ctx context.Context, network, addr string) (net.Con
 		}
 		return d.DialContext(ctx, network, s.Addr)
 	}
-	if err := requireLoopback(addr); err != nil {
-		return nil, err
+	if addr != s.Addr {
+		if err := requireLoopback(addr); err != nil {
+			return nil, err
+		}
 	}
 	return d.DialContext(ctx, network, addr)
 }
@@ -331,9 +338,10 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// newTLSCert makes a server certificate for loopback and *.<suffix>, signed
+// newTLSCert makes a server certificate for loopback, extra (the listen
+// address, if not loopback) and *.<suffix>, signed
 // by ca or, if nil, by a new CA. It returns the CA certificate as PEM.
-func newTLSCert(suffix string, ca *tls.Certificate) ([]byte, tls.Certificate, error) {
+func newTLSCert(suffix string, ca *tls.Certificate, extra net.IP) ([]byte, tls.Certificate, error) {
 	now := time.Now()
 	if ca == nil {
 		var err error
@@ -364,6 +372,9 @@ func newTLSCert(suffix string, ca *tls.Certificate) ([]byte, tls.Certificate, er
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{"localhost", "*." + suffix},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	if extra != nil {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, extra)
 	}
 	if caCert.NotAfter.Before(tmpl.NotAfter) {
 		tmpl.NotAfter = caCert.NotAfter
