@@ -21,6 +21,7 @@ import (
 
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/class"
+	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -92,31 +93,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Owner != nil {
 		owner = *cfg.Owner
 	}
-	host, _ := os.Hostname()
-	d, err := driver.New(driver.Config{
-		NodeID:           "local-" + host,
-		Classes:          classes,
-		Providers:        cfg.Providers,
-		TmpfsSize:        cfg.TmpfsSize,
-		RotationInterval: cfg.Interval,
-		Logger:           log,
-		// No restart recovery by mount path: a mount left by an earlier run
-		// of this agent is adopted by the publish below (its metadata names
-		// this volume), through the held target.
-		RecoverUnder: held.via(),
-		Owner:        &owner,
+	d, req, unpublish, err := mountHeld(ctx, held, target, volumeSpec{
+		cls: cls, classes: classes, providers: cfg.Providers, tmpfsSize: cfg.TmpfsSize, interval: cfg.Interval,
+		serviceAccount: cfg.ServiceAccount, token: cfg.Token, tokenAudience: cfg.TokenAudience, owner: owner, log: log,
 	})
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-
-	req := publishRequest(cls, target, cfg.ServiceAccount)
-	withToken(req, cfg.TokenAudience, cfg.Token)
-	unpublish, err := held.publish(ctx, d, req)
-	if err != nil {
-		return fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, target, err)
-	}
 	log.Info("mounted", "class", cls.Name, "namespace", cls.Namespace, "target", target, "refresh", cfg.Interval)
 	if cfg.Mounted != nil {
 		cfg.Mounted()
@@ -169,6 +153,54 @@ func pickClass(path, name string) (*class.Class, error) {
 // publishRequest is what kubelet would send for an inline volume of class
 // cls; the volume id is derived from the target so a restarted agent finds
 // its own mount again.
+// volumeSpec is what the agent's modes (mount, run, credentials) mount: a
+// class, through an in-process driver of their own.
+type volumeSpec struct {
+	cls                  *class.Class
+	classes              class.Source
+	providers            func(name string) (provider.Provider, error)
+	tmpfsSize            int64
+	interval             time.Duration
+	serviceAccount       string
+	token, tokenAudience string
+	owner                driver.Owner
+	hooks                []hook.Hook
+	log                  *slog.Logger
+}
+
+// mountHeld starts an in-process driver for v and publishes its class at
+// the held target as kubelet would. The caller closes the driver after it
+// unpublished; on error nothing is mounted and the driver is closed.
+func mountHeld(ctx context.Context, held *hostTarget, target string, v volumeSpec) (*driver.Driver, *csi.NodePublishVolumeRequest, func() error, error) {
+	host, _ := os.Hostname()
+	d, err := driver.New(driver.Config{
+		Hooks:            v.hooks,
+		NodeID:           "local-" + host,
+		Classes:          v.classes,
+		Providers:        v.providers,
+		TmpfsSize:        v.tmpfsSize,
+		RotationInterval: v.interval,
+		Logger:           v.log,
+		// No restart recovery by mount path: a mount left by an earlier run
+		// of `secretfs mount` is adopted by the publish below (its metadata
+		// names this volume), through the held target; run's and
+		// credentials' mounts never outlive their namespace.
+		RecoverUnder: held.via(),
+		Owner:        &v.owner,
+	})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	req := publishRequest(v.cls, target, v.serviceAccount)
+	withToken(req, v.tokenAudience, v.token)
+	unpublish, err := held.publish(ctx, d, req)
+	if err != nil {
+		d.Close()
+		return nil, nil, nil, fmt.Errorf("mounting class %s/%s at %s: %w", v.cls.Namespace, v.cls.Name, target, err)
+	}
+	return d, req, unpublish, nil
+}
+
 func publishRequest(cls *class.Class, target, serviceAccount string) *csi.NodePublishVolumeRequest {
 	sum := sha256.Sum256([]byte(target))
 	id := "local-" + hex.EncodeToString(sum[:8])

@@ -258,11 +258,9 @@ func credentialsIsolated(ctx context.Context, cfg CredentialsConfig) error {
 	if err != nil {
 		return err
 	}
-	// As in runIsolated: nothing mounted here reaches the host.
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
-		return fmt.Errorf("making the mount namespace private: %w", err)
+	if err := privateNamespace(target, log); err != nil {
+		return err
 	}
-	detachOthers(target, log)
 	var classes class.Source
 	if cfg.ClassFile == "" && cfg.NewClasses != nil {
 		if classes, err = cfg.NewClasses(ctx); err != nil {
@@ -278,28 +276,14 @@ func credentialsIsolated(ctx context.Context, cfg CredentialsConfig) error {
 		return err
 	}
 	defer held.close()
-	owner := driver.LocalOwner
-	host, _ := os.Hostname()
-	d, err := driver.New(driver.Config{
-		NodeID:           "local-" + host,
-		Classes:          classes,
-		Providers:        cfg.Providers,
-		TmpfsSize:        cfg.TmpfsSize,
-		RotationInterval: cfg.Interval,
-		Logger:           log,
-		RecoverUnder:     held.via(), // nothing: no mount of ours outlives its namespace
-		Owner:            &owner,
+	d, req, unpublish, err := mountHeld(ctx, held, target, volumeSpec{
+		cls: cls, classes: classes, providers: cfg.Providers, tmpfsSize: cfg.TmpfsSize, interval: cfg.Interval,
+		serviceAccount: cfg.ServiceAccount, token: cfg.Token, tokenAudience: cfg.TokenAudience, owner: driver.LocalOwner, log: log,
 	})
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	req := publishRequest(cls, target, cfg.ServiceAccount)
-	withToken(req, cfg.TokenAudience, cfg.Token)
-	unpublish, err := held.publish(ctx, d, req)
-	if err != nil {
-		return fmt.Errorf("mounting class %s/%s: %w", cls.Namespace, cls.Name, err)
-	}
 	defer func() {
 		if err := unpublish(); err != nil {
 			log.Error("unmounting", "target", target, "error", err)

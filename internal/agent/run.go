@@ -135,12 +135,9 @@ func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
 
-	// Mounts made here never propagate to the host; mounts the host makes
-	// later still reach the command (slave, as systemd's PrivateTmp does).
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
-		return 0, fmt.Errorf("making the mount namespace private: %w", err)
+	if err := privateNamespace(cfg.Target, log); err != nil {
+		return 0, err
 	}
-	detachOthers(cfg.Target, log)
 
 	if cfg.ClassFile == "" && cfg.Classes == nil && cfg.NewClasses != nil {
 		var err error
@@ -163,28 +160,15 @@ func runIsolated(ctx context.Context, cfg RunConfig) (int, error) {
 		return 0, err
 	}
 	defer held.close()
-	host, _ := os.Hostname()
-	d, err := driver.New(driver.Config{
-		Hooks:            []hook.Hook{changes},
-		NodeID:           "local-" + host,
-		Classes:          classes,
-		Providers:        cfg.Providers,
-		TmpfsSize:        cfg.TmpfsSize,
-		RotationInterval: cfg.Interval,
-		Logger:           log,
-		RecoverUnder:     held.via(), // nothing: no mount of ours outlives its namespace
-		Owner:            &owner,
+	d, req, unpublish, err := mountHeld(ctx, held, cfg.Target, volumeSpec{
+		cls: cls, classes: classes, providers: cfg.Providers, tmpfsSize: cfg.TmpfsSize, interval: cfg.Interval,
+		serviceAccount: cfg.ServiceAccount, token: cfg.Token, tokenAudience: cfg.TokenAudience, owner: owner,
+		hooks: []hook.Hook{changes}, log: log,
 	})
 	if err != nil {
 		return 0, err
 	}
 	defer d.Close()
-	req := publishRequest(cls, cfg.Target, cfg.ServiceAccount)
-	withToken(req, cfg.TokenAudience, cfg.Token)
-	unpublish, err := held.publish(ctx, d, req)
-	if err != nil {
-		return 0, fmt.Errorf("mounting class %s/%s at %s: %w", cls.Namespace, cls.Name, cfg.Target, err)
-	}
 	changes.published.Store(true)
 	defer func() {
 		if err := unpublish(); err != nil {
@@ -229,6 +213,18 @@ func findClass(ctx context.Context, file, name string, classes class.Source, ns 
 		return nil, nil, fmt.Errorf("class %s/%s: %w", ns, name, err)
 	}
 	return cls, classes, nil
+}
+
+// privateNamespace readies the second stage's new mount namespace: mounts
+// made here never propagate to the host, mounts the host makes later still
+// reach it (slave, as systemd's PrivateTmp does), and no other secretfs
+// tmpfs stays in it but target.
+func privateNamespace(target string, log *slog.Logger) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return fmt.Errorf("making the mount namespace private: %w", err)
+	}
+	detachOthers(target, log)
+	return nil
 }
 
 // detachOthers removes from this namespace the copies of every other
