@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"testing"
 	"time"
@@ -22,29 +21,14 @@ import (
 // watch of the Secret, while the replacement pods mount it on the others.
 func TestDrainTakesSecretsOffTheNode(t *testing.T) {
 	ctx := context.Background()
-	nodes := readyNodes(t)
-	if len(nodes) < 2 {
-		ci.Missing(t, "needs a cluster of at least 2 nodes, has %d (make e2e starts 3)", len(nodes))
-	}
+	nodes := severalNodes(t)
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		ci.Missing(t, "kubectl is not on PATH (test/cluster/exec.sh puts the cluster's first)")
 	}
-	auditPath := os.Getenv("SECRETFS_AUDIT_LOG")
-	if auditPath == "" {
-		t.Fatal("SECRETFS_AUDIT_LOG is not set: the API server's audit log shows which node watches the Secret")
-	}
+	auditPath := auditLogPath(t)
 	ns := newNamespace(t)
-	value := "drain-" + randHex(8)
-	if _, err := client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "db"},
-		Data:       map[string][]byte{"password": []byte(value)},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	createServiceAccount(t, ns, "reader")
-	grantSecret(t, ns, "reader", "db", "get", "watch")
-	createClass(t, ns, "db", "kubernetes", map[string]any{"objects": "- {secretName: db, key: password}\n"})
+	value := dbSecretForReader(t, ns, "drain-")
 
 	byIP := map[string]string{}
 	drivers, base := map[string]*corev1.Pod{}, map[string]driverMetrics{}

@@ -12,8 +12,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/secretfs/secretfs/test/ci"
 )
 
 // The promise's second half, per node: a secret leaves a node with the last
@@ -24,25 +22,10 @@ import (
 // node 2 still serves the Secret and rotates it when it changes.
 func TestSecretLeavesANodeWithItsLastPod(t *testing.T) {
 	ctx := context.Background()
-	nodes := readyNodes(t)
-	if len(nodes) < 2 {
-		ci.Missing(t, "needs a cluster of at least 2 nodes, has %d (make e2e starts 3)", len(nodes))
-	}
-	auditPath := os.Getenv("SECRETFS_AUDIT_LOG")
-	if auditPath == "" {
-		t.Fatal("SECRETFS_AUDIT_LOG is not set: the API server's audit log shows which node watches the Secret")
-	}
+	nodes := severalNodes(t)
+	auditPath := auditLogPath(t)
 	ns := newNamespace(t)
-	value := "v1-" + randHex(8)
-	if _, err := client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "db"},
-		Data:       map[string][]byte{"password": []byte(value)},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	createServiceAccount(t, ns, "reader")
-	grantSecret(t, ns, "reader", "db", "get", "watch")
-	createClass(t, ns, "db", "kubernetes", map[string]any{"objects": "- {secretName: db, key: password}\n"})
+	dbSecretForReader(t, ns, "v1-")
 
 	n1, n2 := nodes[0], nodes[1]
 	d1, d2 := driverPod(t, n1), driverPod(t, n2)

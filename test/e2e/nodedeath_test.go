@@ -28,26 +28,14 @@ func TestNodeThatDiedLeavesNothingOfGonePods(t *testing.T) {
 	if ctl == "" {
 		ci.Missing(t, "SECRETFS_E2E_NODE_CTL is not set (the local cluster's test/cluster/node.sh, which make e2e sets)")
 	}
-	nodes := readyNodes(t)
-	if len(nodes) < 2 {
-		ci.Missing(t, "needs a cluster of at least 2 nodes, has %d (make e2e starts 3)", len(nodes))
-	}
+	nodes := severalNodes(t)
 	victim := nodes[len(nodes)-1]
 	index, ok := strings.CutPrefix(victim, "secretfs-node-")
 	if !ok {
 		ci.Missing(t, "node %s is not a node of the local cluster (secretfs-node-<i>)", victim)
 	}
 	ns := newNamespace(t)
-	value := "dies-" + randHex(8)
-	if _, err := client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "db"},
-		Data:       map[string][]byte{"password": []byte(value)},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	createServiceAccount(t, ns, "reader")
-	grantSecret(t, ns, "reader", "db", "get", "watch")
-	createClass(t, ns, "db", "kubernetes", map[string]any{"objects": "- {secretName: db, key: password}\n"})
+	value := dbSecretForReader(t, ns, "dies-")
 	pinned := func(name string) *corev1.Pod {
 		spec := podSpec("reader", "db")
 		spec.NodeSelector = map[string]string{"kubernetes.io/hostname": victim}

@@ -31,25 +31,10 @@ import (
 // only with the pod's service account.
 func TestSecretOnlyOnTheNodeWhereThePodRuns(t *testing.T) {
 	ctx := context.Background()
-	nodes := readyNodes(t)
-	if len(nodes) < 2 {
-		ci.Missing(t, "needs a cluster of at least 2 nodes, has %d (make e2e starts 3)", len(nodes))
-	}
-	auditPath := os.Getenv("SECRETFS_AUDIT_LOG")
-	if auditPath == "" {
-		t.Fatal("SECRETFS_AUDIT_LOG is not set: the API server's audit log shows which node read the Secret")
-	}
+	nodes := severalNodes(t)
+	auditPath := auditLogPath(t)
 	ns := newNamespace(t)
-	value := "pinned-" + randHex(8)
-	if _, err := client.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "db"},
-		Data:       map[string][]byte{"password": []byte(value)},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	createServiceAccount(t, ns, "reader")
-	grantSecret(t, ns, "reader", "db", "get", "watch")
-	createClass(t, ns, "db", "kubernetes", map[string]any{"objects": "- {secretName: db, key: password}\n"})
+	value := dbSecretForReader(t, ns, "pinned-")
 
 	target := nodes[0]
 	drivers := map[string]*corev1.Pod{}
@@ -108,6 +93,44 @@ func TestSecretOnlyOnTheNodeWhereThePodRuns(t *testing.T) {
 		t.Errorf("the audit log has no read of the Secret by %s from node %s: %v", reader, target, reads)
 	}
 	deletePod(t, pod)
+}
+
+// severalNodes is readyNodes of a cluster of at least 2 nodes: the
+// promises per node need a node without the pod.
+func severalNodes(t *testing.T) []string {
+	nodes := readyNodes(t)
+	if len(nodes) < 2 {
+		ci.Missing(t, "needs a cluster of at least 2 nodes, has %d (make e2e starts 3)", len(nodes))
+	}
+	return nodes
+}
+
+// auditLogPath is the API server's audit log (SECRETFS_AUDIT_LOG): it shows
+// which node's driver read or watches a Secret.
+func auditLogPath(t *testing.T) string {
+	path := os.Getenv("SECRETFS_AUDIT_LOG")
+	if path == "" {
+		t.Fatal("SECRETFS_AUDIT_LOG is not set: the API server's audit log shows which node reads and watches the Secret")
+	}
+	return path
+}
+
+// dbSecretForReader makes what the per-node proofs mount: the Secret db
+// (password = prefix + random), the service account reader allowed to get
+// and watch it, and the class db of the kubernetes backend; it returns the
+// value.
+func dbSecretForReader(t *testing.T, ns, prefix string) string {
+	value := prefix + randHex(8)
+	if _, err := client.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "db"},
+		Data:       map[string][]byte{"password": []byte(value)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createServiceAccount(t, ns, "reader")
+	grantSecret(t, ns, "reader", "db", "get", "watch")
+	createClass(t, ns, "db", "kubernetes", map[string]any{"objects": "- {secretName: db, key: password}\n"})
+	return value
 }
 
 // readyNodes returns the names of the Ready nodes, sorted.
