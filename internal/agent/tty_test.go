@@ -83,7 +83,13 @@ func ttyProbe() int {
 	var st3 unix.Stat_t
 	r.CallerFd3 = unix.Fstat(3, &st3) == nil && strconv.FormatUint(st3.Rdev, 10) == os.Getenv("CALLER_RDEV")
 	b, _ := json.Marshal(r)
-	if err := os.WriteFile(filepath.Join(os.Getenv("OUT"), "probe"), b, 0o644); err != nil {
+	// Written under another name and renamed: the test waits for "probe"
+	// to exist, and must never read it half written.
+	tmp := filepath.Join(os.Getenv("OUT"), ".probe")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return 1
+	}
+	if err := os.Rename(tmp, filepath.Join(os.Getenv("OUT"), "probe")); err != nil {
 		return 1
 	}
 	return 0
