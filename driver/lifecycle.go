@@ -52,8 +52,10 @@ import (
 //     a built-in backend never mounts anything); the atomic writer checks
 //     with statfs that it writes to the tmpfs, and on a refresh reserves
 //     only once it knows the content changed.
-//  7. Record what was mounted, in the volume and its metadata file.
-//  8. Tell the hooks when the content changed.
+//  7. Record what was mounted, in the volume and its metadata file,
+//     with what the hooks are about to be told (untold: record.go).
+//  8. Tell the hooks when the content changed, on a first publish, and
+//     on the first apply after a restart that found them untold (replay).
 //
 // A first publish that fails leaves v.mounted telling the caller whether to
 // unmount. A refresh that fails leaves the last good content in place. The
@@ -127,6 +129,19 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	}
 
 	// 7.
+	replayFirst := v.replay && v.untold == untoldPublish && !changed
+	switch {
+	case len(d.hooks) == 0:
+		v.untold = ""
+	case first:
+		v.untold = untoldPublish
+	case changed:
+		v.untold = untoldChange
+	case v.replay:
+		// told below
+	case v.holds.Load() == 0:
+		v.untold = "" // every hook is done with the last change
+	}
 	v.req, v.lastFetch, v.versions = req, fetched, res.Versions
 	v.files, v.bytes = len(set.files), 0
 	for _, f := range set.files {
@@ -145,12 +160,14 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	}
 
 	// 8.
-	if changed || first {
+	if changed || first || v.replay {
 		info := v.info(set.files)
-		info.First = first
+		info.First = first || replayFirst
+		info.Hold = v.hold
 		for _, h := range d.hooks {
 			h.Changed(ctx, info)
 		}
+		v.replay = false
 	}
 	return changed, nil
 }
@@ -215,8 +232,23 @@ func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, err e
 		return false, err
 	}
 	// A refresh reserves only once the writer knows the content changed:
-	// old and new generation side by side until the swap.
-	changed, err = d.writer(v, charge.Reserve).Write(set.files)
+	// old and new generation side by side until the swap. With hooks, the
+	// record says the change is untold before the swap, so a driver that
+	// dies between the swap and the hooks has the next one tell them.
+	grow := charge.Reserve
+	if !first && len(d.hooks) > 0 {
+		grow = func() error {
+			if err := charge.Reserve(); err != nil {
+				return err
+			}
+			v.untold = untoldChange
+			if err := v.saveRecord(); err != nil {
+				d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)
+			}
+			return nil
+		}
+	}
+	changed, err = d.writer(v, grow).Write(set.files)
 	charge.Settle(err == nil && (changed || first))
 	if err != nil {
 		if provider.CodeOf(err) == codes.ResourceExhausted {
@@ -310,6 +342,7 @@ func (v *volume) saveRecord() error {
 	if v.interval != 0 {
 		m.RotationInterval = v.interval.String()
 	}
+	m.Untold = v.untold
 	return saveRecord(v.target, m)
 }
 

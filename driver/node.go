@@ -158,7 +158,12 @@ func (d *Driver) republish(ctx context.Context, v *volume, in *publishInput) err
 		req.Parameters = v.req.Parameters
 	}
 	v.req = req
-	if d.rotation.Due(v.lastFetch, v.lastTry, v.interval, d.now()) {
+	switch {
+	case v.replay:
+		// The last driver died before the hooks took in the content: refresh
+		// now and tell them (apply).
+		d.refresh(ctx, v, "recovery")
+	case d.rotation.Due(v.lastFetch, v.lastTry, v.interval, d.now()):
 		d.refresh(ctx, v, "republish")
 	}
 	// A recovered volume has no watch yet; a watch with other tokens or
@@ -205,11 +210,15 @@ func loadVolume(target string) (*volume, error) {
 		return nil, err
 	}
 	interval, _ := time.ParseDuration(m.RotationInterval) // "" or bad: the driver's until the next refresh
-	return &volume{
+	v := &volume{
 		id: m.VolumeID, target: target, pod: m.Pod, class: m.Class, provider: m.Provider,
 		gid: m.GID, lastFetch: m.LastFetch, lastTry: m.LastFetch, versions: m.Versions, mounted: true,
 		interval: max(interval, 0),
-	}, nil
+	}
+	if m.Untold == untoldPublish || m.Untold == untoldChange {
+		v.untold, v.replay = m.Untold, true
+	}
+	return v, nil
 }
 
 // volume is the volume with id in the volume table, or nil.

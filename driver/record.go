@@ -32,7 +32,20 @@ type record struct {
 	Versions  []provider.ObjectVersion `json:"versions,omitempty"`
 	// RotationInterval is the class's own interval in force, if it set one.
 	RotationInterval string `json:"rotationInterval,omitempty"`
+	// Untold: the hooks may not have taken in the volume's first publish
+	// ("publish") or its last change of content ("change"): the driver was
+	// telling them, or a hook still held it (hook.Volume.Hold), when this
+	// was written. A driver that finds it after a restart refreshes the
+	// volume at its first republish and tells the hooks again. Cleared by
+	// the first save after every hook is done.
+	Untold string `json:"untold,omitempty"`
 }
+
+// What Untold says.
+const (
+	untoldPublish = "publish"
+	untoldChange  = "change"
+)
 
 // saveRecord writes m (as version 1) to the metadata file of the tmpfs at target
 // atomically (temp file + rename), mode 0600, never following a symlink.

@@ -5,6 +5,8 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/secretfs/secretfs/driver/class"
@@ -43,6 +45,16 @@ type volume struct {
 	// mounted: the tmpfs at target is this volume's (recovered, or mounted
 	// by apply).
 	mounted bool
+	// untold is what the hooks may not have taken in yet (record.go):
+	// untoldPublish, untoldChange or "". Kept in the record, so a driver
+	// that dies while telling the hooks, or while a hook holds the change
+	// (hook.Volume.Hold), has the next driver tell them again (replay).
+	untold string
+	// replay: recovered with untold set; the next apply tells the hooks
+	// even when the content did not change.
+	replay bool
+	// holds counts the hooks still finishing the last change.
+	holds atomic.Int32
 	// cls is the class as apply last looked it up (nil after a restart
 	// until the first refresh), in memory only.
 	cls *class.Class
@@ -96,4 +108,11 @@ func within(dir, path string) bool {
 	}
 	rel, err := filepath.Rel(filepath.Clean(dir), path)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+// hold is hook.Volume.Hold: it holds v's last change open until done.
+func (v *volume) hold() (done func()) {
+	v.holds.Add(1)
+	var once sync.Once
+	return func() { once.Do(func() { v.holds.Add(-1) }) }
 }

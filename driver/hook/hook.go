@@ -24,7 +24,8 @@ type Volume struct {
 	Provider string
 	// First: this Changed is the volume's first publish (its content is
 	// new to the pod, not a change of it). A volume recovered after a
-	// driver restart is not first again.
+	// driver restart is not first again, except when the driver died while
+	// telling the hooks of its first publish (see Hold).
 	First bool
 	// Files is the content just written (Changed only), modes resolved. The
 	// contents belong to the driver and are wiped after the hook returns:
@@ -33,6 +34,15 @@ type Volume struct {
 	// Versions are the object versions the backend reported for the files
 	// mounted now.
 	Versions []provider.ObjectVersion
+	// Hold is for a hook that finishes its part of a change after Changed
+	// returns (a queue): it holds the change open until the returned func
+	// is called (once; more calls do nothing). A change that the driver
+	// was telling the hooks, or that a hook still held, when the driver
+	// died is told again by the next driver, at the volume's first
+	// republish after the restart: First as it was, the files as they are
+	// then. So a hook must take one change twice without doing it twice.
+	// Nil outside the driver.
+	Hold func() (done func())
 }
 
 // Hook is told when a volume's content changed and when it is gone.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -367,11 +368,19 @@ func TestRestartOnChange(t *testing.T) {
 	if n := a.calls.total() + b.calls.total() - before; n != 0 {
 		t.Errorf("the same value again: %d API calls", n)
 	}
+	// (So is a driver that restarted and tells the change again: the job
+	// held it open until it was done.)
 	c := newNode(t, cfg)
-	c.Changed(ctx, vol(restarting, pods[0], false, "v2"))
+	var holds, taken atomic.Int32
+	again := vol(restarting, pods[0], false, "v2")
+	again.Hold = func() func() { taken.Add(1); holds.Add(1); return func() { holds.Add(-1) } }
+	c.Changed(ctx, again)
 	c.WaitIdle()
 	if c.calls.writes() != 0 {
 		t.Errorf("a new node wrote %v", c.calls.n)
+	}
+	if c.calls.total() == 0 || taken.Load() != 1 || holds.Load() != 0 {
+		t.Errorf("a job that ran made %d calls, took %d holds and left %d; want some calls, one hold taken and let go", c.calls.total(), taken.Load(), holds.Load())
 	}
 	if rs := settled(t, srv, "web"); len(rs) != 2 {
 		t.Fatalf("ReplicaSets: %v, want still 2", rs)

@@ -8,9 +8,11 @@
 //  1. Changed (under the volume's lock) skips a first publish (a new pod's
 //     content is not a change), a volume without new files and a class
 //     that does not opt in; otherwise it hashes the new files into the
-//     restart value (Value) and queues a job for the pod. Nothing else
-//     happens on the publish path; a full queue drops the job with a
-//     Warning Event.
+//     restart value (Value) and queues a job for the pod, which holds the
+//     change open (hook.Volume.Hold) until the job is done: a driver that
+//     dies first leaves the change in the volume's record, and the next
+//     one tells it again. Nothing else happens on the publish path; a full
+//     queue drops the job with a Warning Event.
 //  2. One worker takes the jobs, each under a deadline, through an API
 //     client limited in requests per second (the driver's flag). Jobs of
 //     one pod coalesce while queued (the newest value wins).
@@ -120,6 +122,11 @@ type job struct {
 	pod   provider.Pod
 	class string
 	sum   [32]byte // content digest (Digest); the value is derived in the worker
+	// done releases the driver's hold on the change (hook.Volume.Hold): a
+	// job still queued or running when the driver dies is told again after
+	// its restart, and a workload that carries the value already is not
+	// written again.
+	done func()
 }
 
 var _ hook.Hook = (*Restarter)(nil)
@@ -150,7 +157,8 @@ func New(opts Options) *Restarter {
 	return r
 }
 
-// Close stops the worker; queued jobs are dropped.
+// Close stops the worker. Queued jobs are dropped still holding their
+// change, so the next driver tells it again.
 func (r *Restarter) Close() {
 	r.cancel()
 	r.done.Wait()
@@ -167,15 +175,18 @@ func (r *Restarter) Changed(_ context.Context, v hook.Volume) {
 	if restart, err := v.Class.RestartOnChange(); err != nil || !restart {
 		return
 	}
-	j := job{pod: v.Pod, class: v.Class.Name, sum: Digest(v.Class.Namespace, v.Class.Name, v.Files)}
+	j := job{pod: v.Pod, class: v.Class.Name, sum: Digest(v.Class.Namespace, v.Class.Name, v.Files), done: func() {}}
 	r.mu.Lock()
-	if _, queued := r.pending[v.Pod.UID]; queued {
+	if old, queued := r.pending[v.Pod.UID]; queued {
+		j.done = hold(v)
 		r.pending[v.Pod.UID] = j // the newest content wins
 		r.mu.Unlock()
+		old.done()
 		return
 	}
 	select {
 	case r.queue <- v.Pod.UID:
+		j.done = hold(v)
 		r.pending[v.Pod.UID] = j
 		r.busy++
 		r.mu.Unlock()
@@ -183,6 +194,14 @@ func (r *Restarter) Changed(_ context.Context, v hook.Volume) {
 		r.mu.Unlock()
 		r.warn(v.Pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but the driver's restart queue is full (%d pods waiting): the pod's workload was not restarted", j.class, r.opts.Queue))
 	}
+}
+
+// hold holds v's change open (hook.Volume.Hold) until the job is done.
+func hold(v hook.Volume) func() {
+	if v.Hold == nil {
+		return func() {}
+	}
+	return v.Hold()
 }
 
 // Gone forgets v's pod's controller.
@@ -207,6 +226,9 @@ func (r *Restarter) work(ctx context.Context) {
 			jctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
 			r.run(jctx, j)
 			cancel()
+			if ctx.Err() == nil {
+				j.done() // else the driver is stopping: the next one retells it
+			}
 			r.mu.Lock()
 			r.busy--
 			if r.busy == 0 {

@@ -3,6 +3,8 @@ package restart
 import (
 	"context"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/secretfs/secretfs/driver/class"
@@ -39,14 +41,22 @@ func TestNothingToDoCostsNothing(t *testing.T) {
 }
 
 // A full queue drops the job and says so on the pod; jobs of one pod
-// coalesce into one.
+// coalesce into one. A queued job holds its change (hook.Volume.Hold), so a
+// driver that dies before it ran tells it again after the restart; the job
+// it replaces lets go, and a dropped one holds nothing.
 func TestQueueBoundAndCoalescing(t *testing.T) {
+	var holds atomic.Int32
+	hold := func() func() {
+		holds.Add(1)
+		var once sync.Once
+		return func() { once.Do(func() { holds.Add(-1) }) }
+	}
 	events := &recorder{}
 	r := &Restarter{opts: Options{Queue: 1, Events: events}, log: slog.New(slog.DiscardHandler), queue: make(chan string, 1), pending: map[string]job{}}
 	opted := &class.Class{Name: "app", Namespace: "ns", Parameters: map[string]string{class.ParamOnChange: class.OnChangeRestart}}
 	v := func(uid, content string) hook.Volume {
 		return hook.Volume{Class: opted, Pod: provider.Pod{Namespace: "ns", Name: "p-" + uid, UID: uid},
-			Files: []provider.File{{Path: "pass", Contents: []byte(content)}}}
+			Files: []provider.File{{Path: "pass", Contents: []byte(content)}}, Hold: hold}
 	}
 	r.Changed(context.Background(), v("a", "1"))
 	r.Changed(context.Background(), v("a", "2")) // coalesced: the newest wins
@@ -56,6 +66,9 @@ func TestQueueBoundAndCoalescing(t *testing.T) {
 	r.Changed(context.Background(), v("b", "1")) // the queue is full
 	if len(r.queue) != 1 || len(r.pending) != 1 || len(events.warnings) != 1 {
 		t.Fatalf("queue %d, pending %d, events %q", len(r.queue), len(r.pending), events.warnings)
+	}
+	if n := holds.Load(); n != 1 {
+		t.Fatalf("%d changes held, want 1 (the queued job's)", n)
 	}
 }
 
