@@ -115,11 +115,14 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 		if err != nil {
 			return nil, nil, err
 		}
-		opts := restart.Options{Client: client, Logger: log, FieldManager: fieldManager}
+		opts := restart.Options{Client: client, Logger: log, FieldManager: fieldManager, Registerer: reg}
 		if e, ok := events.(restart.EventSink); ok {
 			opts.Events = e
 		}
-		r := restart.New(opts)
+		r, err := restart.New(opts)
+		if err != nil {
+			return nil, nil, err
+		}
 		hooks = append(hooks, r)
 		closeSync := closeAll
 		closeAll = func() { closeSync(); r.Close() }

@@ -3,6 +3,7 @@ package restart_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -121,6 +123,28 @@ type node struct {
 	*restart.Restarter
 	calls  *counter
 	events *sink
+	reg    *prometheus.Registry
+}
+
+// results reads secretfs_restarts_total, by result, leaving out zeros.
+func (n *node) results(t *testing.T) map[string]float64 {
+	t.Helper()
+	mfs, err := n.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "secretfs_restarts_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if v := m.GetCounter().GetValue(); v != 0 {
+				out[m.GetLabel()[0].GetValue()] = v
+			}
+		}
+	}
+	return out
 }
 
 func newNode(t *testing.T, cfg *rest.Config) *node {
@@ -132,8 +156,12 @@ func newNode(t *testing.T, cfg *rest.Config) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.Restarter = restart.New(restart.Options{Client: client, Events: n.events, FieldManager: "secretfs",
-		EvictionRetries: 3, EvictionBackoff: 10 * time.Millisecond})
+	n.reg = prometheus.NewRegistry()
+	n.Restarter, err = restart.New(restart.Options{Client: client, Events: n.events, FieldManager: "secretfs",
+		EvictionRetries: 3, EvictionBackoff: 10 * time.Millisecond, Registerer: n.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(n.Close)
 	return n
 }
@@ -346,6 +374,9 @@ func TestRestartOnChange(t *testing.T) {
 	if rs := settled(t, srv, "web"); len(rs) != 2 {
 		t.Fatalf("ReplicaSets after one rotation: %v, want 2", rs)
 	}
+	if ra, rb := a.results(t), b.results(t); !maps.Equal(ra, map[string]float64{"rolled_out": 1, "carried": 1}) || !maps.Equal(rb, map[string]float64{"carried": 1}) {
+		t.Errorf("secretfs_restarts_total: node a %v, node b %v", ra, rb)
+	}
 	d, err := srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -495,6 +526,9 @@ func TestEvictAndSkip(t *testing.T) {
 	n.WaitIdle()
 	if n.calls.writes() != writes {
 		t.Errorf("a Job's pod: writes %v", n.calls.n)
+	}
+	if got := n.results(t); !maps.Equal(got, map[string]float64{"evicted": 1, "failed": 1, "skipped": 1}) {
+		t.Errorf("secretfs_restarts_total %v, want one evicted, failed (the budget) and skipped (the Job's pod)", got)
 	}
 	if ev := n.events.take(); len(ev) != 1 || !strings.Contains(ev[0], `Job "nightly"`) || !strings.Contains(ev[0], "Warning") {
 		t.Errorf("events %q", ev)

@@ -46,6 +46,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/dynamic"
 
 	"github.com/secretfs/secretfs/driver/hook"
@@ -92,6 +93,8 @@ type Options struct {
 	// (default 2s), doubling.
 	EvictionRetries int
 	EvictionBackoff time.Duration
+	// Registerer takes the metrics (nil: not registered).
+	Registerer prometheus.Registerer
 }
 
 // maxRemembered bounds each of the Restarter's memories (pods'
@@ -101,11 +104,12 @@ const maxRemembered = 4096
 
 // Restarter is the hook. Close it when done.
 type Restarter struct {
-	opts   Options
-	log    *slog.Logger
-	queue  chan string
-	cancel context.CancelFunc
-	done   sync.WaitGroup
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+	queue   chan string
+	cancel  context.CancelFunc
+	done    sync.WaitGroup
 
 	mu      sync.Mutex
 	pending map[string]job // by pod UID
@@ -132,7 +136,7 @@ type job struct {
 var _ hook.Hook = (*Restarter)(nil)
 
 // New returns a Restarter and starts its worker.
-func New(opts Options) *Restarter {
+func New(opts Options) (*Restarter, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 30 * time.Second
 	}
@@ -148,13 +152,17 @@ func New(opts Options) *Restarter {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &Restarter{opts: opts, log: opts.Logger, queue: make(chan string, opts.Queue), cancel: cancel,
+	r := &Restarter{opts: opts, log: opts.Logger, metrics: m, queue: make(chan string, opts.Queue), cancel: cancel,
 		pending: map[string]job{}, podCtl: map[string]ref{}, rsOwner: map[string]ref{}, written: map[string]string{}, values: map[string]string{}}
 	r.idle = sync.NewCond(&r.mu)
 	r.done.Add(1)
 	go r.work(ctx)
-	return r
+	return r, nil
 }
 
 // Close stops the worker. Queued jobs are dropped still holding their
@@ -189,9 +197,11 @@ func (r *Restarter) Changed(_ context.Context, v hook.Volume) {
 		j.done = hold(v)
 		r.pending[v.Pod.UID] = j
 		r.busy++
+		r.metrics.queued.Set(float64(r.busy))
 		r.mu.Unlock()
 	default:
 		r.mu.Unlock()
+		r.metrics.count(resultDropped)
 		r.warn(v.Pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but the driver's restart queue is full (%d pods waiting): the pod's workload was not restarted", j.class, r.opts.Queue))
 	}
 }
@@ -224,13 +234,15 @@ func (r *Restarter) work(ctx context.Context) {
 			delete(r.pending, uid)
 			r.mu.Unlock()
 			jctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
-			r.run(jctx, j)
+			result := r.run(jctx, j)
 			cancel()
 			if ctx.Err() == nil {
+				r.metrics.count(result)
 				j.done() // else the driver is stopping: the next one retells it
 			}
 			r.mu.Lock()
 			r.busy--
+			r.metrics.queued.Set(float64(r.busy))
 			if r.busy == 0 {
 				r.idle.Broadcast()
 			}

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/driver/hook"
 	"github.com/secretfs/secretfs/provider"
@@ -16,7 +18,10 @@ import (
 // class without the opt-in, a first publish, a refresh that changed
 // nothing (no Files): no allocation, no job.
 func TestNothingToDoCostsNothing(t *testing.T) {
-	r := New(Options{})
+	r, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer r.Close()
 	files := []provider.File{{Path: "pass", Mode: 0o644, Contents: []byte("v2")}}
 	pod := provider.Pod{Namespace: "ns", Name: "p", UID: "u"}
@@ -52,7 +57,11 @@ func TestQueueBoundAndCoalescing(t *testing.T) {
 		return func() { once.Do(func() { holds.Add(-1) }) }
 	}
 	events := &recorder{}
-	r := &Restarter{opts: Options{Queue: 1, Events: events}, log: slog.New(slog.DiscardHandler), queue: make(chan string, 1), pending: map[string]job{}}
+	m, err := newMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Restarter{opts: Options{Queue: 1, Events: events}, log: slog.New(slog.DiscardHandler), metrics: m, queue: make(chan string, 1), pending: map[string]job{}}
 	opted := &class.Class{Name: "app", Namespace: "ns", Parameters: map[string]string{class.ParamOnChange: class.OnChangeRestart}}
 	v := func(uid, content string) hook.Volume {
 		return hook.Volume{Class: opted, Pod: provider.Pod{Namespace: "ns", Name: "p-" + uid, UID: uid},
@@ -69,6 +78,9 @@ func TestQueueBoundAndCoalescing(t *testing.T) {
 	}
 	if n := holds.Load(); n != 1 {
 		t.Fatalf("%d changes held, want 1 (the queued job's)", n)
+	}
+	if n := testutil.ToFloat64(m.results.WithLabelValues(resultDropped)); n != 1 {
+		t.Fatalf("secretfs_restarts_total{result=dropped} %v, want 1", n)
 	}
 }
 

@@ -37,64 +37,64 @@ func controllerRef(o metav1.Object) ref {
 	return ref{}
 }
 
-// run does one job (steps 3 to 7 of the package comment).
-func (r *Restarter) run(ctx context.Context, j job) {
+// run does one job (steps 3 to 7 of the package comment) and returns its
+// result (metrics.go).
+func (r *Restarter) run(ctx context.Context, j job) string {
 	why := fmt.Sprintf("the content of SecretProviderClass %q changed", j.class)
-	ctl, ok := r.controllerOf(ctx, j)
-	if !ok {
-		return
+	ctl, result := r.controllerOf(ctx, j)
+	if result != "" {
+		return result
 	}
 	switch {
 	case ctl == (ref{}):
-		r.evict(ctx, j, why)
-		return
+		return r.evict(ctx, j, why)
 	case ctl.apiVersion == "apps/v1" && ctl.kind == "ReplicaSet":
 		owner, ok := r.ownerOfReplicaSet(ctx, j, ctl)
 		if !ok {
-			return
+			return resultFailed
 		}
 		if owner == (ref{}) {
-			r.evict(ctx, j, why) // its ReplicaSet replaces it
-			return
+			return r.evict(ctx, j, why) // its ReplicaSet replaces it
 		}
 		ctl = owner
 	}
 	if gvr, ok := restartable[ctl.kind]; ok && ctl.apiVersion == "apps/v1" {
-		r.rollout(ctx, j, gvr, ctl, why)
-		return
+		return r.rollout(ctx, j, gvr, ctl, why)
 	}
 	if ctl.kind == "Job" {
 		r.warn(j.pod, fmt.Sprintf("%s, but the pod belongs to Job %q, whose pods run to completion: not restarted", why, ctl.name))
-		return
+		return resultSkipped
 	}
 	r.warn(j.pod, fmt.Sprintf("%s, but the pod's controller is a %s %s %q, which the driver does not restart (it restarts Deployments, StatefulSets and DaemonSets, and evicts pods without one)", why, ctl.apiVersion, ctl.kind, ctl.name))
+	return resultSkipped
 }
 
-// controllerOf returns j's pod's controller; false when there is nothing
-// to do (the pod is gone, or being deleted, or could not be read: told).
-func (r *Restarter) controllerOf(ctx context.Context, j job) (ref, bool) {
+// controllerOf returns j's pod's controller, or the job's result when there
+// is nothing to do (the pod is gone, or being deleted, or could not be
+// read: told).
+func (r *Restarter) controllerOf(ctx context.Context, j job) (ref, string) {
 	r.mu.Lock()
 	c, ok := r.podCtl[j.pod.UID]
 	r.mu.Unlock()
 	if ok {
-		return c, true
+		return c, ""
 	}
 	pod, err := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace).Get(ctx, j.pod.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return ref{}, false
+		return ref{}, resultGone
 	}
 	if err != nil {
 		r.warn(j.pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but reading the pod's controller failed: %v", j.class, err))
-		return ref{}, false
+		return ref{}, resultFailed
 	}
 	if string(pod.GetUID()) != j.pod.UID || pod.GetDeletionTimestamp() != nil {
-		return ref{}, false // another pod of that name, or this one is going
+		return ref{}, resultGone // another pod of that name, or this one is going
 	}
 	c = controllerRef(pod)
 	r.mu.Lock()
 	remember(r.podCtl, j.pod.UID, c)
 	r.mu.Unlock()
-	return c, true
+	return c, ""
 }
 
 // ownerOfReplicaSet returns rs's controller (zero: none).
@@ -122,14 +122,14 @@ func (r *Restarter) ownerOfReplicaSet(ctx context.Context, j job, rs ref) (ref, 
 
 // rollout writes the restart value into w's pod template unless it is
 // there already (step 4).
-func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionResource, w ref, why string) {
+func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionResource, w ref, why string) string {
 	value := r.value(j.sum)
 	key := w.kind + "/" + j.pod.Namespace + "/" + w.name + "/" + w.uid
 	r.mu.Lock()
 	seen := r.written[key] == value
 	r.mu.Unlock()
 	if seen {
-		return
+		return resultCarried
 	}
 	client := r.opts.Client.Resource(gvr).Namespace(j.pod.Namespace)
 	obj, err := client.Get(ctx, w.name, metav1.GetOptions{})
@@ -138,8 +138,9 @@ func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionR
 	}
 	if err != nil {
 		r.warn(j.pod, fmt.Sprintf("%s, but reading the pod's %s %q failed: %v", why, w.kind, w.name, err))
-		return
+		return resultFailed
 	}
+	result := resultCarried
 	current, _, _ := unstructured.NestedString(obj.Object, "spec", "template", "metadata", "annotations", Annotation)
 	if current != value {
 		patch, _ := json.Marshal(map[string]any{
@@ -149,13 +150,15 @@ func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionR
 		})
 		if _, err := client.Patch(ctx, w.name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: r.opts.FieldManager}); err != nil {
 			r.warn(j.pod, fmt.Sprintf("%s, but restarting the pod's %s %q failed: %v", why, w.kind, w.name, err))
-			return
+			return resultFailed
 		}
 		r.normal(j.pod, fmt.Sprintf("Rolling restart of %s %q: %s (pod template annotation %s=%s)", w.kind, w.name, why, Annotation, value))
+		result = resultRolledOut
 	}
 	r.mu.Lock()
 	remember(r.written, key, value)
 	r.mu.Unlock()
+	return result
 }
 
 // value returns Value(sum), computed once per digest on this node.
@@ -176,7 +179,7 @@ func (r *Restarter) value(sum [32]byte) string {
 
 // evict evicts j's pod through the Eviction API, retrying a refusal by a
 // disruption budget a bounded number of times (step 5).
-func (r *Restarter) evict(ctx context.Context, j job, why string) {
+func (r *Restarter) evict(ctx context.Context, j job, why string) string {
 	eviction := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "policy/v1", "kind": "Eviction",
 		"metadata": map[string]any{"name": j.pod.Name, "namespace": j.pod.Namespace},
@@ -190,10 +193,10 @@ func (r *Restarter) evict(ctx context.Context, j job, why string) {
 		_, err = client.Create(ctx, eviction, metav1.CreateOptions{}, "eviction")
 		if err == nil {
 			r.normal(j.pod, fmt.Sprintf("Evicted the pod (it has no controller to restart, or only a ReplicaSet): %s", why))
-			return
+			return resultEvicted
 		}
 		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-			return // gone already
+			return resultGone // gone already
 		}
 		if !apierrors.IsTooManyRequests(err) || attempt == r.opts.EvictionRetries {
 			break
@@ -211,4 +214,5 @@ func (r *Restarter) evict(ctx context.Context, j job, why string) {
 		backoff *= 2
 	}
 	r.warn(j.pod, fmt.Sprintf("%s, but evicting the pod failed (after the attempts a disruption budget allows): %v", why, err))
+	return resultFailed
 }
