@@ -221,18 +221,20 @@ func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, err e
 	if set.writtenByProvider {
 		return set.changed, nil
 	}
-	charge := d.budget.Charge(v.id, set.need, v.where())
+	charge := d.budget.Charge(v.id, set.need, v.need, v.where())
 	if first {
 		if err := charge.Reserve(); err != nil {
 			return false, err
 		}
 	}
 	if err := d.mountTmpfs(v); err != nil {
-		charge.Settle(false)
+		charge.Failed()
 		return false, err
 	}
 	// A refresh reserves only once the writer knows the content changed:
-	// old and new generation side by side until the swap. With hooks, the
+	// current and new generation side by side; the current one stays, for
+	// readers that resolved it just before the swap, until the next write
+	// (atomicwriter), and the budget counts it until then. With hooks, the
 	// record says the change is untold before the swap, so a driver that
 	// dies between the swap and the hooks has the next one tell them.
 	grow := charge.Reserve
@@ -249,7 +251,15 @@ func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, err e
 		}
 	}
 	changed, err = d.writer(v, grow).Write(set.files)
-	charge.Settle(err == nil && (changed || first))
+	switch {
+	case err != nil:
+		charge.Failed()
+	case changed || first:
+		charge.Written()
+		v.need = set.need
+	default:
+		charge.Unchanged()
+	}
 	if err != nil {
 		if provider.CodeOf(err) == codes.ResourceExhausted {
 			return false, err // the node budget refused the new generation

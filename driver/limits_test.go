@@ -142,6 +142,39 @@ func TestNodeBudget(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unchanged refresh on a full node: %v", err)
 	}
+
+	// With room, a rotation writes the new generation and keeps the one it
+	// replaced (for a reader that resolved it just before the swap) until
+	// the next refresh; the budget counts both until then.
+	if err := e.unpublish("vol-2", e.target("2")); err != nil {
+		t.Fatal(err)
+	}
+	refresh := func(files func(*provider.Request) []provider.File) {
+		t.Helper()
+		e.prov.set(func(p *testProvider) { p.files = files })
+		e.d.cache.Invalidate(v.id, time.Now())
+		e.d.locks.Lock(v.id, nil)
+		_, err := e.d.apply(context.Background(), v, v.req)
+		e.d.locks.Unlock(v.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	refresh(func(*provider.Request) []provider.File {
+		return []provider.File{{Path: "a", Contents: make([]byte, fileSize)}, {Path: "b", Contents: []byte(strings.Repeat("n", fileSize))}}
+	})
+	if got := e.d.budget.Held(v.id); got != 2*perVolume {
+		t.Fatalf("after a rotation the volume holds %d in the budget, want %d (the new files and the kept ones)", got, 2*perVolume)
+	}
+	if used, _, err := tmpfs.Usage(v.target); err != nil || used > 2*perVolume {
+		t.Fatalf("the tmpfs holds %d bytes, more than the budget counts (%d): %v", used, 2*perVolume, err)
+	}
+	refresh(func(*provider.Request) []provider.File {
+		return []provider.File{{Path: "a", Contents: make([]byte, fileSize)}, {Path: "b", Contents: []byte(strings.Repeat("n", fileSize))}}
+	})
+	if got := e.d.budget.Held(v.id); got != perVolume {
+		t.Fatalf("after the next, unchanged, refresh the volume holds %d in the budget, want %d", got, perVolume)
+	}
 }
 
 func readFileT(t *testing.T, p string) []byte {

@@ -200,6 +200,7 @@ func (d *Driver) holdMounted(v *volume) {
 		return
 	}
 	d.budget.Hold(v.id, used)
+	v.need = used // the current files and maybe the kept ones: never less
 
 }
 

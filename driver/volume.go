@@ -32,6 +32,9 @@ type volume struct {
 	// files and bytes count the content last written (status only).
 	files int
 	bytes int64
+	// need is what the content last written takes on the tmpfs (the node
+	// budget's measure); after a restart, what the tmpfs held then.
+	need int64
 	// interval is the class's own rotation interval (clamped); 0: the
 	// driver's.
 	interval time.Duration

@@ -8,12 +8,23 @@
 //
 // Steps of Write (the same numbers mark the code):
 //  1. validate the file set;
-//  2. if the current generation has exactly this content, stop;
+//  2. remove generations older than the current one (the one the last Write
+//     kept); if the current generation has exactly this content, stop;
 //  3. write every file into a new timestamped directory (after Grow allows it);
 //  4. create the top-level symlinks that are missing;
 //  5. point ..data at the new directory (symlink ..data_tmp, rename over ..data);
 //  6. remove top-level symlinks that the new set no longer has;
-//  7. remove the old generation.
+//  7. keep the old generation until the next Write (its step 2).
+//
+// Step 7 is where this writer differs from kubelet's, which removes the old
+// generation at once: a reader that resolved ..data to the old generation
+// just before the swap, and is preempted before it looks the file up in it,
+// would then find no file (ENOENT) where the file was a moment ago. Kept
+// until the next Write (a refresh later, never less), the old generation
+// answers it. The cost: between two writes the directory holds two
+// generations (the caller's budget counts both), the previous
+// values among them, in the same directory only the reader could read
+// before.
 //
 // A failure in steps 3-5 removes the new generation (one deferred cleanup)
 // and leaves the previous content in place; after step 5 failures only leave
@@ -121,7 +132,7 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 	if !isGeneration(oldGen) {
 		oldGen = "" // not one of ours: compare nothing with it, remove nothing through it
 	}
-	w.removeStale(dfd, oldGen)
+	w.removeStale(dfd, oldGen) // the generation the last Write kept (step 7)
 	var oldTop map[string]struct{}
 	if oldGen != "" {
 		same, top, err := w.sameContent(dfd, oldGen, files)
@@ -182,10 +193,7 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 			removeAt(dfd, name)
 		}
 	}
-	// 7. Remove the old generation.
-	if oldGen != "" {
-		removeAllAt(dfd, oldGen)
-	}
+	// 7. Keep the old generation: the next Write removes it.
 	return true, nil
 }
 
@@ -332,7 +340,8 @@ func linkTopLevel(dfd int, top map[string]struct{}) error {
 	return nil
 }
 
-// removeStale deletes generation directories left by an interrupted Write.
+// removeStale deletes every generation directory but current: the one the
+// last Write kept (its step 7) and any an interrupted Write left.
 func (w *Writer) removeStale(dfd int, current string) {
 	entries, err := readDirAt(dfd)
 	if err != nil {

@@ -113,15 +113,51 @@ func TestWriteAndReplace(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(dir, "gone")); !os.IsNotExist(err) {
 		t.Fatalf("old link still there: %v", err)
 	}
-	entries, _ := os.ReadDir(dir)
-	gens := 0
-	for _, e := range entries {
-		if e.IsDir() && strings.HasPrefix(e.Name(), "..") {
-			gens++
+	generations := func() int {
+		entries, _ := os.ReadDir(dir)
+		gens := 0
+		for _, e := range entries {
+			if e.IsDir() && strings.HasPrefix(e.Name(), "..") {
+				gens++
+			}
 		}
+		return gens
 	}
-	if gens != 1 {
-		t.Fatalf("want exactly one generation directory, have %d: %v", gens, entries)
+	if n := generations(); n != 2 {
+		t.Fatalf("want the new generation and the one it replaced, have %d generation directories", n)
+	}
+	// The next Write, changed or not, removes the kept one.
+	if _, err := w.Write([]File{{Path: "a", Mode: 0o640, Data: []byte("A2")}, {Path: "sub/b", Mode: 0o600, Data: []byte("B1")}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := generations(); n != 1 {
+		t.Fatalf("want exactly one generation directory after an unchanged write, have %d", n)
+	}
+}
+
+// A reader that resolved ..data just before a swap (and was preempted
+// before it looked its file up) still finds the file in the generation it
+// resolved: the swap keeps that generation until the next Write. (Kubelet's
+// writer removes it at once; the reader then gets ENOENT for a file that
+// exists before and after.)
+func TestReaderOfTheOldGenerationFindsItsFiles(t *testing.T) {
+	dir := t.TempDir()
+	w := New(dir)
+	if _, err := w.Write([]File{{Path: "a", Mode: 0o644, Data: []byte("A1")}}); err != nil {
+		t.Fatal(err)
+	}
+	resolved, err := os.Readlink(filepath.Join(dir, "..data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := w.Write([]File{{Path: "a", Mode: 0o644, Data: []byte("A2")}}); err != nil || !changed {
+		t.Fatalf("second write: changed=%v err=%v", changed, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, resolved, "a")); err != nil || string(b) != "A1" {
+		t.Fatalf("the generation a reader resolved before the swap: %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "a")); err != nil || string(b) != "A2" {
+		t.Fatalf("after the swap: %q, %v", b, err)
 	}
 }
 
@@ -353,7 +389,7 @@ func TestWriteIntoEmptyThenReplace(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if len(entries) != 3 { // a, ..data, one generation
+	if len(entries) != 4 { // a, ..data, the new generation and the one it replaced
 		t.Fatalf("entries after replace: %v", names)
 	}
 }

@@ -103,45 +103,60 @@ func (b *Budget) Reserve(id string, n int64) error {
 }
 
 // A Charge makes room in the budget for one write of a volume: need bytes
-// for its new files, beside what it held before until the write is over.
-// The methods of a nil Charge (from a nil Budget) do nothing.
+// for its new files, beside the kept bytes of its current files. The atomic
+// writer keeps the generation a write replaces until the next write (a
+// reader that resolved it just before the swap still finds its files), so a
+// volume holds its current files and, after a change, the ones they
+// replaced. The methods of a nil Charge (from a nil Budget) do nothing.
 type Charge struct {
-	b         *Budget
-	id, where string // where names the volume's class in errors
-	old, need int64
+	b               *Budget
+	id, where       string // where names the volume's class in errors
+	old, kept, need int64
 }
 
-// Charge starts a write of volume id whose files take need bytes; where
-// names the volume (its class and namespace) in the error.
-func (b *Budget) Charge(id string, need int64, where string) *Charge {
+// Charge starts a write of volume id whose files take need bytes beside the
+// kept bytes of its current files (0 for a first write); where names the
+// volume (its class and namespace) in the error.
+func (b *Budget) Charge(id string, need, kept int64, where string) *Charge {
 	if b == nil {
 		return nil
 	}
-	return &Charge{b: b, id: id, where: where, old: b.Held(id), need: need}
+	return &Charge{b: b, id: id, where: where, old: b.Held(id), kept: kept, need: need}
 }
 
-// Reserve holds the old and the new files side by side (what the atomic
-// writer's Grow asks for), or fails with ResourceExhausted. Calling it
-// again holds the same.
+// Reserve holds the current and the new files side by side (what the atomic
+// writer's Grow asks for, once it removed the generation the last write
+// kept), or fails with ResourceExhausted. Calling it again holds the same.
 func (c *Charge) Reserve() error {
 	if c == nil {
 		return nil
 	}
-	if err := c.b.Reserve(c.id, c.old+c.need); err != nil {
+	if err := c.b.Reserve(c.id, c.kept+c.need); err != nil {
 		return provider.Errorf(codes.ResourceExhausted, "%s: %s", c.where, err.Error())
 	}
 	return nil
 }
 
-// Settle records what the volume holds once the write is over: need when
-// the new files were written, else what it held before.
-func (c *Charge) Settle(written bool) {
-	if c == nil {
-		return
+// Written records that the new files were written: the volume holds them
+// and the files they replaced, which stay until the next write.
+func (c *Charge) Written() {
+	if c != nil {
+		_ = c.b.Reserve(c.id, c.kept+c.need) // what Reserve held: never fails
 	}
-	if written {
-		_ = c.b.Reserve(c.id, c.need) // shrinks: never fails
-	} else {
+}
+
+// Unchanged records that the content was the same: the volume holds its
+// current files only (the write removed the generation the last one kept).
+func (c *Charge) Unchanged() {
+	if c != nil {
+		_ = c.b.Reserve(c.id, c.kept) // shrinks: never fails
+	}
+}
+
+// Failed records that the write did not happen: the volume holds what it
+// held before.
+func (c *Charge) Failed() {
+	if c != nil {
 		_ = c.b.Reserve(c.id, c.old)
 	}
 }

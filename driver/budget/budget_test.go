@@ -173,32 +173,43 @@ func TestCharge(t *testing.T) {
 	if err := b.Reserve("v", 30); err != nil {
 		t.Fatal(err)
 	}
-	c := b.Charge("v", 50, `class "c" in namespace "n"`)
+	c := b.Charge("v", 50, 30, `class "c" in namespace "n"`)
 	if err := c.Reserve(); err != nil || b.Used() != 80 {
 		t.Fatalf("reserve: %v, used %d, want 80", err, b.Used())
 	}
 	if err := c.Reserve(); err != nil || b.Used() != 80 {
 		t.Fatalf("a second reserve holds the same: %v, used %d", err, b.Used())
 	}
-	c.Settle(true)
-	if b.Used() != 50 || b.Held("v") != 50 {
-		t.Fatalf("settled written: used %d, held %d, want 50", b.Used(), b.Held("v"))
+	c.Written() // the new files and the ones they replaced
+	if b.Used() != 80 || b.Held("v") != 80 {
+		t.Fatalf("written: used %d, held %d, want 80", b.Used(), b.Held("v"))
 	}
 
-	c = b.Charge("v", 60, `class "c" in namespace "n"`) // 50 + 60 > 100
+	// The next write removes the kept 30 first: 50 + 40 fits where 80 + 40
+	// would not.
+	c = b.Charge("v", 40, 50, `class "c" in namespace "n"`)
+	if err := c.Reserve(); err != nil || b.Used() != 90 {
+		t.Fatalf("reserve beside the current files only: %v, used %d, want 90", err, b.Used())
+	}
+	c.Unchanged()
+	if b.Used() != 50 {
+		t.Fatalf("unchanged: used %d, want 50 (the current files)", b.Used())
+	}
+
+	c = b.Charge("v", 60, 50, `class "c" in namespace "n"`) // 50 + 60 > 100
 	err := c.Reserve()
 	if provider.CodeOf(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), `class "c" in namespace "n"`) {
 		t.Fatalf("over the budget: %v", err)
 	}
-	c.Settle(false)
+	c.Failed()
 	if b.Used() != 50 {
-		t.Fatalf("settled not written: used %d, want 50", b.Used())
+		t.Fatalf("failed: used %d, want 50", b.Used())
 	}
 
 	var none *Budget
-	nc := none.Charge("v", 1<<40, "x")
+	nc := none.Charge("v", 1<<40, 0, "x")
 	if err := nc.Reserve(); err != nil {
 		t.Fatalf("no budget refuses: %v", err)
 	}
-	nc.Settle(true)
+	nc.Written()
 }
