@@ -124,15 +124,22 @@ type node struct {
 
 func newNode(t *testing.T, cfg *rest.Config) *node {
 	t.Helper()
+	return newNodeWith(t, cfg, restart.Options{EvictionRetries: 3, EvictionBackoff: 10 * time.Millisecond})
+}
+
+// newNodeWith is newNode with opts (Client and Events are set here).
+func newNodeWith(t *testing.T, cfg *rest.Config, opts restart.Options) *node {
+	t.Helper()
 	n := &node{calls: &counter{n: map[string]int{}}, events: &sink{}}
 	cfg = rest.CopyConfig(cfg)
 	cfg.WrapTransport = n.calls.wrap
+	restart.ClientConfig(cfg) // as the driver makes its client
 	client, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.Restarter = restart.New(restart.Options{Client: client, Events: n.events, FieldManager: "secretfs",
-		EvictionRetries: 3, EvictionBackoff: 10 * time.Millisecond})
+	opts.Client, opts.Events, opts.FieldManager = client, n.events, "secretfs"
+	n.Restarter = restart.New(opts)
 	t.Cleanup(n.Close)
 	return n
 }

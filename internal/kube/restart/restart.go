@@ -29,7 +29,9 @@
 //     Deployment (changing such a ReplicaSet's template replaces no pod),
 //     is evicted through the Eviction API, so disruption budgets apply; a
 //     refusal by a budget (429) is retried with backoff a bounded number
-//     of times, then reported.
+//     of times, then reported. The backoff waits on a timer, not in the
+//     worker: a tenant's pods that a budget keeps from leaving delay
+//     nobody else's restart. A newer change of the pod replaces its retry.
 //  6. A Job's pod (it runs to completion; evicting it would count as a
 //     failure) and a pod of any other controller kind are not restarted:
 //     a Warning Event says so.
@@ -109,10 +111,12 @@ type Restarter struct {
 	pending map[string]job // by pod UID
 	busy    int            // jobs queued or running
 	idle    *sync.Cond
-	podCtl  map[string]ref    // pod UID -> its controller (zero: none)
-	rsOwner map[string]ref    // ReplicaSet UID -> its controller (zero: none)
-	written map[string]string // workload -> value it carries
-	values  map[string]string // digest -> Value
+	podCtl  map[string]ref         // pod UID -> its controller (zero: none)
+	rsOwner map[string]ref         // ReplicaSet UID -> its controller (zero: none)
+	written map[string]string      // workload -> value it carries
+	values  map[string]string      // digest -> Value
+	retries map[string]*time.Timer // pod UID -> its refused eviction's next attempt
+	closed  bool
 }
 
 // job is one pod's restart.
@@ -120,6 +124,10 @@ type job struct {
 	pod   provider.Pod
 	class string
 	sum   [32]byte // content digest (Digest); the value is derived in the worker
+	// attempt counts the evictions of this job a budget refused; backoff
+	// is the wait before the next one.
+	attempt int
+	backoff time.Duration
 }
 
 var _ hook.Hook = (*Restarter)(nil)
@@ -143,17 +151,27 @@ func New(opts Options) *Restarter {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Restarter{opts: opts, log: opts.Logger, queue: make(chan string, opts.Queue), cancel: cancel,
-		pending: map[string]job{}, podCtl: map[string]ref{}, rsOwner: map[string]ref{}, written: map[string]string{}, values: map[string]string{}}
+		pending: map[string]job{}, podCtl: map[string]ref{}, rsOwner: map[string]ref{}, written: map[string]string{}, values: map[string]string{},
+		retries: map[string]*time.Timer{}}
 	r.idle = sync.NewCond(&r.mu)
 	r.done.Add(1)
 	go r.work(ctx)
 	return r
 }
 
-// Close stops the worker; queued jobs are dropped.
+// Close stops the worker; queued jobs and waiting retries are dropped.
 func (r *Restarter) Close() {
 	r.cancel()
 	r.done.Wait()
+	r.mu.Lock()
+	r.closed = true
+	for uid, t := range r.retries {
+		if t.Stop() {
+			r.doneOne()
+		}
+		delete(r.retries, uid)
+	}
+	r.mu.Unlock()
 }
 
 // Changed queues a restart for v's pod when v's class asks for one and
@@ -169,6 +187,12 @@ func (r *Restarter) Changed(_ context.Context, v hook.Volume) {
 	}
 	j := job{pod: v.Pod, class: v.Class.Name, sum: Digest(v.Class.Namespace, v.Class.Name, v.Files)}
 	r.mu.Lock()
+	if t, ok := r.retries[v.Pod.UID]; ok { // this change replaces the retry
+		delete(r.retries, v.Pod.UID)
+		if t.Stop() {
+			r.doneOne()
+		}
+	}
 	if _, queued := r.pending[v.Pod.UID]; queued {
 		r.pending[v.Pod.UID] = j // the newest content wins
 		r.mu.Unlock()
@@ -208,13 +232,60 @@ func (r *Restarter) work(ctx context.Context) {
 			r.run(jctx, j)
 			cancel()
 			r.mu.Lock()
-			r.busy--
-			if r.busy == 0 {
-				r.idle.Broadcast()
-			}
+			r.doneOne()
 			r.mu.Unlock()
 		}
 	}
+}
+
+// doneOne counts a job (queued or waiting to retry) done; r.mu is held.
+func (r *Restarter) doneOne() {
+	r.busy--
+	if r.busy == 0 && r.idle != nil {
+		r.idle.Broadcast()
+	}
+}
+
+// retryLater queues j again after its backoff, unless a newer change of
+// its pod comes first (step 5). It holds no worker while it waits.
+func (r *Restarter) retryLater(j job) {
+	j.attempt++
+	if j.backoff == 0 {
+		j.backoff = r.opts.EvictionBackoff
+	} else {
+		j.backoff *= 2
+	}
+	uid := j.pod.UID
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	if _, newer := r.pending[uid]; newer {
+		return
+	}
+	r.busy++
+	var t *time.Timer
+	t = time.AfterFunc(j.backoff, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.retries[uid] != t {
+			return // replaced by a newer change, or closed: counted there
+		}
+		delete(r.retries, uid)
+		if _, newer := r.pending[uid]; newer || r.closed {
+			r.doneOne()
+			return
+		}
+		select {
+		case r.queue <- uid: // still counted in busy
+			r.pending[uid] = j
+		default:
+			r.doneOne()
+			go r.warn(j.pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but the driver's restart queue is full (%d pods waiting): the pod's eviction was not retried", j.class, r.opts.Queue))
+		}
+	})
+	r.retries[uid] = t
 }
 
 func (r *Restarter) warn(pod provider.Pod, msg string) {

@@ -3,9 +3,7 @@ package restart
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -174,8 +172,9 @@ func (r *Restarter) value(sum [32]byte) string {
 	return v
 }
 
-// evict evicts j's pod through the Eviction API, retrying a refusal by a
-// disruption budget a bounded number of times (step 5).
+// evict evicts j's pod through the Eviction API. A refusal by a
+// disruption budget is tried again later, a bounded number of times
+// (step 5).
 func (r *Restarter) evict(ctx context.Context, j job, why string) {
 	eviction := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "policy/v1", "kind": "Eviction",
@@ -183,32 +182,15 @@ func (r *Restarter) evict(ctx context.Context, j job, why string) {
 		// Only this pod, not a namesake created since.
 		"deleteOptions": map[string]any{"preconditions": map[string]any{"uid": j.pod.UID}},
 	}}
-	client := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace)
-	backoff := r.opts.EvictionBackoff
-	var err error
-	for attempt := 1; ; attempt++ {
-		_, err = client.Create(ctx, eviction, metav1.CreateOptions{}, "eviction")
-		if err == nil {
-			r.normal(j.pod, fmt.Sprintf("Evicted the pod (it has no controller to restart, or only a ReplicaSet): %s", why))
-			return
-		}
-		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-			return // gone already
-		}
-		if !apierrors.IsTooManyRequests(err) || attempt == r.opts.EvictionRetries {
-			break
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			err = errors.Join(err, ctx.Err())
-		case <-t.C:
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		backoff *= 2
+	_, err := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace).Create(ctx, eviction, metav1.CreateOptions{}, "eviction")
+	switch {
+	case err == nil:
+		r.normal(j.pod, fmt.Sprintf("Evicted the pod (it has no controller to restart, or only a ReplicaSet): %s", why))
+	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+		// gone already
+	case apierrors.IsTooManyRequests(err) && j.attempt+1 < r.opts.EvictionRetries:
+		r.retryLater(j)
+	default:
+		r.warn(j.pod, fmt.Sprintf("%s, but evicting the pod failed (after the attempts a disruption budget allows): %v", why, err))
 	}
-	r.warn(j.pod, fmt.Sprintf("%s, but evicting the pod failed (after the attempts a disruption budget allows): %v", why, err))
 }
