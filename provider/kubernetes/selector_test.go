@@ -271,3 +271,29 @@ func TestSelectorListChargedToWireBudget(t *testing.T) {
 		t.Errorf("read %d bytes of the list, the allowance is %d", read, limit)
 	}
 }
+
+// A tenant's Secrets without keys make no files, but each one costs the
+// list that reads it: they count toward the file limit like a key, so a
+// selector over thousands of empty Secrets stops after one page instead of
+// paging through all of them on every refresh.
+func TestSelectorEmptySecretsCount(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"list"})
+	const n = 300
+	for i := range n {
+		_, err := f.s.Client.CoreV1().Secrets(f.ns).Create(f.ctx(), &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("e%03d", i), Labels: map[string]string{"sel": "empty"}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := f.request("app", "- labelSelector: sel=empty\n")
+	req.Limits = provider.Limits{MaxFiles: 10}
+	_, err := f.p.Fetch(f.ctx(), req)
+	wantCode(t, err, codes.ResourceExhausted, "--max-files", `labelSelector "sel=empty"`, "more than 10")
+	if lists, limits := f.log.listCounts(); lists != 1 || fmt.Sprint(limits) != "[11]" {
+		t.Errorf("%d list requests (limits %v) for %d empty Secrets, want one page of 11", lists, limits, n)
+	}
+}
