@@ -10,7 +10,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/internal/kube/restart"
+	"github.com/secretfs/secretfs/test/kubeapi"
 )
 
 // A tenant's bare pods under a disruption budget that never allows an
@@ -57,4 +59,80 @@ func TestRefusedEvictionHoldsNoOtherRestart(t *testing.T) {
 	if got := n.calls.get("PATCH deployments"); got != 1 {
 		t.Errorf("%d Deployment patches, want 1", got)
 	}
+}
+
+// Two classes that opt in, mounted by every pod of one Deployment, rotate
+// together: each pod sees two changes, each with its own value. Written as
+// they come, the template flips between the two values once per pod and
+// class (six rollouts for three pods). One rollout is enough: a pod made
+// from an older template than the workload's current one is replaced by
+// the rollout under way, and its replacement mounts the new content.
+func TestTwoClassesOneRotation(t *testing.T) {
+	srv, cfg := start(t)
+	ctx := context.Background()
+	createDeployment(t, srv, "web", 3)
+	pods := livePods(t, srv, "web", 3)
+	settled(t, srv, "web")
+	d, err := srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen := d.Generation
+	other := &class.Class{Name: "app2", Namespace: ns, Provider: "fake",
+		Parameters: map[string]string{class.ParamOnChange: class.OnChangeRestart}}
+	a, b := newNode(t, cfg), newNode(t, cfg)
+	for i, p := range pods {
+		n := a
+		if i == 2 {
+			n = b
+		}
+		for _, c := range []*class.Class{restarting, other} {
+			n.Changed(ctx, vol(c, p, false, "rotated"))
+			n.WaitIdle()
+		}
+	}
+	patches := a.calls.get("PATCH deployments") + b.calls.get("PATCH deployments")
+	settled(t, srv, "web")
+	d, err = srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if patches != 1 || d.Generation != gen+1 {
+		t.Errorf("one rotation of two classes seen by 3 pods: %d patches, %d rollouts; want 1 and 1", patches, d.Generation-gen)
+	}
+
+	// A pod of the new template that mounted before the second class
+	// changed sees that change itself: a second rollout, as it must.
+	fresh := newestPod(t, srv, "web")
+	a.Changed(ctx, vol(other, fresh, false, "rotated again"))
+	a.WaitIdle()
+	settled(t, srv, "web")
+	if d, err = srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{}); err != nil || d.Generation != gen+2 {
+		t.Errorf("a pod of the current template saw a change: generation %d, want %d (%v)", d.Generation, gen+2, err)
+	}
+}
+
+// newestPod returns a live pod of name made from its Deployment's current
+// template.
+func newestPod(t *testing.T, srv *kubeapi.Server, name string) corev1.Pod {
+	t.Helper()
+	var out corev1.Pod
+	eventually(t, "a pod of the current template", func() bool {
+		d, err := srv.Client.AppsV1().Deployments(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		list, err := srv.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + name})
+		if err != nil {
+			return false
+		}
+		for _, p := range list.Items {
+			if p.DeletionTimestamp == nil && p.Annotations[restart.Annotation] == d.Spec.Template.Annotations[restart.Annotation] {
+				out = p
+				return true
+			}
+		}
+		return false
+	})
+	return out
 }

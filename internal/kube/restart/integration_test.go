@@ -384,17 +384,28 @@ func TestRestartOnChange(t *testing.T) {
 		t.Fatalf("ReplicaSets: %v, want still 2", rs)
 	}
 
-	// A second rotation: a second rollout. (The first one has not gone far:
-	// pods stay Pending without a scheduler, so the old ones stay.)
+	// A second rotation seen by an old pod: nothing, since the rollout under
+	// way replaces it (the first one has not gone far: pods stay Pending
+	// without a scheduler, so the old ones stay).
+	before = a.calls.writes()
 	a.Changed(ctx, vol(restarting, pods[0], false, "v3"))
+	a.WaitIdle()
+	if a.calls.writes() != before {
+		t.Errorf("a pod of an older template than the Deployment's wrote: %v", a.calls.n)
+	}
+	// Seen by a pod of the new template: a second rollout.
+	fresh := newestPod(t, srv, "web")
+	a.Changed(ctx, vol(restarting, fresh, false, "v3"))
 	a.WaitIdle()
 	if rs := settled(t, srv, "web"); len(rs) != 3 {
 		t.Fatalf("ReplicaSets after a second rotation: %v, want 3", rs)
 	}
+	fresh = newestPod(t, srv, "web")
 
-	// A third rotation seen at the same moment by two new nodes, each
-	// reading the Deployment before the other wrote: both may patch, with
-	// the same value, and the template changes once.
+	// A third rotation seen at the same moment by two new nodes (by the
+	// pod of the current template, as if it were on both), each reading
+	// the Deployment before the other wrote: both may patch, with the same
+	// value, and the template changes once.
 	d, err = srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -406,9 +417,7 @@ func TestRestartOnChange(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, p := range pods {
-				n.Changed(ctx, vol(restarting, p, false, "v4"))
-			}
+			n.Changed(ctx, vol(restarting, fresh, false, "v4"))
 			n.WaitIdle()
 		}()
 	}

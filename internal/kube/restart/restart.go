@@ -25,6 +25,12 @@
 //     writes the same value: a workload already carrying it is not written
 //     again (a GET, no write), and this node remembers it per workload (no
 //     call at all for the next pod of it). One change makes one rollout.
+//     Nor is a workload written whose template's value is not the one the
+//     pod was made with: it was restarted since, and the rollout under way
+//     replaces the pod with one that mounts the new content (a pod of the
+//     current template that mounted before the change sees it itself). So
+//     two classes of one workload rotating together make one rollout, not
+//     one per pod and class, the value flipping between theirs.
 //  5. A pod without a controller, and a pod of a ReplicaSet without a
 //     Deployment (changing such a ReplicaSet's template replaces no pod),
 //     is evicted through the Eviction API, so disruption budgets apply; a
@@ -111,7 +117,7 @@ type Restarter struct {
 	pending map[string]job // by pod UID
 	busy    int            // jobs queued or running
 	idle    *sync.Cond
-	podCtl  map[string]ref         // pod UID -> its controller (zero: none)
+	podCtl  map[string]podInfo     // pod UID -> its controller and template value
 	rsOwner map[string]ref         // ReplicaSet UID -> its controller (zero: none)
 	written map[string]string      // workload -> value it carries
 	values  map[string]string      // digest -> Value
@@ -151,7 +157,7 @@ func New(opts Options) *Restarter {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Restarter{opts: opts, log: opts.Logger, queue: make(chan string, opts.Queue), cancel: cancel,
-		pending: map[string]job{}, podCtl: map[string]ref{}, rsOwner: map[string]ref{}, written: map[string]string{}, values: map[string]string{},
+		pending: map[string]job{}, podCtl: map[string]podInfo{}, rsOwner: map[string]ref{}, written: map[string]string{}, values: map[string]string{},
 		retries: map[string]*time.Timer{}}
 	r.idle = sync.NewCond(&r.mu)
 	r.done.Add(1)

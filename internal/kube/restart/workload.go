@@ -28,6 +28,13 @@ type ref struct {
 	apiVersion, kind, name, uid string
 }
 
+// podInfo is what the restart needs of a pod: its controller and the
+// restart value of the template it was made from ("" for none).
+type podInfo struct {
+	ctl   ref
+	value string
+}
+
 func controllerRef(o metav1.Object) ref {
 	if c := metav1.GetControllerOfNoCopy(o); c != nil {
 		return ref{apiVersion: c.APIVersion, kind: c.Kind, name: c.Name, uid: string(c.UID)}
@@ -38,10 +45,11 @@ func controllerRef(o metav1.Object) ref {
 // run does one job (steps 3 to 7 of the package comment).
 func (r *Restarter) run(ctx context.Context, j job) {
 	why := fmt.Sprintf("the content of SecretProviderClass %q changed", j.class)
-	ctl, ok := r.controllerOf(ctx, j)
+	pod, ok := r.podOf(ctx, j)
 	if !ok {
 		return
 	}
+	ctl := pod.ctl
 	switch {
 	case ctl == (ref{}):
 		r.evict(ctx, j, why)
@@ -58,7 +66,7 @@ func (r *Restarter) run(ctx context.Context, j job) {
 		ctl = owner
 	}
 	if gvr, ok := restartable[ctl.kind]; ok && ctl.apiVersion == "apps/v1" {
-		r.rollout(ctx, j, gvr, ctl, why)
+		r.rollout(ctx, j, gvr, ctl, pod.value, why)
 		return
 	}
 	if ctl.kind == "Job" {
@@ -68,9 +76,10 @@ func (r *Restarter) run(ctx context.Context, j job) {
 	r.warn(j.pod, fmt.Sprintf("%s, but the pod's controller is a %s %s %q, which the driver does not restart (it restarts Deployments, StatefulSets and DaemonSets, and evicts pods without one)", why, ctl.apiVersion, ctl.kind, ctl.name))
 }
 
-// controllerOf returns j's pod's controller; false when there is nothing
-// to do (the pod is gone, or being deleted, or could not be read: told).
-func (r *Restarter) controllerOf(ctx context.Context, j job) (ref, bool) {
+// podOf returns j's pod's controller and template value; false when there
+// is nothing to do (the pod is gone, or being deleted, or could not be
+// read: told).
+func (r *Restarter) podOf(ctx context.Context, j job) (podInfo, bool) {
 	r.mu.Lock()
 	c, ok := r.podCtl[j.pod.UID]
 	r.mu.Unlock()
@@ -79,16 +88,16 @@ func (r *Restarter) controllerOf(ctx context.Context, j job) (ref, bool) {
 	}
 	pod, err := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace).Get(ctx, j.pod.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return ref{}, false
+		return podInfo{}, false
 	}
 	if err != nil {
 		r.warn(j.pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but reading the pod's controller failed: %v", j.class, err))
-		return ref{}, false
+		return podInfo{}, false
 	}
 	if string(pod.GetUID()) != j.pod.UID || pod.GetDeletionTimestamp() != nil {
-		return ref{}, false // another pod of that name, or this one is going
+		return podInfo{}, false // another pod of that name, or this one is going
 	}
-	c = controllerRef(pod)
+	c = podInfo{ctl: controllerRef(pod), value: pod.GetAnnotations()[Annotation]}
 	r.mu.Lock()
 	remember(r.podCtl, j.pod.UID, c)
 	r.mu.Unlock()
@@ -119,8 +128,9 @@ func (r *Restarter) ownerOfReplicaSet(ctx context.Context, j job, rs ref) (ref, 
 }
 
 // rollout writes the restart value into w's pod template unless it is
-// there already (step 4).
-func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionResource, w ref, why string) {
+// there already, or the template changed it since the pod was made from
+// it, whose value was podValue (step 4).
+func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionResource, w ref, podValue, why string) {
 	value := r.value(j.sum)
 	key := w.kind + "/" + j.pod.Namespace + "/" + w.name + "/" + w.uid
 	r.mu.Lock()
@@ -139,6 +149,11 @@ func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionR
 		return
 	}
 	current, _, _ := unstructured.NestedString(obj.Object, "spec", "template", "metadata", "annotations", Annotation)
+	if current != value && current != podValue {
+		// Restarted since the pod was made: its rollout replaces the pod.
+		r.log.Debug("restart on change: the workload was restarted since the pod was made", "namespace", j.pod.Namespace, "pod", j.pod.Name, "kind", w.kind, "name", w.name)
+		return
+	}
 	if current != value {
 		patch, _ := json.Marshal(map[string]any{
 			"metadata": map[string]any{"uid": w.uid}, // the workload read above, not a namesake
