@@ -92,8 +92,8 @@ func listError(err error, pod provider.Pod, sel string) error {
 	what := "Secrets with labelSelector " + quote(sel) + " in namespace " + pod.Namespace
 	var pe *provider.Error
 	switch {
-	case errors.As(err, &pe) && pe.Code == codes.ResourceExhausted:
-		return provider.Errorf(codes.ResourceExhausted, "list of %s: %s", what, pe.Message)
+	case errors.As(err, &pe) && (pe.Code == codes.ResourceExhausted || pe.Code == codes.Unavailable):
+		return provider.Errorf(pe.Code, "list of %s: %s", what, pe.Message) // the volume's or the node's bound (Budget)
 	case apierrors.IsForbidden(err):
 		return provider.PermissionDenied(
 			"%s may not list Secrets in namespace %s (needed for labelSelector %s): bind it to a Role in namespace %s "+
