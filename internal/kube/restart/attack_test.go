@@ -2,6 +2,10 @@ package restart_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,4 +139,72 @@ func newestPod(t *testing.T, srv *kubeapi.Server, name string) corev1.Pod {
 		return false
 	})
 	return out
+}
+
+// A tenant whose pods see their content change without pause (a Secret
+// rewritten every second) keeps the node's one worker busy, at the
+// restart QPS. Jobs of one pod coalesce while queued, so another tenant's
+// restart waits for at most one job of each of those pods (and the one
+// running), however many changes they see: its patch comes after at most
+// two jobs of each flapping pod, of at most 4 requests each (pod,
+// ReplicaSet and Deployment reads, a patch), not after every change.
+func TestFlappingPodsDelayOthersByOneJobEach(t *testing.T) {
+	srv, cfg := start(t)
+	ctx := context.Background()
+	const flappers = 4
+	var pods []corev1.Pod
+	for i := range flappers {
+		name := fmt.Sprintf("flap-%d", i)
+		createDeployment(t, srv, name, 1)
+		pods = append(pods, livePods(t, srv, name, 1)[0])
+	}
+	createDeployment(t, srv, "victim", 1)
+	victim := livePods(t, srv, "victim", 1)[0]
+	n := newNode(t, cfg) // the client at client-go's default 5 requests/s, as --restart-qps
+
+	stop := make(chan struct{})
+	changes := 0
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for round := 0; ; round++ {
+			for _, p := range pods {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n.Changed(ctx, vol(restarting, p, false, fmt.Sprint(round)))
+				changes++
+			}
+			if round == 3 {
+				n.Changed(ctx, vol(restarting, victim, false, "v2"))
+			}
+			time.Sleep(time.Millisecond) // thousands of changes a second, without spinning
+		}
+	})
+	eventually(t, "the victim's Deployment restarted", func() bool {
+		return victimPatched(n.calls, "victim")
+	})
+	close(stop)
+	wg.Wait()
+	n.calls.mu.Lock()
+	log := slices.Clone(n.calls.log)
+	n.calls.mu.Unlock()
+	at := slices.IndexFunc(log, func(s string) bool { return s == "PATCH /apis/apps/v1/namespaces/"+ns+"/deployments/victim" })
+	before := 0
+	for _, s := range log[:at] {
+		if strings.Contains(s, "/flap-") {
+			before++
+		}
+	}
+	t.Logf("%d changes of %d flapping pods; %d of their requests before the victim's patch", changes, flappers, before)
+	if limit := 2 * 4 * flappers; before > limit {
+		t.Errorf("%d requests of flapping pods before the victim's patch, want at most %d", before, limit)
+	}
+}
+
+func victimPatched(c *counter, name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Contains(c.log, "PATCH /apis/apps/v1/namespaces/"+ns+"/deployments/"+name)
 }

@@ -35,8 +35,9 @@ const ns = "team"
 
 // counter counts the API requests of one client by "VERB resource".
 type counter struct {
-	mu sync.Mutex
-	n  map[string]int
+	mu  sync.Mutex
+	n   map[string]int
+	log []string // "VERB /path" in order
 }
 
 func (c *counter) wrap(rt http.RoundTripper) http.RoundTripper {
@@ -54,6 +55,7 @@ func (c *counter) wrap(rt http.RoundTripper) http.RoundTripper {
 		}
 		c.mu.Lock()
 		c.n[r.Method+" "+res]++
+		c.log = append(c.log, r.Method+" "+r.URL.Path)
 		c.mu.Unlock()
 		return rt.RoundTrip(r)
 	})
