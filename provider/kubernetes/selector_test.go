@@ -297,3 +297,43 @@ func TestSelectorEmptySecretsCount(t *testing.T) {
 		t.Errorf("%d list requests (limits %v) for %d empty Secrets, want one page of 11", lists, limits, n)
 	}
 }
+
+// Every distinct selector of a class is one list per fetch and one API
+// watch per service account on the node, each with its goroutines and
+// stream: a class of hundreds of tiny selectors that select nothing (no
+// file counts against --max-files) would make hundreds of each. A class
+// has at most maxSelectors distinct selectors, refused before any request.
+func TestSelectorCountBounded(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"list", "watch"})
+	var items strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&items, "- labelSelector: n=%d\n", i)
+	}
+	_, err := f.p.Fetch(f.ctx(), f.request("app", items.String()))
+	wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("more than %d distinct", maxSelectors), "labelSelector")
+	_, err = f.p.Watch(f.request("app", items.String()), func() {})
+	wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("more than %d distinct", maxSelectors))
+	if lists, _ := f.log.listCounts(); lists != 0 {
+		t.Errorf("%d list requests for a class refused", lists)
+	}
+	f.p.mu.Lock()
+	watches := len(f.p.watches)
+	f.p.mu.Unlock()
+	if watches != 0 {
+		t.Errorf("%d watches for a class refused", watches)
+	}
+	// The same selector many times is one selector; maxSelectors distinct
+	// ones are served.
+	items.Reset()
+	for i := range maxSelectors {
+		fmt.Fprintf(&items, "- labelSelector: n=%d\n  path: p%d\n- labelSelector: n=%d\n  path: q%d\n", i, i, i, i)
+	}
+	if _, err := f.p.Fetch(f.ctx(), f.request("app", items.String())); err != nil {
+		t.Fatal(err)
+	}
+	if lists, _ := f.log.listCounts(); lists != maxSelectors {
+		t.Errorf("%d list requests for %d distinct selectors", lists, maxSelectors)
+	}
+}
