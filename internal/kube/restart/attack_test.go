@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -207,4 +208,44 @@ func victimPatched(c *counter, name string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return slices.Contains(c.log, "PATCH /apis/apps/v1/namespaces/"+ns+"/deployments/"+name)
+}
+
+// A tenant's pod that names another namespace's Deployment as its
+// controller (the name and UID copied from it) restarts nothing there:
+// the driver looks its workload up in the pod's own namespace only, and a
+// namesake there with another UID is not it.
+func TestForeignControllerNotRestarted(t *testing.T) {
+	srv, cfg := start(t)
+	ctx := context.Background()
+	if _, err := srv.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "other"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	one := int32(1)
+	theirs, err := srv.Client.AppsV1().Deployments("other").Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{Replicas: &one, Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "web"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	createDeployment(t, srv, "web", 0) // a namesake in the tenant's namespace
+	n := newNode(t, cfg)
+	yes := true
+	for _, kind := range []string{"Deployment", "ReplicaSet"} {
+		p := bare(t, srv, "claims-"+strings.ToLower(kind), &metav1.OwnerReference{APIVersion: "apps/v1", Kind: kind, Name: "web", UID: theirs.UID, Controller: &yes})
+		n.Changed(ctx, vol(restarting, p, false, "v2"))
+		n.WaitIdle()
+	}
+	if w := n.calls.writes(); w != 0 {
+		t.Errorf("%d writes for pods claiming another namespace's workload: %v", w, n.calls.n)
+	}
+	after, err := srv.Client.AppsV1().Deployments("other").Get(ctx, "web", metav1.GetOptions{})
+	if err != nil || after.Generation != theirs.Generation || after.Spec.Template.Annotations[restart.Annotation] != "" {
+		t.Errorf("the other namespace's Deployment changed: generation %d -> %d (%v)", theirs.Generation, after.Generation, err)
+	}
+	if ev := n.events.take(); len(ev) != 2 || !strings.Contains(ev[0], "Warning") || !strings.Contains(ev[1], "Warning") {
+		t.Errorf("events %q, want a Warning for each pod", ev)
+	}
 }
