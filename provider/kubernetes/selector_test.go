@@ -337,3 +337,45 @@ func TestSelectorCountBounded(t *testing.T) {
 		t.Errorf("%d list requests for %d distinct selectors", lists, maxSelectors)
 	}
 }
+
+// Two service accounts of one namespace with the same selector: the one
+// that may list and watch opens the node's watch; the other, which may
+// not list, joins nothing and reads nothing through it: its fetch and its
+// watch are refused, and the node holds one watch (the first's).
+func TestSelectorWatchNotSharedAcrossServiceAccounts(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"list", "watch"})
+	f.serviceAccount(f.ns, "intruder")
+	f.grant(f.ns, "intruder", []string{"get"}, "unrelated")
+	f.putLabelled("a", map[string]string{"app": "shop"}, "A")
+	const objects = "- labelSelector: app=shop\n"
+	stop, err := f.p.Watch(f.mount("app", objects), func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	f.eventually("the watch to open", func() bool { return f.p.OpenWatches() == 1 })
+
+	var c counter
+	stop2, err := f.p.Watch(f.request("intruder", objects), c.changed)
+	wantCode(t, err, codes.PermissionDenied, "service account "+f.ns+"/intruder")
+	if stop2 != nil {
+		stop2()
+	}
+	_, err = f.p.Fetch(f.ctx(), f.request("intruder", objects))
+	wantCode(t, err, codes.PermissionDenied, "service account "+f.ns+"/intruder", "may not list")
+	if n := f.p.sharedWatches(); n != 1 {
+		t.Errorf("%d shared watches, want the first service account's only", n)
+	}
+	shop := "shop"
+	f.putLabelled("b", nil, "B")
+	f.label("b", "app", &shop)
+	f.eventually("the first watch saw the change", func() bool {
+		res, err := f.p.Fetch(f.ctx(), f.request("app", objects))
+		return err == nil && len(res.Files) == 2
+	})
+	if n := c.get(); n != 0 {
+		t.Errorf("the refused service account was told of %d changes", n)
+	}
+}
