@@ -37,8 +37,10 @@ func TestRefusedEvictionHoldsNoOtherRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	const attackers = 4
+	var walls []corev1.Pod
 	for i := range attackers {
 		p := bare(t, srv, "wall-"+string(rune('a'+i)), nil)
+		walls = append(walls, p)
 		p.Status.Phase = corev1.PodRunning
 		if _, err := srv.Client.CoreV1().Pods(ns).UpdateStatus(ctx, &p, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
@@ -64,6 +66,20 @@ func TestRefusedEvictionHoldsNoOtherRestart(t *testing.T) {
 	if got := n.calls.get("PATCH deployments"); got != 1 {
 		t.Errorf("%d Deployment patches, want 1", got)
 	}
+	// Their pods gone, their retries are dropped: nothing is left to do.
+	for _, p := range walls {
+		n.Gone(vol(restarting, p, false, "flap"))
+	}
+	idle := make(chan struct{})
+	go func() { n.WaitIdle(); close(idle) }()
+	eventually(t, "no job or retry left once the pods are gone", func() bool {
+		select {
+		case <-idle:
+			return true
+		default:
+			return false
+		}
+	})
 }
 
 // Two classes that opt in, mounted by every pod of one Deployment, rotate

@@ -215,10 +215,16 @@ func (r *Restarter) Changed(_ context.Context, v hook.Volume) {
 	}
 }
 
-// Gone forgets v's pod's controller.
+// Gone forgets v's pod's controller and drops its eviction's retry.
 func (r *Restarter) Gone(v hook.Volume) {
 	r.mu.Lock()
 	delete(r.podCtl, v.Pod.UID)
+	if t, ok := r.retries[v.Pod.UID]; ok {
+		delete(r.retries, v.Pod.UID)
+		if t.Stop() {
+			r.doneOne()
+		}
+	}
 	r.mu.Unlock()
 }
 
