@@ -53,21 +53,33 @@ type Flight struct {
 	held atomic.Int64
 }
 
-// Charge counts n more bytes read. Over the bound it fails Unavailable:
-// the node is busy with other fetches, and kubelet's retry of the publish
-// (or the next refresh) finds room once they are done.
+// FreeBytes is what each fetch reads without charging the bound: a small
+// class's answers (a few KiB) never wait for a tenant's large fetches that
+// fill it. It costs at most FreeBytes per fetch in progress, and kubelet
+// runs one publish per pod.
+const FreeBytes = 64 << 10
+
+// Charge counts n more bytes read; the fetch's first FreeBytes are free.
+// Over the bound it fails Unavailable: the node is busy with other
+// fetches, and kubelet's retry of the publish (or the next refresh) finds
+// room once they are done.
 func (l *Flight) Charge(n int64) error {
 	if l == nil || n <= 0 {
 		return nil
 	}
-	if used := l.f.used.Add(n); used > l.f.limit {
-		l.f.used.Add(-n)
+	after := l.held.Add(n)
+	charged := max(after-FreeBytes, 0) - max(after-n-FreeBytes, 0)
+	if charged == 0 {
+		return nil
+	}
+	if used := l.f.used.Add(charged); used > l.f.limit {
+		l.f.used.Add(-charged)
+		l.held.Add(-n)
 		return Errorf(codes.Unavailable,
 			"this node's fetches in flight would hold more than %d bytes of backend answers at once (driver flag %s, "+
 				"by default a quarter of the driver's memory headroom): retried; if it persists, the node admin can raise "+
 				"the driver's memory limit, and tenants can mount fewer or smaller objects per volume", l.f.limit, InFlightFlag)
 	}
-	l.held.Add(n)
 	return nil
 }
 
@@ -76,5 +88,5 @@ func (l *Flight) Done() {
 	if l == nil {
 		return
 	}
-	l.f.used.Add(-l.held.Swap(0))
+	l.f.used.Add(-max(l.held.Swap(0)-FreeBytes, 0))
 }

@@ -12,8 +12,18 @@ import (
 func TestInFlight(t *testing.T) {
 	f := NewInFlight(100)
 	a, b := f.Flight(), f.Flight()
-	if err := a.Charge(60); err != nil {
-		t.Fatal(err)
+	// Each fetch's first FreeBytes are not charged.
+	if err := a.Charge(FreeBytes); err != nil || f.Used() != 0 {
+		t.Fatalf("the free bytes: %v, used %d", err, f.Used())
+	}
+	if err := b.Charge(FreeBytes - 10); err != nil || f.Used() != 0 {
+		t.Fatalf("the free bytes: %v, used %d", err, f.Used())
+	}
+	if err := b.Charge(10); err != nil || f.Used() != 0 {
+		t.Fatalf("the free bytes: %v, used %d", err, f.Used())
+	}
+	if err := a.Charge(60); err != nil || f.Used() != 60 {
+		t.Fatalf("%v, used %d", err, f.Used())
 	}
 	if err := b.Charge(50); CodeOf(err) != codes.Unavailable {
 		t.Fatalf("over the node's bound: %v, want Unavailable", err)
@@ -38,7 +48,7 @@ func TestInFlight(t *testing.T) {
 		t.Fatalf("over the volume's allowance: %v, want ResourceExhausted", err)
 	}
 	small := &Request{Flight: NewInFlight(10).Flight()}
-	if err := NewBudget(small).Wire(11); CodeOf(err) != codes.Unavailable {
+	if err := NewBudget(small).Wire(FreeBytes + 11); CodeOf(err) != codes.Unavailable {
 		t.Fatalf("over the node's bound: %v, want Unavailable", err)
 	}
 	var none *InFlight

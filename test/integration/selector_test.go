@@ -26,8 +26,9 @@ import (
 // the pod's token. Each list is cut at the volume's wire allowance, but
 // the node's publishes together must not add up past the driver's memory
 // limit: the driver in a cgroup of the shipped limit is never OOM-killed,
-// refuses each such volume ResourceExhausted, and still mounts another
-// tenant's small selector class afterwards.
+// refuses each such volume (ResourceExhausted, or Unavailable while the
+// others fill the node's bound of fetches in flight), and mounts a small
+// selector class published among them, and after them.
 func TestSelectorsOfLargeSecretsInShippedMemoryLimit(t *testing.T) {
 	s, err := kubeapi.Start()
 	api := kubeapi.Require(t, s, err)
@@ -100,10 +101,14 @@ func TestSelectorsOfLargeSecretsInShippedMemoryLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	u := spcObject("sel-small", "      - labelSelector: sel=small\n")
-	u.Object["spec"].(map[string]any)["provider"] = "kubernetes"
-	if _, err := classes.Create(ctx, u, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	// Small classes (the second with another selector, so that the node
+	// cache shares nothing between them).
+	for name, sel := range map[string]string{"sel-small": "sel=small", "sel-small-b": "sel=small,n!=1"} {
+		u := spcObject(name, "      - labelSelector: \""+sel+"\"\n")
+		u.Object["spec"].(map[string]any)["provider"] = "kubernetes"
+		if _, err := classes.Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	tok, exp, err := api.Token(ctx, "team-a", "app", nil, nil)
 	if err != nil {
@@ -161,7 +166,14 @@ func TestSelectorsOfLargeSecretsInShippedMemoryLimit(t *testing.T) {
 		_, publish := req(fmt.Sprintf("sel-%d", i), i)
 		wg.Go(func() { errs[i] = publish() })
 	}
+	// Another pod's small selector class, published in the middle of it.
+	var smallErr error
+	_, during := req("sel-small-b", 1002)
+	wg.Go(func() { smallErr = during() })
 	wg.Wait()
+	if smallErr != nil {
+		t.Errorf("a small selector class published during the attack: %v", smallErr)
+	}
 	codes := map[string]int{}
 	for _, err := range errs {
 		codes[status.Code(err).String()]++
