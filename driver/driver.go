@@ -116,6 +116,10 @@ type Config struct {
 	// kernel charges their tmpfs pages to the driver's memory cgroup (see
 	// package driver/budget). 0: no node-wide cap.
 	NodeBudget int64
+	// FetchBytes bounds the bytes all fetches of the node read from
+	// backends and hold at once (provider.InFlight), raised to one
+	// volume's wire allowance if below it. 0: no bound.
+	FetchBytes int64
 	// Budget, when set, is the node budget itself and NodeBudget is not
 	// used: the caller shares it with hooks that hold memory for volumes
 	// (the Secret sync charges what it holds of their files to it).
@@ -155,8 +159,9 @@ type Driver struct {
 	nodeID  string
 	classes class.Source
 	resolve func(string) (provider.Provider, error)
-	limits  volumeLimits   // per volume; MaxBytes is Config.TmpfsSize
-	budget  *budget.Budget // nil: no node budget
+	limits  volumeLimits       // per volume; MaxBytes is Config.TmpfsSize
+	budget  *budget.Budget     // nil: no node budget
+	flights *provider.InFlight // nil: no bound of fetches in flight
 	// mountBytes is the tmpfs size: room for two generations (old and new
 	// during a swap) plus the metadata file.
 	mountBytes   int64
@@ -299,6 +304,11 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if d.budget != nil {
 		d.budget.Observe(func(used int64) { m.BudgetUsed.Set(float64(used)) })
+	}
+	if cfg.FetchBytes > 0 {
+		// Never below one volume's own allowance: a fetch alone on the node
+		// meets its own limit (ResourceExhausted) before the node's.
+		d.flights = provider.NewInFlight(max(cfg.FetchBytes, provider.Limits{MaxBytes: lim.MaxBytes}.WireBytes()))
 	}
 	d.cacheExternal = map[string]bool{}
 	for _, name := range cfg.CacheExternal {

@@ -110,6 +110,8 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	// 4.
 	work := d.budget.Work(ctx, v.id, d.limits.MaxBytes, int64(d.limits.MaxSteps))
 	defer work.Done()
+	req.Flight = d.flights.Flight() // held until the answers are wiped (deferred below)
+	defer req.Flight.Done()
 	res, fetched, err := d.fetch(ctx, v, p, req, d.shareable(settings, external, v.provider), settings, plan, work)
 	if err != nil {
 		return false, err

@@ -51,16 +51,18 @@ type Budget struct {
 	bytes  atomic.Int64
 	files  atomic.Int64
 	wire   atomic.Int64
+	flight *Flight // the node's bound of all fetches' answers (Request.Flight)
 }
 
 // NewBudget returns the budget of one fetch of req (the defaults when req
 // sets no limits).
 func NewBudget(req *Request) *Budget {
 	var l Limits
+	var f *Flight
 	if req != nil {
-		l = req.Limits
+		l, f = req.Limits, req.Flight
 	}
-	return &Budget{limits: l.orDefault()}
+	return &Budget{limits: l.orDefault(), flight: f}
 }
 
 // Limits returns the limits in force.
@@ -80,13 +82,15 @@ func (b *Budget) File(n int64) error {
 	return nil
 }
 
-// Wire charges n bytes read from a backend in encoded form.
+// Wire charges n bytes read from a backend in encoded form, to the
+// volume's allowance and then to the node's bound of all fetches
+// (Request.Flight).
 func (b *Budget) Wire(n int64) error {
 	if total := b.wire.Add(n); total > b.limits.WireBytes() {
 		return Errorf(codes.ResourceExhausted,
 			"the backend's answers for this volume exceed %d bytes, twice the per-volume limit of %d bytes (driver flag --tmpfs-size) plus 1 MiB: split the class or mount fewer objects", b.limits.WireBytes(), b.limits.MaxBytes)
 	}
-	return nil
+	return b.flight.Charge(n)
 }
 
 // Reader returns body charging every byte read to the wire allowance; a

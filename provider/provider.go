@@ -61,6 +61,10 @@ type Request struct {
 	// Limits bound what the fetch may allocate; backends enforce them while
 	// reading (see Budget). Zero: DefaultMaxBytes and DefaultMaxFiles.
 	Limits Limits
+	// Flight, when set, is this fetch's share of the node's bound of all
+	// fetches' answers (InFlight): Budget.Wire charges it too. The caller
+	// that set it calls its Done.
+	Flight *Flight
 }
 
 // File is one file of a volume. Path is relative and slash-separated; the

@@ -200,6 +200,7 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 	cfg := f.config()
 	cfg.Classes, cfg.Providers, cfg.Events, cfg.Hooks = classes, providers, sink, hooks
 	cfg.Logger, cfg.Registerer, cfg.Budget = log, registry, sharedBudget
+	cfg.FetchBytes = f.limits.inFlight(log)
 	d, err := driver.New(cfg)
 	if err != nil {
 		return fail(1, "%v", err)

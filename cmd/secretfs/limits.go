@@ -5,9 +5,11 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strings"
 
 	"github.com/secretfs/secretfs/driver"
 	"github.com/secretfs/secretfs/driver/budget"
+	"github.com/secretfs/secretfs/provider"
 )
 
 // limitFlags are the caps a class or pod cannot raise: per volume (files,
@@ -15,6 +17,7 @@ import (
 type limitFlags struct {
 	maxFiles, maxDirs, maxDepth, maxSteps int
 	nodeBudget                            quantityFlag // 0: derived from the cgroup
+	fetchBytes                            quantityFlag // 0: derived from the cgroup
 }
 
 func (l *limitFlags) register(fs *flag.FlagSet) {
@@ -22,6 +25,7 @@ func (l *limitFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.maxDirs, "max-dirs", driver.DefaultMaxDirs, "most directories in one volume")
 	fs.IntVar(&l.maxDepth, "max-depth", driver.DefaultMaxDepth, "most path elements of a file path in a volume")
 	fs.IntVar(&l.maxSteps, "max-steps", budget.DefaultMaxSteps, "most steps of one volume's computation over its class and values (key paths, templates): a template call, loop iteration, or KiB compared or copied is a step")
+	fs.Var(&l.fetchBytes, strings.TrimPrefix(provider.InFlightFlag, "--"), "bytes of backend answers all fetches of the node may read and hold at once (beyond that a fetch fails Unavailable and is retried); default: a quarter of the driver's memory headroom (the container's memory limit minus the node budget), none without a limit")
 	fs.Var(&l.nodeBudget, "node-budget", "bytes all volumes on the node may hold together (tmpfs pages are charged to the driver's memory cgroup); default: the container's memory limit minus max(64Mi, a quarter of it), or a quarter of the node's RAM without a limit")
 }
 
@@ -48,4 +52,20 @@ func (l *limitFlags) resolve(log *slog.Logger) (int64, error) {
 	}
 	log.Info("node budget for secret volumes", "bytes", b, "source", source)
 	return b, nil
+}
+
+// inFlight returns the bound of the node's fetches in flight: the flag's,
+// or a quarter of the headroom the driver's memory limit leaves outside the
+// node budget (16 MiB at the shipped 128 MiB), or none without a limit.
+func (l *limitFlags) inFlight(log *slog.Logger) int64 {
+	if l.fetchBytes.bytes > 0 {
+		return l.fetchBytes.bytes
+	}
+	limit, _, err := budget.MemoryLimit("/proc/self/cgroup", "/proc/self/mountinfo")
+	if err != nil || limit <= 0 {
+		return 0
+	}
+	b := budget.Headroom(limit) / 4
+	log.Info("bound of the node's fetches in flight", "bytes", b, "source", "memory limit", "flag", provider.InFlightFlag)
+	return b
 }

@@ -111,6 +111,7 @@ func (s *syncFlags) hooks(ctx context.Context, restConfig *rest.Config, nodeID s
 		cfg := rest.CopyConfig(restConfig)
 		cfg.UserAgent = rest.DefaultKubernetesUserAgent() + " secretfs-restart"
 		cfg.QPS, cfg.Burst = float32(s.restartQPS), max(1, int(2*s.restartQPS))
+		restart.ClientConfig(cfg)
 		client, err := dynamic.NewForConfig(cfg)
 		if err != nil {
 			return nil, nil, err

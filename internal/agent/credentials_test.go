@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -418,4 +420,67 @@ func TestCredentialsSocketPathRefused(t *testing.T) {
 	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
 		t.Fatalf("the file at the socket path was touched: %q %v", b, err)
 	}
+}
+
+// The attacker the socket keeps out: a local process of another user. It
+// may not reach the socket (its directory is root's, 0700) nor connect to
+// it where it can reach it (the socket is 0600), so it can neither take a
+// credential under a unit name it binds nor hold connections to starve
+// systemd's; the same process connects once the socket lets it, so the
+// refusals are the modes', not the test's.
+func TestCredentialsSocketRefusesOtherUsers(t *testing.T) {
+	e := newCredEnv(t, DefaultCredentialLimits)
+	e.start()
+	sock := e.hc.Socket
+	for _, d := range []string{filepath.Dir(e.dir), e.dir} {
+		if err := os.Chmod(d, 0o711); err != nil { // reachable by anyone up to the server's directory
+			t.Fatal(err)
+		}
+	}
+	if err := connectAs(65534, sock); !errors.Is(err, unix.EACCES) {
+		t.Fatalf("another user connecting through the 0700 directory: %v, want EACCES", err)
+	}
+	if err := os.Chmod(filepath.Dir(sock), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := connectAs(65534, sock); !errors.Is(err, unix.EACCES) {
+		t.Fatalf("another user connecting to the 0600 socket: %v, want EACCES", err)
+	}
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := connectAs(65534, sock); err != nil {
+		t.Fatalf("the same user to a socket open to all: %v (the refusals above must be the modes')", err)
+	}
+}
+
+// connectAs connects to socket as uid (on a thread of its own that changes
+// only its own credentials and is discarded after) and closes.
+func connectAs(uid int, socket string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		// The raw system call changes this thread only (syscall.Setresuid
+		// would change every thread of the process).
+		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, 0, 0, 0); e != 0 { // no supplementary group of root's
+			errc <- fmt.Errorf("setgroups: %w", e)
+			return
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, uintptr(uid), uintptr(uid), uintptr(uid)); e != 0 {
+			errc <- fmt.Errorf("setresgid: %w", e)
+			return
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)); e != 0 {
+			errc <- fmt.Errorf("setresuid: %w", e)
+			return
+		}
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		errc <- unix.Connect(fd, &unix.SockaddrUnix{Name: socket})
+	}()
+	return <-errc
 }

@@ -92,7 +92,7 @@ func (r *CredentialRules) Add(s string) error {
 		r.Units = map[string][]string{}
 	}
 	for u := range strings.SplitSeq(list, ",") {
-		if _, err := path.Match(u, ""); err != nil || !validUnitName(strings.ReplaceAll(strings.ReplaceAll(u, "*", "x"), "?", "x")) {
+		if _, err := path.Match(strings.ReplaceAll(u, `\`, `\\`), ""); err != nil || !validUnitName(strings.ReplaceAll(strings.ReplaceAll(u, "*", "x"), "?", "x")) {
 			return fmt.Errorf("%.80q is not a unit name or pattern (e.g. app.service, app@*.service)", u)
 		}
 		r.Units[id] = append(r.Units[id], u)
@@ -107,7 +107,11 @@ func (r *CredentialRules) allows(unit, id string) bool {
 		return !r.Only
 	}
 	for _, u := range units {
-		if m, _ := path.Match(u, unit); m {
+		// A backslash is the unit name's own (systemd-escape writes "-" as
+		// \x2d), never path.Match's escape: unit names have no * ? [ to
+		// escape, and read as an escape it would serve "app@webx2d1.service"
+		// the credential of "app@web\x2d1.service" and refuse the real one.
+		if m, _ := path.Match(strings.ReplaceAll(u, `\`, `\\`), unit); m {
 			return true
 		}
 	}

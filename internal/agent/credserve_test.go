@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -91,4 +92,61 @@ func TestCredentialRules(t *testing.T) {
 			t.Errorf("%q accepted", bad)
 		}
 	}
+}
+
+// systemd escapes unit names with backslashes (systemd-escape: "-" in an
+// instance is \x2d). A rule names the unit as systemd does; the backslash
+// is the unit's, not path.Match's escape: the rule must serve that unit
+// and not another whose name lacks the backslash, which any process that
+// can connect could bind.
+func TestCredentialRulesEscapedUnitNames(t *testing.T) {
+	var r CredentialRules
+	if err := r.Add(`db=app@web\x2d1.service,job@\x2d*.service`); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		unit string
+		want bool
+	}{
+		{`app@web\x2d1.service`, true},
+		{`app@webx2d1.service`, false},
+		{`job@\x2dnightly.service`, true},
+		{`job@x2dnightly.service`, false},
+	} {
+		if got := r.allows(c.unit, "db"); got != c.want {
+			t.Errorf("allows(%s, db) = %v, want %v", c.unit, got, c.want)
+		}
+	}
+}
+
+// Whatever rule is accepted, a unit it names without a wildcard gets the
+// credential, and a unit whose name differs from every one it names (here:
+// one with a character appended) does not.
+func FuzzCredentialRules(f *testing.F) {
+	f.Add(`db=app.service,web@*.service`)
+	f.Add(`db=app@web\x2d1.service`)
+	f.Fuzz(func(t *testing.T, s string) {
+		var r CredentialRules
+		if err := r.Add(s); err != nil {
+			return
+		}
+		r.Only = true
+		for id, units := range r.Units {
+			for _, u := range units {
+				if strings.ContainsAny(u, "*?") {
+					continue
+				}
+				if !r.allows(u, id) {
+					t.Fatalf("rule %q: unit %q refused %q", s, u, id)
+				}
+				if other := u + "x"; !slices.Contains(units, other) && !anyWildcard(units) && r.allows(other, id) {
+					t.Fatalf("rule %q: unit %q served %q", s, other, id)
+				}
+			}
+		}
+	})
+}
+
+func anyWildcard(units []string) bool {
+	return slices.ContainsFunc(units, func(u string) bool { return strings.ContainsAny(u, "*?") })
 }

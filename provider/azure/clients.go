@@ -198,8 +198,8 @@ func (p *Provider) clientOptions(cfg *config) azcore.ClientOptions {
 // connection, which do not heal in seconds.
 func shouldRetryTransient(resp *http.Response, err error) bool {
 	if err != nil {
-		if provider.CodeOf(err) == codes.ResourceExhausted {
-			return false // the volume's budget is spent: a retry reads more
+		if pe := (*provider.Error)(nil); errors.As(err, &pe) && (pe.Code == codes.ResourceExhausted || pe.Code == codes.Unavailable) {
+			return false // the volume's budget is spent, or the node's is full: a retry reads more
 		}
 		var dnsErr *net.DNSError
 		if errors.As(err, &dnsErr) || errors.Is(err, syscall.ECONNREFUSED) {

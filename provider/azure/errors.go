@@ -83,8 +83,9 @@ func (f *fetcher) mapError(ctx context.Context, o *object, err error, attempts i
 		who += " (client " + cfg.clientID + ")"
 	}
 	var pe *provider.Error
-	if errors.As(err, &pe) && pe.Code == codes.ResourceExhausted {
-		return provider.Errorf(codes.ResourceExhausted, "reading %s from Key Vault %q: %s", o.describe(), vault, pe.Message)
+	if errors.As(err, &pe) && (pe.Code == codes.ResourceExhausted || pe.Code == codes.Unavailable) {
+		// The volume's or the node's bound (provider.Budget).
+		return provider.Errorf(pe.Code, "reading %s from Key Vault %q: %s", o.describe(), vault, pe.Message)
 	}
 	if errors.Is(err, errContent) {
 		return provider.Errorf(codes.FailedPrecondition, "%s in Key Vault %q cannot be written: %s", o.describe(), vault, strings.TrimPrefix(err.Error(), errContent.Error()+": "))

@@ -42,6 +42,15 @@ const (
 	// maxNameListPages bounds one listing of a vault's secret names (Key
 	// Vault returns at most 25 a page: 10,000 names).
 	maxNameListPages = 400
+	// maxRegexWork bounds what the regexes of one listing may cost: each
+	// match of a name is charged the product of the regex's and the name's
+	// lengths (RE2 runs in time linear in both), before it runs. A tenant
+	// controls both factors and the count of names (10,000) and of items
+	// (up to --max-files): unbounded, 4,096 items of 256 bytes over 10,000
+	// names of 127 would take about an hour of CPU per fetch. 64 Mi units
+	// are about 0.2 s of the slowest regex; a regex of 40 bytes over 10,000
+	// names of 60 costs 25 Mi.
+	maxRegexWork = 64 << 20
 )
 
 func (o *object) isSelector() bool {
@@ -175,6 +184,7 @@ func (f *fetcher) expand(ctx context.Context, objs []*object, maxFiles int) ([]*
 	err := f.call(ctx, sels[0], func(ctx context.Context) error {
 		owner := maps.Clone(named) // a retried listing starts over
 		selected := slices.Clip(out)
+		var regexWork int64
 		pager := f.vc.secrets.NewListSecretPropertiesPager(nil)
 		for pages := 0; pager.More(); pages++ {
 			if pages >= maxNameListPages {
@@ -191,6 +201,14 @@ func (f *fetcher) expand(ctx context.Context, objs []*object, maxFiles int) ([]*
 				}
 				name := props.ID.Name()
 				for _, sel := range sels {
+					if sel.regex != nil && strings.HasPrefix(name, sel.ObjectNamePrefix) {
+						if regexWork += int64(len(sel.ObjectNameRegex)+1) * int64(len(name)+1); regexWork > maxRegexWork {
+							refused = provider.Errorf(codes.ResourceExhausted,
+								"matching objectNameRegex over the names of Key Vault %q costs more than the %d units a listing may spend (a regex's length times a name's, per match): "+
+									"use fewer or shorter regexes, or narrow them with objectNamePrefix, which costs nothing", f.cfg.vaultName, maxRegexWork)
+							return nil
+						}
+					}
 					if !sel.selects(name, props.Tags) {
 						continue
 					}

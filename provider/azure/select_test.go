@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -173,5 +174,33 @@ func TestUsable(t *testing.T) {
 		if got := usable(tc.a, now); got != tc.want {
 			t.Errorf("usable(%+v) = %v, want %v", tc.a, got, tc.want)
 		}
+	}
+}
+
+// A tenant who controls a vault's names and writes many long regexes makes
+// every listing match each name against each regex. The matching is
+// charged before it runs: over the listing's allowance the fetch fails
+// ResourceExhausted before any value is read, while one regex over the
+// same vault is served.
+func TestSelectorRegexWorkBounded(t *testing.T) {
+	e := newTestEnv(t, nil)
+	const names = 300
+	for i := range names {
+		e.vault.SetSecret(fmt.Sprintf("%s%03d", strings.Repeat("a-", 60), i), "v", "")
+	}
+	e.vault.SetSecret("shop-db", "DB", "")
+	slow := strings.Repeat(`(\w|-)*`, 36) + "x" // 253 bytes, tens of microseconds a name
+	var items strings.Builder
+	for i := range 16 {
+		fmt.Fprintf(&items, "- {objectType: secret, objectNameRegex: '%s%d'}\n", slow, i)
+	}
+	_, err := e.p.Fetch(context.Background(), e.spRequest(items.String()))
+	wantCode(t, err, codes.ResourceExhausted, "objectNameRegex", "objectNamePrefix")
+	if n := e.fake.Count("vault.secrets.get"); n != 0 {
+		t.Errorf("%d GETs for a class refused", n)
+	}
+	res, err := e.p.Fetch(context.Background(), e.spRequest("- {objectType: secret, objectNameRegex: 'shop-(db|mq)'}\n"))
+	if err != nil || fmt.Sprint(paths(res)) != "[shop-db]" {
+		t.Fatalf("one regex over the same vault: %v %v", err, res)
 	}
 }

@@ -175,8 +175,8 @@ func apiError(err error, verb string, pod provider.Pod, secret string) error {
 	what := fmt.Sprintf("Secret %s/%s", pod.Namespace, secret)
 	var pe *provider.Error
 	switch {
-	case errors.As(err, &pe) && pe.Code == codes.ResourceExhausted:
-		return provider.Errorf(codes.ResourceExhausted, "%s of %s: %s", verb, what, pe.Message)
+	case errors.As(err, &pe) && (pe.Code == codes.ResourceExhausted || pe.Code == codes.Unavailable):
+		return provider.Errorf(pe.Code, "%s of %s: %s", verb, what, pe.Message) // the volume's or the node's bound (Budget)
 	case errors.Is(err, context.DeadlineExceeded):
 		return provider.DeadlineExceeded("%s of %s: the API server did not answer in time", verb, what)
 	case errors.Is(err, context.Canceled):

@@ -35,6 +35,11 @@ type object struct {
 // parser is linear, and no real selector comes near it.
 const maxSelectorLen = 1024
 
+// maxSelectors bounds a class's distinct selectors: each is a list (or
+// more) per fetch and an API watch per service account on the node, and a
+// selector that selects nothing counts against no other limit.
+const maxSelectors = 16
+
 // spec is a validated object with its mode resolved.
 type spec struct {
 	object
@@ -63,6 +68,10 @@ func parseObjects(param string, defaultMode os.FileMode) ([]spec, error) {
 			return nil, provider.InvalidArgument("parameter objects, item %d: %v", i, err)
 		}
 		specs = append(specs, s)
+	}
+	if n := len(selectors(specs)); n > maxSelectors {
+		return nil, provider.InvalidArgument("parameter objects has %d distinct labelSelectors, more than %d distinct allowed: each is a list per refresh and a watch on every node; "+
+			"select with fewer, broader selectors (set-based: \"app in (a,b,c)\") and split by path", n, maxSelectors)
 	}
 	return specs, nil
 }

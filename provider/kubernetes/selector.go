@@ -27,10 +27,13 @@ type listed struct {
 
 // listAll lists the Secrets each selector selects, as the pod, page by
 // page. Every page's body is charged to budget as it is read; the keys of
-// the selected Secrets are counted as the pages arrive, and the listing
-// stops ResourceExhausted as soon as they, together with earlier selectors',
-// exceed the volume's file limit, before another page is asked for. A page
-// never asks for more Secrets than the files still allowed plus one.
+// the selected Secrets are counted as the pages arrive (a Secret without
+// keys counts as one: it makes no file, but the listing reads it, and
+// thousands of empty Secrets would otherwise page on unbounded), and the
+// listing stops ResourceExhausted as soon as they, together with earlier
+// selectors', exceed the volume's file limit, before another page is asked
+// for. A page never asks for more Secrets than the files still allowed plus
+// one.
 func (p *Provider) listAll(ctx context.Context, token string, pod provider.Pod, sels []string, budget *provider.Budget) map[string]listed {
 	out := make(map[string]listed, len(sels))
 	if len(sels) == 0 {
@@ -65,12 +68,12 @@ func (p *Provider) list(ctx context.Context, pod provider.Pod, sel string, maxFi
 		}
 		for i := range page.Items {
 			s := &page.Items[i]
-			*files += len(s.Data)
+			*files += max(1, len(s.Data))
 			l.secrets = append(l.secrets, s)
 		}
 		if *files > maxFiles {
 			l.err = provider.Errorf(codes.ResourceExhausted,
-				"labelSelector %q selects Secrets with more than %d keys, the per-volume file limit (driver flag --max-files): narrow the selector or split the class",
+				"labelSelector %q selects Secrets with more than %d keys (a Secret without keys counts as one), the per-volume file limit (driver flag --max-files): narrow the selector or split the class",
 				provider.Clip(sel, 80), maxFiles)
 			return l
 		}
@@ -89,8 +92,8 @@ func listError(err error, pod provider.Pod, sel string) error {
 	what := "Secrets with labelSelector " + quote(sel) + " in namespace " + pod.Namespace
 	var pe *provider.Error
 	switch {
-	case errors.As(err, &pe) && pe.Code == codes.ResourceExhausted:
-		return provider.Errorf(codes.ResourceExhausted, "list of %s: %s", what, pe.Message)
+	case errors.As(err, &pe) && (pe.Code == codes.ResourceExhausted || pe.Code == codes.Unavailable):
+		return provider.Errorf(pe.Code, "list of %s: %s", what, pe.Message) // the volume's or the node's bound (Budget)
 	case apierrors.IsForbidden(err):
 		return provider.PermissionDenied(
 			"%s may not list Secrets in namespace %s (needed for labelSelector %s): bind it to a Role in namespace %s "+

@@ -271,3 +271,111 @@ func TestSelectorListChargedToWireBudget(t *testing.T) {
 		t.Errorf("read %d bytes of the list, the allowance is %d", read, limit)
 	}
 }
+
+// A tenant's Secrets without keys make no files, but each one costs the
+// list that reads it: they count toward the file limit like a key, so a
+// selector over thousands of empty Secrets stops after one page instead of
+// paging through all of them on every refresh.
+func TestSelectorEmptySecretsCount(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"list"})
+	const n = 300
+	for i := range n {
+		_, err := f.s.Client.CoreV1().Secrets(f.ns).Create(f.ctx(), &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("e%03d", i), Labels: map[string]string{"sel": "empty"}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := f.request("app", "- labelSelector: sel=empty\n")
+	req.Limits = provider.Limits{MaxFiles: 10}
+	_, err := f.p.Fetch(f.ctx(), req)
+	wantCode(t, err, codes.ResourceExhausted, "--max-files", `labelSelector "sel=empty"`, "more than 10")
+	if lists, limits := f.log.listCounts(); lists != 1 || fmt.Sprint(limits) != "[11]" {
+		t.Errorf("%d list requests (limits %v) for %d empty Secrets, want one page of 11", lists, limits, n)
+	}
+}
+
+// Every distinct selector of a class is one list per fetch and one API
+// watch per service account on the node, each with its goroutines and
+// stream: a class of hundreds of tiny selectors that select nothing (no
+// file counts against --max-files) would make hundreds of each. A class
+// has at most maxSelectors distinct selectors, refused before any request.
+func TestSelectorCountBounded(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"list", "watch"})
+	var items strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&items, "- labelSelector: n=%d\n", i)
+	}
+	_, err := f.p.Fetch(f.ctx(), f.request("app", items.String()))
+	wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("more than %d distinct", maxSelectors), "labelSelector")
+	_, err = f.p.Watch(f.request("app", items.String()), func() {})
+	wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("more than %d distinct", maxSelectors))
+	if lists, _ := f.log.listCounts(); lists != 0 {
+		t.Errorf("%d list requests for a class refused", lists)
+	}
+	f.p.mu.Lock()
+	watches := len(f.p.watches)
+	f.p.mu.Unlock()
+	if watches != 0 {
+		t.Errorf("%d watches for a class refused", watches)
+	}
+	// The same selector many times is one selector; maxSelectors distinct
+	// ones are served.
+	items.Reset()
+	for i := range maxSelectors {
+		fmt.Fprintf(&items, "- labelSelector: n=%d\n  path: p%d\n- labelSelector: n=%d\n  path: q%d\n", i, i, i, i)
+	}
+	if _, err := f.p.Fetch(f.ctx(), f.request("app", items.String())); err != nil {
+		t.Fatal(err)
+	}
+	if lists, _ := f.log.listCounts(); lists != maxSelectors {
+		t.Errorf("%d list requests for %d distinct selectors", lists, maxSelectors)
+	}
+}
+
+// Two service accounts of one namespace with the same selector: the one
+// that may list and watch opens the node's watch; the other, which may
+// not list, joins nothing and reads nothing through it: its fetch and its
+// watch are refused, and the node holds one watch (the first's).
+func TestSelectorWatchNotSharedAcrossServiceAccounts(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"list", "watch"})
+	f.serviceAccount(f.ns, "intruder")
+	f.grant(f.ns, "intruder", []string{"get"}, "unrelated")
+	f.putLabelled("a", map[string]string{"app": "shop"}, "A")
+	const objects = "- labelSelector: app=shop\n"
+	stop, err := f.p.Watch(f.mount("app", objects), func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	f.eventually("the watch to open", func() bool { return f.p.OpenWatches() == 1 })
+
+	var c counter
+	stop2, err := f.p.Watch(f.request("intruder", objects), c.changed)
+	wantCode(t, err, codes.PermissionDenied, "service account "+f.ns+"/intruder")
+	if stop2 != nil {
+		stop2()
+	}
+	_, err = f.p.Fetch(f.ctx(), f.request("intruder", objects))
+	wantCode(t, err, codes.PermissionDenied, "service account "+f.ns+"/intruder", "may not list")
+	if n := f.p.sharedWatches(); n != 1 {
+		t.Errorf("%d shared watches, want the first service account's only", n)
+	}
+	shop := "shop"
+	f.putLabelled("b", nil, "B")
+	f.label("b", "app", &shop)
+	f.eventually("the first watch saw the change", func() bool {
+		res, err := f.p.Fetch(f.ctx(), f.request("app", objects))
+		return err == nil && len(res.Files) == 2
+	})
+	if n := c.get(); n != 0 {
+		t.Errorf("the refused service account was told of %d changes", n)
+	}
+}

@@ -38,8 +38,9 @@ const ns = "team"
 
 // counter counts the API requests of one client by "VERB resource".
 type counter struct {
-	mu sync.Mutex
-	n  map[string]int
+	mu  sync.Mutex
+	n   map[string]int
+	log []string // "VERB /path" in order
 }
 
 func (c *counter) wrap(rt http.RoundTripper) http.RoundTripper {
@@ -57,6 +58,7 @@ func (c *counter) wrap(rt http.RoundTripper) http.RoundTripper {
 		}
 		c.mu.Lock()
 		c.n[r.Method+" "+res]++
+		c.log = append(c.log, r.Method+" "+r.URL.Path)
 		c.mu.Unlock()
 		return rt.RoundTrip(r)
 	})
@@ -149,16 +151,23 @@ func (n *node) results(t *testing.T) map[string]float64 {
 
 func newNode(t *testing.T, cfg *rest.Config) *node {
 	t.Helper()
+	return newNodeWith(t, cfg, restart.Options{EvictionRetries: 3, EvictionBackoff: 10 * time.Millisecond})
+}
+
+// newNodeWith is newNode with opts (Client and Events are set here).
+func newNodeWith(t *testing.T, cfg *rest.Config, opts restart.Options) *node {
+	t.Helper()
 	n := &node{calls: &counter{n: map[string]int{}}, events: &sink{}}
 	cfg = rest.CopyConfig(cfg)
 	cfg.WrapTransport = n.calls.wrap
+	restart.ClientConfig(cfg) // as the driver makes its client
 	client, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.reg = prometheus.NewRegistry()
-	n.Restarter, err = restart.New(restart.Options{Client: client, Events: n.events, FieldManager: "secretfs",
-		EvictionRetries: 3, EvictionBackoff: 10 * time.Millisecond, Registerer: n.reg})
+	opts.Client, opts.Events, opts.FieldManager, opts.Registerer = client, n.events, "secretfs", n.reg
+	n.Restarter, err = restart.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,17 +426,28 @@ func TestRestartOnChange(t *testing.T) {
 		t.Fatalf("ReplicaSets: %v, want still 2", rs)
 	}
 
-	// A second rotation: a second rollout. (The first one has not gone far:
-	// pods stay Pending without a scheduler, so the old ones stay.)
+	// A second rotation seen by an old pod: nothing, since the rollout under
+	// way replaces it (the first one has not gone far: pods stay Pending
+	// without a scheduler, so the old ones stay).
+	before = a.calls.writes()
 	a.Changed(ctx, vol(restarting, pods[0], false, "v3"))
+	a.WaitIdle()
+	if a.calls.writes() != before {
+		t.Errorf("a pod of an older template than the Deployment's wrote: %v", a.calls.n)
+	}
+	// Seen by a pod of the new template: a second rollout.
+	fresh := newestPod(t, srv, "web")
+	a.Changed(ctx, vol(restarting, fresh, false, "v3"))
 	a.WaitIdle()
 	if rs := settled(t, srv, "web"); len(rs) != 3 {
 		t.Fatalf("ReplicaSets after a second rotation: %v, want 3", rs)
 	}
+	fresh = newestPod(t, srv, "web")
 
-	// A third rotation seen at the same moment by two new nodes, each
-	// reading the Deployment before the other wrote: both may patch, with
-	// the same value, and the template changes once.
+	// A third rotation seen at the same moment by two new nodes (by the
+	// pod of the current template, as if it were on both), each reading
+	// the Deployment before the other wrote: both may patch, with the same
+	// value, and the template changes once.
 	d, err = srv.Client.AppsV1().Deployments(ns).Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -439,9 +459,7 @@ func TestRestartOnChange(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, p := range pods {
-				n.Changed(ctx, vol(restarting, p, false, "v4"))
-			}
+			n.Changed(ctx, vol(restarting, fresh, false, "v4"))
 			n.WaitIdle()
 		}()
 	}
@@ -506,8 +524,14 @@ func TestEvictAndSkip(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := n.calls.get("POST pods/eviction")
-	n.Changed(ctx, vol(restarting, p, false, "v2"))
+	guarded := vol(restarting, p, false, "v2")
+	var holds, taken atomic.Int32
+	guarded.Hold = func() func() { taken.Add(1); holds.Add(1); return func() { holds.Add(-1) } }
+	n.Changed(ctx, guarded)
 	n.WaitIdle()
+	if taken.Load() != 1 || holds.Load() != 0 {
+		t.Errorf("a refused eviction, retried: %d holds taken, %d left; want the change held through the retries and let go after the last", taken.Load(), holds.Load())
+	}
 	if got := n.calls.get("POST pods/eviction") - before; got != 3 {
 		t.Errorf("%d eviction attempts under a refusing budget, want 3 (EvictionRetries)", got)
 	}

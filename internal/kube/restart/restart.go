@@ -27,11 +27,19 @@
 //     writes the same value: a workload already carrying it is not written
 //     again (a GET, no write), and this node remembers it per workload (no
 //     call at all for the next pod of it). One change makes one rollout.
+//     Nor is a workload written whose template's value is not the one the
+//     pod was made with: it was restarted since, and the rollout under way
+//     replaces the pod with one that mounts the new content (a pod of the
+//     current template that mounted before the change sees it itself). So
+//     two classes of one workload rotating together make one rollout, not
+//     one per pod and class, the value flipping between theirs.
 //  5. A pod without a controller, and a pod of a ReplicaSet without a
 //     Deployment (changing such a ReplicaSet's template replaces no pod),
 //     is evicted through the Eviction API, so disruption budgets apply; a
 //     refusal by a budget (429) is retried with backoff a bounded number
-//     of times, then reported.
+//     of times, then reported. The backoff waits on a timer, not in the
+//     worker: a tenant's pods that a budget keeps from leaving delay
+//     nobody else's restart. A newer change of the pod replaces its retry.
 //  6. A Job's pod (it runs to completion; evicting it would count as a
 //     failure) and a pod of any other controller kind are not restarted:
 //     a Warning Event says so.
@@ -115,10 +123,12 @@ type Restarter struct {
 	pending map[string]job // by pod UID
 	busy    int            // jobs queued or running
 	idle    *sync.Cond
-	podCtl  map[string]ref    // pod UID -> its controller (zero: none)
-	rsOwner map[string]ref    // ReplicaSet UID -> its controller (zero: none)
-	written map[string]string // workload -> value it carries
-	values  map[string]string // digest -> Value
+	podCtl  map[string]podInfo // pod UID -> its controller and template value
+	rsOwner map[string]ref     // ReplicaSet UID -> its controller (zero: none)
+	written map[string]string  // workload -> value it carries
+	values  map[string]string  // digest -> Value
+	retries map[string]retry   // pod UID -> its refused eviction's next attempt
+	closed  bool
 }
 
 // job is one pod's restart.
@@ -126,11 +136,22 @@ type job struct {
 	pod   provider.Pod
 	class string
 	sum   [32]byte // content digest (Digest); the value is derived in the worker
-	// done releases the driver's hold on the change (hook.Volume.Hold): a
-	// job still queued or running when the driver dies is told again after
-	// its restart, and a workload that carries the value already is not
-	// written again.
+	// attempt counts the evictions of this job a budget refused; backoff
+	// is the wait before the next one.
+	attempt int
+	backoff time.Duration
+	// done releases the driver's hold on the change (hook.Volume.Hold) once
+	// the job is over, retries included: a job still queued, running or
+	// waiting to retry when the driver dies is told again after its
+	// restart, and a workload that carries the value already is not written
+	// again.
 	done func()
+}
+
+// retry is a refused eviction's next attempt.
+type retry struct {
+	t    *time.Timer
+	done func() // the job's
 }
 
 var _ hook.Hook = (*Restarter)(nil)
@@ -158,18 +179,28 @@ func New(opts Options) (*Restarter, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Restarter{opts: opts, log: opts.Logger, metrics: m, queue: make(chan string, opts.Queue), cancel: cancel,
-		pending: map[string]job{}, podCtl: map[string]ref{}, rsOwner: map[string]ref{}, written: map[string]string{}, values: map[string]string{}}
+		pending: map[string]job{}, podCtl: map[string]podInfo{}, rsOwner: map[string]ref{}, written: map[string]string{}, values: map[string]string{},
+		retries: map[string]retry{}}
 	r.idle = sync.NewCond(&r.mu)
 	r.done.Add(1)
 	go r.work(ctx)
 	return r, nil
 }
 
-// Close stops the worker. Queued jobs are dropped still holding their
-// change, so the next driver tells it again.
+// Close stops the worker. Queued jobs and waiting retries are dropped still
+// holding their change, so the next driver tells it again.
 func (r *Restarter) Close() {
 	r.cancel()
 	r.done.Wait()
+	r.mu.Lock()
+	r.closed = true
+	for uid, e := range r.retries {
+		if e.t.Stop() {
+			r.doneOne()
+		}
+		delete(r.retries, uid)
+	}
+	r.mu.Unlock()
 }
 
 // Changed queues a restart for v's pod when v's class asks for one and
@@ -185,6 +216,7 @@ func (r *Restarter) Changed(_ context.Context, v hook.Volume) {
 	}
 	j := job{pod: v.Pod, class: v.Class.Name, sum: Digest(v.Class.Namespace, v.Class.Name, v.Files), done: func() {}}
 	r.mu.Lock()
+	r.dropRetry(v.Pod.UID) // this change replaces the retry
 	if old, queued := r.pending[v.Pod.UID]; queued {
 		j.done = hold(v)
 		r.pending[v.Pod.UID] = j // the newest content wins
@@ -214,11 +246,25 @@ func hold(v hook.Volume) func() {
 	return v.Hold()
 }
 
-// Gone forgets v's pod's controller.
+// Gone forgets v's pod's controller and drops its eviction's retry.
 func (r *Restarter) Gone(v hook.Volume) {
 	r.mu.Lock()
 	delete(r.podCtl, v.Pod.UID)
+	r.dropRetry(v.Pod.UID)
 	r.mu.Unlock()
+}
+
+// dropRetry drops uid's waiting retry, if any; r.mu is held.
+func (r *Restarter) dropRetry(uid string) {
+	e, ok := r.retries[uid]
+	if !ok {
+		return
+	}
+	delete(r.retries, uid)
+	if e.t.Stop() {
+		r.doneOne()
+		e.done()
+	}
 }
 
 // work runs the jobs one at a time (step 2).
@@ -236,19 +282,78 @@ func (r *Restarter) work(ctx context.Context) {
 			jctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
 			result := r.run(jctx, j)
 			cancel()
-			if ctx.Err() == nil {
+			// A job that waits to retry holds its change still; one cut
+			// short by the driver's stop leaves it to the next driver.
+			if result != resultRetrying && ctx.Err() == nil {
 				r.metrics.count(result)
-				j.done() // else the driver is stopping: the next one retells it
+				j.done()
 			}
 			r.mu.Lock()
-			r.busy--
-			r.metrics.queued.Set(float64(r.busy))
-			if r.busy == 0 {
-				r.idle.Broadcast()
-			}
+			r.doneOne()
 			r.mu.Unlock()
 		}
 	}
+}
+
+// doneOne counts a job (queued or waiting to retry) done; r.mu is held.
+func (r *Restarter) doneOne() {
+	r.busy--
+	r.metrics.queued.Set(float64(r.busy))
+	if r.busy == 0 && r.idle != nil {
+		r.idle.Broadcast()
+	}
+}
+
+// retryLater queues j again after its backoff, unless a newer change of
+// its pod comes first (step 5). It holds no worker while it waits. It
+// reports whether j waits (else it is over: the Restarter is closed, or a
+// newer change of the pod is queued).
+func (r *Restarter) retryLater(j job) bool {
+	j.attempt++
+	if j.backoff == 0 {
+		j.backoff = r.opts.EvictionBackoff
+	} else {
+		j.backoff *= 2
+	}
+	uid := j.pod.UID
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return true // left to the next driver
+	}
+	if _, newer := r.pending[uid]; newer {
+		return false
+	}
+	r.busy++
+	var t *time.Timer
+	t = time.AfterFunc(j.backoff, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.retries[uid].t != t {
+			return // replaced by a newer change, or closed: counted there
+		}
+		delete(r.retries, uid)
+		if r.closed {
+			r.doneOne()
+			return // left to the next driver
+		}
+		if _, newer := r.pending[uid]; newer {
+			r.doneOne()
+			j.done()
+			return
+		}
+		select {
+		case r.queue <- uid: // still counted in busy
+			r.pending[uid] = j
+		default:
+			r.doneOne()
+			r.metrics.count(resultDropped)
+			j.done()
+			go r.warn(j.pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but the driver's restart queue is full (%d pods waiting): the pod's eviction was not retried", j.class, r.opts.Queue))
+		}
+	})
+	r.retries[uid] = retry{t: t, done: j.done}
+	return true
 }
 
 func (r *Restarter) warn(pod provider.Pod, msg string) {

@@ -3,9 +3,7 @@ package restart
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,6 +28,13 @@ type ref struct {
 	apiVersion, kind, name, uid string
 }
 
+// podInfo is what the restart needs of a pod: its controller and the
+// restart value of the template it was made from ("" for none).
+type podInfo struct {
+	ctl   ref
+	value string
+}
+
 func controllerRef(o metav1.Object) ref {
 	if c := metav1.GetControllerOfNoCopy(o); c != nil {
 		return ref{apiVersion: c.APIVersion, kind: c.Kind, name: c.Name, uid: string(c.UID)}
@@ -38,13 +43,14 @@ func controllerRef(o metav1.Object) ref {
 }
 
 // run does one job (steps 3 to 7 of the package comment) and returns its
-// result (metrics.go).
+// result (metrics.go), resultRetrying when it waits to try again.
 func (r *Restarter) run(ctx context.Context, j job) string {
 	why := fmt.Sprintf("the content of SecretProviderClass %q changed", j.class)
-	ctl, result := r.controllerOf(ctx, j)
+	pod, result := r.podOf(ctx, j)
 	if result != "" {
 		return result
 	}
+	ctl := pod.ctl
 	switch {
 	case ctl == (ref{}):
 		return r.evict(ctx, j, why)
@@ -59,7 +65,7 @@ func (r *Restarter) run(ctx context.Context, j job) string {
 		ctl = owner
 	}
 	if gvr, ok := restartable[ctl.kind]; ok && ctl.apiVersion == "apps/v1" {
-		return r.rollout(ctx, j, gvr, ctl, why)
+		return r.rollout(ctx, j, gvr, ctl, pod.value, why)
 	}
 	if ctl.kind == "Job" {
 		r.warn(j.pod, fmt.Sprintf("%s, but the pod belongs to Job %q, whose pods run to completion: not restarted", why, ctl.name))
@@ -69,10 +75,10 @@ func (r *Restarter) run(ctx context.Context, j job) string {
 	return resultSkipped
 }
 
-// controllerOf returns j's pod's controller, or the job's result when there
-// is nothing to do (the pod is gone, or being deleted, or could not be
-// read: told).
-func (r *Restarter) controllerOf(ctx context.Context, j job) (ref, string) {
+// podOf returns j's pod's controller and template value, or the job's
+// result when there is nothing to do (the pod is gone, or being deleted, or
+// could not be read: told).
+func (r *Restarter) podOf(ctx context.Context, j job) (podInfo, string) {
 	r.mu.Lock()
 	c, ok := r.podCtl[j.pod.UID]
 	r.mu.Unlock()
@@ -81,16 +87,16 @@ func (r *Restarter) controllerOf(ctx context.Context, j job) (ref, string) {
 	}
 	pod, err := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace).Get(ctx, j.pod.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return ref{}, resultGone
+		return podInfo{}, resultGone
 	}
 	if err != nil {
 		r.warn(j.pod, fmt.Sprintf("The content of SecretProviderClass %q changed, but reading the pod's controller failed: %v", j.class, err))
-		return ref{}, resultFailed
+		return podInfo{}, resultFailed
 	}
 	if string(pod.GetUID()) != j.pod.UID || pod.GetDeletionTimestamp() != nil {
-		return ref{}, resultGone // another pod of that name, or this one is going
+		return podInfo{}, resultGone // another pod of that name, or this one is going
 	}
-	c = controllerRef(pod)
+	c = podInfo{ctl: controllerRef(pod), value: pod.GetAnnotations()[Annotation]}
 	r.mu.Lock()
 	remember(r.podCtl, j.pod.UID, c)
 	r.mu.Unlock()
@@ -121,8 +127,9 @@ func (r *Restarter) ownerOfReplicaSet(ctx context.Context, j job, rs ref) (ref, 
 }
 
 // rollout writes the restart value into w's pod template unless it is
-// there already (step 4).
-func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionResource, w ref, why string) string {
+// there already, or the template changed it since the pod was made from
+// it, whose value was podValue (step 4).
+func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionResource, w ref, podValue, why string) string {
 	value := r.value(j.sum)
 	key := w.kind + "/" + j.pod.Namespace + "/" + w.name + "/" + w.uid
 	r.mu.Lock()
@@ -140,8 +147,13 @@ func (r *Restarter) rollout(ctx context.Context, j job, gvr schema.GroupVersionR
 		r.warn(j.pod, fmt.Sprintf("%s, but reading the pod's %s %q failed: %v", why, w.kind, w.name, err))
 		return resultFailed
 	}
-	result := resultCarried
 	current, _, _ := unstructured.NestedString(obj.Object, "spec", "template", "metadata", "annotations", Annotation)
+	if current != value && current != podValue {
+		// Restarted since the pod was made: its rollout replaces the pod.
+		r.log.Debug("restart on change: the workload was restarted since the pod was made", "namespace", j.pod.Namespace, "pod", j.pod.Name, "kind", w.kind, "name", w.name)
+		return resultCarried
+	}
+	result := resultCarried
 	if current != value {
 		patch, _ := json.Marshal(map[string]any{
 			"metadata": map[string]any{"uid": w.uid}, // the workload read above, not a namesake
@@ -177,8 +189,9 @@ func (r *Restarter) value(sum [32]byte) string {
 	return v
 }
 
-// evict evicts j's pod through the Eviction API, retrying a refusal by a
-// disruption budget a bounded number of times (step 5).
+// evict evicts j's pod through the Eviction API. A refusal by a
+// disruption budget is tried again later, a bounded number of times
+// (step 5).
 func (r *Restarter) evict(ctx context.Context, j job, why string) string {
 	eviction := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "policy/v1", "kind": "Eviction",
@@ -186,33 +199,20 @@ func (r *Restarter) evict(ctx context.Context, j job, why string) string {
 		// Only this pod, not a namesake created since.
 		"deleteOptions": map[string]any{"preconditions": map[string]any{"uid": j.pod.UID}},
 	}}
-	client := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace)
-	backoff := r.opts.EvictionBackoff
-	var err error
-	for attempt := 1; ; attempt++ {
-		_, err = client.Create(ctx, eviction, metav1.CreateOptions{}, "eviction")
-		if err == nil {
-			r.normal(j.pod, fmt.Sprintf("Evicted the pod (it has no controller to restart, or only a ReplicaSet): %s", why))
-			return resultEvicted
+	_, err := r.opts.Client.Resource(podsGVR).Namespace(j.pod.Namespace).Create(ctx, eviction, metav1.CreateOptions{}, "eviction")
+	switch {
+	case err == nil:
+		r.normal(j.pod, fmt.Sprintf("Evicted the pod (it has no controller to restart, or only a ReplicaSet): %s", why))
+		return resultEvicted
+	case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
+		return resultGone // gone already
+	case apierrors.IsTooManyRequests(err) && j.attempt+1 < r.opts.EvictionRetries:
+		if r.retryLater(j) {
+			return resultRetrying
 		}
-		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
-			return resultGone // gone already
-		}
-		if !apierrors.IsTooManyRequests(err) || attempt == r.opts.EvictionRetries {
-			break
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			err = errors.Join(err, ctx.Err())
-		case <-t.C:
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		backoff *= 2
+		return resultSuperseded
+	default:
+		r.warn(j.pod, fmt.Sprintf("%s, but evicting the pod failed (after the attempts a disruption budget allows): %v", why, err))
+		return resultFailed
 	}
-	r.warn(j.pod, fmt.Sprintf("%s, but evicting the pod failed (after the attempts a disruption budget allows): %v", why, err))
-	return resultFailed
 }
