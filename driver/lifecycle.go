@@ -122,7 +122,11 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	defer set.wipe()
 
 	// 6.
-	if changed, err = d.write(v, set, first); err != nil {
+	changed, root, err := d.write(v, set, first)
+	if root >= 0 {
+		defer unix.Close(root)
+	}
+	if err != nil {
 		return false, err
 	}
 
@@ -132,7 +136,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	for _, f := range set.files {
 		v.bytes += int64(len(f.Data))
 	}
-	if err := v.saveRecord(); err != nil {
+	if err := v.saveRecord(root); err != nil {
 		if first {
 			return false, writeError(v, err)
 		}
@@ -199,32 +203,40 @@ func (d *Driver) fileSet(v *volume, external, first bool, plan *content.Plan, re
 }
 
 // write puts set on v's tmpfs (apply's step 6) and reports whether the
-// content changed; what the provider wrote itself is there already.
-func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, err error) {
+// content changed; what the provider wrote itself is there already. When
+// it mounts the tmpfs it writes through the new mount's root (checked by
+// tmpfs.MountRoot, the very descriptor written to) and returns it, for
+// the caller to write the metadata there and close; else root is -1.
+func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, root int, err error) {
 	if set.writtenByProvider {
-		return set.changed, nil
+		return set.changed, -1, nil
 	}
 	charge := d.budget.Charge(v.id, set.need, v.where())
 	if first {
 		if err := charge.Reserve(); err != nil {
-			return false, err
+			return false, -1, err
 		}
 	}
-	if err := d.mountTmpfs(v); err != nil {
-		charge.Settle(false)
-		return false, err
+	root = -1
+	if !v.mounted {
+		if root, err = d.mountRoot(v); err != nil {
+			charge.Settle(false)
+			return false, -1, err
+		}
+		changed, err = true, d.writer(v, charge.Reserve).WriteFresh(root, set.files)
+	} else {
+		// A refresh reserves only once the writer knows the content
+		// changed: old and new generation side by side until the swap.
+		changed, err = d.writer(v, charge.Reserve).Write(set.files)
 	}
-	// A refresh reserves only once the writer knows the content changed:
-	// old and new generation side by side until the swap.
-	changed, err = d.writer(v, charge.Reserve).Write(set.files)
 	charge.Settle(err == nil && (changed || first))
 	if err != nil {
 		if provider.CodeOf(err) == codes.ResourceExhausted {
-			return false, err // the node budget refused the new generation
+			return false, root, err // the node budget refused the new generation
 		}
-		return false, writeError(v, err)
+		return false, root, writeError(v, err)
 	}
-	return changed, nil
+	return changed, root, nil
 }
 
 // forget ends the driver's part in v: its watch, its cache entry, its place
@@ -301,14 +313,18 @@ func (v *volume) where() string {
 	return "class \"" + v.class + "\" in namespace \"" + v.pod.Namespace + "\""
 }
 
-// saveRecord writes what v mounted to its metadata file (record.go).
-func (v *volume) saveRecord() error {
+// saveRecord writes what v mounted to its metadata file (record.go), in
+// the directory root when it is a descriptor (>= 0) of v's tmpfs root.
+func (v *volume) saveRecord(root int) error {
 	m := record{
 		VolumeID: v.id, Target: v.target, Pod: v.pod, Class: v.class,
 		Provider: v.provider, GID: v.gid, LastFetch: v.lastFetch.UTC(), Versions: v.versions,
 	}
 	if v.interval != 0 {
 		m.RotationInterval = v.interval.String()
+	}
+	if root >= 0 {
+		return saveRecordAt(root, m)
 	}
 	return saveRecord(v.target, m)
 }
@@ -346,6 +362,15 @@ func (d *Driver) mountTmpfs(v *volume) error {
 	if v.mounted {
 		return nil
 	}
+	root, err := d.mountRoot(v)
+	if err != nil {
+		return err
+	}
+	return unix.Close(root)
+}
+
+// mountRoot mounts v's tmpfs and returns its root (tmpfs.MountRoot).
+func (d *Driver) mountRoot(v *volume) (int, error) {
 	// The root is the owner's, or the pod's fsGroup's with kubelet's modes
 	// (see rootModeWithGroup).
 	opts := tmpfs.Options{SizeBytes: d.mountBytes, Mode: rootModeNoGroup, GID: v.gid, Inodes: d.limits.Inodes(), Logger: d.log}
@@ -355,11 +380,12 @@ func (d *Driver) mountTmpfs(v *volume) error {
 	case v.gid >= 0:
 		opts.Mode = rootModeWithGroup
 	}
-	if err := tmpfs.Mount(v.target, opts); err != nil {
-		return provider.Errorf(codes.Internal, "mounting tmpfs: %v", err)
+	root, err := tmpfs.MountRoot(v.target, opts)
+	if err != nil {
+		return -1, provider.Errorf(codes.Internal, "mounting tmpfs: %v", err)
 	}
 	v.mounted = true
-	return nil
+	return root, nil
 }
 
 // writer writes v's files, after checking (with statfs on the very
