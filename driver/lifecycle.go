@@ -143,7 +143,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 		d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)
 	}
 	if first {
-		d.log.LogAttrs(ctx, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
+		logAttrs(ctx, d.log, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
 			slog.String("namespace", v.pod.Namespace), slog.String("pod", v.pod.Name), slog.String("class", v.class),
 			slog.String("provider", v.provider), slog.Int("files", len(set.files)), slog.Bool("written_by_provider", set.writtenByProvider))
 	}

@@ -360,7 +360,7 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 	}
 	if v != nil {
 		d.forget(v)
-		d.log.LogAttrs(ctx, slog.LevelInfo, "volume unpublished", slog.String("volume_id", id), slog.String("target", target))
+		logAttrs(ctx, d.log, slog.LevelInfo, "volume unpublished", slog.String("volume_id", id), slog.String("target", target))
 	}
 	return nil
 }

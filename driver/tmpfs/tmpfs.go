@@ -50,7 +50,9 @@ type Options struct {
 // params are the tmpfs options of a mount, in fsconfig(2)'s key=value form
 // (mount(2)'s data string joins them with commas).
 func (o Options) params(noswap bool) [][2]string {
-	p := [][2]string{{"size", strconv.FormatInt(o.SizeBytes, 10)}, {"mode", fmt.Sprintf("%04o", o.Mode.Perm())}}
+	mode := strconv.FormatUint(uint64(o.Mode.Perm()), 8) // at most 3 digits
+	p := make([][2]string, 0, 6)
+	p = append(p, [2]string{"size", strconv.FormatInt(o.SizeBytes, 10)}, [2]string{"mode", "0000"[len(mode):] + mode})
 	if o.Inodes > 0 {
 		p = append(p, [2]string{"nr_inodes", strconv.FormatInt(o.Inodes, 10)})
 	}
