@@ -94,7 +94,7 @@ bench:
 # and helm. Idempotent: a second run checks and prints nothing.
 deps: deps-apt $(HELM)
 
-APT_PACKAGES := openssl containerd runc containernetworking-plugins busybox-static protobuf-compiler iptables iproute2 util-linux file systemd systemd-container
+APT_PACKAGES := openssl strace containerd runc containernetworking-plugins busybox-static protobuf-compiler iptables iproute2 util-linux file systemd systemd-container
 deps-apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

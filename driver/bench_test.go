@@ -22,7 +22,7 @@ import (
 
 // newBenchEnv is newEnv with class "app" of 5 objects of 64 bytes and
 // production-like logging (JSON, info level, discarded).
-func newBenchEnv(b *testing.B) *env {
+func newBenchEnv(b testing.TB) *env {
 	e := newEnv(b, func(c *Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(io.Discard, nil))
 		c.Registerer = nil
