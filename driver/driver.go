@@ -11,6 +11,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -357,4 +358,17 @@ func (d *Driver) Close() error {
 // and the gRPC server is accepting calls.
 func (d *Driver) ready() bool {
 	return d.recovered.Load() && d.serving.Load() && !d.closed.Load()
+}
+
+// logAttrs is slog.Logger.LogAttrs without the caller's program counter,
+// for the lines every volume logs (published, unpublished): the counter is
+// read only by a handler with AddSource, which the driver's logger never
+// has, and runtime.Callers was half of what such a line cost.
+func logAttrs(ctx context.Context, l *slog.Logger, level slog.Level, msg string, attrs ...slog.Attr) {
+	if !l.Enabled(ctx, level) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), level, msg, 0)
+	r.AddAttrs(attrs...)
+	_ = l.Handler().Handle(ctx, r)
 }

@@ -126,7 +126,11 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	defer set.wipe()
 
 	// 6.
-	if changed, err = d.write(v, set, first); err != nil {
+	changed, root, err := d.write(v, set, first)
+	if root >= 0 {
+		defer unix.Close(root)
+	}
+	if err != nil {
 		return false, err
 	}
 
@@ -149,14 +153,14 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	for _, f := range set.files {
 		v.bytes += int64(len(f.Data))
 	}
-	if err := v.saveRecord(); err != nil {
+	if err := v.saveRecord(root); err != nil {
 		if first {
 			return false, writeError(v, err)
 		}
 		d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)
 	}
 	if first {
-		d.log.LogAttrs(ctx, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
+		logAttrs(ctx, d.log, slog.LevelInfo, "volume published", slog.String("volume_id", v.id), slog.String("target", v.target),
 			slog.String("namespace", v.pod.Namespace), slog.String("pod", v.pod.Name), slog.String("class", v.class),
 			slog.String("provider", v.provider), slog.Int("files", len(set.files)), slog.Bool("written_by_provider", set.writtenByProvider))
 	}
@@ -218,41 +222,50 @@ func (d *Driver) fileSet(v *volume, external, first bool, plan *content.Plan, re
 }
 
 // write puts set on v's tmpfs (apply's step 6) and reports whether the
-// content changed; what the provider wrote itself is there already.
-func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, err error) {
+// content changed; what the provider wrote itself is there already. When
+// it mounts the tmpfs it writes through the new mount's root (checked by
+// tmpfs.MountRoot, the very descriptor written to) and returns it, for
+// the caller to write the metadata there and close; else root is -1.
+func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, root int, err error) {
 	if set.writtenByProvider {
-		return set.changed, nil
+		return set.changed, -1, nil
 	}
 	charge := d.budget.Charge(v.id, set.need, v.need, v.where())
 	if first {
 		if err := charge.Reserve(); err != nil {
-			return false, err
+			return false, -1, err
 		}
 	}
-	if err := d.mountTmpfs(v); err != nil {
-		charge.Failed()
-		return false, err
-	}
-	// A refresh reserves only once the writer knows the content changed:
-	// current and new generation side by side; the current one stays, for
-	// readers that resolved it just before the swap, until the next write
-	// (atomicwriter), and the budget counts it until then. With hooks, the
-	// record says the change is untold before the swap, so a driver that
-	// dies between the swap and the hooks has the next one tell them.
-	grow := charge.Reserve
-	if !first && len(d.hooks) > 0 {
-		grow = func() error {
-			if err := charge.Reserve(); err != nil {
-				return err
-			}
-			v.untold = untoldChange
-			if err := v.saveRecord(); err != nil {
-				d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)
-			}
-			return nil
+	root = -1
+	if !v.mounted {
+		if root, err = d.mountRoot(v); err != nil {
+			charge.Failed()
+			return false, -1, err
 		}
+		changed, err = true, d.writer(v, charge.Reserve).WriteFresh(root, set.files)
+	} else {
+		// A refresh reserves only once the writer knows the content
+		// changed: current and new generation side by side; the current
+		// one stays, for readers that resolved it just before the swap,
+		// until the next write (atomicwriter), and the budget counts it
+		// until then. With hooks, the record says the change is untold
+		// before the swap, so a driver that dies between the swap and the
+		// hooks has the next one tell them.
+		grow := charge.Reserve
+		if !first && len(d.hooks) > 0 {
+			grow = func() error {
+				if err := charge.Reserve(); err != nil {
+					return err
+				}
+				v.untold = untoldChange
+				if err := v.saveRecord(-1); err != nil {
+					d.log.Warn("saving volume metadata", "volume_id", v.id, "err", err)
+				}
+				return nil
+			}
+		}
+		changed, err = d.writer(v, grow).Write(set.files)
 	}
-	changed, err = d.writer(v, grow).Write(set.files)
 	switch {
 	case err != nil:
 		charge.Failed()
@@ -264,11 +277,11 @@ func (d *Driver) write(v *volume, set *fileSet, first bool) (changed bool, err e
 	}
 	if err != nil {
 		if provider.CodeOf(err) == codes.ResourceExhausted {
-			return false, err // the node budget refused the new generation
+			return false, root, err // the node budget refused the new generation
 		}
-		return false, writeError(v, err)
+		return false, root, writeError(v, err)
 	}
-	return changed, nil
+	return changed, root, nil
 }
 
 // forget ends the driver's part in v: its watch, its cache entry, its place
@@ -345,8 +358,9 @@ func (v *volume) where() string {
 	return "class \"" + v.class + "\" in namespace \"" + v.pod.Namespace + "\""
 }
 
-// saveRecord writes what v mounted to its metadata file (record.go).
-func (v *volume) saveRecord() error {
+// saveRecord writes what v mounted to its metadata file (record.go), in
+// the directory root when it is a descriptor (>= 0) of v's tmpfs root.
+func (v *volume) saveRecord(root int) error {
 	m := record{
 		VolumeID: v.id, Target: v.target, Pod: v.pod, Class: v.class,
 		Provider: v.provider, GID: v.gid, LastFetch: v.lastFetch.UTC(), Versions: v.versions,
@@ -355,6 +369,9 @@ func (v *volume) saveRecord() error {
 		m.RotationInterval = v.interval.String()
 	}
 	m.Untold = v.untold
+	if root >= 0 {
+		return saveRecordAt(root, m)
+	}
 	return saveRecord(v.target, m)
 }
 
@@ -391,6 +408,15 @@ func (d *Driver) mountTmpfs(v *volume) error {
 	if v.mounted {
 		return nil
 	}
+	root, err := d.mountRoot(v)
+	if err != nil {
+		return err
+	}
+	return unix.Close(root)
+}
+
+// mountRoot mounts v's tmpfs and returns its root (tmpfs.MountRoot).
+func (d *Driver) mountRoot(v *volume) (int, error) {
 	// The root is the owner's, or the pod's fsGroup's with kubelet's modes
 	// (see rootModeWithGroup).
 	opts := tmpfs.Options{SizeBytes: d.mountBytes, Mode: rootModeNoGroup, GID: v.gid, Inodes: d.limits.Inodes(), Logger: d.log}
@@ -400,11 +426,12 @@ func (d *Driver) mountTmpfs(v *volume) error {
 	case v.gid >= 0:
 		opts.Mode = rootModeWithGroup
 	}
-	if err := tmpfs.Mount(v.target, opts); err != nil {
-		return provider.Errorf(codes.Internal, "mounting tmpfs: %v", err)
+	root, err := tmpfs.MountRoot(v.target, opts)
+	if err != nil {
+		return -1, provider.Errorf(codes.Internal, "mounting tmpfs: %v", err)
 	}
 	v.mounted = true
-	return nil
+	return root, nil
 }
 
 // writer writes v's files, after checking (with statfs on the very

@@ -60,8 +60,14 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 			"volume_id", in.VolumeID, "namespace", in.Context.Pod.Namespace, "pod", in.Context.Pod.Name)
 	}
 
+	// kubelet makes only the target's parent, so the target usually does
+	// not exist: one mkdir then makes it and proves there is nothing at it
+	// to adopt, reclaim or refuse (three lookups fewer per publish).
+	created := false
 	if d.volume(in.VolumeID) == nil {
-		d.adopt(in)
+		if created = os.Mkdir(in.Target, 0o750) == nil; !created {
+			d.adopt(in)
+		}
 	}
 	if v := d.volume(in.VolumeID); v != nil {
 		mounted, err := tmpfs.IsMountPoint(v.target)
@@ -72,19 +78,22 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest)
 		d.log.Warn("volume no longer mounted; publishing again", "volume_id", v.id, "target", v.target)
 		d.forget(v)
 	}
-	prov, err = d.firstPublish(ctx, in)
+	prov, err = d.firstPublish(ctx, in, created)
 	return false, prov, err
 }
 
-// firstPublish prepares the target, applies the volume (which mounts the
-// tmpfs and writes the files) and starts its provider watch. A target we
-// refuse (symlink, not empty, mounted) is left as it is; after that, any
-// failure unmounts and removes the target and forgets the volume.
-func (d *Driver) firstPublish(ctx context.Context, in *publishInput) (prov string, err error) {
+// firstPublish prepares the target (unless publish just created it empty),
+// applies the volume (which mounts the tmpfs and writes the files) and
+// starts its provider watch. A target we refuse (symlink, not empty,
+// mounted) is left as it is; after that, any failure unmounts and removes
+// the target and forgets the volume.
+func (d *Driver) firstPublish(ctx context.Context, in *publishInput, created bool) (prov string, err error) {
 	v := &volume{id: in.VolumeID, target: in.Target, pod: in.Context.Pod, class: in.Context.Class, gid: in.GID}
-	d.reclaim(in.Target)
-	if err := prepareTarget(in.Target); err != nil {
-		return "", err
+	if !created {
+		d.reclaim(in.Target)
+		if err := prepareTarget(in.Target); err != nil {
+			return "", err
+		}
 	}
 	if _, err := d.apply(ctx, v, request(v, in)); err != nil {
 		if !v.mounted {
@@ -361,7 +370,7 @@ func (d *Driver) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequ
 	}
 	if v != nil {
 		d.forget(v)
-		d.log.LogAttrs(ctx, slog.LevelInfo, "volume unpublished", slog.String("volume_id", id), slog.String("target", target))
+		logAttrs(ctx, d.log, slog.LevelInfo, "volume unpublished", slog.String("volume_id", id), slog.String("target", target))
 	}
 	return nil
 }

@@ -61,6 +61,19 @@ func saveRecord(target string, m record) error {
 	return nil
 }
 
+// saveRecordAt is saveRecord into the tmpfs root root (a descriptor).
+func saveRecordAt(root int, m record) error {
+	m.Version = 1
+	data, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := atomicwriter.ReplaceFileAt(root, recordFile, data, 0o600); err != nil {
+		return fmt.Errorf("writing volume metadata: %w", err)
+	}
+	return nil
+}
+
 // loadRecord reads the metadata of the secretfs tmpfs mounted at target.
 func loadRecord(target string) (*record, error) {
 	root, err := os.OpenRoot(target)

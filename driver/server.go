@@ -50,13 +50,23 @@ func (d *Driver) Serve(ctx context.Context, endpoint string) error {
 
 // serverOptions: kubelet dials a new connection per CSI call; fixed
 // flow-control windows (gRPC's defaults) spare each connection the
-// bandwidth estimator (BenchmarkKubeletProbe).
+// bandwidth estimator (BenchmarkKubeletProbe). Calls run on a few
+// long-lived workers instead of a new goroutine each: a handler's stack
+// grows to some 16 KiB on a publish, and a fresh goroutine pays for that
+// growth (copying its stack, runtime.newstack) on every call
+// (BenchmarkNodePublish's profile). A call that finds every worker busy
+// still gets a goroutine of its own, so no call waits for another.
 func serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InitialWindowSize(64 << 10),
 		grpc.InitialConnWindowSize(64 << 10),
+		grpc.NumStreamWorkers(streamWorkers),
 	}
 }
+
+// streamWorkers is the number of gRPC workers: kubelet's calls arrive a few
+// at a time, and each worker keeps its grown stack (tens of KiB).
+const streamWorkers = 4
 
 // HealthReporter adds detail lines to /healthz, such as the state of each
 // external provider. It never changes the status code.

@@ -275,9 +275,12 @@ func serveHTTP(ctx context.Context, addr string, handler http.Handler, log *slog
 	return serveHTTPOn(ctx, ln, handler, log)
 }
 
-// serveHTTPOn serves handler on ln until ctx is done.
+// serveHTTPOn serves handler on ln until ctx is done. A kept-alive
+// connection idle for httpIdleTimeout is closed: a client that opens
+// connections and never closes them (each one a goroutine, a descriptor
+// and its buffers) would otherwise grow the driver for as long as it runs.
 func serveHTTPOn(ctx context.Context, ln net.Listener, handler http.Handler, log *slog.Logger) error {
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: httpIdleTimeout}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -290,6 +293,10 @@ func serveHTTPOn(ctx context.Context, ln net.Listener, handler http.Handler, log
 	}
 	return nil
 }
+
+// httpIdleTimeout is longer than a scrape interval (Prometheus's default is
+// a minute), so a scraper keeps its one connection.
+const httpIdleTimeout = 2 * time.Minute
 
 // staleBound maps the -max-stale-if-error flag (0: off) to
 // Config.MaxStaleIfError (0: the default, negative: off).

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // A failing Check stops Write before anything is read or written.
@@ -114,5 +116,39 @@ func TestReplaceFile(t *testing.T) {
 	}
 	if err := ReplaceFile(dir, "../x", nil, 0o600); err == nil {
 		t.Fatal("accepted a path")
+	}
+}
+
+// WriteFresh writes through an O_PATH descriptor (what a tmpfs mount
+// returns) the same layout Write makes: a later Write of the same files
+// finds nothing to change, and one of other files swaps them.
+func TestWriteFreshThroughPathDescriptor(t *testing.T) {
+	dir := t.TempDir()
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	files := []File{{Path: "a", Mode: 0o640, Data: []byte("x")}, {Path: "d/b", Mode: 0o644, Data: []byte("y")}}
+	if err := New(dir).WriteFresh(fd, files); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "d", "b")); err != nil || string(b) != "y" {
+		t.Fatalf("d/b = %q, %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "a")); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("a: %v, %v", fi, err)
+	}
+	if changed, err := New(dir).Write(files); err != nil || changed {
+		t.Fatalf("same files again: changed=%v err=%v", changed, err)
+	}
+	if changed, err := New(dir).Write(files[:1]); err != nil || !changed {
+		t.Fatalf("fewer files: changed=%v err=%v", changed, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "d")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("d still linked after the swap: %v", err)
+	}
+	if err := New(dir).WriteFresh(fd, []File{{Path: "../x", Mode: 0o644}}); err == nil {
+		t.Fatal("WriteFresh took a path out of the directory")
 	}
 }

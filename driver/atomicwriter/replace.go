@@ -20,6 +20,15 @@ func ReplaceFile(dir, name string, data []byte, mode fs.FileMode) error {
 		return &fs.PathError{Op: "open", Path: dir, Err: err}
 	}
 	defer unix.Close(dfd)
+	return ReplaceFileAt(dfd, name, data, mode)
+}
+
+// ReplaceFileAt is ReplaceFile in the directory dfd (any descriptor of it,
+// O_PATH included).
+func ReplaceFileAt(dfd int, name string, data []byte, mode fs.FileMode) error {
+	if strings.Contains(name, "/") || name == "" || name == "." || name == ".." {
+		return fmt.Errorf("file name %q is not a plain name", name)
+	}
 	tmp := name + ".tmp"
 	fd, err := openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(mode.Perm()))
 	if err != nil {

@@ -123,23 +123,32 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 			return false, fmt.Errorf("%w: %w", ErrRefused, err)
 		}
 	}
+	return w.write(dfd, files, false)
+}
 
+// WriteFresh writes files as the first generation of the directory dfd
+// (any descriptor of it, O_PATH included: the root a tmpfs mount returned),
+// which the caller knows to be empty because it just made it, and checked
+// (Check is not called). Step 2 is skipped: there is no generation to
+// compare with and no leftover to remove, which spares a readlink and a
+// directory listing.
+func (w *Writer) WriteFresh(dfd int, files []File) error {
+	if err := ValidateFiles(files); err != nil {
+		return err
+	}
+	_, err := w.write(dfd, files, true)
+	return err
+}
+
+// write is Write's steps 2-7 on the open directory dfd; fresh skips 2.
+func (w *Writer) write(dfd int, files []File, fresh bool) (changed bool, err error) {
 	// 2. Stop if the current generation already holds exactly files.
-	oldGen, err := readlinkat(dfd, dataDirName)
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return false, fmt.Errorf("reading %s: %w", dataDirName, err)
-	}
-	if !isGeneration(oldGen) {
-		oldGen = "" // not one of ours: compare nothing with it, remove nothing through it
-	}
-	w.removeStale(dfd, oldGen) // the generation the last Write kept (step 7)
 	var oldTop map[string]struct{}
-	if oldGen != "" {
-		same, top, err := w.sameContent(dfd, oldGen, files)
-		if err == nil && same {
-			return false, nil
+	if !fresh {
+		var same bool
+		if _, oldTop, same, err = w.current(dfd, files); err != nil || same {
+			return false, err
 		}
-		oldTop = top
 	}
 
 	// 3. Write a new generation. Until the swap in 5 succeeds, every
@@ -195,6 +204,25 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 	}
 	// 7. Keep the old generation: the next Write removes it.
 	return true, nil
+}
+
+// current is Write's step 2: the current generation ("" if none) and its
+// top-level names, whether it holds exactly files, and leftovers of
+// interrupted writes removed.
+func (w *Writer) current(dfd int, files []File) (gen string, top map[string]struct{}, same bool, err error) {
+	gen, err = readlinkat(dfd, dataDirName)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		return "", nil, false, fmt.Errorf("reading %s: %w", dataDirName, err)
+	}
+	if !isGeneration(gen) {
+		gen = "" // not one of ours: compare nothing with it, remove nothing through it
+	}
+	w.removeStale(dfd, gen)
+	if gen == "" {
+		return "", nil, false, nil
+	}
+	same, top, err = w.sameContent(dfd, gen, files)
+	return gen, top, err == nil && same, nil
 }
 
 // isGeneration reports whether name can be a generation directory of this

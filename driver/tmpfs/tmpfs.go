@@ -50,7 +50,9 @@ type Options struct {
 // params are the tmpfs options of a mount, in fsconfig(2)'s key=value form
 // (mount(2)'s data string joins them with commas).
 func (o Options) params(noswap bool) [][2]string {
-	p := [][2]string{{"size", strconv.FormatInt(o.SizeBytes, 10)}, {"mode", fmt.Sprintf("%04o", o.Mode.Perm())}}
+	mode := strconv.FormatUint(uint64(o.Mode.Perm()), 8) // at most 3 digits
+	p := make([][2]string, 0, 6)
+	p = append(p, [2]string{"size", strconv.FormatInt(o.SizeBytes, 10)}, [2]string{"mode", "0000"[len(mode):] + mode})
 	if o.Inodes > 0 {
 		p = append(p, [2]string{"nr_inodes", strconv.FormatInt(o.Inodes, 10)})
 	}
@@ -98,27 +100,39 @@ func NoSwap() (noswap, known bool) {
 // and every later mount does the same. Either way opts.Logger hears once
 // which it is.
 func Mount(target string, opts Options) error {
+	mfd, err := MountRoot(target, opts)
+	if err != nil {
+		return err
+	}
+	return unix.Close(mfd)
+}
+
+// MountRoot is Mount that returns an O_PATH descriptor of the new tmpfs's
+// root, checked to be a tmpfs: the caller can write into the very mount it
+// made (the *at system calls take it as a directory) without looking the
+// target up again, and closes it.
+func MountRoot(target string, opts Options) (int, error) {
 	if opts.SizeBytes <= 0 {
-		return fmt.Errorf("tmpfs size must be positive, got %d", opts.SizeBytes)
+		return -1, fmt.Errorf("tmpfs size must be positive, got %d", opts.SizeBytes)
 	}
 	dirfd, err := unix.Open(target, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
-		return fmt.Errorf("%s is not a directory (a symlink is never followed): %w", target, err)
+		return -1, fmt.Errorf("%s is not a directory (a symlink is never followed): %w", target, err)
 	}
 	if err != nil {
-		return fmt.Errorf("opening %s: %w", target, err)
+		return -1, fmt.Errorf("opening %s: %w", target, err)
 	}
 	defer unix.Close(dirfd)
 	mfd, err := MountAt(dirfd, opts)
 	if err != nil {
-		return fmt.Errorf("mounting tmpfs at %s: %w", target, err)
+		return -1, fmt.Errorf("mounting tmpfs at %s: %w", target, err)
 	}
-	defer unix.Close(mfd)
 	if err := verifyFd(mfd, target); err != nil {
 		_ = DetachFd(mfd)
-		return err
+		unix.Close(mfd)
+		return -1, err
 	}
-	return nil
+	return mfd, nil
 }
 
 // MountAt mounts a fresh tmpfs with opts onto the directory dirfd (any

@@ -95,7 +95,7 @@ func (o *object) normalizeSelector() error {
 	case o.ObjectType != typeSecret:
 		return fmt.Errorf("a selector selects secrets only: set objectType: secret (got %q)", o.ObjectType)
 	}
-	if o.ObjectNamePrefix != "" && !objectNameRE.MatchString(o.ObjectNamePrefix) {
+	if o.ObjectNamePrefix != "" && !validObjectName(o.ObjectNamePrefix) {
 		return fmt.Errorf("objectNamePrefix %q is not the start of a Key Vault object name (letters, digits and hyphens)", provider.Clip(o.ObjectNamePrefix, 80))
 	}
 	if o.ObjectNameRegex != "" {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,14 +86,26 @@ func New(opts Options) *Client {
 	return &Client{opts: opts, audiences: aud, providers: map[string]*remote{}}
 }
 
-// nameRE accepts upstream's provider names ([a-zA-Z0-9_-]) and dots; a name
-// starts with a letter or digit, so "." and ".." are not names.
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
-
 // ValidName reports whether name can name a provider socket: letters,
 // digits, '-', '_' and '.', no slashes, no "..", at most 63 characters.
+// Upstream's provider names ([a-zA-Z0-9_-]) and dots; a name starts with a
+// letter or digit, so "." and ".." are not names. A loop, not a regular
+// expression: {0,62} compiles into 62 copies of the class, held on the heap
+// from start-up on.
 func ValidName(name string) bool {
-	return nameRE.MatchString(name) && !strings.Contains(name, "..")
+	if name == "" || len(name) > 63 || strings.Contains(name, "..") {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // Provider returns the provider.Provider for an external provider name

@@ -131,7 +131,9 @@ func (p *driverProc) heapProfile(ctx context.Context, file string) error {
 // profile fetches /debug/pprof/<query> from the driver's pprof socket into
 // file.
 func (p *driverProc) profile(ctx context.Context, query, file string) error {
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// One connection per profile, closed after it: a kept-alive connection
+	// of a client used once would count as the driver's goroutine and fd.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", p.pprof)
 	}}}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost/debug/pprof/"+query, nil)
@@ -284,7 +286,8 @@ func servedAddr(log string) string {
 	b, _ := os.ReadFile(log)
 	for _, line := range strings.Split(string(b), "\n") {
 		var rec struct{ Msg, Addr string }
-		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "serving HTTP" {
+		// pprof on a unix socket is logged the same way, with a path.
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "serving HTTP" && !strings.HasPrefix(rec.Addr, "/") {
 			return rec.Addr
 		}
 	}

@@ -24,6 +24,7 @@
 //	go run ./test/bench -volumes 1000 -cache on -latency 0s -rate-limit 0 -pattern kubelet,shared
 //	go run ./test/bench -cpuprofile cpu.pprof -cpuprofile-seconds 5   # driver CPU profile (pprof over a unix socket)
 //	go run ./test/bench -volumes 1000 -heapprofile heap.pprof         # driver heap with every volume mounted
+//	go run ./test/bench -soak -concurrency 8                         # make soak: idle cost, no growth, rotation (soak.go)
 package main
 
 import (
@@ -61,6 +62,7 @@ type config struct {
 	cpuProfile        string
 	cpuProfileSeconds int
 	heapProfile       string
+	strip             bool // build as the image does (-ldflags '-s -w')
 }
 
 func main() {
@@ -83,6 +85,14 @@ func main() {
 	flag.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the driver, from the start of the publish pass, to this file (the driver serves pprof on a unix socket)")
 	flag.IntVar(&cfg.cpuProfileSeconds, "cpuprofile-seconds", 5, "length of the CPU profile")
 	flag.StringVar(&cfg.heapProfile, "heapprofile", "", "write a heap profile of the driver, taken with every volume mounted (after a GC), to this file")
+	var sc soakConfig
+	soakMode := flag.Bool("soak", false, "run the soak instead (soak.go): idle cost, -soak-cycles lifecycles with no growth after -soak-warmup, and rotation of -rotation-volumes volumes; the driver is built as the image builds it")
+	flag.IntVar(&sc.cycles, "soak-cycles", 10000, "soak: publish + unpublish lifecycles")
+	flag.IntVar(&sc.warmup, "soak-warmup", 1000, "soak: lifecycles before the level nothing may grow above")
+	flag.DurationVar(&sc.idle, "idle", 45*time.Second, "soak: how long idle CPU is measured")
+	flag.IntVar(&sc.volumes, "rotation-volumes", 110, "soak: volumes mounted during the rotation phase (kubelet's default pod limit)")
+	flag.DurationVar(&sc.window, "rotation-window", time.Minute, "soak: how long the rotation phase runs")
+	flag.DurationVar(&sc.rotation, "soak-rotation-interval", 10*time.Second, "soak: the driver's --rotation-interval in the rotation phase (scaled to 2 minutes in the report)")
 	flag.Parse()
 	var err error
 	if cfg.modes, err = parseModes(modes); err != nil {
@@ -114,13 +124,28 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: must run as root: the driver mounts a tmpfs per volume")
 		os.Exit(1)
 	}
-	if err := run(cfg); err != nil {
+	if *soakMode {
+		if sc.cycles < sc.warmup+1 || sc.warmup < 1 || sc.volumes < 1 || sc.idle <= 0 || sc.window <= 0 {
+			fmt.Fprintln(os.Stderr, "bench: -soak-cycles > -soak-warmup >= 1, -rotation-volumes >= 1, -idle and -rotation-window > 0")
+			os.Exit(2)
+		}
+		cfg.latency, cfg.rateLimit, cfg.strip = 0, 0, true
+		if err := run(cfg, func(ctx context.Context, bin, dir string) error { return soak(ctx, cfg, sc, bin, dir) }); err != nil {
+			fmt.Fprintf(os.Stderr, "soak: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(cfg, nil); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(cfg config) error {
+// run builds the driver (unless -secretfs names one) and writes the class
+// into a temporary directory it removes at the end, then runs the load runs
+// or, when given, instead.
+func run(cfg config, instead func(ctx context.Context, bin, dir string) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
 	defer cancel()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -146,12 +171,15 @@ func run(cfg config) error {
 	if bin == "" {
 		bin = filepath.Join(dir, "secretfs")
 		fmt.Fprintln(os.Stderr, "building secretfs ...")
-		if err := build(ctx, bin); err != nil {
+		if err := build(ctx, bin, cfg.strip); err != nil {
 			return err
 		}
 	}
 	if err := writeClass(dir, cfg); err != nil {
 		return err
+	}
+	if instead != nil {
+		return instead(ctx, bin, dir)
 	}
 	if slices.Contains(cfg.syncModes, true) {
 		stopAPI, err := startAPI(ctx, &cfg, dir)
@@ -182,13 +210,19 @@ func run(cfg config) error {
 	return nil
 }
 
-// build compiles ./cmd/secretfs of the module the harness is run in.
-func build(ctx context.Context, out string) error {
+// build compiles ./cmd/secretfs of the module the harness is run in;
+// strip builds it as the image does (-ldflags '-s -w'), which changes the
+// binary's file-backed pages.
+func build(ctx context.Context, out string, strip bool) error {
 	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	if err != nil || strings.TrimSpace(string(gomod)) == "" || strings.TrimSpace(string(gomod)) == os.DevNull {
 		return fmt.Errorf("run the harness inside the secretfs module (go env GOMOD: %v)", err)
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, "./cmd/secretfs")
+	args := []string{"build", "-trimpath", "-o", out}
+	if strip {
+		args = append(args, "-ldflags", "-s -w")
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "./cmd/secretfs")...)
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
