@@ -8,8 +8,11 @@
 #   make cluster-leaks up, down, and check that nothing is left behind
 #   make e2e           cluster-up, the e2e tests, cluster-down (logs kept on failure)
 #   make e2e-kind      the e2e tests on a kind cluster (needs Docker and kind)
+#   make bench-pods    pod start bursts, Secret volume against secretfs (not in
+#                      make test; PODBENCH_KINDS, PODBENCH_BURSTS, PODBENCH_ROUNDS,
+#                      PODBENCH_SPREAD choose the runs; test/e2e/podstart_test.go)
 
-.PHONY: k8s-bins image test-images cluster-up cluster-down cluster-leaks e2e e2e-kind
+.PHONY: k8s-bins image test-images cluster-up cluster-down cluster-leaks e2e e2e-kind bench-pods
 
 k8s-bins:
 	@echo "k8s-bins: etcd and Kubernetes $$(sed -n 's/^K8S_VERSION=//p' test/tools/build.sh) into the per-machine cache (20-40 min the first time, seconds after)"
@@ -35,3 +38,13 @@ e2e: deps
 
 e2e-kind:
 	test/e2e/kind.sh
+
+PODBENCH_KINDS ?= secret,kubernetes,fake,azure,external
+PODBENCH_BURSTS ?= 10,50,100
+PODBENCH_ROUNDS ?= 2
+PODBENCH_SPREAD ?= 300
+
+bench-pods: deps
+	E2E_TAGS=e2e,podbench E2E_RUN='^TestPodStartBurst$$' E2E_TIMEOUT=120m \
+	SECRETFS_PODBENCH_KINDS=$(PODBENCH_KINDS) SECRETFS_PODBENCH_BURSTS=$(PODBENCH_BURSTS) \
+	SECRETFS_PODBENCH_ROUNDS=$(PODBENCH_ROUNDS) SECRETFS_PODBENCH_SPREAD=$(PODBENCH_SPREAD) test/e2e/local.sh

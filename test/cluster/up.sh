@@ -237,7 +237,9 @@ start etcd etcd ip netns exec "$CP_NETNS" "$BIN/etcd" --name default --data-dir 
 wait_for etcd 30 in_cp "$BIN/etcdctl" --endpoints "127.0.0.1:$ETCD_PORT" endpoint health
 
 # Audit reads of Secrets (who read which, with what result), so the e2e
-# tests can show whose token the driver used; nothing else is logged.
+# tests can show whose token the driver used, and what a pod's volume costs
+# the API server (make bench-pods): service-account token requests and the
+# secrets-store resources; nothing else is logged.
 cat >"$W/audit-policy.yaml" <<'EOF_AUDIT'
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -246,6 +248,11 @@ rules:
   - level: Metadata
     verbs: [get, list, watch]
     resources: [{group: "", resources: [secrets]}]
+  - level: Metadata
+    verbs: [create]
+    resources: [{group: "", resources: [serviceaccounts/token]}]
+  - level: Metadata
+    resources: [{group: secrets-store.csi.x-k8s.io}]
   - level: None
 EOF_AUDIT
 # It listens on the control plane's loopback and bridge address only.
