@@ -370,7 +370,13 @@ func auditedRequests(t *testing.T, path, ns string) map[string]int {
 				Resource, Subresource, Namespace string
 			} `json:"objectRef"`
 		}
-		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ObjectRef == nil || ev.ObjectRef.Namespace != ns || ev.Stage != "ResponseComplete" {
+		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ObjectRef == nil || ev.ObjectRef.Namespace != ns {
+			continue
+		}
+		// A request once: a watch when it starts (kubelet's reflectors
+		// stream their initial list in the watch), anything else when it
+		// completes.
+		if want := "ResponseComplete"; ev.Verb == "watch" && ev.Stage != "ResponseStarted" || ev.Verb != "watch" && ev.Stage != want {
 			continue
 		}
 		res := ev.ObjectRef.Resource
