@@ -3,9 +3,7 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -207,40 +205,18 @@ func scrapeDriver(t *testing.T, d *corev1.Pod) driverMetrics {
 // request's source address (byIP; "other:<ip>" for any other address).
 func auditedReadsByNode(t *testing.T, path, ns, name string, byIP map[string]string) map[string]int {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	out := map[string]int{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var ev struct {
-			Stage     string                    `json:"stage"`
-			Verb      string                    `json:"verb"`
-			User      struct{ Username string } `json:"user"`
-			SourceIPs []string                  `json:"sourceIPs"`
-			ObjectRef *struct {
-				Resource, Namespace, Name string
-			} `json:"objectRef"`
-			ResponseStatus *struct{ Code int } `json:"responseStatus"`
-		}
-		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ObjectRef == nil || ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" {
-			continue
-		}
+	eachAuditEvent(t, path, func(ev auditEvent) {
 		r := ev.ObjectRef
-		if r.Resource != "secrets" || r.Namespace != ns || (r.Name != name && r.Name != "") || ev.ResponseStatus == nil {
-			continue
+		if ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" ||
+			r.Resource != "secrets" || r.Namespace != ns || (r.Name != name && r.Name != "") || ev.ResponseStatus == nil {
+			return
 		}
 		node := "other:" + strings.Join(ev.SourceIPs, ",")
 		if len(ev.SourceIPs) > 0 && byIP[ev.SourceIPs[0]] != "" {
 			node = byIP[ev.SourceIPs[0]]
 		}
 		out[fmt.Sprintf("%s %s %s %d", node, ev.User.Username, ev.Verb, ev.ResponseStatus.Code)]++
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
+	})
 	return out
 }

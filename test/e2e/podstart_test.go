@@ -9,14 +9,11 @@ package e2e
 // backend. See README, "What a pod pays".
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -353,31 +350,13 @@ func driversCPU(t *testing.T) time.Duration {
 // service-account token requests and the secrets-store resources).
 func auditedRequests(t *testing.T, path, ns string) map[string]int {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	out := map[string]int{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var ev struct {
-			Stage     string                    `json:"stage"`
-			Verb      string                    `json:"verb"`
-			User      struct{ Username string } `json:"user"`
-			ObjectRef *struct {
-				Resource, Subresource, Namespace string
-			} `json:"objectRef"`
-		}
-		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ObjectRef == nil || ev.ObjectRef.Namespace != ns {
-			continue
-		}
+	eachAuditEvent(t, path, func(ev auditEvent) {
 		// A request once: a watch when it starts (kubelet's reflectors
 		// stream their initial list in the watch), anything else when it
 		// completes.
-		if want := "ResponseComplete"; ev.Verb == "watch" && ev.Stage != "ResponseStarted" || ev.Verb != "watch" && ev.Stage != want {
-			continue
+		if ev.ObjectRef.Namespace != ns || ev.Verb == "watch" && ev.Stage != "ResponseStarted" || ev.Verb != "watch" && ev.Stage != "ResponseComplete" {
+			return
 		}
 		res := ev.ObjectRef.Resource
 		if ev.ObjectRef.Subresource != "" {
@@ -388,10 +367,7 @@ func auditedRequests(t *testing.T, path, ns string) map[string]int {
 			user = "system:node:*"
 		}
 		out[user+" "+ev.Verb+" "+res]++
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
+	})
 	return out
 }
 

@@ -3,9 +3,7 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -108,32 +106,14 @@ func createPodWithAttrs(t *testing.T, ns, name, sa, class, tokens string) *corev
 // ns/name by "<user> <code>".
 func auditedSecretReads(t *testing.T, path, ns, name string) map[string]int {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	out := map[string]int{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var ev struct {
-			Stage     string                    `json:"stage"`
-			Verb      string                    `json:"verb"`
-			User      struct{ Username string } `json:"user"`
-			ObjectRef *struct {
-				Resource, Namespace, Name string
-			} `json:"objectRef"`
-			ResponseStatus *struct{ Code int } `json:"responseStatus"`
-		}
-		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ObjectRef == nil || ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" {
-			continue
-		}
+	eachAuditEvent(t, path, func(ev auditEvent) {
 		r := ev.ObjectRef
-		if r.Resource != "secrets" || r.Namespace != ns || r.Name != name || ev.Verb != "get" || ev.ResponseStatus == nil {
-			continue
+		if ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" ||
+			r.Resource != "secrets" || r.Namespace != ns || r.Name != name || ev.Verb != "get" || ev.ResponseStatus == nil {
+			return
 		}
 		out[fmt.Sprintf("%s %d", ev.User.Username, ev.ResponseStatus.Code)]++
-	}
+	})
 	return out
 }
