@@ -25,9 +25,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 
 	"github.com/secretfs/secretfs/test/fakeazure"
 )
@@ -153,40 +154,49 @@ func runBurst(t *testing.T, fast kubernetes.Interface, az *fakeazure.Server, aud
 	}
 	cpuBefore := driversCPU(t)
 
-	// Ready as the watch sees it, against when Create was called.
-	w, err := client.CoreV1().Pods(ns.Name).Watch(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Stop()
+	// Ready as an informer sees it (it watches again when the API server
+	// ends a watch, as it does with a slow watcher under load), against
+	// when Create was called.
 	var mu sync.Mutex
 	created := make(map[string]time.Time, n)
 	readyAt := make(map[string]time.Time, n)
 	allReady := make(chan struct{})
-	go func() {
-		for ev := range w.ResultChan() {
-			p, ok := ev.Object.(*corev1.Pod)
-			if !ok || ev.Type == watch.Deleted {
-				continue
-			}
-			now := time.Now()
-			if p.Status.Phase == corev1.PodFailed {
-				t.Errorf("pod %s/%s failed", p.Namespace, p.Name)
-			}
-			for _, c := range p.Status.Conditions {
-				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
-					mu.Lock()
-					if _, seen := readyAt[p.Name]; !seen {
-						readyAt[p.Name] = now
-						if len(readyAt) == n {
-							close(allReady)
-						}
+	seen := func(obj any) {
+		p, ok := obj.(*corev1.Pod)
+		if !ok {
+			return
+		}
+		now := time.Now()
+		if p.Status.Phase == corev1.PodFailed || p.Status.Phase == corev1.PodSucceeded {
+			t.Errorf("pod %s/%s ended: %s", p.Namespace, p.Name, p.Status.Phase)
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				mu.Lock()
+				if _, seen := readyAt[p.Name]; !seen {
+					readyAt[p.Name] = now
+					if len(readyAt) == n {
+						close(allReady)
 					}
-					mu.Unlock()
 				}
+				mu.Unlock()
 			}
 		}
-	}()
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(ns.Name))
+	pods := factory.Core().V1().Pods().Informer()
+	if _, err := pods.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    seen,
+		UpdateFunc: func(_, obj any) { seen(obj) },
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stopInformer := make(chan struct{})
+	defer close(stopInformer)
+	factory.Start(stopInformer)
+	if !toolscache.WaitForCacheSync(stopInformer, pods.HasSynced) {
+		t.Fatal("pod informer did not sync")
+	}
 
 	start := time.Now()
 	var wg sync.WaitGroup
