@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -155,6 +156,7 @@ func readyNodes(t *testing.T) []string {
 type driverMetrics struct {
 	fetches      map[string]float64 // secretfs_provider_fetches_total by provider
 	cacheEntries float64            // secretfs_cache_entries
+	mounted      float64            // secretfs_volumes_mounted
 }
 
 // scrapeDriver reads the driver pod's /metrics on its pod address (the
@@ -192,6 +194,8 @@ func scrapeDriver(t *testing.T, d *corev1.Pod) driverMetrics {
 		switch {
 		case name == "secretfs_cache_entries":
 			m.cacheEntries = v
+		case name == "secretfs_volumes_mounted":
+			m.mounted = v
 		case strings.HasPrefix(name, "secretfs_provider_fetches_total{"):
 			if _, p, ok := strings.Cut(name, `provider="`); ok {
 				p, _, _ = strings.Cut(p, `"`)
@@ -206,6 +210,12 @@ func scrapeDriver(t *testing.T, d *corev1.Pod) driverMetrics {
 // Secret ns/name by "<node> <user> <verb> <code>", the node found from the
 // request's source address (byIP; "other:<ip>" for any other address).
 func auditedReadsByNode(t *testing.T, path, ns, name string, byIP map[string]string) map[string]int {
+	t.Helper()
+	return auditedByNode(t, path, ns, name, byIP, "get", "list", "watch")
+}
+
+// auditedByNode is auditedReadsByNode of the given verbs.
+func auditedByNode(t *testing.T, path, ns, name string, byIP map[string]string, verbs ...string) map[string]int {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -226,7 +236,8 @@ func auditedReadsByNode(t *testing.T, path, ns, name string, byIP map[string]str
 			} `json:"objectRef"`
 			ResponseStatus *struct{ Code int } `json:"responseStatus"`
 		}
-		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ObjectRef == nil || ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" {
+		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.ObjectRef == nil || ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" ||
+			!slices.Contains(verbs, ev.Verb) {
 			continue
 		}
 		r := ev.ObjectRef
