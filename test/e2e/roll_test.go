@@ -83,7 +83,9 @@ func TestDriverRollUnderLoad(t *testing.T) {
 		oldDrivers[n] = driverPod(t, n)
 		byIP[oldDrivers[n].Status.PodIP] = n
 	}
+	created := time.Now()
 	pods := readerDeployment(t, ns, "readers", len(nodes))
+	t.Logf("%d reader pods Ready %v after the Deployment was created", len(pods), time.Since(created).Round(100*time.Millisecond))
 	perNode := map[string]int{}
 	for _, p := range pods {
 		perNode[p.Spec.NodeName]++
@@ -200,6 +202,7 @@ func TestDriverRollUnderLoad(t *testing.T) {
 		len(nodes), rolled.Round(100*time.Millisecond), len(pods), seq, reads, readsDuring, bad, backwards)
 
 	// Unpublish after the roll leaves nothing behind.
+	deleted := time.Now()
 	bg := metav1.DeletePropagationForeground
 	if err := client.AppsV1().Deployments(ns).Delete(ctx, "readers", metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil {
 		t.Fatal(err)
@@ -221,6 +224,9 @@ func TestDriverRollUnderLoad(t *testing.T) {
 			t.Errorf("node %s after the pods were deleted: mounts %+v, files with a value %q, volumes_mounted %v, cache entries %v",
 				n, mounts, files, m.mounted, m.cacheEntries)
 		}
+	}
+	if !t.Failed() {
+		t.Logf("%v after the pods were deleted no node holds a mount, file, volume or cache entry of theirs", time.Since(deleted).Round(100*time.Millisecond))
 	}
 	var w map[string]int
 	if err := poll(time.Minute, func() (bool, error) {

@@ -100,7 +100,11 @@ func TestSyncedSecretFollowsItsOwnersAcrossNodes(t *testing.T) {
 		// withSyncOn's own has nothing left to change.
 		setDriverArg(t, "--sync-owner=pod", true)
 		t.Cleanup(func() { setDriverArgs(t, map[string]bool{"--sync-owner=pod": false, "--sync-secrets": false}) })
-		dep, pods := spreadDeployment(t, ns, "cart", "app", nodes)
+		// A class and Secret of their own: nothing of the first subtest
+		// (should it have failed) among the owners.
+		createSyncClass(t, ns, "cart", "v1", []object{{ObjectName: "pass", Value: pass}},
+			[]any{secretObject("cart-env", "Opaque", "pass", "PASS")})
+		dep, pods := spreadDeployment(t, ns, "cart", "cart", nodes)
 		uids := func(pods []*corev1.Pod) []string {
 			var out []string
 			for _, p := range pods {
@@ -118,18 +122,18 @@ func TestSyncedSecretFollowsItsOwnersAcrossNodes(t *testing.T) {
 			return out
 		}
 		want := uids(pods)
-		waitSecret(t, ns, "app-env", fmt.Sprintf("owned by the %d pods", len(pods)), func(s *corev1.Secret) bool {
+		waitSecret(t, ns, "cart-env", fmt.Sprintf("owned by the %d pods", len(pods)), func(s *corev1.Secret) bool {
 			return slices.Equal(ownerUIDs(s), want)
 		})
 		for i := len(nodes) - 1; i >= 1; i-- {
 			gone := scaleDownOne(t, dep, pods, i)
 			want := uids(pods[:i])
-			s := waitSecret(t, ns, "app-env", fmt.Sprintf("owned by the %d pods left (the garbage collector drops the pod on %s)", i, gone),
+			s := waitSecret(t, ns, "cart-env", fmt.Sprintf("owned by the %d pods left (the garbage collector drops the pod on %s)", i, gone),
 				func(s *corev1.Secret) bool { return slices.Equal(ownerUIDs(s), want) })
 			t.Logf("pod on %s gone: the Secret is there, owned by %v", gone, ownerNames(s))
 		}
 		gone := scaleDownOne(t, dep, pods, 0)
-		waitSecretGone(t, ns, "app-env", "the last pod (on "+gone+") is gone")
+		waitSecretGone(t, ns, "cart-env", "the last pod (on "+gone+") is gone")
 	})
 }
 
@@ -145,8 +149,9 @@ func driverIPs(t *testing.T, nodes []string) map[string]string {
 
 // spreadDeployment creates a Deployment of one replica per node mounting
 // class (exactly one per node: a hard topology spread), and returns it and
-// its Ready pods in the order of nodes. Each pod's deletion cost is its
-// node's index, so scaling down removes the pod of the last node first.
+// its Ready pods in the order of nodes. The pods' deletion costs fall with
+// their node's index (the lowest goes first), so scaling down removes the
+// pod of the last node first.
 func spreadDeployment(t *testing.T, ns, name, class string, nodes []string) (*appsv1.Deployment, []*corev1.Pod) {
 	t.Helper()
 	ctx := context.Background()
@@ -171,7 +176,7 @@ func spreadDeployment(t *testing.T, ns, name, class string, nodes []string) (*ap
 			t.Fatalf("pod %s on %s: want one replica on each of %v", p.Name, p.Spec.NodeName, nodes)
 		}
 		pods[i] = p
-		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, deletionCost, strconv.Itoa(i))
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, deletionCost, strconv.Itoa(len(nodes)-1-i))
 		if _, err := client.CoreV1().Pods(ns).Patch(ctx, p.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 			t.Fatal(err)
 		}
