@@ -9,11 +9,25 @@
 // Steps of Write (the same numbers mark the code):
 //  1. validate the file set;
 //  2. if the current generation has exactly this content, stop;
-//  3. write every file into a new timestamped directory (after Grow allows it);
+//  3. remove the generations older than the current one (the previous one,
+//     kept by the last Write, and any a crash left), then write every file
+//     into a new timestamped directory (after Grow allows it);
 //  4. create the top-level symlinks that are missing;
 //  5. point ..data at the new directory (symlink ..data_tmp, rename over ..data);
 //  6. remove top-level symlinks that the new set no longer has;
-//  7. remove the old generation.
+//  7. keep the old generation until the next Write that changes the content.
+//
+// Step 7 is where this writer differs from kubelet's, which removes the old
+// generation at once: a reader that opens <dir>/<name> resolves ..data to
+// the old generation and then looks the name up in it, and when the
+// generation is removed in between, the open fails with ENOENT, a file
+// missing in the middle of a rotation (the driver-roll e2e test, 30 pods
+// reading every 20 ms while their Secret changed twice a second, saw about
+// one read in 1600 fail so). Kept until the next change, the old generation
+// outlives any such reader that is not stalled for the whole time between
+// two changes, and it costs no more room than the swap did: the old and the
+// new generation side by side (the node budget counts both; see
+// budget.Charge).
 //
 // A failure in steps 3-5 removes the new generation (one deferred cleanup)
 // and leaves the previous content in place; after step 5 failures only leave
@@ -73,8 +87,10 @@ type Writer struct {
 	// be swapped in between the check and the writes.
 	Check func(dirfd int) error
 	// Grow, when set, is called once the content is known to differ, before
-	// a new generation is written (which holds pages beside the old one
-	// until the swap); an error stops Write with nothing changed.
+	// a new generation is written (which holds pages beside the current
+	// one, and keeps the current one as the previous generation until the
+	// next Write that changes the content); an error stops Write with
+	// nothing changed.
 	Grow func() error
 }
 
@@ -121,7 +137,6 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 	if !isGeneration(oldGen) {
 		oldGen = "" // not one of ours: compare nothing with it, remove nothing through it
 	}
-	w.removeStale(dfd, oldGen)
 	var oldTop map[string]struct{}
 	if oldGen != "" {
 		same, top, err := w.sameContent(dfd, oldGen, files)
@@ -131,8 +146,10 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 		oldTop = top
 	}
 
-	// 3. Write a new generation. Until the swap in 5 succeeds, every
-	// failure ends here: the new generation goes, the old view stays.
+	// 3. Remove the generations before the current one, then write a new
+	// generation. Until the swap in 5 succeeds, every failure ends here:
+	// the new generation goes, the old view stays.
+	w.removeStale(dfd, oldGen)
 	if w.Grow != nil {
 		if err := w.Grow(); err != nil {
 			return false, err
@@ -182,10 +199,8 @@ func (w *Writer) Write(files []File) (changed bool, err error) {
 			removeAt(dfd, name)
 		}
 	}
-	// 7. Remove the old generation.
-	if oldGen != "" {
-		removeAllAt(dfd, oldGen)
-	}
+	// 7. The old generation stays for readers that resolved ..data to it
+	// just before the swap; the next changed Write removes it (step 3).
 	return true, nil
 }
 
@@ -332,7 +347,8 @@ func linkTopLevel(dfd int, top map[string]struct{}) error {
 	return nil
 }
 
-// removeStale deletes generation directories left by an interrupted Write.
+// removeStale deletes the generation directories other than current: the
+// previous generation the last Write kept, and any an interrupted Write left.
 func (w *Writer) removeStale(dfd int, current string) {
 	entries, err := readDirAt(dfd)
 	if err != nil {

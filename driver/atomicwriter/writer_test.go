@@ -120,8 +120,67 @@ func TestWriteAndReplace(t *testing.T) {
 			gens++
 		}
 	}
-	if gens != 1 {
-		t.Fatalf("want exactly one generation directory, have %d: %v", gens, entries)
+	// The current generation and the previous one, kept for readers that
+	// resolved ..data to it just before the swap.
+	if gens != 2 {
+		t.Fatalf("want the current and the previous generation directory, have %d: %v", gens, entries)
+	}
+	// The next change removes the previous one before writing its own.
+	if _, err := w.Write([]File{{Path: "a", Mode: 0o640, Data: []byte("A3")}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := generations(t, dir); n != 2 {
+		t.Fatalf("after a third write: %d generation directories, want 2", n)
+	}
+}
+
+func generations(t *testing.T, dir string) int {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "..") {
+			n++
+		}
+	}
+	return n
+}
+
+// An application that opens <dir>/<name> resolves ..data to a generation
+// and then looks the name up in it. A swap between the two steps must not
+// make the open fail: the old generation stays until the next change (with
+// kubelet's way of removing it at once, the open finds it gone: ENOENT, a
+// file missing in the middle of a rotation). The two steps are made here
+// one by one, around a Write.
+func TestOpenAcrossASwapFindsTheFile(t *testing.T) {
+	dir := t.TempDir()
+	w := New(dir)
+	if _, err := w.Write([]File{{Path: "a", Mode: 0o644, Data: []byte("one")}}); err != nil {
+		t.Fatal(err)
+	}
+	resolved, err := os.Readlink(filepath.Join(dir, "..data"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := w.Write([]File{{Path: "a", Mode: 0o644, Data: []byte("two")}}); err != nil || !changed {
+		t.Fatalf("second write: changed=%v err=%v", changed, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, resolved, "a")); err != nil || string(got) != "one" {
+		t.Fatalf("a reader that resolved ..data before the swap: %q, %v; want the old content", got, err)
+	}
+	if got := readAll(t, dir); got["a"] != "two" {
+		t.Fatalf("content after the swap: %v", got)
+	}
+	// The next change removes that generation (a reader must not take a
+	// whole rotation interval between two steps of one open).
+	if _, err := w.Write([]File{{Path: "a", Mode: 0o644, Data: []byte("three")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, resolved)); !os.IsNotExist(err) {
+		t.Fatalf("generation %s still there two changes later: %v", resolved, err)
 	}
 }
 
@@ -331,7 +390,8 @@ func TestWriteReplacesLeftoverDataTmp(t *testing.T) {
 }
 
 // A write into an empty directory, then the same files (no change), then
-// fewer: one generation and its top-level links remain.
+// fewer: the current generation, the previous one and the current set's
+// top-level links remain.
 func TestWriteIntoEmptyThenReplace(t *testing.T) {
 	dir := t.TempDir()
 	w := New(dir)
@@ -353,7 +413,7 @@ func TestWriteIntoEmptyThenReplace(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if len(entries) != 3 { // a, ..data, one generation
+	if len(entries) != 4 { // a, ..data, the current and the previous generation
 		t.Fatalf("entries after replace: %v", names)
 	}
 }

@@ -34,6 +34,7 @@ type Budget struct {
 	mu      sync.Mutex
 	used    int64
 	held    map[string]int64 // by volume id
+	newest  map[string]int64 // by volume id: the bytes of its newest generation (see Charge)
 	observe func(used int64) // see Observe
 }
 
@@ -58,7 +59,7 @@ func (b *Budget) changedLocked() {
 
 // New returns a budget of limit bytes.
 func New(limit int64) *Budget {
-	return &Budget{limit: limit, held: map[string]int64{}}
+	return &Budget{limit: limit, held: map[string]int64{}, newest: map[string]int64{}}
 }
 
 // Limit returns the budget in bytes.
@@ -103,12 +104,16 @@ func (b *Budget) Reserve(id string, n int64) error {
 }
 
 // A Charge makes room in the budget for one write of a volume: need bytes
-// for its new files, beside what it held before until the write is over.
+// for its new files, beside its current generation. The atomic writer keeps
+// the current generation after the swap, for readers that resolved the
+// volume's ..data to it just before, until the next write that changes the
+// content; so a written volume holds its new and its previous generation.
 // The methods of a nil Charge (from a nil Budget) do nothing.
 type Charge struct {
 	b         *Budget
 	id, where string // where names the volume's class in errors
 	old, need int64
+	current   int64 // the bytes of the generation the write replaces
 }
 
 // Charge starts a write of volume id whose files take need bytes; where
@@ -117,33 +122,44 @@ func (b *Budget) Charge(id string, need int64, where string) *Charge {
 	if b == nil {
 		return nil
 	}
-	return &Charge{b: b, id: id, where: where, old: b.Held(id), need: need}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	current, ok := b.newest[id]
+	if !ok {
+		current = b.held[id] // held some other way: all of it may be the current generation
+	}
+	return &Charge{b: b, id: id, where: where, old: b.held[id], need: need, current: current}
 }
 
-// Reserve holds the old and the new files side by side (what the atomic
-// writer's Grow asks for), or fails with ResourceExhausted. Calling it
-// again holds the same.
+// Reserve holds the current and the new files side by side (what the
+// atomic writer's Grow asks for, once it removed the generation before the
+// current one), or fails with ResourceExhausted. Calling it again holds the
+// same.
 func (c *Charge) Reserve() error {
 	if c == nil {
 		return nil
 	}
-	if err := c.b.Reserve(c.id, c.old+c.need); err != nil {
+	if err := c.b.Reserve(c.id, c.current+c.need); err != nil {
 		return provider.Errorf(codes.ResourceExhausted, "%s: %s", c.where, err.Error())
 	}
 	return nil
 }
 
-// Settle records what the volume holds once the write is over: need when
-// the new files were written, else what it held before.
+// Settle records what the volume holds once the write is over: when the
+// new files were written, need and the generation they replaced (kept until
+// the next change), else what it held before.
 func (c *Charge) Settle(written bool) {
 	if c == nil {
 		return
 	}
-	if written {
-		_ = c.b.Reserve(c.id, c.need) // shrinks: never fails
-	} else {
+	if !written {
 		_ = c.b.Reserve(c.id, c.old)
+		return
 	}
+	_ = c.b.Reserve(c.id, c.current+c.need) // what Reserve held: never grows past it
+	c.b.mu.Lock()
+	c.b.newest[c.id] = c.need
+	c.b.mu.Unlock()
 }
 
 // Hold records that volume id holds n bytes, whatever the limit: a volume
@@ -153,6 +169,7 @@ func (b *Budget) Hold(id string, n int64) {
 	defer b.mu.Unlock()
 	b.used += n - b.held[id]
 	b.held[id] = n
+	b.newest[id] = n // its generations are not known apart: all of it may be the current one
 	b.changedLocked()
 }
 
@@ -162,6 +179,7 @@ func (b *Budget) Release(id string) {
 	defer b.mu.Unlock()
 	b.used -= b.held[id]
 	delete(b.held, id)
+	delete(b.newest, id)
 	b.changedLocked()
 }
 

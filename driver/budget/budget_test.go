@@ -166,8 +166,10 @@ func TestObserve(t *testing.T) {
 	}
 }
 
-// A Charge holds old and new side by side while it writes, then what was
-// written, or the old again when the write did not happen.
+// A Charge holds the current and the new generation side by side while it
+// writes, then what was written and the generation it replaced (the atomic
+// writer keeps it until the next change), or what it held before when the
+// write did not happen.
 func TestCharge(t *testing.T) {
 	b := New(100)
 	if err := b.Reserve("v", 30); err != nil {
@@ -181,18 +183,40 @@ func TestCharge(t *testing.T) {
 		t.Fatalf("a second reserve holds the same: %v, used %d", err, b.Used())
 	}
 	c.Settle(true)
-	if b.Used() != 50 || b.Held("v") != 50 {
-		t.Fatalf("settled written: used %d, held %d, want 50", b.Used(), b.Held("v"))
+	if b.Used() != 80 || b.Held("v") != 80 {
+		t.Fatalf("settled written: used %d, held %d, want 80 (the new 50 and the previous 30)", b.Used(), b.Held("v"))
 	}
 
-	c = b.Charge("v", 60, `class "c" in namespace "n"`) // 50 + 60 > 100
+	c = b.Charge("v", 60, `class "c" in namespace "n"`) // current 50 + 60 > 100
 	err := c.Reserve()
 	if provider.CodeOf(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), `class "c" in namespace "n"`) {
 		t.Fatalf("over the budget: %v", err)
 	}
 	c.Settle(false)
-	if b.Used() != 50 {
-		t.Fatalf("settled not written: used %d, want 50", b.Used())
+	if b.Used() != 80 {
+		t.Fatalf("settled not written: used %d, want 80", b.Used())
+	}
+
+	// The next change: the previous generation (30) goes before the new
+	// one is written, the current one (50) stays beside it.
+	c = b.Charge("v", 40, `class "c" in namespace "n"`)
+	if err := c.Reserve(); err != nil || b.Used() != 90 {
+		t.Fatalf("reserve beside the current generation: %v, used %d, want 90", err, b.Used())
+	}
+	c.Settle(true)
+	if b.Held("v") != 90 {
+		t.Fatalf("held %d, want 90 (the new 40 and the previous 50)", b.Held("v"))
+	}
+	// A volume found mounted after a restart: all it holds may be current.
+	b.Release("v")
+	b.Hold("w", 10)
+	c = b.Charge("w", 5, "x")
+	if err := c.Reserve(); err != nil || b.Held("w") != 15 {
+		t.Fatalf("after Hold: %v, held %d, want 15", err, b.Held("w"))
+	}
+	b.Release("w")
+	if b.Used() != 0 || len(b.newest) != 0 {
+		t.Fatalf("released: used %d, generations known %v", b.Used(), b.newest)
 	}
 
 	var none *Budget
