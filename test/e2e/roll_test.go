@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -284,24 +285,42 @@ func readerDeployment(t *testing.T, ns, name string, n int) []*corev1.Pod {
 	return pods
 }
 
-// readReports reads every pod's readloop report, by pod name.
+// readReports reads every pod's readloop report, by pod name, ten pods at
+// a time.
 func readReports(t *testing.T, pods []*corev1.Pod) map[string]readReport {
 	t.Helper()
+	var mu sync.Mutex
 	out := map[string]readReport{}
+	var g errgroup.Group
+	g.SetLimit(10)
 	for _, p := range pods {
-		// cat, not dump: the report directory also holds readloop's
-		// temporary files, which come and go.
-		var raw struct{ Base64 string }
-		execJSON(t, p.Namespace, p.Name, "app", &raw, "cat", reportDir+"/reads.json")
-		data, err := base64.StdEncoding.DecodeString(raw.Base64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var r readReport
-		if err := json.Unmarshal(data, &r); err != nil {
-			t.Fatalf("pod %s: report %q: %v", p.Name, data, err)
-		}
-		out[p.Name] = r
+		g.Go(func() error {
+			// cat, not dump: the report directory also holds readloop's
+			// temporary files, which come and go.
+			stdout, err := execIn(context.Background(), p.Namespace, p.Name, "app", "/testapp", "cat", reportDir+"/reads.json")
+			if err != nil {
+				return err
+			}
+			var raw struct{ Base64 string }
+			if err := json.Unmarshal([]byte(stdout), &raw); err != nil {
+				return fmt.Errorf("pod %s: testapp cat printed %q: %w", p.Name, stdout, err)
+			}
+			data, err := base64.StdEncoding.DecodeString(raw.Base64)
+			if err != nil {
+				return fmt.Errorf("pod %s: %w", p.Name, err)
+			}
+			var r readReport
+			if err := json.Unmarshal(data, &r); err != nil {
+				return fmt.Errorf("pod %s: report %q: %w", p.Name, data, err)
+			}
+			mu.Lock()
+			out[p.Name] = r
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
