@@ -236,17 +236,18 @@ start etcd etcd ip netns exec "$CP_NETNS" "$BIN/etcd" --name default --data-dir 
 	--initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
 wait_for etcd 30 in_cp "$BIN/etcdctl" --endpoints "127.0.0.1:$ETCD_PORT" endpoint health
 
-# Audit reads of Secrets (who read which, with what result), so the e2e
-# tests can show whose token the driver used, and what a pod's volume costs
-# the API server (make bench-pods): service-account token requests and the
-# secrets-store resources; nothing else is logged.
+# Audit reads and writes of Secrets (who read or wrote which, with what
+# result; metadata only, never the data), so the e2e tests can show whose
+# token the driver used and which node's driver wrote a synced Secret, and
+# what a pod's volume costs the API server (make bench-pods): service-account
+# token requests and the secrets-store resources; nothing else is logged.
 cat >"$W/audit-policy.yaml" <<'EOF_AUDIT'
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
   - level: Metadata
-    verbs: [get, list, watch]
+    verbs: [get, list, watch, create, update, patch, delete]
     resources: [{group: "", resources: [secrets]}]
   - level: Metadata
     verbs: [create]

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -153,6 +154,7 @@ func readyNodes(t *testing.T) []string {
 type driverMetrics struct {
 	fetches      map[string]float64 // secretfs_provider_fetches_total by provider
 	cacheEntries float64            // secretfs_cache_entries
+	mounted      float64            // secretfs_volumes_mounted
 }
 
 // scrapeDriver reads the driver pod's /metrics on its pod address (the
@@ -190,6 +192,8 @@ func scrapeDriver(t *testing.T, d *corev1.Pod) driverMetrics {
 		switch {
 		case name == "secretfs_cache_entries":
 			m.cacheEntries = v
+		case name == "secretfs_volumes_mounted":
+			m.mounted = v
 		case strings.HasPrefix(name, "secretfs_provider_fetches_total{"):
 			if _, p, ok := strings.Cut(name, `provider="`); ok {
 				p, _, _ = strings.Cut(p, `"`)
@@ -205,10 +209,16 @@ func scrapeDriver(t *testing.T, d *corev1.Pod) driverMetrics {
 // request's source address (byIP; "other:<ip>" for any other address).
 func auditedReadsByNode(t *testing.T, path, ns, name string, byIP map[string]string) map[string]int {
 	t.Helper()
+	return auditedByNode(t, path, ns, name, byIP, "get", "list", "watch")
+}
+
+// auditedByNode is auditedReadsByNode of the given verbs.
+func auditedByNode(t *testing.T, path, ns, name string, byIP map[string]string, verbs ...string) map[string]int {
+	t.Helper()
 	out := map[string]int{}
 	eachAuditEvent(t, path, func(ev auditEvent) {
 		r := ev.ObjectRef
-		if ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" ||
+		if ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" || !slices.Contains(verbs, ev.Verb) ||
 			r.Resource != "secrets" || r.Namespace != ns || (r.Name != name && r.Name != "") || ev.ResponseStatus == nil {
 			return
 		}

@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"math/big"
 	"os"
 	"slices"
@@ -171,6 +172,14 @@ func withSyncOn(t *testing.T) {
 // waits until the DaemonSet has rolled out.
 func setDriverArg(t *testing.T, arg string, on bool) {
 	t.Helper()
+	setDriverArgs(t, map[string]bool{arg: on})
+}
+
+// setDriverArgs adds (true) or removes (false) arguments of the driver
+// container in one change of the DaemonSet (one roll; none when nothing
+// changes) and waits until it has rolled out.
+func setDriverArgs(t *testing.T, set map[string]bool) {
+	t.Helper()
 	ctx := context.Background()
 	dsc := client.AppsV1().DaemonSets(driverNamespace)
 	ds, err := dsc.Get(ctx, "secretfs-node", metav1.GetOptions{})
@@ -178,9 +187,11 @@ func setDriverArg(t *testing.T, arg string, on bool) {
 		t.Fatal(err)
 	}
 	i := slices.IndexFunc(ds.Spec.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == "driver" })
-	args := slices.DeleteFunc(slices.Clone(ds.Spec.Template.Spec.Containers[i].Args), func(a string) bool { return a == arg })
-	if on {
-		args = append(args, arg)
+	args := slices.DeleteFunc(slices.Clone(ds.Spec.Template.Spec.Containers[i].Args), func(a string) bool { _, ok := set[a]; return ok })
+	for _, arg := range slices.Sorted(maps.Keys(set)) {
+		if set[arg] {
+			args = append(args, arg)
+		}
 	}
 	argsJSON, _ := yaml.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
 		"containers": []any{map[string]any{"name": "driver", "args": args}}}}}})
@@ -199,7 +210,7 @@ func setDriverArg(t *testing.T, arg string, on bool) {
 		return rolledOut(d), nil
 	})
 	if err != nil {
-		t.Fatalf("the driver DaemonSet did not roll out with %s=%v", arg, on)
+		t.Fatalf("the driver DaemonSet did not roll out with %v", set)
 	}
 }
 

@@ -14,6 +14,10 @@
 //	testapp watch FILE N TIMEOUT  a JSON line with FILE's content now, then one per
 //	                              change (with the time it was seen) until N changes
 //	                              or TIMEOUT; for measuring rotation latency
+//	testapp readloop REPORT DIR FILE...
+//	                              read DIR/FILE... every 20 ms until SIGTERM, checking
+//	                              each is whole ("<seq>.<payload>.<sha256 hex>"); keep
+//	                              REPORT (JSON: reads, bad reads, maxSeq) up to date
 //	testapp env FILE CMD...       load the .env FILE into the environment, then run
 //	                              testapp CMD... in this process (exec)
 //	testapp provider SOCKET       serve test/fakeprovider on SOCKET until SIGTERM: an
@@ -45,7 +49,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: testapp sleep|dump|fstype|write|find|rm|mounts|cat|printenv|env|watch ...")
+		fail("usage: testapp sleep|dump|fstype|write|find|rm|mounts|cat|printenv|env|watch|readloop ...")
 	}
 	args := os.Args[2:]
 	var err error
@@ -90,6 +94,12 @@ func main() {
 		err = withEnv(args[0], args[1:])
 	case "provider":
 		err = need(args, 1, func() error { return serveProvider(args[0]) })
+	case "readloop":
+		if len(args) < 3 {
+			err = fmt.Errorf("want a report file, a directory and file names")
+			break
+		}
+		err = readLoop(args[0], args[1], args[2:])
 	case "watch":
 		err = need(args, 3, func() error { return watch(args[0], args[1], args[2]) })
 	default:
