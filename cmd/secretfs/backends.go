@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"k8s.io/client-go/rest"
 
+	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 	"github.com/secretfs/secretfs/provider/azure"
 	"github.com/secretfs/secretfs/provider/fake"
@@ -193,4 +194,30 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// agentBackends is what each local-agent command (mount, run, credentials)
+// takes from its kubeconfig: the class from the API server when there is no
+// class file (newClasses nil otherwise), the backends, and the kubeconfig's
+// token, which the agent hands the kubernetes backend as the pod's token
+// for audience. Close external when done.
+type agentBackends struct {
+	newClasses func(context.Context) (class.Source, error)
+	providers  func(string) (provider.Provider, error)
+	external   *plugin.Client
+	token      string
+	audience   string
+}
+
+func (b *backendFlags) agent(restConfig *rest.Config, classFile string, log *slog.Logger) (agentBackends, error) {
+	a := agentBackends{audience: b.kubeAudience}
+	if classFile == "" {
+		a.newClasses = func(ctx context.Context) (class.Source, error) { return class.NewAPI(ctx, restConfig) }
+	}
+	var err error
+	if a.token, err = kubeconfigToken(restConfig); err != nil {
+		return a, err
+	}
+	a.providers, a.external, err = b.resolver(restConfig, log)
+	return a, err
 }

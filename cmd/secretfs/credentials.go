@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"github.com/secretfs/secretfs/driver"
-	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/internal/agent"
 )
 
@@ -72,19 +71,12 @@ func runCredentials(args []string, stdout, stderr io.Writer) int {
 		ClassFile: *classFile, ClassName: *className, Namespace: *namespace, Socket: *socket, Target: *target,
 		Interval: *interval, ServiceAccount: *sa, TmpfsSize: tmpfsSize.bytes, Allow: allow.rules, Limits: lim, Logger: log,
 	}
-	if *classFile == "" {
-		cfg.NewClasses = func(ctx context.Context) (class.Source, error) { return class.NewAPI(ctx, restConfig) }
-	}
-	providers, external, err := backends.resolver(restConfig, log)
+	src, err := backends.agent(restConfig, *classFile, log)
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
 	}
-	defer external.Close()
-	cfg.Providers = providers
-	if cfg.Token, err = kubeconfigToken(restConfig); err != nil {
-		return fail(stderr, fs, 1, "%v", err)
-	}
-	cfg.TokenAudience = backends.kubeAudience
+	defer src.external.Close()
+	cfg.NewClasses, cfg.Providers, cfg.Token, cfg.TokenAudience = src.newClasses, src.providers, src.token, src.audience
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

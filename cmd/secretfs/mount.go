@@ -51,21 +51,17 @@ func runMount(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
 	}
+	src, err := backends.agent(restConfig, *classFile, log)
+	if err != nil {
+		return fail(stderr, fs, 1, "%v", err)
+	}
+	defer src.external.Close()
 	var classes class.Source
-	if *classFile == "" {
-		if classes, err = class.NewAPI(context.Background(), restConfig); err != nil {
+	if src.newClasses != nil {
+		if classes, err = src.newClasses(context.Background()); err != nil {
 			return fail(stderr, fs, 1, "%v", err)
 		}
 	}
-	token, err := kubeconfigToken(restConfig)
-	if err != nil {
-		return fail(stderr, fs, 1, "%v", err)
-	}
-	providers, external, err := backends.resolver(restConfig, log)
-	if err != nil {
-		return fail(stderr, fs, 1, "%v", err)
-	}
-	defer external.Close()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -75,11 +71,11 @@ func runMount(args []string, stdout, stderr io.Writer) int {
 		Target:         *target,
 		Interval:       *interval,
 		ServiceAccount: *sa,
-		Providers:      providers,
+		Providers:      src.providers,
 		TmpfsSize:      tmpfsSize.bytes,
 		Owner:          &files,
-		TokenAudience:  backends.kubeAudience,
-		Token:          token,
+		TokenAudience:  src.audience,
+		Token:          src.token,
 		Classes:        classes,
 		Namespace:      *namespace,
 		Logger:         log,

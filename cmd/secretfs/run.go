@@ -13,7 +13,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/internal/agent"
 	"github.com/secretfs/secretfs/provider/azure"
 )
@@ -98,19 +97,12 @@ func runRun(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
 	}
-	if *classFile == "" {
-		cfg.NewClasses = func(ctx context.Context) (class.Source, error) { return class.NewAPI(ctx, restConfig) }
-	}
-	providers, external, err := backends.resolver(restConfig, log)
+	src, err := backends.agent(restConfig, *classFile, log)
 	if err != nil {
 		return fail(stderr, fs, 1, "%v", err)
 	}
-	defer external.Close()
-	cfg.Providers = providers
-	if cfg.Token, err = kubeconfigToken(restConfig); err != nil {
-		return fail(stderr, fs, 1, "%v", err)
-	}
-	cfg.TokenAudience = backends.kubeAudience
+	defer src.external.Close()
+	cfg.NewClasses, cfg.Providers, cfg.Token, cfg.TokenAudience = src.newClasses, src.providers, src.token, src.audience
 	code, err := agent.RunCommand(ctx, cfg)
 	if errors.Is(err, agent.ErrNotRoot) {
 		return fail(stderr, fs, 1, "%v: run it with sudo or as root", err)
