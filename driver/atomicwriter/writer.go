@@ -146,7 +146,7 @@ func (w *Writer) write(dfd int, files []File, fresh bool) (changed bool, err err
 	var oldTop map[string]struct{}
 	if !fresh {
 		var same bool
-		if _, oldTop, same, err = w.current(dfd, files); err != nil || same {
+		if oldTop, same, err = w.current(dfd, files); err != nil || same {
 			return false, err
 		}
 	}
@@ -206,23 +206,23 @@ func (w *Writer) write(dfd int, files []File, fresh bool) (changed bool, err err
 	return true, nil
 }
 
-// current is Write's step 2: the current generation ("" if none) and its
-// top-level names, whether it holds exactly files, and leftovers of
-// interrupted writes removed.
-func (w *Writer) current(dfd int, files []File) (gen string, top map[string]struct{}, same bool, err error) {
-	gen, err = readlinkat(dfd, dataDirName)
+// current is Write's step 2: the current generation's top-level names and
+// whether it holds exactly files, once every other generation is removed (the
+// one the last Write kept, and leftovers of interrupted writes).
+func (w *Writer) current(dfd int, files []File) (top map[string]struct{}, same bool, err error) {
+	gen, err := readlinkat(dfd, dataDirName)
 	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return "", nil, false, fmt.Errorf("reading %s: %w", dataDirName, err)
+		return nil, false, fmt.Errorf("reading %s: %w", dataDirName, err)
 	}
 	if !isGeneration(gen) {
 		gen = "" // not one of ours: compare nothing with it, remove nothing through it
 	}
 	w.removeStale(dfd, gen)
 	if gen == "" {
-		return "", nil, false, nil
+		return nil, false, nil
 	}
 	same, top, err = w.sameContent(dfd, gen, files)
-	return gen, top, err == nil && same, nil
+	return top, err == nil && same, nil
 }
 
 // isGeneration reports whether name can be a generation directory of this
