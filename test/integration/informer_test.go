@@ -30,19 +30,7 @@ import (
 // stays under the shipped memory limit and still serves a publish of a small
 // class and of a large one, and a refresh requested through the annotation.
 func TestManyLargeClassesInShippedMemoryLimit(t *testing.T) {
-	s, err := kubeapi.Start()
-	api := kubeapi.Require(t, s, err)
-	t.Cleanup(api.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	dyn, err := dynamic.NewForConfig(api.Admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	installCRD(ctx, t, dyn)
-	if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, api, dyn := tenantAPI(t)
 	classes := dyn.Resource(spc.GVR).Namespace("team-a")
 	// Half before the driver starts (its first list), half while it runs
 	// (its watch): 120 classes of 1.2 MiB each.
@@ -170,6 +158,27 @@ func spcObject(name, objects string) *unstructured.Unstructured {
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // installCRD creates deploy/crd.yaml and waits until it is served.
+// tenantAPI starts an API server with the SecretProviderClass CRD and the
+// tenant's namespace team-a, and returns a context for the test's four
+// minutes and an admin dynamic client.
+func tenantAPI(t *testing.T) (context.Context, *kubeapi.Server, dynamic.Interface) {
+	t.Helper()
+	s, err := kubeapi.Start()
+	api := kubeapi.Require(t, s, err)
+	t.Cleanup(api.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	dyn, err := dynamic.NewForConfig(api.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	installCRD(ctx, t, dyn)
+	if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, api, dyn
+}
+
 func installCRD(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
 	t.Helper()
 	data, err := os.ReadFile("../../deploy/crd.yaml")

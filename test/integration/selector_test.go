@@ -13,11 +13,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 
 	spc "github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
-	"github.com/secretfs/secretfs/test/kubeapi"
 )
 
 // A tenant labels Secrets near the API server's size limit and writes
@@ -30,20 +28,8 @@ import (
 // others fill the node's bound of fetches in flight), and mounts a small
 // selector class published among them, and after them.
 func TestSelectorsOfLargeSecretsInShippedMemoryLimit(t *testing.T) {
-	s, err := kubeapi.Start()
-	api := kubeapi.Require(t, s, err)
-	t.Cleanup(api.Stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	dyn, err := dynamic.NewForConfig(api.Admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	installCRD(ctx, t, dyn)
+	ctx, api, dyn := tenantAPI(t)
 	c := api.Client
-	if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-a"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := c.CoreV1().ServiceAccounts("team-a").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "app"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
