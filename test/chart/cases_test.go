@@ -49,8 +49,8 @@ func checkDefault(t *testing.T, r *rendered) {
 	if !equalJSON(t, r.clusterRole.Rules, wantRules) {
 		t.Errorf("ClusterRole rules %+v, want exactly %+v", r.clusterRole.Rules, wantRules)
 	}
-	if !slices.Equal(audiences(r.csiDriver), []string{"", "api://AzureADTokenExchange"}) {
-		t.Errorf("token audiences %q", audiences(r.csiDriver))
+	if !slices.Equal(audiences(r.csiDriver), []string{""}) {
+		t.Errorf("token audiences %q, want only the kubernetes backend's", audiences(r.csiDriver))
 	}
 	if p := r.csiDriver.Spec.ServiceAccountTokenInSecrets; p == nil || !*p {
 		t.Error("serviceAccountTokenInSecrets not set on Kubernetes 1.37")

@@ -50,7 +50,7 @@ func TestSSCDValuesFile(t *testing.T) {
 		spec.Affinity == nil || spec.Affinity.NodeAffinity == nil || spec.PriorityClassName != "" {
 		t.Errorf("scheduling: tolerations %+v nodeSelector %v affinity %+v priorityClassName %q", spec.Tolerations, spec.NodeSelector, spec.Affinity, spec.PriorityClassName)
 	}
-	if !slices.Equal(audiences(r.csiDriver), []string{"", "api://AzureADTokenExchange"}) {
+	if !slices.Equal(audiences(r.csiDriver), []string{""}) {
 		t.Errorf("token audiences %q", audiences(r.csiDriver))
 	}
 	if r.clusterRole == nil {
@@ -68,7 +68,7 @@ func TestSSCDCIValues(t *testing.T) {
 	checkInvariants(t, r)
 	d := r.driver(t)
 	wantArgs(t, d, map[string]string{"--sync-secrets": "true", "--rotation-interval": "30s", "--sync-owner": "controller"})
-	if got, want := audiences(r.csiDriver), []string{"", "api://AzureADTokenExchange", "aud1", "aud2", "conjur", "sts.amazonaws.com"}; !slices.Equal(got, want) {
+	if got, want := audiences(r.csiDriver), []string{"", "aud1", "aud2", "conjur", "api://AzureADTokenExchange", "sts.amazonaws.com"}; !slices.Equal(got, want) {
 		t.Errorf("token audiences %q, want %q", got, want)
 	}
 	if v, ok := arg(d, "--provider-audiences"); ok {

@@ -465,9 +465,11 @@ env:
 rotationInterval: 5s
 terminationGracePeriodSeconds: 5
 EOF
-if ((${#token_audiences[@]})); then
-	echo 'tokenAudiences: ["", "api://AzureADTokenExchange"'"$(printf ', "%s"' "${token_audiences[@]}")]" >>"$W/deploy/helm-values.yaml"
-fi
+# The Azure tests use workload identity (test/e2e/overlay adds the same
+# audience to the kustomize install).
+helm_audiences='"", "api://AzureADTokenExchange"'
+for a in "${token_audiences[@]}"; do helm_audiences+=", \"$a\""; done
+echo "tokenAudiences: [$helm_audiences]" >>"$W/deploy/helm-values.yaml"
 log "deploying secretfs (test/cluster/overlay, kubelet root $KUBELET_ROOT)"
 # kubelet's root dir is this cluster's, not /var/lib/kubelet: every host path
 # of the driver lives under it.
