@@ -4,75 +4,17 @@ package e2e
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
 const restartAnnotation = "secretfs.dev/restartedFor"
-
-// withRestartOn turns restarts on change on for the rest of the test (the
-// driver's --restart-on-change and the restart-on-change component's RBAC
-// and admission policy, as shipped) and off again afterwards.
-func withRestartOn(t *testing.T) {
-	t.Helper()
-	ctx := context.Background()
-	read := func(path string) []string {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.Split(strings.ReplaceAll(string(data), "system:serviceaccount:secretfs-system:secretfs-node",
-			"system:serviceaccount:"+driverNamespace+":secretfs-node"), "\n---\n")
-	}
-	docs := read("../../deploy/components/restart-on-change/rbac.yaml")
-	var role rbacv1.ClusterRole
-	var binding rbacv1.ClusterRoleBinding
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), &role); err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), &binding); err != nil {
-		t.Fatal(err)
-	}
-	binding.Subjects[0].Namespace = driverNamespace
-	if _, err := client.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.RbacV1().ClusterRoleBindings().Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	docs = read("../../deploy/components/restart-on-change/policy.yaml")
-	var policy admissionv1.ValidatingAdmissionPolicy
-	var policyBinding admissionv1.ValidatingAdmissionPolicyBinding
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), &policy); err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), &policyBinding); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, &policy, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, &policyBinding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	setDriverArg(t, "--restart-on-change", true)
-	t.Cleanup(func() {
-		setDriverArg(t, "--restart-on-change", false)
-		_ = client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, policyBinding.Name, metav1.DeleteOptions{})
-		_ = client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(ctx, policy.Name, metav1.DeleteOptions{})
-		_ = client.RbacV1().ClusterRoleBindings().Delete(ctx, binding.Name, metav1.DeleteOptions{})
-		_ = client.RbacV1().ClusterRoles().Delete(ctx, role.Name, metav1.DeleteOptions{})
-	})
-}
 
 // envDeployment creates a Deployment of replicas pods spread over the
 // nodes, each mounting class and reading PASS from the synced Secret
@@ -162,8 +104,7 @@ func TestRestartOnChange(t *testing.T) {
 		[]any{map[string]any{"secretName": "app-env", "type": "Opaque", "data": []any{map[string]any{"objectName": "pass", "key": "PASS"}}}})
 	createClassWithSync(t, ns, "plain", "v1", "kubernetes", classParams("plain-src", false),
 		[]any{map[string]any{"secretName": "plain-env", "type": "Opaque", "data": []any{map[string]any{"objectName": "pass", "key": "PASS"}}}})
-	withSyncOn(t)
-	withRestartOn(t)
+	withComponents(t, "sync-secrets", "restart-on-change")
 
 	dep := envDeployment(t, ns, "shop", "reader", "app", "app-env", 3)
 	plainDep := envDeployment(t, ns, "plain", "reader", "plain", "plain-env", 1)

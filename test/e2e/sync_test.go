@@ -12,18 +12,14 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"maps"
 	"math/big"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -109,117 +105,6 @@ func ownerNames(s *corev1.Secret) []string {
 	return out
 }
 
-// withSyncOn turns Secret sync on for the rest of the test (the driver's
-// --sync-secrets and the sync-secrets component's RBAC and admission
-// policy, as shipped) and off
-// again afterwards, waiting for the driver to roll out each time.
-func withSyncOn(t *testing.T) {
-	t.Helper()
-	ctx := context.Background()
-	data, err := os.ReadFile("../../deploy/components/sync-secrets/rbac.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs := strings.Split(string(data), "\n---\n")
-	var role rbacv1.ClusterRole
-	var binding rbacv1.ClusterRoleBinding
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), &role); err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), &binding); err != nil {
-		t.Fatal(err)
-	}
-	binding.Subjects[0].Namespace = driverNamespace
-	if _, err := client.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.RbacV1().ClusterRoleBindings().Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// The component's admission policy, matching the driver's service
-	// account in the namespace the driver runs in.
-	data, err = os.ReadFile("../../deploy/components/sync-secrets/policy.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	docs = strings.Split(strings.ReplaceAll(string(data), "system:serviceaccount:secretfs-system:secretfs-node",
-		"system:serviceaccount:"+driverNamespace+":secretfs-node"), "\n---\n")
-	var policy admissionv1.ValidatingAdmissionPolicy
-	var policyBinding admissionv1.ValidatingAdmissionPolicyBinding
-	if err := yaml.UnmarshalStrict([]byte(docs[0]), &policy); err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(docs[1]), &policyBinding); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Create(ctx, &policy, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, &policyBinding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	setDriverArg(t, "--sync-secrets", true)
-	t.Cleanup(func() {
-		setDriverArg(t, "--sync-secrets", false)
-		_ = client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, policyBinding.Name, metav1.DeleteOptions{})
-		_ = client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(ctx, policy.Name, metav1.DeleteOptions{})
-		_ = client.RbacV1().ClusterRoleBindings().Delete(ctx, binding.Name, metav1.DeleteOptions{})
-		_ = client.RbacV1().ClusterRoles().Delete(ctx, role.Name, metav1.DeleteOptions{})
-	})
-}
-
-// setDriverArg adds or removes an argument of the driver container and
-// waits until the DaemonSet has rolled out.
-func setDriverArg(t *testing.T, arg string, on bool) {
-	t.Helper()
-	setDriverArgs(t, map[string]bool{arg: on})
-}
-
-// setDriverArgs adds (true) or removes (false) arguments of the driver
-// container in one change of the DaemonSet (one roll; none when nothing
-// changes) and waits until it has rolled out.
-func setDriverArgs(t *testing.T, set map[string]bool) {
-	t.Helper()
-	ctx := context.Background()
-	dsc := client.AppsV1().DaemonSets(driverNamespace)
-	ds, err := dsc.Get(ctx, "secretfs-node", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := slices.IndexFunc(ds.Spec.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == "driver" })
-	args := slices.DeleteFunc(slices.Clone(ds.Spec.Template.Spec.Containers[i].Args), func(a string) bool { _, ok := set[a]; return ok })
-	for _, arg := range slices.Sorted(maps.Keys(set)) {
-		if set[arg] {
-			args = append(args, arg)
-		}
-	}
-	argsJSON, _ := yaml.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
-		"containers": []any{map[string]any{"name": "driver", "args": args}}}}}})
-	patch, err := yaml.YAMLToJSON(argsJSON)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := dsc.Patch(ctx, ds.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	err = poll(podTimeout, func() (bool, error) {
-		d, err := dsc.Get(ctx, ds.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		return rolledOut(d), nil
-	})
-	if err != nil {
-		t.Fatalf("the driver DaemonSet did not roll out with %v", set)
-	}
-}
-
-func rolledOut(d *appsv1.DaemonSet) bool {
-	s := d.Status
-	return s.ObservedGeneration >= d.Generation && s.UpdatedNumberScheduled == s.DesiredNumberScheduled &&
-		s.NumberReady == s.DesiredNumberScheduled && s.NumberUnavailable == 0
-}
-
 // Secret sync, in the order a migration meets it: off by default (the pod
 // is told), then on: a Deployment's env from a synced Secret, TLS split,
 // owners (the ReplicaSet), scale down, rotation, deletion; an unmanaged Secret left alone;
@@ -248,7 +133,7 @@ func TestSecretSync(t *testing.T) {
 		deletePod(t, pod)
 	})
 
-	withSyncOn(t)
+	withComponents(t, "sync-secrets")
 
 	t.Run("deployment", func(t *testing.T) {
 		replicas := int32(2)

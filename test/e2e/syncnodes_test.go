@@ -42,7 +42,7 @@ func TestSyncedSecretFollowsItsOwnersAcrossNodes(t *testing.T) {
 	pass := "p-" + randHex(8)
 	createSyncClass(t, ns, "app", "v1", []object{{ObjectName: "pass", Value: pass}},
 		[]any{secretObject("app-env", "Opaque", "pass", "PASS")})
-	withSyncOn(t)
+	withComponents(t, "sync-secrets")
 	driverUser := "system:serviceaccount:" + driverNamespace + ":" + driverSA
 
 	t.Run("controller owner", func(t *testing.T) {
@@ -97,7 +97,7 @@ func TestSyncedSecretFollowsItsOwnersAcrossNodes(t *testing.T) {
 
 	t.Run("pod owners", func(t *testing.T) {
 		// One roll for both: this test's cleanup turns sync off as well, so
-		// withSyncOn's own has nothing left to change.
+		// withComponents' own has nothing left to change.
 		setDriverArg(t, "--sync-owner=pod", true)
 		t.Cleanup(func() { setDriverArgs(t, map[string]bool{"--sync-owner=pod": false, "--sync-secrets": false}) })
 		// A class and Secret of their own: nothing of the first subtest
