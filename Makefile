@@ -56,7 +56,12 @@ systemd-verify:
 
 # The unit and integration tests need etcd and kube-apiserver (built once per
 # machine by k8s-bins) and helm (deps); e2e needs the whole local cluster.
-test: deps lint verify-proto k8s-bins unit e2e
+# unit and e2e run side by side: the e2e suite mostly waits on the cluster
+# (pods starting, rotations, driver rolls), and nothing of one touches the
+# other (the cluster lives in network and mount namespaces of its own). Each
+# one's output is printed whole when it ends.
+test: deps lint verify-proto k8s-bins
+	@$(MAKE) --no-print-directory -j2 --output-sync=target unit e2e
 
 # test/skips runs go test and ends with every skipped test and its reason.
 unit: deps

@@ -31,6 +31,7 @@ import (
 // client that is not federated with the pod's service account fails with
 // the reason in the pod's events.
 func TestAzureWorkloadIdentity(t *testing.T) {
+	t.Parallel()
 	srv := startFakeAzure(t)
 	ns := newNamespace(t)
 	createServiceAccount(t, ns, "workload")

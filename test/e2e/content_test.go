@@ -17,6 +17,7 @@ import (
 // A class renders one .env file from two objects and hides the objects;
 // the app's main process starts with the variables from that file.
 func TestContentTemplatedEnv(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	user, password := "app-"+randHex(4), "p@ss "+randHex(8)
 	createFakeClass(t, ns, "env", []object{{ObjectName: "user", Value: user}, {ObjectName: "password", Value: password}}, map[string]string{
@@ -63,6 +64,7 @@ func TestContentTemplatedEnv(t *testing.T) {
 
 // keyPath takes one value out of a JSON document in a Kubernetes Secret.
 func TestContentJSONKeyFromSecret(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	password := "pw-" + randHex(8)
 	doc := `{"db":{"user":"app","password":"` + password + `","hosts":["a.invalid","b.invalid"]}}`
@@ -100,6 +102,7 @@ func TestContentJSONKeyFromSecret(t *testing.T) {
 // An optional object that does not exist is left out, said once in a
 // Normal event; the pod starts with the others.
 func TestContentOptionalMissingObject(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	value := "v-" + randHex(8)
 	list := "- objectName: present\n  value: " + value + "\n- objectName: absent-" + randHex(4) + "\n  optional: true\n"
@@ -130,6 +133,7 @@ func TestContentOptionalMissingObject(t *testing.T) {
 // A class sets its own rotation interval; the driver clamps it between its
 // minimum and maximum and shows it in the volume's status file.
 func TestContentClassRotationInterval(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	createFakeClass(t, ns, "fast", []object{{ObjectName: "token"}}, map[string]string{"secretfs.dev/rotationInterval": "2s"})
 	createFakeClass(t, ns, "slow", []object{{ObjectName: "token"}}, map[string]string{"secretfs.dev/rotationInterval": "9999h"})

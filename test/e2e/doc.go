@@ -17,6 +17,11 @@
 // --azure-authority-host point, signed by the CA of its --azure-ca-file, and
 // verifying tokens with the API server's service-account keys (/openid/v1/jwks).
 //
+// Tests that only touch their own namespace call t.Parallel() and run
+// together after the others, one at a time, have finished: those roll,
+// restart, drain or kill the drivers and nodes, or count what a node's
+// driver holds, which another test's pods would change.
+//
 // Settings (environment):
 //
 //	SECRETFS_E2E_DRIVER_NAMESPACE   namespace of the DaemonSet (secretfs-system)

@@ -17,6 +17,7 @@ import (
 // the pod's service account) keeps the pod's last good files and shows on
 // the pod as a Warning SecretRefreshFailed event from the driver.
 func TestRefreshFailureEvent(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	value := "v1-" + randHex(8)
 	createFakeClass(t, ns, "revoked", []object{{ObjectName: "token", Value: value, FilePermission: "0440"}}, nil)

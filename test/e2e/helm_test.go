@@ -26,6 +26,7 @@ import (
 // cluster, written by test/cluster/up.sh or test/e2e/kind.sh); skipped
 // without them, or failed in CI.
 func TestHelmChart(t *testing.T) {
+	t.Parallel()
 	helmBin, values := os.Getenv("HELM"), os.Getenv("SECRETFS_E2E_HELM_VALUES")
 	if helmBin == "" || values == "" {
 		ci.Missing(t, "HELM and SECRETFS_E2E_HELM_VALUES are not set (make e2e and make e2e-kind set them; helm: make deps)")

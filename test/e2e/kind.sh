@@ -76,4 +76,4 @@ for ds in secretfs-node secretfs-provider-extfake; do "$kubectl" -n secretfs-sys
 # make exports); without helm it is skipped, and the summary says so.
 printf 'image: {repository: secretfs, tag: e2e, pullPolicy: Never}\n' >"$work/helm-values.yaml"
 export SECRETFS_E2E_HELM_VALUES=$work/helm-values.yaml
-go run -C "$repo" ./test/skips -tags e2e -count=1 -timeout 20m -v ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/
+go run -C "$repo" ./test/skips -tags e2e -count=1 -parallel "${E2E_PARALLEL:-8}" -timeout 20m -v ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/

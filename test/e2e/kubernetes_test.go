@@ -33,6 +33,7 @@ const rotationUpdates = 20
 // (watch-driven, no republish needed); a pod whose service account has no
 // Role never starts, and its events say who may not read what.
 func TestKubernetesBackend(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	password := "pw-" + randHex(8)

@@ -16,7 +16,7 @@ if ((rc == 0)); then
 	t0=$SECONDS
 	"$repo/test/cluster/exec.sh" env SECRETFS_AUDIT_LOG="$W/audit.log" SECRETFS_E2E_HELM_VALUES="$W/deploy/helm-values.yaml" \
 		SECRETFS_E2E_NODE_CTL="$repo/test/cluster/node.sh" \
-		go run -C "$repo" ./test/skips -tags "${E2E_TAGS:-e2e}" -count=1 -timeout "${E2E_TIMEOUT:-20m}" -v ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/
+		go run -C "$repo" ./test/skips -tags "${E2E_TAGS:-e2e}" -count=1 -parallel "${E2E_PARALLEL:-8}" -timeout "${E2E_TIMEOUT:-20m}" -v ${E2E_RUN:+-run "$E2E_RUN"} ./test/e2e/
 	rc=$?
 	echo "e2e: tests took $((SECONDS - t0)) s (exit $rc)" >&2
 fi

@@ -23,6 +23,7 @@ const (
 // as "extfake" on a socket in the directory the driver searches. The pod
 // gets its files with their modes, and nothing is left once it is gone.
 func TestExternalProvider(t *testing.T) {
+	t.Parallel()
 	ds, err := client.AppsV1().DaemonSets(driverNamespace).Get(context.Background(), extProviderDS, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("the external provider's DaemonSet %s/%s (deploy/examples/external-provider, deployed by test/e2e/overlay): %v",
@@ -58,6 +59,7 @@ const writerProviderDS = "secretfs-provider-writer"
 // A provider that writes the files itself gets the pod's tmpfs as its
 // target: the pod reads what it wrote, and nothing is left once it is gone.
 func TestProviderWritesFiles(t *testing.T) {
+	t.Parallel()
 	if err := poll(podTimeout, func() (bool, error) {
 		d, err := client.AppsV1().DaemonSets(driverNamespace).Get(context.Background(), writerProviderDS, metav1.GetOptions{})
 		return err == nil && d.Status.NumberReady == d.Status.DesiredNumberScheduled && d.Status.NumberReady > 0, nil

@@ -19,6 +19,7 @@ import (
 // secretfs.dev/refresh-requested refreshes its mounted volume within seconds,
 // and the node's `secretfs status` records the request.
 func TestRefreshRequestedByAnnotation(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	v1 := "v1-" + randHex(8)
 	createFakeClass(t, ns, "slow", []object{{ObjectName: "token", Value: v1}},

@@ -21,6 +21,7 @@ import (
 // at the next refresh (the selector's watch makes that seconds); one whose
 // label is removed disappears.
 func TestKubernetesSelector(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	values := map[string]string{}

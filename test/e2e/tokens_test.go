@@ -27,6 +27,7 @@ import (
 // those users reading the Secret: the refused one and the reader, and never
 // an unauthenticated request.
 func TestTokenAttributeFromThePodIsIgnored(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	value := "pw-" + randHex(8)

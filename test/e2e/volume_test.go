@@ -56,6 +56,7 @@ func assertFiles(t *testing.T, pod *corev1.Pod, want map[string]file) {
 // A pod reads every object as a file with its content and mode, on a tmpfs
 // of its own; deleting the pod unmounts it and leaves nothing behind.
 func TestMountReadAndDelete(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	objects, want := threeObjects()
 	createFakeClass(t, ns, "app-secrets", objects, nil)
@@ -107,6 +108,7 @@ func TestMountReadAndDelete(t *testing.T) {
 // Two pods use the same class: each has its own volume, so deleting one
 // leaves the other's intact.
 func TestTwoPodsShareClass(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	objects, want := threeObjects()
 	createFakeClass(t, ns, "shared", objects, nil)
@@ -134,6 +136,7 @@ func TestTwoPodsShareClass(t *testing.T) {
 // A class is looked up only in the pod's own namespace: a pod in another
 // namespace naming it never starts, and its events say what is missing where.
 func TestNamespaceIsolation(t *testing.T) {
+	t.Parallel()
 	nsA, nsB := newNamespace(t), newNamespace(t)
 	objects, want := threeObjects()
 	createFakeClass(t, nsA, "only-in-a", objects, nil)
@@ -163,6 +166,7 @@ func TestNamespaceIsolation(t *testing.T) {
 // A value changed in the backend reaches the running pod within the rotation
 // interval plus kubelet's republish period, with its mode unchanged.
 func TestRotation(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	v1 := "v1-" + randHex(8)
 	createFakeClass(t, ns, "rotating", []object{{ObjectName: "token", Value: v1, FilePermission: "0440"}}, nil)
@@ -234,6 +238,7 @@ func waitRegistered(t *testing.T, nodeName string) {
 // A class with a bad parameter: the pod's events carry the precise error and
 // nothing is mounted.
 func TestBadParameters(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	createFakeClass(t, ns, "bad-mode", []object{{ObjectName: "x", Value: "y", FilePermission: "0999"}}, nil)
 	pod := createAppPod(t, ns, "app", "bad-mode")
@@ -256,6 +261,7 @@ func TestBadParameters(t *testing.T) {
 // The driver's permissions are exactly those of deploy/rbac.yaml: it reads
 // SecretProviderClasses, posts Events, and cannot read Secrets.
 func TestDriverRBAC(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	user := "system:serviceaccount:" + driverNamespace + ":" + driverSA
 	groups := []string{"system:serviceaccounts", "system:serviceaccounts:" + driverNamespace, "system:authenticated"}
