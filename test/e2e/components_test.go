@@ -41,33 +41,31 @@ func withComponents(t *testing.T, components ...string) {
 			t.Fatalf("no driver argument known for component %q", c)
 		}
 		args[arg] = true
-		read := func(file string) []string {
+		// read decodes the documents of one of the component's files, in
+		// order, into into.
+		read := func(file string, into ...any) {
 			data, err := os.ReadFile("../../deploy/components/" + c + "/" + file)
 			if err != nil {
 				t.Fatal(err)
 			}
-			return strings.Split(strings.ReplaceAll(string(data), "system:serviceaccount:secretfs-system:secretfs-node",
+			docs := strings.Split(strings.ReplaceAll(string(data), "system:serviceaccount:secretfs-system:secretfs-node",
 				"system:serviceaccount:"+driverNamespace+":secretfs-node"), "\n---\n")
+			if len(docs) != len(into) {
+				t.Fatalf("deploy/components/%s/%s has %d documents, want %d", c, file, len(docs), len(into))
+			}
+			for i, v := range into {
+				if err := yaml.UnmarshalStrict([]byte(docs[i]), v); err != nil {
+					t.Fatalf("deploy/components/%s/%s document %d: %v", c, file, i+1, err)
+				}
+			}
 		}
-		docs := read("rbac.yaml")
 		var role rbacv1.ClusterRole
 		var binding rbacv1.ClusterRoleBinding
-		if err := yaml.UnmarshalStrict([]byte(docs[0]), &role); err != nil {
-			t.Fatal(err)
-		}
-		if err := yaml.UnmarshalStrict([]byte(docs[1]), &binding); err != nil {
-			t.Fatal(err)
-		}
+		read("rbac.yaml", &role, &binding)
 		binding.Subjects[0].Namespace = driverNamespace
-		docs = read("policy.yaml")
 		var policy admissionv1.ValidatingAdmissionPolicy
 		var policyBinding admissionv1.ValidatingAdmissionPolicyBinding
-		if err := yaml.UnmarshalStrict([]byte(docs[0]), &policy); err != nil {
-			t.Fatal(err)
-		}
-		if err := yaml.UnmarshalStrict([]byte(docs[1]), &policyBinding); err != nil {
-			t.Fatal(err)
-		}
+		read("policy.yaml", &policy, &policyBinding)
 		if _, err := client.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
