@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -480,6 +481,13 @@ func TestRotationAtomicUnderReaders(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var snapshots, bad atomic.Int64
+	// passes[i] counts reader i's finished passes. The writer keeps one
+	// generation besides the current one (as kubelet's volumes keep none),
+	// so a reader that stalled across two whole rotations could find its
+	// generation gone; real rotations are minutes apart, these are
+	// back to back. Before each rotation the writer waits until every reader
+	// has made a whole pass since the last one.
+	passes := make([]atomic.Int64, vols)
 	var badMsg atomic.Value
 	fail := func(format string, args ...any) {
 		bad.Add(1)
@@ -490,7 +498,7 @@ func TestRotationAtomicUnderReaders(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
+			for ; ; passes[i].Add(1) {
 				select {
 				case <-stop:
 					return
@@ -535,6 +543,11 @@ func TestRotationAtomicUnderReaders(t *testing.T) {
 		}()
 	}
 	for gen := 1; gen <= 15; gen++ {
+		for i := range passes {
+			for seen := passes[i].Load(); passes[i].Load() < seen+2; {
+				runtime.Gosched()
+			}
+		}
 		e.prov.set(func(p *testProvider) { p.gen = gen })
 		clock.Advance(interval)
 		for i := 0; i < vols; i++ {
