@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -133,25 +134,50 @@ func TestSyncClassCap(t *testing.T) {
 }
 
 // A failed write keeps the newest content (charged) for the retry, which
-// sends it; then only the hash stays.
+// sends it; then only the hash stays. Content a write is sending stays
+// charged until that attempt returns, and not a moment longer.
 func TestFailedWriteKeepsNewestContent(t *testing.T) {
 	b := budget.New(1 << 20)
 	var down atomic.Bool
 	down.Store(true)
 	s, c, _ := newSyncerWith(t, func(o *Options) { o.Budget = b; o.Wait = 1 })
+	// Each failing attempt waits inside the API call until the test lets
+	// it fail, so the test knows which content is in flight.
+	attempts := make(chan chan error)
 	c.PrependReactor("create", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
-		if down.Load() {
-			return true, nil, fmt.Errorf("API server down")
+		if !down.Load() {
+			return false, nil, nil
 		}
-		return false, nil, nil
+		reply := make(chan error)
+		attempts <- reply
+		return true, nil, <-reply
 	})
+	inFlight := func() chan error {
+		t.Helper()
+		select {
+		case reply := <-attempts:
+			return reply
+		case <-time.After(20 * time.Second):
+			t.Fatal("no write attempt in time")
+			return nil
+		}
+	}
 	s.Changed(context.Background(), bigVolume("v1", manySecrets(1, "a"), file("a", 10, 'x')))
-	waitFor(t, func() bool { return writes(c) >= 2 })
-	// Rotated while failing: the newest content replaces the old, charged.
+	first := inFlight()
+	// Rotated while the first attempt is sending the old content: both are
+	// charged until that attempt returns.
 	s.Changed(context.Background(), bigVolume("v1", manySecrets(1, "a"), file("a", 20, 'y')))
+	if s.held() != 1 || b.Used() != 30 {
+		t.Fatalf("during the attempt: %d held, budget %d; want the old content in flight and the newest, 30 bytes", s.held(), b.Used())
+	}
+	first <- fmt.Errorf("API server down")
+	// The retry sends the newest content; the old one is gone.
+	second := inFlight()
 	if s.held() != 1 || b.Used() != 20 {
 		t.Fatalf("while failing: %d held, budget %d; want the newest content, 20 bytes", s.held(), b.Used())
 	}
+	down.Store(false)
+	second <- fmt.Errorf("API server down")
 	down.Store(false)
 	waitFor(t, func() bool { return s.held() == 0 })
 	sec, err := c.CoreV1().Secrets("ns").Get(context.Background(), "s-0", metav1.GetOptions{})
