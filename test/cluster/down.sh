@@ -125,6 +125,8 @@ if [[ ${SECRETFS_KEEP_LOGS:-} == 1 && -d $LOGS ]]; then
 	for i in $(seq "$NODES"); do
 		[[ -d $(node_dir "$i")/var-log/pods ]] && cp -r "$(node_dir "$i")/var-log/pods" "$kept/node-$i-pods"
 	done
+	# The API server's audit log: who watched and wrote what, and when.
+	[[ -f $W/audit.log ]] && gzip -c "$W/audit.log" >"$kept/audit.log.gz"
 	log "logs kept in $kept"
 fi
 rm -rf "$W"

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -113,24 +114,59 @@ func TestSecretLeavesANodeWithItsLastPod(t *testing.T) {
 	deletePod(t, p2)
 }
 
+// openWatch is a watch the audit log shows started and not completed.
+type openWatch struct {
+	AuditID  string
+	SourceIP string
+	User     string
+	URI      string
+	Received time.Time
+}
+
 // openWatches counts, by node (the request's source address in byIP), the
 // watches of Secret ns/name the audit log shows started and not completed.
 func openWatches(t *testing.T, path, ns, name string, byIP map[string]string) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, w := range openWatchList(t, path, ns, name) {
+		node := "other"
+		if byIP[w.SourceIP] != "" {
+			node = byIP[w.SourceIP]
+		}
+		out[node]++
+	}
+	return out
+}
+
+// openWatchList lists the watches of Secret ns/name (or of Secrets of ns
+// by label) the audit log shows started and not completed. A watch the
+// API server refused is never open: a request that fails authentication
+// (a token of a deleted pod, say) is logged at stage ResponseStarted with
+// its 401 and has no ResponseComplete.
+func openWatchList(t *testing.T, path, ns, name string) []openWatch {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	started := map[string]string{} // audit ID -> node
+	started := map[string]openWatch{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var ev struct {
-			AuditID   string   `json:"auditID"`
-			Stage     string   `json:"stage"`
-			Verb      string   `json:"verb"`
-			SourceIPs []string `json:"sourceIPs"`
+			AuditID    string   `json:"auditID"`
+			Stage      string   `json:"stage"`
+			Verb       string   `json:"verb"`
+			RequestURI string   `json:"requestURI"`
+			SourceIPs  []string `json:"sourceIPs"`
+			User       struct {
+				Username string `json:"username"`
+			} `json:"user"`
+			Received       time.Time `json:"requestReceivedTimestamp"`
+			ResponseStatus *struct {
+				Code int `json:"code"`
+			} `json:"responseStatus"`
 			ObjectRef *struct {
 				Resource, Namespace, Name string
 			} `json:"objectRef"`
@@ -144,11 +180,14 @@ func openWatches(t *testing.T, path, ns, name string, byIP map[string]string) ma
 		}
 		switch ev.Stage {
 		case "ResponseStarted":
-			node := "other"
-			if len(ev.SourceIPs) > 0 && byIP[ev.SourceIPs[0]] != "" {
-				node = byIP[ev.SourceIPs[0]]
+			if ev.ResponseStatus != nil && ev.ResponseStatus.Code != http.StatusOK {
+				continue
 			}
-			started[ev.AuditID] = node
+			w := openWatch{AuditID: ev.AuditID, User: ev.User.Username, URI: ev.RequestURI, Received: ev.Received}
+			if len(ev.SourceIPs) > 0 {
+				w.SourceIP = ev.SourceIPs[0]
+			}
+			started[ev.AuditID] = w
 		case "ResponseComplete", "Panic":
 			delete(started, ev.AuditID)
 		}
@@ -156,9 +195,9 @@ func openWatches(t *testing.T, path, ns, name string, byIP map[string]string) ma
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]int{}
-	for _, node := range started {
-		out[node]++
+	out := make([]openWatch, 0, len(started))
+	for _, w := range started {
+		out = append(out, w)
 	}
 	return out
 }

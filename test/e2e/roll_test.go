@@ -79,10 +79,8 @@ func TestDriverRollUnderLoad(t *testing.T) {
 	createClass(t, ns, "db", "kubernetes", map[string]any{"objects": "- {secretName: db, key: password}\n- {secretName: db, key: token}\n"})
 
 	oldDrivers := map[string]*corev1.Pod{}
-	byIP := map[string]string{}
 	for _, n := range nodes {
 		oldDrivers[n] = driverPod(t, n)
-		byIP[oldDrivers[n].Status.PodIP] = n + " (old driver " + oldDrivers[n].Name + ")"
 	}
 	created := time.Now()
 	pods := readerDeployment(t, ns, "readers", len(nodes))
@@ -149,7 +147,6 @@ func TestDriverRollUnderLoad(t *testing.T) {
 		if newDrivers[n].UID == oldDrivers[n].UID {
 			t.Fatalf("node %s still runs driver pod %s after the roll", n, oldDrivers[n].Name)
 		}
-		byIP[newDrivers[n].Status.PodIP] = n
 	}
 	during := readReports(t, pods)
 
@@ -235,30 +232,38 @@ func TestDriverRollUnderLoad(t *testing.T) {
 		t.Logf("%v after the pods were deleted no node holds a mount, file, volume or cache entry of theirs", time.Since(deleted).Round(100*time.Millisecond))
 	}
 	// The new drivers must have closed every watch of the deleted pods.
-	// An old driver's watch is told apart: its process is gone with its pod
-	// (the roll checked), so a watch the audit log still shows open from
-	// its address is a stream its pod's end cut without the API server
+	// An old driver's watch is told apart by when it started: before its
+	// node's new driver pod existed (its creation time is in seconds; the
+	// new driver's process starts well over a second after it). Its process
+	// is gone with its pod (the roll checked), so a watch of it the audit log
+	// still shows open is a stream its pod's end cut without the API server
 	// seeing it close, not something left on the node.
-	var w map[string]int
-	open := func() (newOpen, oldOpen int) {
-		for who, n := range w {
-			if strings.Contains(who, "(old driver") {
-				oldOpen += n
+	ipNode := map[string]string{}
+	for _, n := range nodes {
+		ipNode[oldDrivers[n].Status.PodIP] = n
+		ipNode[newDrivers[n].Status.PodIP] = n
+	}
+	var newOpen, oldOpen []string
+	if err := poll(time.Minute, func() (bool, error) {
+		newOpen, oldOpen = nil, nil
+		for _, w := range openWatchList(t, auditPath, ns, "db") {
+			n := ipNode[w.SourceIP]
+			desc := fmt.Sprintf("%s from %s (%s) as %s, received %v after the roll started, %v before the pods were deleted: %s",
+				w.AuditID, n, w.SourceIP, w.User, w.Received.Sub(start).Round(100*time.Millisecond),
+				deleted.Sub(w.Received).Round(100*time.Millisecond), w.URI)
+			if n != "" && w.Received.Before(newDrivers[n].CreationTimestamp.Add(time.Second)) {
+				oldOpen = append(oldOpen, desc)
 			} else {
-				newOpen += n
+				newOpen = append(newOpen, desc)
 			}
 		}
-		return newOpen, oldOpen
-	}
-	if err := poll(time.Minute, func() (bool, error) {
-		w = openWatches(t, auditPath, ns, "db", byIP)
-		newOpen, oldOpen := open()
-		return newOpen == 0 && oldOpen == 0, nil
+		return len(newOpen) == 0 && len(oldOpen) == 0, nil
 	}); err != nil {
-		if newOpen, _ := open(); newOpen > 0 {
-			t.Errorf("open watches of the Secret after the pods were deleted, by node: %v", w)
-		} else {
-			t.Logf("the API server still counts watches of the old drivers open, by node: %v", w)
+		for _, w := range newOpen {
+			t.Errorf("a watch of the Secret is open a minute after the pods were deleted: %s", w)
+		}
+		for _, w := range oldOpen {
+			t.Logf("the API server still counts an old driver's watch open: %s", w)
 		}
 	}
 }
