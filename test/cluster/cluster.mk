@@ -10,7 +10,7 @@
 #   make e2e-kind      the e2e tests on a kind cluster (needs Docker and kind)
 #   make bench-pods    pod start bursts, Secret volume against secretfs (not in
 #                      make test; PODBENCH_KINDS, PODBENCH_BURSTS, PODBENCH_ROUNDS,
-#                      PODBENCH_SPREAD choose the runs; test/e2e/podstart_test.go)
+#                      PODBENCH_SPREAD, PODBENCH_WARMUP choose the runs; test/e2e/podstart_test.go)
 
 .PHONY: k8s-bins image test-images cluster-up cluster-down cluster-leaks e2e e2e-kind bench-pods
 
@@ -43,8 +43,9 @@ PODBENCH_KINDS ?= secret,kubernetes,fake,azure,external
 PODBENCH_BURSTS ?= 10,50,100
 PODBENCH_ROUNDS ?= 2
 PODBENCH_SPREAD ?= 300
+PODBENCH_WARMUP ?= 10
 
 bench-pods: deps
 	E2E_TAGS=e2e,podbench E2E_RUN='^TestPodStartBurst$$' E2E_TIMEOUT=120m \
 	SECRETFS_PODBENCH_KINDS=$(PODBENCH_KINDS) SECRETFS_PODBENCH_BURSTS=$(PODBENCH_BURSTS) \
-	SECRETFS_PODBENCH_ROUNDS=$(PODBENCH_ROUNDS) SECRETFS_PODBENCH_SPREAD=$(PODBENCH_SPREAD) test/e2e/local.sh
+	SECRETFS_PODBENCH_ROUNDS=$(PODBENCH_ROUNDS) SECRETFS_PODBENCH_SPREAD=$(PODBENCH_SPREAD) SECRETFS_PODBENCH_WARMUP=$(PODBENCH_WARMUP) test/e2e/local.sh
