@@ -364,7 +364,10 @@ func TestApplyRetried(t *testing.T) {
 	}
 	go w.Run(ctx)
 	w.Changed(ctx, hook.Volume{ID: "a", Pod: provider.Pod{Namespace: "ns", Name: "web-0", UID: "uid-1"}, Class: &class.Class{Name: "app"}})
-	waitFor(t, "the retried apply", func() bool { return srv.has(Name("web-0", "ns", "app")) })
+	// The object is stored before the apply returns and is counted.
+	waitFor(t, "the retried apply, counted", func() bool {
+		return srv.has(Name("web-0", "ns", "app")) && testutil.ToFloat64(w.writes.WithLabelValues("apply", "ok")) >= 1
+	})
 	if got := testutil.ToFloat64(w.writes.WithLabelValues("apply", "ServiceUnavailable")); got != 1 {
 		t.Errorf("failed applies counted %v, want 1", got)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -292,7 +293,10 @@ func TestConflictUnderPolicy(t *testing.T) {
 	}
 	ctx := context.Background()
 	ev := &recorder{}
-	n := newNodeWith(t, client, "node-a", func(o *secretsync.Options) { o.Events = ev })
+	// No retry between a conflict and the volume's end: a retry in flight
+	// when the test deletes the conflicting Secret would find it gone and
+	// create it, and the next case could not create its own.
+	n := newNodeWith(t, client, "node-a", func(o *secretsync.Options) { o.Events = ev; o.MinBackoff, o.MaxBackoff = time.Hour, time.Hour })
 	pod := createPod(t, srv, "pod-0")
 	eventually(t, "the policy in force", func() bool {
 		_, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Secrets(ns).Create(ctx,
