@@ -57,8 +57,8 @@ systemd-verify:
 # The unit and integration tests need etcd and kube-apiserver (built once per
 # machine by k8s-bins) and helm (deps); e2e needs the whole local cluster.
 # unit first, then e2e. Side by side they took about 3 minutes less, but on
-# 2 cores the load reached 15-50 and a different unit test with a timing
-# assumption failed in 5 of 7 clean-clone runs.
+# 2 cores the load reached 15-50, and in 4 of 7 clean-clone runs a different
+# unit test with a timing assumption failed.
 test: deps lint verify-proto k8s-bins
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory e2e
