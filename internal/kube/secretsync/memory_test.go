@@ -178,7 +178,6 @@ func TestFailedWriteKeepsNewestContent(t *testing.T) {
 	}
 	down.Store(false)
 	second <- fmt.Errorf("API server down")
-	down.Store(false)
 	waitFor(t, func() bool { return s.held() == 0 })
 	sec, err := c.CoreV1().Secrets("ns").Get(context.Background(), "s-0", metav1.GetOptions{})
 	if err != nil || string(sec.Data["a"]) != strings.Repeat("y", 20) {
