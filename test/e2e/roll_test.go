@@ -248,9 +248,9 @@ func TestDriverRollUnderLoad(t *testing.T) {
 		newOpen, oldOpen = nil, nil
 		for _, w := range openWatchList(t, auditPath, ns, "db") {
 			n := ipNode[w.SourceIP]
-			desc := fmt.Sprintf("%s from %s (%s) as %s, received %v after the roll started, %v before the pods were deleted: %s",
+			desc := fmt.Sprintf("%s from %s (%s) as %s, received %v after the roll started and %v after the pods were deleted: %s",
 				w.AuditID, n, w.SourceIP, w.User, w.Received.Sub(start).Round(100*time.Millisecond),
-				deleted.Sub(w.Received).Round(100*time.Millisecond), w.URI)
+				w.Received.Sub(deleted).Round(100*time.Millisecond), w.URI)
 			if n != "" && w.Received.Before(newDrivers[n].CreationTimestamp.Add(time.Second)) {
 				oldOpen = append(oldOpen, desc)
 			} else {
