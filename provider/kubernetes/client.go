@@ -147,6 +147,9 @@ func (t *podTokenTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	if b := provider.BudgetFrom(req.Context()); b != nil && resp != nil && resp.Body != nil {
 		resp.Body = b.Reader(resp.Body) // a fetch's GETs: read within the volume's allowance
 	}
+	if c := streamChargeFrom(req.Context()); c != nil && resp != nil && resp.Body != nil {
+		resp.Body = c.reader(resp.Body) // a watch a fetch reads from (prime.go)
+	}
 	return resp, err
 }
 

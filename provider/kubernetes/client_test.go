@@ -79,10 +79,11 @@ func TestNoRequestWithoutPodToken(t *testing.T) {
 	if hits.Load() != 0 {
 		t.Errorf("%d requests reached the server without the pod's token", hits.Load())
 	}
-	// With the pod's token, that token and only it is sent.
+	// With the pod's token, that token and only it is sent: the watch a
+	// fetch reads first, then the GET.
 	_, err = p.Fetch(context.Background(), &provider.Request{Pod: provider.Pod{Namespace: "ns"},
 		Tokens: map[string]provider.Token{"": {Token: "pod-token"}}, Parameters: map[string]string{"objects": "- secretName: db\n"}})
-	if provider.CodeOf(err) != codes.Unauthenticated || hits.Load() != 1 || lastAuth.Load() != "Bearer pod-token" {
+	if provider.CodeOf(err) != codes.Unauthenticated || hits.Load() != 2 || lastAuth.Load() != "Bearer pod-token" {
 		t.Errorf("Fetch with a token: %v, %d requests, last Authorization %q", err, hits.Load(), lastAuth.Load())
 	}
 }

@@ -18,9 +18,11 @@
 //
 // The Azure provider's spelling (`array:` of YAML strings) is accepted too.
 // There is no namespace field: Secrets are always read from the pod's
-// namespace. Once mounted, a Secret is watched (one API watch per Secret and
-// service account on the node, shared by all volumes) and changes are
-// reported to the driver within seconds.
+// namespace. A Secret is watched (one API watch per Secret and service
+// account on the node, shared by all volumes) and changes are reported to
+// the driver within seconds; a volume's first fetch reads the Secret from
+// the start of that watch (prime.go), so mounting costs the API server one
+// request per Secret and node, as kubelet's own Secret volume does.
 //
 // Cluster setup. The CSIDriver must ask kubelet for the pod's token for the
 // API server itself:
@@ -35,7 +37,8 @@
 //
 // and each pod's service account needs a Role in its namespace with
 // apiGroups [""], resources [secrets], verbs [get, watch] and resourceNames
-// of the Secrets it mounts (without watch, changes arrive on republish only);
+// of the Secrets it mounts (without watch, each fetch is a GET and changes
+// arrive on republish only);
 // for a labelSelector, verbs [list, watch] without resourceNames. Selected
 // Secrets are listed in pages counted against the volume's file limit
 // (selector.go), and each selector is watched like a Secret: one API watch
@@ -67,9 +70,18 @@ type Provider struct {
 
 	streams atomic.Int64 // open API watch streams
 
-	mu       sync.Mutex
-	watches  map[watchKey]*sharedWatch
-	loggedNo map[watchKey]bool // keys whose watch was forbidden, logged once
+	// noInitialEvents: the API server refused a watch that starts with
+	// the current state's events (prime.go), so fetches GET.
+	noInitialEvents atomic.Bool
+	// holdFor is how long a fetch keeps a watch it opened for its
+	// volume's Watch (prime.go).
+	holdFor time.Duration
+
+	mu      sync.Mutex
+	watches map[watchKey]*sharedWatch
+	// forbidden holds keys whose watch was refused 403, so a fetch GETs
+	// them without trying a watch first; true once the refusal is logged.
+	forbidden map[watchKey]bool
 }
 
 var (
@@ -87,11 +99,12 @@ func New(opts Options) (*Provider, error) {
 		return nil, err
 	}
 	return &Provider{
-		opts:     opts,
-		client:   client,
-		now:      time.Now,
-		watches:  make(map[watchKey]*sharedWatch),
-		loggedNo: make(map[watchKey]bool),
+		opts:      opts,
+		client:    client,
+		now:       time.Now,
+		holdFor:   defaultHoldFor,
+		watches:   make(map[watchKey]*sharedWatch),
+		forbidden: make(map[watchKey]bool),
 	}, nil
 }
 
@@ -101,9 +114,10 @@ type fetchedSecret struct {
 	err    error
 }
 
-// Fetch reads every Secret named in the class with one GET each, as the pod,
-// and returns all files or an error.
-func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.Result, error) {
+// Fetch reads every Secret named in the class as the pod, from the initial
+// events of its shared watch or with one GET, and every selection with a
+// list, and returns all files or an error.
+func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (res *provider.Result, err error) {
 	if req.Pod.Namespace == "" {
 		return nil, provider.InvalidArgument("the pod's namespace is unknown: the CSIDriver csi.secretfs.dev needs podInfoOnMount: true")
 	}
@@ -124,7 +138,18 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 			return nil, err
 		}
 	}
-	secrets := p.getAll(ctx, token, req.Pod, secretNames(specs), budget)
+	// Each named Secret from the start of its watch, where the node opens
+	// one anyway for rotation; a GET where no watch can tell.
+	names := secretNames(specs)
+	secrets, rest, release := p.fromWatches(ctx, req, token, names, budget)
+	defer func() {
+		if err != nil {
+			release() // no volume will subscribe
+		}
+	}()
+	for name, f := range p.getAll(ctx, token, req.Pod, rest, budget) {
+		secrets[name] = f
+	}
 	return buildResult(req.Pod, specs, secrets, lists, budget)
 }
 

@@ -2,16 +2,10 @@ package kubernetes
 
 import (
 	"context"
-	"errors"
-	"math/rand/v2"
-	"net/http"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/secretfs/secretfs/provider"
 )
@@ -37,6 +31,11 @@ const (
 type subscriber struct {
 	changed func()
 	token   provider.Token
+	// hold marks a fetch's hold on a watch it opened (prime.go): it keeps
+	// the watch until the fetch's volume subscribes, or holdFor passes.
+	hold bool
+	// charge is a hold's fetch's, for the first stream of a watch it opens.
+	charge *streamCharge
 }
 
 type sharedWatch struct {
@@ -57,8 +56,15 @@ type sharedWatch struct {
 	resumeRV string // where the next watch starts ("" = current state)
 	state    watchState
 	attempts uint64        // connection attempts finished
-	attempt  chan struct{} // closed when the running attempt finishes
+	news     chan struct{} // closed (and replaced) when an attempt finishes or the stream is listed
 	inUse    string        // token of the open stream
+
+	// What a fetch may read from the watch instead of a GET (prime.go).
+	holds   int            // subscribers that are fetches' holds
+	listing bool           // the stream is sending its initial events
+	current bool           // latest is the Secret as the open stream shows it
+	latest  *corev1.Secret // while listing or held; nil when absent
+	charge  *streamCharge  // the opening fetch's, for the first stream
 }
 
 // Watch subscribes changed to every Secret the class names. The first
@@ -134,25 +140,10 @@ func mountedVersion(versions []provider.ObjectVersion, id string) (string, bool)
 // spare refresh, never a missed change.
 func (p *Provider) subscribe(key watchKey, pod provider.Pod, token provider.Token, mountedRV string, mountedKnown bool, changed func()) (func(), error) {
 	p.mu.Lock()
-	w := p.watches[key]
-	created := w == nil
-	if created {
-		ctx, cancel := context.WithCancel(context.Background())
-		w = &sharedWatch{
-			p: p, key: key, pod: pod, stop: cancel,
-			wake: make(chan struct{}, 1), restart: make(chan struct{}, 1), done: make(chan struct{}),
-			subs: map[uint64]*subscriber{}, attempt: make(chan struct{}),
-		}
-		if mountedKnown {
-			w.known, w.present, w.rv, w.resumeRV = true, mountedRV != "", mountedRV, mountedRV
-		}
-		p.watches[key] = w
-		go w.run(ctx)
-	}
+	w, id, created := p.watchFor(key, pod, mountedRV, mountedKnown, &subscriber{changed: changed, token: token})
 	w.mu.Lock()
-	id := w.nextID
-	w.nextID++
-	w.subs[id] = &subscriber{changed: changed, token: token}
+	// The volume whose fetch opened the watch is here: its hold is done.
+	w.releaseHoldsOf(token.Token)
 	// A volume that mounted another version than the watch has seen since
 	// is stale already.
 	if !created && w.known && mountedKnown && (mountedRV != w.rv || (mountedRV != "") != w.present) {
@@ -186,16 +177,54 @@ func (p *Provider) subscribe(key watchKey, pod provider.Pod, token provider.Toke
 	return release, nil
 }
 
+// watchFor returns the shared watch of key with sub added as subscriber id,
+// started when there was none (from mountedRV when mountedKnown, else from
+// the current state): its first attempt has sub's token. The caller holds
+// p.mu.
+func (p *Provider) watchFor(key watchKey, pod provider.Pod, mountedRV string, mountedKnown bool, sub *subscriber) (w *sharedWatch, id uint64, created bool) {
+	if w = p.watches[key]; w != nil {
+		w.mu.Lock()
+		id = w.add(sub)
+		w.mu.Unlock()
+		return w, id, false
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w = &sharedWatch{
+		p: p, key: key, pod: pod, stop: cancel,
+		wake: make(chan struct{}, 1), restart: make(chan struct{}, 1), done: make(chan struct{}),
+		subs: map[uint64]*subscriber{}, news: make(chan struct{}),
+	}
+	if mountedKnown {
+		w.known, w.present, w.rv, w.resumeRV = true, mountedRV != "", mountedRV, mountedRV
+	}
+	id = w.add(sub)
+	w.charge = sub.charge
+	p.watches[key] = w
+	go w.run(ctx)
+	return w, id, true
+}
+
+// add adds sub and returns its id. The caller holds w.mu.
+func (w *sharedWatch) add(sub *subscriber) uint64 {
+	id := w.nextID
+	w.nextID++
+	w.subs[id] = sub
+	if sub.hold {
+		w.holds++
+	}
+	return id
+}
+
 func (p *Provider) unsubscribe(w *sharedWatch, id uint64) {
 	p.mu.Lock()
 	w.mu.Lock()
 	sub := w.subs[id]
-	delete(w.subs, id)
+	w.remove(id)
 	last := len(w.subs) == 0
 	// The open stream stays authenticated only by tokens of volumes that
 	// are still here: when its volume leaves (or the driver replaces it with
 	// a fresher token on republish), reconnect with a current token.
-	if !last && sub != nil && w.state == stateOpen && sub.token.Token == w.inUse {
+	if !last && sub != nil && w.state == stateOpen && sub.token.Token == w.inUse && !w.hasToken(w.inUse) {
 		select {
 		case w.restart <- struct{}{}:
 		default:
@@ -227,7 +256,7 @@ func (w *sharedWatch) waitAttempt(start uint64, timeout time.Duration) watchStat
 	defer deadline.Stop()
 	for {
 		w.mu.Lock()
-		state, n, ch := w.state, w.attempts, w.attempt
+		state, n, ch := w.state, w.attempts, w.news
 		w.mu.Unlock()
 		if n > start {
 			return state
@@ -255,211 +284,19 @@ func (w *sharedWatch) freshestToken() string {
 	return best.Token
 }
 
-// finishAttempt records the outcome of a connection attempt.
-func (w *sharedWatch) finishAttempt(state watchState, token string) {
+// hasVolume says whether a volume, not only fetches, subscribed.
+func (w *sharedWatch) hasVolume() bool {
 	w.mu.Lock()
-	w.state = state
-	w.inUse = token
-	w.attempts++
-	close(w.attempt)
-	w.attempt = make(chan struct{})
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	return len(w.subs) > w.holds
 }
 
-// run keeps one API watch open until ctx ends, reconnecting with the
-// freshest token and exponential backoff.
-func (w *sharedWatch) run(ctx context.Context) {
-	defer close(w.done)
-	log := w.p.opts.Logger.With("namespace", w.key.namespace, "secret", w.key.secret, "serviceAccount", w.key.serviceAccount)
-	if w.key.selector != "" {
-		log = w.p.opts.Logger.With("namespace", w.key.namespace, "labelSelector", w.key.selector, "serviceAccount", w.key.serviceAccount)
-	}
-	backoff := minBackoff
-	for ctx.Err() == nil {
-		select { // a restart asked for before this connection is moot
-		case <-w.restart:
-		default:
-		}
-		token := w.freshestToken()
-		stream, err := w.open(ctx, token)
-		var wait time.Duration
-		switch {
-		case err == nil:
-			w.finishAttempt(stateOpen, token)
-			started := time.Now()
-			switch w.consume(ctx, stream, log) {
-			case streamGone, streamRestart:
-				continue // reconnect at once: from current state, or with a current token
-			}
-			if time.Since(started) > 10*time.Second {
-				backoff = minBackoff
-			}
-			wait = backoff // a stream that ends at once must not spin
-			backoff = min(2*backoff, maxBackoff)
-			w.setState(stateRetrying)
-		case ctx.Err() != nil:
-			w.finishAttempt(stateRetrying, "")
-			return
-		case apierrors.IsForbidden(err):
-			w.finishAttempt(stateForbidden, "")
-			w.p.logForbiddenOnce(w.key, log)
-			wait = -1
-		case apierrors.IsUnauthorized(err):
-			w.finishAttempt(stateUnauthorized, "")
-			log.Info("API server rejected the service-account token for the watch; waiting for a fresher token")
-			wait = unauthorizedRetry
-		case apierrors.IsGone(err) || apierrors.IsResourceExpired(err):
-			w.finishAttempt(stateRetrying, "")
-			w.forgetResumePoint()
-			continue
-		default:
-			w.finishAttempt(stateRetrying, "")
-			log.Warn("watch of Secret failed; retrying", "error", apiError(err, "watch", w.pod, w.key.secret).Error(), "retryIn", backoff)
-			wait = backoff
-			backoff = min(2*backoff, maxBackoff)
-		}
-		if !w.sleep(ctx, wait) {
-			return
-		}
-	}
-}
-
-// open starts a watch of the one Secret, from the resume point.
-func (w *sharedWatch) open(ctx context.Context, token string) (watch.Interface, error) {
-	if token == "" {
-		return nil, errNoToken
-	}
-	w.mu.Lock()
-	rv := w.resumeRV
-	w.mu.Unlock()
-	// The server ends a watch after this; reconnecting picks a fresher token.
-	timeout := int64(300 + rand.IntN(300))
-	opts := metav1.ListOptions{
-		FieldSelector:       "metadata.name=" + w.key.secret,
-		ResourceVersion:     rv,
-		AllowWatchBookmarks: true,
-		TimeoutSeconds:      &timeout,
-	}
-	if w.key.selector != "" {
-		opts.FieldSelector, opts.LabelSelector = "", w.key.selector
-	}
-	return w.p.client.Secrets(w.key.namespace).Watch(withToken(ctx, token), opts)
-}
-
-type streamEnd int
-
-const (
-	streamEnded   streamEnd = iota // closed by the server or an error
-	streamGone                     // the resume point expired (410 Gone)
-	streamRestart                  // its token's volume left
-)
-
-// consume reads events until the stream ends, and says why it ended.
-func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log interface {
-	Debug(string, ...any)
-}) streamEnd {
-	w.p.streams.Add(1)
-	defer w.p.streams.Add(-1)
-	defer stream.Stop()
-	for {
-		var ev watch.Event
-		var ok bool
-		select {
-		case <-ctx.Done():
-			return streamEnded
-		case <-w.restart:
-			return streamRestart
-		case ev, ok = <-stream.ResultChan():
-		}
-		if !ok {
-			return streamEnded
-		}
-		switch ev.Type {
-		case watch.Added, watch.Modified:
-			if s, isSecret := ev.Object.(*corev1.Secret); isSecret {
-				w.observe(true, s.ResourceVersion)
-			}
-		case watch.Deleted:
-			if s, isSecret := ev.Object.(*corev1.Secret); isSecret {
-				w.observe(false, s.ResourceVersion)
-			}
-		case watch.Bookmark:
-			if m, err := metaOf(ev.Object); err == nil {
-				w.setResumePoint(m)
-			}
-		case watch.Error:
-			status := apierrors.FromObject(ev.Object)
-			if apierrors.IsGone(status) || apierrors.IsResourceExpired(status) {
-				w.forgetResumePoint()
-				return streamGone
-			}
-			log.Debug("watch stream error", "code", codeOfStatus(status))
-			return streamEnded
-		}
-	}
-}
-
-// observe records the Secret as seen in an event and notifies every
-// subscriber when it differs from what they were told last.
-func (w *sharedWatch) observe(present bool, rv string) {
-	w.mu.Lock()
-	w.resumeRV = rv
-	if w.key.selector != "" {
-		// Each event of a selector's watch is a change of the selection:
-		// a Secret added, changed, or deleted or no longer matching.
-		// Only a replay of the last event seen is not.
-		if w.known && w.rv == rv {
-			w.mu.Unlock()
-			return
-		}
-		w.known, w.present, w.rv = true, true, rv
-	} else if w.known && w.present == present && (!present || w.rv == rv) {
-		w.mu.Unlock()
-		return
-	} else {
-		w.known, w.present, w.rv = true, present, rv
-		if !present {
-			w.rv = ""
-		}
-	}
-	fns := make([]func(), 0, len(w.subs))
+// hasToken says whether a subscriber still uses token. The caller holds w.mu.
+func (w *sharedWatch) hasToken(token string) bool {
 	for _, s := range w.subs {
-		fns = append(fns, s.changed)
+		if s.token.Token == token {
+			return true
+		}
 	}
-	w.mu.Unlock()
-	// Never call the driver with our lock held or from the watch loop: a
-	// driver that calls stop from changed must not deadlock.
-	for _, f := range fns {
-		go f()
-	}
-}
-
-func (w *sharedWatch) setResumePoint(rv string) {
-	w.mu.Lock()
-	w.resumeRV = rv
-	w.mu.Unlock()
-}
-
-func (w *sharedWatch) forgetResumePoint() { w.setResumePoint("") }
-
-func (w *sharedWatch) setState(s watchState) {
-	w.mu.Lock()
-	w.state = s
-	w.mu.Unlock()
-}
-
-func metaOf(obj any) (string, error) {
-	m, ok := obj.(metav1.Object)
-	if !ok {
-		return "", errors.New("not an object")
-	}
-	return m.GetResourceVersion(), nil
-}
-
-func codeOfStatus(err error) int32 {
-	var s apierrors.APIStatus
-	if errors.As(err, &s) {
-		return s.Status().Code
-	}
-	return http.StatusInternalServerError
+	return false
 }

@@ -40,13 +40,18 @@ func (w *sharedWatch) sleep(ctx context.Context, d time.Duration) bool {
 // must outlive the volumes, but not grow with every pod the node ever ran.
 const maxLoggedForbidden = 4096
 
-func (p *Provider) logForbiddenOnce(key watchKey, log interface{ Warn(string, ...any) }) {
+// logForbiddenOnce records that key's watch was refused 403 (a fetch then
+// GETs without asking again) and, when a volume asked for the watch, says
+// so once. A watch only a fetch held says nothing: that service account may
+// not even get the Secret, and the fetch's GET reports what it may not.
+func (p *Provider) logForbiddenOnce(key watchKey, volume bool, log interface{ Warn(string, ...any) }) {
 	p.mu.Lock()
-	first := !p.loggedNo[key]
-	if first && len(p.loggedNo) >= maxLoggedForbidden {
-		clear(p.loggedNo) // bound memory: keys of pods long gone may log again
+	logged, known := p.forbidden[key]
+	if !known && len(p.forbidden) >= maxLoggedForbidden {
+		clear(p.forbidden) // bound memory: keys of pods long gone may log again
 	}
-	p.loggedNo[key] = true
+	first := volume && !logged
+	p.forbidden[key] = logged || volume
 	p.mu.Unlock()
 	switch {
 	case first && key.selector != "":
@@ -54,4 +59,11 @@ func (p *Provider) logForbiddenOnce(key watchKey, log interface{ Warn(string, ..
 	case first:
 		log.Warn("service account may get but not watch this Secret: changes reach its volumes only on republish; grant verb watch to enable rotation within seconds")
 	}
+}
+
+// allowed forgets that key's watch was refused: it is open now.
+func (p *Provider) allowed(key watchKey) {
+	p.mu.Lock()
+	delete(p.forbidden, key)
+	p.mu.Unlock()
 }

@@ -88,7 +88,7 @@ func TestSecretOnlyOnTheNodeWhereThePodRuns(t *testing.T) {
 			t.Errorf("read of the Secret not by the pod's node and service account: %s (all: %v)", k, reads)
 		}
 	}
-	if reads[target+" "+reader+" get 200"] == 0 {
+	if reads[target+" "+reader+" watch 200"]+reads[target+" "+reader+" get 200"] == 0 {
 		t.Errorf("the audit log has no read of the Secret by %s from node %s: %v", reader, target, reads)
 	}
 	deletePod(t, pod)

@@ -104,14 +104,15 @@ func createPodWithAttrs(t *testing.T, ns, name, sa, class, tokens string) *corev
 }
 
 // auditedSecretReads counts the audit events of gets and watches of Secret
-// ns/name by "<user> <code>".
+// ns/name by "<user> <code>" (a fetch reads a Secret from the start of its
+// watch, or GETs it).
 func auditedSecretReads(t *testing.T, path, ns, name string) map[string]int {
 	t.Helper()
 	out := map[string]int{}
 	eachAuditEvent(t, path, func(ev auditEvent) {
 		r := ev.ObjectRef
 		if ev.Stage != "ResponseComplete" && ev.Stage != "ResponseStarted" ||
-			r.Resource != "secrets" || r.Namespace != ns || r.Name != name || ev.Verb != "get" || ev.ResponseStatus == nil {
+			r.Resource != "secrets" || r.Namespace != ns || r.Name != name || ev.Verb != "get" && ev.Verb != "watch" || ev.ResponseStatus == nil {
 			return
 		}
 		out[fmt.Sprintf("%s %d", ev.User.Username, ev.ResponseStatus.Code)]++

@@ -1,0 +1,250 @@
+package kubernetes
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/secretfs/secretfs/provider"
+)
+
+// heldWatch returns the shared watch of the Secret name for sa, or nil.
+func (f *fixture) heldWatch(name, sa string) *sharedWatch {
+	f.p.mu.Lock()
+	defer f.p.mu.Unlock()
+	return f.p.watches[watchKey{f.ns, name, "", sa}]
+}
+
+// A publish costs the API server one request per Secret: the fetch reads the
+// Secret from the start of the watch, and the volume's Watch joins that same
+// stream. The fetch's copy of the Secret is gone once the volume subscribed.
+func TestFetchReadsTheWatchTheVolumeKeeps(t *testing.T) {
+	f := newFixture(t)
+	f.p.holdFor = time.Hour // only the volume's Watch ends the hold
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"get", "watch"}, "db")
+	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("v0")})
+
+	req := f.mount("app", "- secretName: db\n")
+	if len(req.CurrentVersions) != 1 || req.CurrentVersions[0].Version == "" {
+		t.Fatalf("versions %+v", req.CurrentVersions)
+	}
+	if gets, watches := f.log.counts(); gets != 0 || watches != 1 {
+		t.Fatalf("fetch made %d GETs and %d watches, want 0 and 1", gets, watches)
+	}
+	w := f.heldWatch("db", "app")
+	if w == nil {
+		t.Fatal("no watch held after the fetch")
+	}
+	var c counter
+	stop, err := f.p.Watch(req, c.changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gets, watches := f.log.counts(); gets != 0 || watches != 1 || f.p.OpenWatches() != 1 {
+		t.Errorf("after Watch: %d GETs, %d watch requests, %d open; want 0, 1, 1", gets, watches, f.p.OpenWatches())
+	}
+	w.mu.Lock()
+	holds, latest, subs := w.holds, w.latest, len(w.subs)
+	w.mu.Unlock()
+	if holds != 0 || latest != nil || subs != 1 {
+		t.Errorf("after the volume subscribed: %d holds, Secret kept %v, %d subscribers; want 0, false, 1", holds, latest != nil, subs)
+	}
+	if c.get() != 0 {
+		t.Errorf("changed called %d times before any change", c.get())
+	}
+	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("v1")})
+	f.eventually("changed after update", func() bool { return c.get() >= 1 })
+	stop()
+	if f.p.OpenWatches() != 0 || f.p.sharedWatches() != 0 {
+		t.Errorf("watch still open after the volume's stop")
+	}
+}
+
+// Fetches of one Secret for the same service account at once (two classes)
+// share one stream; an absent Secret is known from the bookmark that ends
+// the initial events, without a GET.
+func TestFetchesShareTheWatchAndSeeAbsence(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"get", "watch"}, "db", "absent")
+	f.putSecret(f.ns, "db", map[string][]byte{"a": []byte("1"), "b": []byte("2")})
+
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	files := make([]int, 2)
+	for i, objects := range []string{"- secretName: db\n", "- secretName: db\n  key: a\n"} {
+		wg.Go(func() {
+			res, err := f.p.Fetch(f.ctx(), f.request("app", objects))
+			errs[i] = err
+			if err == nil {
+				files[i] = len(res.Files)
+			}
+		})
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil || files[0] != 2 || files[1] != 1 {
+		t.Fatalf("fetches: %v %v, files %v", errs[0], errs[1], files)
+	}
+	if gets, watches := f.log.counts(); gets != 0 || watches != 1 {
+		t.Errorf("two fetches made %d GETs and %d watches, want 0 and 1", gets, watches)
+	}
+
+	_, err := f.p.Fetch(f.ctx(), f.request("app", "- secretName: absent\n"))
+	wantCode(t, err, codes.NotFound, "Secret "+f.ns+"/absent not found")
+	if f.heldWatch("absent", "app") != nil {
+		t.Error("a failed fetch still holds its watch")
+	}
+	res, err := f.p.Fetch(f.ctx(), f.request("app", "- secretName: absent\n  optional: true\n- secretName: db\n  key: b\n"))
+	if err != nil || len(res.Files) != 1 {
+		t.Fatalf("optional absent: %v", err)
+	}
+	if gets, _ := f.log.counts(); gets != 0 {
+		t.Errorf("%d GETs for an absent Secret, want 0", gets)
+	}
+}
+
+// A service account that may get but not watch: the first fetch learns it
+// from a refused watch and GETs; later fetches GET without asking again.
+func TestFetchGetOnlyAsksTheWatchOnce(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "getonly")
+	f.grant(f.ns, "getonly", []string{"get"}, "db")
+	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("v")})
+	for i := range 3 {
+		res, err := f.p.Fetch(f.ctx(), f.request("getonly", "- secretName: db\n"))
+		if err != nil || len(res.Files) != 1 || string(res.Files[0].Contents) != "v" {
+			t.Fatalf("fetch %d: %v", i, err)
+		}
+	}
+	if gets, watches := f.log.counts(); gets != 3 || watches != 1 {
+		t.Errorf("3 fetches made %d GETs and %d watches, want 3 and 1", gets, watches)
+	}
+	// No volume asked for the watch: the fetch's refusal is not the
+	// Warning a volume gets (the service account might not even get).
+	if n := strings.Count(f.logs.String(), "may get but not watch"); n != 0 {
+		t.Errorf("a refused watch that only a fetch held logged %d times", n)
+	}
+	// A volume's Watch is refused and says so once.
+	for range 2 {
+		stop, err := f.p.Watch(f.mount("getonly", "- secretName: db\n"), func() {})
+		wantCode(t, err, codes.PermissionDenied, "may get but not watch")
+		if stop != nil {
+			t.Error("stop returned with an error")
+		}
+	}
+	if n := strings.Count(f.logs.String(), "may get but not watch"); n != 1 {
+		t.Errorf("refused volume watch logged %d times, want once", n)
+	}
+}
+
+// Secrets over the volume's allowance fail the fetch ResourceExhausted
+// having read about the allowance from the streams (at most
+// maxConcurrentGets of them), and the fetch's watches close at once instead
+// of reading the Secrets again.
+func TestFetchFromWatchWithinBudget(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	const n = 12
+	var names, objects []string
+	for i := range n {
+		name := fmt.Sprintf("big-%d", i)
+		f.putSecret(f.ns, name, map[string][]byte{"k": []byte(strings.Repeat("x", 500<<10))})
+		names = append(names, name)
+		objects = append(objects, "- {secretName: "+name+", path: "+name+"}")
+	}
+	f.grant(f.ns, "app", []string{"get", "watch"}, names...)
+	req := f.request("app", strings.Join(objects, "\n"))
+	req.Limits = provider.Limits{MaxBytes: 1 << 20, MaxFiles: 100}
+	start := time.Now()
+	_, err := f.p.Fetch(f.ctx(), req)
+	t.Logf("failed in %v", time.Since(start))
+	wantCode(t, err, codes.ResourceExhausted, "--tmpfs-size")
+	if f.p.OpenWatches() != 0 || f.p.sharedWatches() != 0 {
+		t.Errorf("the failed fetch left %d streams, %d watches", f.p.OpenWatches(), f.p.sharedWatches())
+	}
+	f.log.mu.Lock()
+	watches, streamed, read := f.log.watches, f.log.watchBytes, f.log.bodyBytes
+	f.log.mu.Unlock()
+	t.Logf("%d watches read %d bytes, GETs %d bytes", watches, streamed, read)
+	if watches > maxConcurrentGets {
+		t.Errorf("%d watches for one fetch, want at most %d", watches, maxConcurrentGets)
+	}
+	// The allowance, plus one read of each stream that ran past it (the
+	// watch decoder reads into a buffer that doubles as the frame grows).
+	if allowance := req.Limits.WireBytes(); streamed > 2*allowance {
+		t.Errorf("streams read %d bytes for an allowance of %d", streamed, allowance)
+	}
+	// Within the budget the same Secrets mount from the watches.
+	req = f.request("app", strings.Join(objects[:2], "\n"))
+	req.Limits = provider.Limits{MaxBytes: 2 << 20, MaxFiles: 100}
+	res, err := f.p.Fetch(f.ctx(), req)
+	if err != nil || len(res.Files) != 2 {
+		t.Fatalf("2 Secrets: %v", err)
+	}
+}
+
+// An API server without streamed initial events (WatchList off, or before
+// Kubernetes 1.32) refuses sendInitialEvents: the provider says so once,
+// watches from the current state without it, and fetches GET.
+func TestNoInitialEventsFallsBackToGet(t *testing.T) {
+	var gets, initialWatches, plainWatches atomic.Int64
+	secret := &corev1.Secret{TypeMeta: metav1.TypeMeta{Kind: "Secret", APIVersion: "v1"},
+		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", ResourceVersion: "7"}, Data: map[string][]byte{"k": []byte("v")}}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		q := r.URL.Query()
+		switch {
+		case q.Get("watch") == "true" && q.Get("sendInitialEvents") == "true":
+			initialWatches.Add(1)
+			w.WriteHeader(http.StatusUnprocessableEntity)
+			_ = json.NewEncoder(w).Encode(metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: metav1.StatusFailure,
+				Reason: metav1.StatusReasonInvalid, Code: http.StatusUnprocessableEntity, Message: "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"})
+		case q.Get("watch") == "true":
+			plainWatches.Add(1)
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		default:
+			gets.Add(1)
+			_ = json.NewEncoder(w).Encode(secret)
+		}
+	}))
+	defer srv.Close()
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	p, err := New(Options{Host: srv.URL, CAData: ca, QPS: 1e6, Burst: 1e6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.holdFor = 50 * time.Millisecond
+	req := &provider.Request{Pod: provider.Pod{Namespace: "ns", ServiceAccount: "app"},
+		Tokens: map[string]provider.Token{"": {Token: "pod-token"}}, Parameters: map[string]string{"objects": "- secretName: db\n"}}
+	for range 2 {
+		res, err := p.Fetch(context.Background(), req)
+		if err != nil || len(res.Files) != 1 {
+			t.Fatalf("fetch: %v", err)
+		}
+	}
+	if gets.Load() != 2 || initialWatches.Load() != 1 || plainWatches.Load() < 1 {
+		t.Errorf("%d GETs, %d watches with initial events, %d plain; want 2, 1, at least 1", gets.Load(), initialWatches.Load(), plainWatches.Load())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.OpenWatches() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p.OpenWatches() != 0 {
+		t.Errorf("%d watches open after the holds ended", p.OpenWatches())
+	}
+}
