@@ -17,29 +17,39 @@ import (
 // A fetch reads a named Secret from the start of the shared watch that the
 // node keeps open for it anyway, instead of a GET: kubelet's own Secret
 // volume costs the API server one watch per Secret and node, and so does a
-// volume of this backend. The watch starts from the current state with its
-// initial events (the Secret as it is, then a bookmark that says that was
-// all), which the API server authorizes exactly like a GET of that Secret
-// by the pod's service account (verb watch instead of get, same
-// resourceNames). The fetch holds the watch it opened until its volume
-// subscribes (Watch, with the same token) or holdFor passes, so a failed
-// publish leaves no watch behind for long. Where no watch can tell (watch
-// refused 403 or 401, not open yet in time, or open from a resource version
-// the volume mounted, which sends no initial events), the fetch GETs.
+// volume of this backend. When no watch of (namespace, Secret, service
+// account) exists, the fetch opens it from the current state with initial
+// events (the Secret as it is, then a bookmark that says that was all),
+// which the API server authorizes like a GET of that Secret by the pod's
+// service account (verb watch instead of get, same resourceNames), and
+// takes the Secret from them. The fetch holds the watch it opened until its
+// volume subscribes (Watch, with the same token), the fetch fails, or
+// holdFor passes, so a publish that fails leaves no watch behind for long.
 //
-// What this changes for authorization: nothing is served that the stream
-// was not authorized for, and only the fetches of its own (namespace,
-// Secret, service account) read it, within holdFor of a fetch that opened
-// or joined it; later fetches GET as before.
+// Only the fetch that opened the watch reads its initial events, and only
+// from a stream opened with its own token: it reads exactly what a GET with
+// that token would have, checked by the API server just now. Every other
+// fetch GETs (a watch already open, refused 403 or 401, not open in time, a
+// class's Secrets beyond the first maxConcurrentGets), and so does every
+// fetch when the API server refuses initial events (before Kubernetes 1.32).
+// The fetch owns the Secret it takes (no copy is kept); a Secret larger than
+// keepBufferBelow makes the stream reconnect from the bookmark afterwards,
+// so the long-lived stream does not keep a decoder buffer of its size.
 
 // defaultHoldFor is Provider.holdFor: how long a fetch holds the watch it
-// read from for its volume's Watch. Publishing takes milliseconds; a
-// volume that subscribes later opens the watch again (one more request).
+// opened for its volume's Watch. Publishing takes milliseconds; a volume
+// that subscribes later opens the watch again (one more request).
 const defaultHoldFor = 5 * time.Second
 
-// fromWatches reads the named Secrets from their watches' initial events
-// and returns them, the names it could not read so (to GET), and a release
-// of the fetch's holds for when it fails: then no volume will subscribe.
+// keepBufferBelow is the largest initial Secret after which the stream
+// stays as it is; a larger one costs one more request (a reconnect from the
+// bookmark) to give back the decoder's buffer.
+const keepBufferBelow = 64 << 10
+
+// fromWatches reads the named Secrets from the initial events of watches it
+// opens and returns them, the names it could not read so (to GET), and a
+// release of the fetch's holds for when it fails: then no volume will
+// subscribe.
 func (p *Provider) fromWatches(ctx context.Context, req *provider.Request, token string, names []string, budget *provider.Budget) (map[string]fetchedSecret, []string, func()) {
 	out := make(map[string]fetchedSecret, len(names))
 	if len(names) == 0 || p.noInitialEvents.Load() {
@@ -47,21 +57,20 @@ func (p *Provider) fromWatches(ctx context.Context, req *provider.Request, token
 	}
 	// As many streams at once as GETs (maxConcurrentGets): each buffers
 	// its Secret as the server sends it. A class naming more GETs the rest.
-	rest := names[min(len(names), maxConcurrentGets):]
+	rest := slices.Clone(names[min(len(names), maxConcurrentGets):])
 	names = names[:min(len(names), maxConcurrentGets)]
 	tok := req.Tokens[p.opts.Audience]
 	tok.Token = token
-	// Open (or join) every watch first, so their streams start together.
-	// The streams this fetch opens read their initial events within its
-	// budget, as its GETs would; the charge ends when the fetch returns.
+	// Open every watch first, so their streams start together. They read
+	// their initial events within this fetch's budget, as its GETs would;
+	// the charge ends when the fetch returns.
 	charge := &streamCharge{budget: budget}
 	defer charge.detach()
 	watches := make([]*sharedWatch, len(names))
-	opened := make([]bool, len(names))
 	var releases []func()
 	for i, name := range names {
 		var release func()
-		watches[i], opened[i], release = p.hold(watchKey{req.Pod.Namespace, name, "", req.Pod.ServiceAccount}, req.Pod, tok, charge)
+		watches[i], release = p.openHeld(watchKey{req.Pod.Namespace, name, "", req.Pod.ServiceAccount}, req.Pod, tok, charge)
 		if release != nil {
 			releases = append(releases, release)
 		}
@@ -73,14 +82,13 @@ func (p *Provider) fromWatches(ctx context.Context, req *provider.Request, token
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.opts.RequestTimeout/2)
 	defer cancel()
-	rest = slices.Clone(rest)
 	for i, name := range names {
 		w := watches[i]
 		if w == nil {
 			rest = append(rest, name)
 			continue
 		}
-		s, ok, err := w.read(ctx, budget, opened[i])
+		s, ok := w.take(ctx, token)
 		if cerr := charge.failed(); cerr != nil {
 			// A stream of this fetch ran past its allowance: the fetch
 			// fails so, at once, reading nothing more.
@@ -88,8 +96,6 @@ func (p *Provider) fromWatches(ctx context.Context, req *provider.Request, token
 			return out, nil, releaseAll
 		}
 		switch {
-		case err != nil:
-			out[name] = fetchedSecret{err: apiError(err, "get", req.Pod, name)}
 		case !ok:
 			rest = append(rest, name)
 		case s == nil:
@@ -101,59 +107,56 @@ func (p *Provider) fromWatches(ctx context.Context, req *provider.Request, token
 	return out, rest, releaseAll
 }
 
-// hold joins the fetch to the watch of key, opening it from the current
-// state when there is none (opened: its first stream is charged to
-// charge), and lets go after p.holdFor, when release is called, or when
-// the volume subscribed, whichever is first. It returns a nil watch for a
-// key whose watch was refused 403: that service account may get but not
-// watch, and a fetch GETs.
-func (p *Provider) hold(key watchKey, pod provider.Pod, token provider.Token, charge *streamCharge) (w *sharedWatch, opened bool, release func()) {
+// openHeld opens the watch of key from the current state, held by the fetch
+// (whose first stream is charged to charge) until p.holdFor passes, release
+// is called, or the volume subscribes, whichever is first. It returns nil
+// when a watch of key exists already, or was refused 403 (that service
+// account may get but not watch): the fetch GETs.
+func (p *Provider) openHeld(key watchKey, pod provider.Pod, token provider.Token, charge *streamCharge) (w *sharedWatch, release func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, refused := p.forbidden[key]; refused {
-		return nil, false, nil
+	if _, refused := p.forbidden[key]; refused || p.watches[key] != nil {
+		return nil, nil
 	}
-	w, id, opened := p.watchFor(key, pod, "", false, &subscriber{changed: func() {}, token: token, hold: true, charge: charge})
+	w, id, _ := p.watchFor(key, pod, "", false, &subscriber{changed: func() {}, token: token, hold: true, charge: charge})
 	var once sync.Once
 	release = func() { once.Do(func() { p.unsubscribe(w, id) }) }
 	time.AfterFunc(p.holdFor, release)
-	return w, opened, release
+	return w, release
 }
 
-// read returns a copy of the Secret as the open stream shows it (nil when
-// absent) once the stream's initial events have ended, charged to budget
-// unless the stream's bytes were (charged). ok is false when the watch
-// cannot tell: the fetch GETs.
-func (w *sharedWatch) read(ctx context.Context, budget *provider.Budget, charged bool) (s *corev1.Secret, ok bool, err error) {
+// take waits for the end of the initial events of the stream opened with
+// token and hands over the Secret they showed (nil: absent); the watch
+// keeps no copy. ok is false when the watch cannot tell (the stream failed,
+// was opened with another token, or ctx ended): the fetch GETs.
+func (w *sharedWatch) take(ctx context.Context, token string) (s *corev1.Secret, ok bool) {
 	for {
 		w.mu.Lock()
 		switch {
-		case w.state == stateOpen && w.current:
-			if w.latest != nil && !charged {
-				if err := budget.Wire(int64(w.latest.Size())); err != nil {
-					w.mu.Unlock()
-					return nil, false, err
+		case w.state == stateOpen && w.listed && w.inUse == token:
+			s, w.initial, w.listed = w.initial, nil, false
+			if s != nil && s.Size() > keepBufferBelow {
+				select { // reconnect from the bookmark: a fresh decoder buffer
+				case w.restart <- struct{}{}:
+				default:
 				}
 			}
-			if w.latest != nil {
-				s = w.latest.DeepCopy()
-			}
 			w.mu.Unlock()
-			return s, true, nil
+			return s, true
 		case w.state == stateConnecting, w.state == stateOpen && w.listing:
 			// wait for the stream and its initial events
 		default:
 			w.mu.Unlock()
-			return nil, false, nil
+			return nil, false
 		}
 		news := w.news
 		w.mu.Unlock()
 		select {
 		case <-news:
 		case <-ctx.Done():
-			return nil, false, nil
+			return nil, false
 		case <-w.done:
-			return nil, false, nil
+			return nil, false
 		}
 	}
 }
@@ -161,32 +164,29 @@ func (w *sharedWatch) read(ctx context.Context, budget *provider.Budget, charged
 // startListing records that a stream starts, sending its initial events or
 // not. The caller holds w.mu.
 func (w *sharedWatch) startListing(initial bool) {
-	w.listing = initial
-	if initial {
-		w.current = false
-		w.setLatest(nil)
-	}
+	w.listing, w.listed = initial, false
+	w.setInitial(nil)
 }
 
-// keepLatest records s (nil: deleted) as the Secret the stream shows, while
-// the stream is listing or a fetch holds the watch.
-func (w *sharedWatch) keepLatest(s *corev1.Secret) {
+// keepInitial records s (nil: deleted) as the Secret the stream's initial
+// events show.
+func (w *sharedWatch) keepInitial(s *corev1.Secret) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.listing || w.current && w.holds > 0 {
-		w.setLatest(s)
+	if w.listing && w.holds > 0 {
+		w.setInitial(s)
 	}
 }
 
 // initialEventsEnded records the bookmark after the stream's initial
-// events: latest is now the Secret as it is, for the fetches holding w.
+// events: initial is the Secret as it is, for the fetch holding w.
 func (w *sharedWatch) initialEventsEnded() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.listing = false
-	w.current = w.holds > 0
-	if !w.current {
-		w.setLatest(nil)
+	w.listed = w.holds > 0
+	if !w.listed {
+		w.setInitial(nil)
 	}
 	w.announce()
 }
@@ -202,29 +202,29 @@ func (w *sharedWatch) releaseHoldsOf(token string) {
 	}
 }
 
-// remove drops subscriber id; the last hold to go takes latest with it.
-// The caller holds w.mu.
+// remove drops subscriber id; the last hold to go takes an initial Secret
+// nobody took with it. The caller holds w.mu.
 func (w *sharedWatch) remove(id uint64) {
 	s := w.subs[id]
 	delete(w.subs, id)
 	if s != nil && s.hold {
 		w.holds--
 		if w.holds == 0 {
-			w.current = false
-			w.setLatest(nil)
+			w.listed = false
+			w.setInitial(nil)
 		}
 	}
 }
 
-// setLatest replaces latest, zeroing the values of the one it replaces:
-// fetches took copies. The caller holds w.mu.
-func (w *sharedWatch) setLatest(s *corev1.Secret) {
-	if w.latest != nil && w.latest != s {
-		for _, v := range w.latest.Data {
+// setInitial replaces initial, zeroing the values of the one it replaces.
+// The caller holds w.mu.
+func (w *sharedWatch) setInitial(s *corev1.Secret) {
+	if w.initial != nil && w.initial != s {
+		for _, v := range w.initial.Data {
 			clear(v)
 		}
 	}
-	w.latest = s
+	w.initial = s
 }
 
 // streamCharge charges what a watch stream reads to the budget of the fetch

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,7 +59,7 @@ func TestFetchReadsTheWatchTheVolumeKeeps(t *testing.T) {
 		t.Errorf("after Watch: %d GETs, %d watch requests, %d open; want 0, 1, 1", gets, watches, f.p.OpenWatches())
 	}
 	w.mu.Lock()
-	holds, latest, subs := w.holds, w.latest, len(w.subs)
+	holds, latest, subs := w.holds, w.initial, len(w.subs)
 	w.mu.Unlock()
 	if holds != 0 || latest != nil || subs != 1 {
 		t.Errorf("after the volume subscribed: %d holds, Secret kept %v, %d subscribers; want 0, false, 1", holds, latest != nil, subs)
@@ -73,10 +75,11 @@ func TestFetchReadsTheWatchTheVolumeKeeps(t *testing.T) {
 	}
 }
 
-// Fetches of one Secret for the same service account at once (two classes)
-// share one stream; an absent Secret is known from the bookmark that ends
-// the initial events, without a GET.
-func TestFetchesShareTheWatchAndSeeAbsence(t *testing.T) {
+// Fetches of one Secret for the same service account at once (two classes):
+// the one that opened the watch reads it, the other GETs. An absent Secret
+// is known from the bookmark that ends the initial events, without a GET;
+// the fetch that failed so lets go of its watch at once.
+func TestFetchesOfOneSecretAtOnceAndAbsence(t *testing.T) {
 	f := newFixture(t)
 	f.serviceAccount(f.ns, "app")
 	f.grant(f.ns, "app", []string{"get", "watch"}, "db", "absent")
@@ -98,21 +101,22 @@ func TestFetchesShareTheWatchAndSeeAbsence(t *testing.T) {
 	if errs[0] != nil || errs[1] != nil || files[0] != 2 || files[1] != 1 {
 		t.Fatalf("fetches: %v %v, files %v", errs[0], errs[1], files)
 	}
-	if gets, watches := f.log.counts(); gets != 0 || watches != 1 {
-		t.Errorf("two fetches made %d GETs and %d watches, want 0 and 1", gets, watches)
+	if gets, watches := f.log.counts(); gets != 1 || watches != 1 {
+		t.Errorf("two fetches made %d GETs and %d watches, want 1 and 1", gets, watches)
 	}
 
+	before, _ := f.log.counts()
 	_, err := f.p.Fetch(f.ctx(), f.request("app", "- secretName: absent\n"))
 	wantCode(t, err, codes.NotFound, "Secret "+f.ns+"/absent not found")
 	if f.heldWatch("absent", "app") != nil {
 		t.Error("a failed fetch still holds its watch")
 	}
-	res, err := f.p.Fetch(f.ctx(), f.request("app", "- secretName: absent\n  optional: true\n- secretName: db\n  key: b\n"))
-	if err != nil || len(res.Files) != 1 {
+	res, err := f.p.Fetch(f.ctx(), f.request("app", "- secretName: absent\n  optional: true\n"))
+	if err != nil || len(res.Files) != 0 {
 		t.Fatalf("optional absent: %v", err)
 	}
-	if gets, _ := f.log.counts(); gets != 0 {
-		t.Errorf("%d GETs for an absent Secret, want 0", gets)
+	if gets, _ := f.log.counts(); gets != before {
+		t.Errorf("%d GETs for an absent Secret, want 0", gets-before)
 	}
 }
 
@@ -247,4 +251,221 @@ func TestNoInitialEventsFallsBackToGet(t *testing.T) {
 	if p.OpenWatches() != 0 {
 		t.Errorf("%d watches open after the holds ended", p.OpenWatches())
 	}
+}
+
+// Only the fetch whose token opened the stream reads its initial events: a
+// fetch of the same service account while the watch is held GETs with its
+// own token, so a token the API server rejects (a deleted pod's) reads
+// nothing, and every read has its own audit entry.
+func TestOnlyTheOpenerReadsTheWatch(t *testing.T) {
+	f := newFixture(t)
+	f.p.holdFor = 2 * time.Second
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"get", "watch"}, "db")
+	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("s3cr3t")})
+	if _, err := f.p.Fetch(f.ctx(), f.request("app", "- secretName: db\n")); err != nil {
+		t.Fatal(err)
+	}
+	bad := f.request("app", "- secretName: db\n")
+	bad.Tokens[""] = provider.Token{Token: "not-a-token", ExpirationTimestamp: time.Now().Add(time.Hour)}
+	res, err := f.p.Fetch(f.ctx(), bad)
+	if err == nil {
+		t.Fatalf("a rejected token read %d files from another fetch's stream", len(res.Files))
+	}
+	wantCode(t, err, codes.Unauthenticated)
+	if _, err := f.p.Fetch(f.ctx(), f.request("app", "- secretName: db\n  key: k\n")); err != nil {
+		t.Fatal(err)
+	}
+	if gets, watches := f.log.counts(); gets != 2 || watches != 1 {
+		t.Errorf("%d GETs and %d watches, want 2 (the fetches that did not open the watch) and 1", gets, watches)
+	}
+}
+
+// bigData returns n random (incompressible) bytes.
+func bigData(n int) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(uint64(n), uint64(time.Now().UnixNano())))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// heapInuse is the heap in use after two collections.
+func heapInuse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// bigSecrets creates n Secrets of size random bytes named prefix-i, grants
+// sa get and watch on them, and returns their names.
+func (f *fixture) bigSecrets(sa, prefix string, n, size int) []string {
+	var names []string
+	for i := range n {
+		name := fmt.Sprintf("%s-%d", prefix, i)
+		f.putSecret(f.ns, name, map[string][]byte{"k": bigData(size)})
+		names = append(names, name)
+	}
+	f.grant(f.ns, sa, []string{"get", "watch"}, names...)
+	return names
+}
+
+func classOf(names []string) string {
+	var objs []string
+	for _, n := range names {
+		objs = append(objs, "- {secretName: "+n+", path: "+n+"}")
+	}
+	return strings.Join(objs, "\n")
+}
+
+// A fetch whose volume never subscribes (its publish fails after the fetch:
+// a template that does not render, the node's tmpfs budget; kubelet
+// retries) leaves nothing of its Secrets in the driver's heap while the
+// watches it opened are held: the node's --fetch-bytes bound was given
+// back when the fetch returned, so anything kept would be charged to
+// nothing. Measured against the same fetches by GET.
+func TestHeldWatchesKeepNoSecret(t *testing.T) {
+	f := newFixture(t)
+	f.p.holdFor = defaultHoldFor
+	f.serviceAccount(f.ns, "app")
+	const perFetch, fetches, size = maxConcurrentGets, 5, 1000 << 10
+	names := f.bigSecrets("app", "big", perFetch*fetches*2, size)
+	flights := provider.NewInFlight(provider.Limits{MaxBytes: provider.DefaultMaxBytes}.WireBytes())
+	run := func(names []string) (retained uint64) {
+		base := heapInuse()
+		for i := range fetches {
+			req := f.request("app", classOf(names[i*perFetch:(i+1)*perFetch]))
+			req.Flight = flights.Flight()
+			res, err := f.p.Fetch(f.ctx(), req)
+			req.Flight.Done() // as apply does; the publish then fails
+			if err != nil {
+				t.Fatalf("fetch %d: %v", i, err)
+			}
+			for _, file := range res.Files {
+				clear(file.Contents)
+			}
+		}
+		if now := heapInuse(); now > base {
+			retained = now - base
+		}
+		return retained
+	}
+	retained := run(names[:perFetch*fetches])
+	held := f.p.OpenWatches()
+	f.eventually("the holds to end", func() bool { return f.p.OpenWatches() == 0 })
+	f.p.noInitialEvents.Store(true) // the GET path, for comparison
+	getRetained := run(names[perFetch*fetches:])
+	f.p.noInitialEvents.Store(false)
+	t.Logf("%d fetches of %d x %d KiB: %.1f MiB retained with %d watches held, %.1f MiB by GET",
+		fetches, perFetch, size>>10, float64(retained)/(1<<20), held, float64(getRetained)/(1<<20))
+	// A held stream keeps its goroutines and a small decoder buffer.
+	if retained > getRetained+uint64(held)*(128<<10) {
+		t.Errorf("%d held watches retain %.1f MiB (GET path %.1f MiB): more than their streams",
+			held, float64(retained)/(1<<20), float64(getRetained)/(1<<20))
+	}
+}
+
+// A volume whose fetch read a large Secret from the watch's initial events
+// keeps the watch, but not a decoder buffer of the Secret's size for the
+// stream's life: the stream reconnects from the bookmark once the fetch
+// took the Secret.
+func TestSubscribedWatchGivesBackTheInitialBuffer(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	const n, size = 16, 1000 << 10
+	names := f.bigSecrets("app", "vol", n, size)
+	base := heapInuse()
+	var stops []func()
+	for _, name := range names {
+		req := f.request("app", classOf([]string{name}))
+		res, err := f.p.Fetch(f.ctx(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.CurrentVersions = res.Versions
+		for _, file := range res.Files {
+			clear(file.Contents)
+		}
+		stop, err := f.p.Watch(req, func() {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stops = append(stops, stop)
+	}
+	f.eventually("the streams to reconnect", func() bool {
+		_, watches := f.log.counts()
+		return watches == 2*n && f.p.OpenWatches() == n
+	})
+	var retained uint64
+	if now := heapInuse(); now > base {
+		retained = now - base
+	}
+	t.Logf("%d volumes of one %d KiB Secret each: %.1f MiB retained, %d streams", n, size>>10, float64(retained)/(1<<20), f.p.OpenWatches())
+	for _, stop := range stops {
+		stop()
+	}
+	if retained > n*(256<<10) {
+		t.Errorf("%d subscribed watches retain %.1f MiB (%.2f MiB each)", n, float64(retained)/(1<<20), float64(retained)/n/(1<<20))
+	}
+}
+
+// A stream of the fetch that opened the watch ran past that fetch's
+// allowance (here: the node's bound, filled by other tenants' fetches), and
+// a volume of the same service account subscribed meanwhile: the watch
+// goes on for that volume instead of waiting for a fresher token.
+func TestChargeFailureLeavesTheVolumesWatch(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"get", "watch"}, "db")
+	f.putSecret(f.ns, "db", map[string][]byte{"k": bigData(1000 << 10)})
+	// Watch responses a little slow (a loaded API server), so the volume's
+	// Watch lands while the fetch's stream connects.
+	p, err := New(Options{Host: f.s.Host, CAData: f.s.CAData, QPS: 1e6, Burst: 1e6,
+		WrapTransport: func(next http.RoundTripper) http.RoundTripper {
+			return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				if r.URL.Query().Get("watch") == "true" {
+					time.Sleep(500 * time.Millisecond)
+				}
+				return next.RoundTrip(r)
+			})
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.holdFor = 300 * time.Millisecond
+	limit := provider.Limits{MaxBytes: provider.DefaultMaxBytes}.WireBytes()
+	flights := provider.NewInFlight(limit)
+	others := flights.Flight()
+	if err := others.Charge(limit + provider.FreeBytes); err != nil {
+		t.Fatal(err)
+	}
+	reqA := f.request("app", "- secretName: db\n")
+	reqA.Flight = flights.Flight()
+	errA := make(chan error, 1)
+	go func() { _, err := p.Fetch(f.ctx(), reqA); errA <- err }()
+	f.eventually("the fetch to open its watch", func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.watches) == 1 })
+	// Another pod of the service account, mounted a moment ago.
+	cur, err := f.s.Client.CoreV1().Secrets(f.ns).Get(f.ctx(), "db", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqB := f.request("app", "- secretName: db\n")
+	reqB.CurrentVersions = []provider.ObjectVersion{{ID: versionID("db"), Version: cur.ResourceVersion}}
+	var c counter
+	stop, err := p.Watch(reqB, c.changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	wantCode(t, <-errA, codes.Unavailable, provider.InFlightFlag)
+	reqA.Flight.Done()
+	others.Done()
+	f.eventually("the volume's stream to open", func() bool { return p.OpenWatches() == 1 })
+	time.Sleep(time.Second) // its initial events (a change for the volume, or not)
+	c0 := c.get()
+	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("rotated")})
+	f.eventually("the volume to be told of the rotation", func() bool { return c.get() > c0 })
 }

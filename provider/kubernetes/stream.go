@@ -64,10 +64,11 @@ func (w *sharedWatch) run(ctx context.Context) {
 			}
 			wait = backoff // a stream that ends at once must not spin
 			backoff = min(2*backoff, maxBackoff)
-			if charge.failed() != nil {
-				// The Secret is over the allowance of the fetch that
-				// opened the watch: reading it again is the tenant's
-				// attack, not a retry. A volume that subscribes wakes it.
+			if charge.failed() != nil && !w.hasVolume() {
+				// The Secret was over what the fetch that opened the
+				// watch could take, and no volume waits for changes:
+				// reading it again helps nobody (the fetch lets go at
+				// once). A volume that subscribes wakes it.
 				wait = -1
 			}
 			w.setState(stateRetrying)
@@ -176,12 +177,12 @@ func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log i
 		switch ev.Type {
 		case watch.Added, watch.Modified:
 			if s, isSecret := ev.Object.(*corev1.Secret); isSecret {
-				w.keepLatest(s)
+				w.keepInitial(s)
 				w.observe(true, s.ResourceVersion)
 			}
 		case watch.Deleted:
 			if s, isSecret := ev.Object.(*corev1.Secret); isSecret {
-				w.keepLatest(nil)
+				w.keepInitial(nil)
 				w.observe(false, s.ResourceVersion)
 			}
 		case watch.Bookmark:

@@ -59,11 +59,11 @@ type sharedWatch struct {
 	news     chan struct{} // closed (and replaced) when an attempt finishes or the stream is listed
 	inUse    string        // token of the open stream
 
-	// What a fetch may read from the watch instead of a GET (prime.go).
+	// What the fetch that opened the watch reads instead of a GET (prime.go).
 	holds   int            // subscribers that are fetches' holds
 	listing bool           // the stream is sending its initial events
-	current bool           // latest is the Secret as the open stream shows it
-	latest  *corev1.Secret // while listing or held; nil when absent
+	listed  bool           // they ended, and initial waits for the fetch
+	initial *corev1.Secret // the Secret they showed; nil when absent
 	charge  *streamCharge  // the opening fetch's, for the first stream
 }
 

@@ -130,6 +130,9 @@ func TestPodStartBurst(t *testing.T) {
 	}
 	var results []burstResult
 	for _, n := range bursts {
+		if n == 0 {
+			continue // PODBENCH_BURSTS=0: the spread burst only
+		}
 		for r := range rounds {
 			for i := range kinds {
 				k := kinds[(i+r)%len(kinds)]
@@ -138,8 +141,11 @@ func TestPodStartBurst(t *testing.T) {
 		}
 	}
 	if spread > 0 && len(nodes) > 1 {
-		for _, k := range kinds {
-			results = append(results, runBurst(t, fast, az, audit, k, spread, nodes))
+		for r := range rounds {
+			for i := range kinds {
+				k := kinds[(i+r)%len(kinds)]
+				results = append(results, runBurst(t, fast, az, audit, k, spread, nodes))
+			}
 		}
 	}
 	report(t, results)
