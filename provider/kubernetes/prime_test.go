@@ -161,16 +161,8 @@ func TestFetchGetOnlyAsksTheWatchOnce(t *testing.T) {
 func TestFetchFromWatchWithinBudget(t *testing.T) {
 	f := newFixture(t)
 	f.serviceAccount(f.ns, "app")
-	const n = 12
-	var names, objects []string
-	for i := range n {
-		name := fmt.Sprintf("big-%d", i)
-		f.putSecret(f.ns, name, map[string][]byte{"k": []byte(strings.Repeat("x", 500<<10))})
-		names = append(names, name)
-		objects = append(objects, "- {secretName: "+name+", path: "+name+"}")
-	}
-	f.grant(f.ns, "app", []string{"get", "watch"}, names...)
-	req := f.request("app", strings.Join(objects, "\n"))
+	names := f.bigSecrets("app", "big", 12, 500<<10)
+	req := f.request("app", classOf(names))
 	req.Limits = provider.Limits{MaxBytes: 1 << 20, MaxFiles: 100}
 	start := time.Now()
 	_, err := f.p.Fetch(f.ctx(), req)
@@ -192,7 +184,7 @@ func TestFetchFromWatchWithinBudget(t *testing.T) {
 		t.Errorf("streams read %d bytes for an allowance of %d", streamed, allowance)
 	}
 	// Within the budget the same Secrets mount from the watches.
-	req = f.request("app", strings.Join(objects[:2], "\n"))
+	req = f.request("app", classOf(names[:2]))
 	req.Limits = provider.Limits{MaxBytes: 2 << 20, MaxFiles: 100}
 	res, err := f.p.Fetch(f.ctx(), req)
 	if err != nil || len(res.Files) != 2 {
