@@ -151,8 +151,15 @@ type streamEnd int
 const (
 	streamEnded   streamEnd = iota // closed by the server or an error
 	streamGone                     // the resume point expired (410 Gone)
-	streamRestart                  // its token's volume left
+	streamRestart                  // its token's volume left, or the buffer of a large initial event goes
 )
+
+// restartDelay is how long a stream goes on after a restart was asked for:
+// when the pods sharing a watch are deleted together, each departure of the
+// volume whose token the stream uses asks for one, and the stream stops
+// with the last of them instead of reconnecting once per departure (and
+// being refused 401 with a token of a pod deleted a moment before).
+const restartDelay = time.Second
 
 // consume reads events until the stream ends, and says why it ended.
 func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log interface {
@@ -161,6 +168,7 @@ func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log i
 	w.p.streams.Add(1)
 	defer w.p.streams.Add(-1)
 	defer stream.Stop()
+	var restartAt <-chan time.Time // a restart asked for, after restartDelay
 	for {
 		var ev watch.Event
 		var ok bool
@@ -168,6 +176,13 @@ func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log i
 		case <-ctx.Done():
 			return streamEnded
 		case <-w.restart:
+			if restartAt == nil {
+				t := time.NewTimer(restartDelay)
+				defer t.Stop()
+				restartAt = t.C
+			}
+			continue
+		case <-restartAt:
 			return streamRestart
 		case ev, ok = <-stream.ResultChan():
 		}

@@ -311,3 +311,46 @@ func TestLogForbiddenOnceIsBounded(t *testing.T) {
 type warnFunc func(string, ...any)
 
 func (f warnFunc) Warn(msg string, args ...any) { f(msg, args...) }
+
+// When the volumes sharing a watch leave together (their pods deleted at
+// once), the stream does not reconnect for each departure of the volume
+// whose token it uses: it goes on for restartDelay and stops with the last.
+func TestVolumesLeavingTogetherDoNotReconnect(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	f.grant(f.ns, "app", []string{"get", "watch"}, "db")
+	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("v")})
+	var reqs []*provider.Request
+	var stops []func()
+	for range 3 {
+		req := f.mount("app", "- secretName: db\n")
+		stop, err := f.p.Watch(req, func() {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reqs, stops = append(reqs, req), append(stops, stop)
+	}
+	f.eventually("one open watch", func() bool { return f.p.OpenWatches() == 1 })
+	w := f.heldWatch("db", "app")
+	w.mu.Lock()
+	inUse := w.inUse
+	w.mu.Unlock()
+	_, before := f.log.counts()
+	// The volume whose token the stream uses leaves first, then the others,
+	// a tenth of a second apart (kubelet unmounting deleted pods).
+	for i, req := range reqs {
+		if req.Tokens[""].Token == inUse {
+			stops[i]()
+		}
+	}
+	for _, stop := range stops {
+		time.Sleep(100 * time.Millisecond)
+		stop()
+	}
+	if _, after := f.log.counts(); after != before {
+		t.Errorf("%d watch requests while the volumes left together, want none", after-before)
+	}
+	if f.p.OpenWatches() != 0 || f.p.sharedWatches() != 0 {
+		t.Errorf("watch still open after the last volume left")
+	}
+}
