@@ -101,12 +101,12 @@ func (o *Options) setDefaults() error {
 // newClient builds the one client shared by all pods: one TLS transport per
 // API server, no credential of its own, and a round tripper that sends the
 // token found in the request context, or refuses to send at all.
-func newClient(o Options) (*kubecore.Client, error) {
+func newClient(o Options, limiter flowcontrol.RateLimiter) (*kubecore.Client, error) {
 	cfg := &rest.Config{
 		Host:            o.Host,
 		TLSClientConfig: rest.TLSClientConfig{CAData: o.CAData, CAFile: o.CAFile, ServerName: o.TLSServerName},
 		UserAgent:       userAgent,
-		RateLimiter:     flowcontrol.NewTokenBucketRateLimiter(o.QPS, o.Burst),
+		RateLimiter:     limiter,
 		// No Timeout: it would cut watches. GETs carry a context deadline.
 		WrapTransport: func(rt http.RoundTripper) http.RoundTripper {
 			if o.WrapTransport != nil {

@@ -40,6 +40,13 @@ const maxSelectorLen = 1024
 // selector that selects nothing counts against no other limit.
 const maxSelectors = 16
 
+// maxSecretNames bounds a class's distinct Secret names: each is an API
+// watch per service account on the node for as long as a volume of the
+// class is mounted (about 70 KiB of the driver's memory each), and one
+// volume naming a thousand optional Secrets that do not exist would hold
+// a thousand.
+const maxSecretNames = 64
+
 // spec is a validated object with its mode resolved.
 type spec struct {
 	object
@@ -68,6 +75,10 @@ func parseObjects(param string, defaultMode os.FileMode) ([]spec, error) {
 			return nil, provider.InvalidArgument("parameter objects, item %d: %v", i, err)
 		}
 		specs = append(specs, s)
+	}
+	if n := len(secretNames(specs)); n > maxSecretNames {
+		return nil, provider.InvalidArgument("parameter objects names %d distinct Secrets, more than %d allowed: each is a watch on every node that mounts the class; "+
+			"put the keys in fewer Secrets, split the class, or select them with a labelSelector", n, maxSecretNames)
 	}
 	if n := len(selectors(specs)); n > maxSelectors {
 		return nil, provider.InvalidArgument("parameter objects has %d distinct labelSelectors, more than %d distinct allowed: each is a list per refresh and a watch on every node; "+

@@ -30,21 +30,30 @@ import (
 // from a stream opened with its own token: it reads exactly what a GET with
 // that token would have, checked by the API server just now. Every other
 // fetch GETs (a watch already open, refused 403 or 401, not open in time, a
-// class's Secrets beyond the first maxConcurrentGets), and so does every
-// fetch when the API server refuses initial events (before Kubernetes 1.32).
-// The fetch owns the Secret it takes (no copy is kept); a Secret larger than
-// keepBufferBelow makes the stream reconnect from the bookmark afterwards,
-// so the long-lived stream does not keep a decoder buffer of its size.
+// class's Secrets beyond the first maxConcurrentGets, maxHeld watches held
+// on the node), and so does every fetch when the API server refuses initial
+// events (before Kubernetes 1.32). The fetch owns the Secret it takes (no
+// copy is kept); a Secret larger than keepBufferBelow, in the initial events
+// or any later one, makes the stream reconnect from it, so the long-lived
+// stream does not keep a decoder buffer of its size. Opening a watch waits
+// for the client-side rate limit like a GET (stream.go).
 
 // defaultHoldFor is Provider.holdFor: how long a fetch holds the watch it
 // opened for its volume's Watch. Publishing takes milliseconds; a volume
 // that subscribes later opens the watch again (one more request).
 const defaultHoldFor = 5 * time.Second
 
-// keepBufferBelow is the largest initial Secret after which the stream
-// stays as it is; a larger one costs one more request (a reconnect from the
-// bookmark) to give back the decoder's buffer.
-const keepBufferBelow = 64 << 10
+// keepBufferBelow is the largest Secret in an event after which a stream
+// goes on as it is: a larger one costs one more request (a reconnect from
+// the event's resource version) to give back the decoder's buffer, which
+// grows to about four times the largest event and never shrinks.
+const keepBufferBelow = 16 << 10
+
+// maxHeld bounds the watches held by fetches whose volumes did not
+// subscribe yet, on the node: a publish that fails after its fetch (kubelet
+// retries it) leaves its holds for holdFor, each an API stream of about
+// 70 KiB. Past it, fetches GET.
+const maxHeld = 64
 
 // fromWatches reads the named Secrets from the initial events of watches it
 // opens and returns them, the names it could not read so (to GET), and a
@@ -115,9 +124,10 @@ func (p *Provider) fromWatches(ctx context.Context, req *provider.Request, token
 func (p *Provider) openHeld(key watchKey, pod provider.Pod, token provider.Token, charge *streamCharge) (w *sharedWatch, release func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, refused := p.forbidden[key]; refused || p.watches[key] != nil {
+	if _, refused := p.forbidden[key]; refused || p.watches[key] != nil || p.held.Load() >= maxHeld {
 		return nil, nil
 	}
+	p.held.Add(1) // until remove drops the hold
 	w, id, _ := p.watchFor(key, pod, "", false, &subscriber{changed: func() {}, token: token, hold: true, charge: charge})
 	var once sync.Once
 	release = func() { once.Do(func() { p.unsubscribe(w, id) }) }
@@ -135,11 +145,8 @@ func (w *sharedWatch) take(ctx context.Context, token string) (s *corev1.Secret,
 		switch {
 		case w.state == stateOpen && w.listed && w.inUse == token:
 			s, w.initial, w.listed = w.initial, nil, false
-			if s != nil && s.Size() > keepBufferBelow {
-				select { // reconnect from the bookmark: a fresh decoder buffer
-				case w.restart <- struct{}{}:
-				default:
-				}
+			if w.largeInitial {
+				w.renewStream() // the stream's buffer held what the fetch took
 			}
 			w.mu.Unlock()
 			return s, true
@@ -164,17 +171,34 @@ func (w *sharedWatch) take(ctx context.Context, token string) (s *corev1.Secret,
 // startListing records that a stream starts, sending its initial events or
 // not. The caller holds w.mu.
 func (w *sharedWatch) startListing(initial bool) {
-	w.listing, w.listed = initial, false
+	w.listing, w.listed, w.largeInitial = initial, false, false
 	w.setInitial(nil)
 }
 
 // keepInitial records s (nil: deleted) as the Secret the stream's initial
-// events show.
+// events show, for the fetch holding w. A large Secret in any other event
+// makes the stream reconnect at once from it (a fresh decoder buffer); one
+// in the initial events, once the fetch took it (or at their end).
 func (w *sharedWatch) keepInitial(s *corev1.Secret) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.listing && w.holds > 0 {
-		w.setInitial(s)
+	large := s != nil && s.Size() > keepBufferBelow
+	switch {
+	case w.listing:
+		w.largeInitial = w.largeInitial || large
+		if w.holds > 0 {
+			w.setInitial(s)
+		}
+	case large:
+		w.renewStream()
+	}
+}
+
+// renewStream makes the stream reconnect at once. The caller holds w.mu.
+func (w *sharedWatch) renewStream() {
+	select {
+	case w.renew <- struct{}{}:
+	default:
 	}
 }
 
@@ -187,6 +211,9 @@ func (w *sharedWatch) initialEventsEnded() {
 	w.listed = w.holds > 0
 	if !w.listed {
 		w.setInitial(nil)
+		if w.largeInitial {
+			w.renewStream()
+		}
 	}
 	w.announce()
 }
@@ -208,6 +235,7 @@ func (w *sharedWatch) remove(id uint64) {
 	s := w.subs[id]
 	delete(w.subs, id)
 	if s != nil && s.hold {
+		w.p.held.Add(-1)
 		w.holds--
 		if w.holds == 0 {
 			w.listed = false

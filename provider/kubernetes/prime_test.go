@@ -175,8 +175,10 @@ func TestFetchFromWatchWithinBudget(t *testing.T) {
 	watches, streamed, read := f.log.watches, f.log.watchBytes, f.log.bodyBytes
 	f.log.mu.Unlock()
 	t.Logf("%d watches read %d bytes, GETs %d bytes", watches, streamed, read)
-	if watches > maxConcurrentGets {
-		t.Errorf("%d watches for one fetch, want at most %d", watches, maxConcurrentGets)
+	// Each stream the fetch opened, and its reconnect once a large Secret
+	// was taken from it.
+	if watches > 2*maxConcurrentGets {
+		t.Errorf("%d watches for one fetch, want at most %d", watches, 2*maxConcurrentGets)
 	}
 	// The allowance, plus one read of each stream that ran past it (the
 	// watch decoder reads into a buffer that doubles as the frame grows).
@@ -460,4 +462,157 @@ func TestChargeFailureLeavesTheVolumesWatch(t *testing.T) {
 	c0 := c.get()
 	f.putSecret(f.ns, "db", map[string][]byte{"k": []byte("rotated")})
 	f.eventually("the volume to be told of the rotation", func() bool { return c.get() > c0 })
+}
+
+// Watch opens wait for the same client-side limit as GETs (client-go never
+// limits watches itself): fetches that each open 8 watches of absent
+// Secrets and fail, in a loop, stay within Options.QPS and Burst.
+func TestWatchOpensWaitForTheRateLimit(t *testing.T) {
+	f := newFixture(t)
+	p, err := New(Options{Host: f.s.Host, CAData: f.s.CAData, WrapTransport: f.log.wrap, QPS: 5, Burst: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.serviceAccount(f.ns, "evil")
+	var names []string
+	for i := range maxConcurrentGets {
+		names = append(names, fmt.Sprintf("a-%d", i))
+	}
+	f.grant(f.ns, "evil", []string{"get", "watch"}, names...)
+	reqs := make([]*provider.Request, 8)
+	for i := range reqs {
+		reqs[i] = f.request("evil", classOf(names))
+	}
+	const window = 3 * time.Second
+	deadline := time.Now().Add(window)
+	var wg sync.WaitGroup
+	for _, req := range reqs[:4] {
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				ctx, cancel := context.WithDeadline(f.ctx(), deadline)
+				_, _ = p.Fetch(ctx, req)
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	gets, watches := f.log.counts()
+	t.Logf("%d GETs and %d watches in %v, limit 5/s burst 10", gets, watches, window)
+	if allowed := 10 + 5*window.Seconds(); float64(gets+watches) > allowed+5 {
+		t.Errorf("%d requests in %v with a client-side limit of 5/s, burst 10", gets+watches, window)
+	}
+}
+
+// Publishes that fail after their fetch (the volume never subscribes) hold
+// at most maxHeld watches on the node; past it, fetches GET.
+func TestHeldWatchesAreBounded(t *testing.T) {
+	f := newFixture(t)
+	f.p.holdFor = time.Hour // only the bound ends this
+	f.serviceAccount(f.ns, "app")
+	var names []string
+	for i := range 2 * maxHeld {
+		names = append(names, fmt.Sprintf("o-%d", i))
+	}
+	f.grant(f.ns, "app", []string{"get", "watch"}, names...)
+	for i := 0; i < len(names); i += maxConcurrentGets {
+		var objects strings.Builder
+		for _, n := range names[i : i+maxConcurrentGets] {
+			fmt.Fprintf(&objects, "- {secretName: %s, optional: true}\n", n)
+		}
+		if _, err := f.p.Fetch(f.ctx(), f.request("app", objects.String())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gets, watches := f.log.counts()
+	t.Logf("%d fetches of %d absent Secrets: %d watches held, %d GETs", len(names)/maxConcurrentGets, maxConcurrentGets, f.p.OpenWatches(), gets)
+	if watches != maxHeld || f.p.OpenWatches() != maxHeld || gets != len(names)-maxHeld {
+		t.Errorf("%d watch requests, %d open, %d GETs; want %d, %d, %d", watches, f.p.OpenWatches(), gets, maxHeld, maxHeld, len(names)-maxHeld)
+	}
+	// Let them go (the test's holdFor would keep them an hour).
+	f.p.mu.Lock()
+	var held []*sharedWatch
+	for _, w := range f.p.watches {
+		held = append(held, w)
+	}
+	f.p.mu.Unlock()
+	for _, w := range held {
+		w.mu.Lock()
+		var ids []uint64
+		for id := range w.subs {
+			ids = append(ids, id)
+		}
+		w.mu.Unlock()
+		for _, id := range ids {
+			f.p.unsubscribe(w, id)
+		}
+	}
+	if n := f.p.held.Load(); n != 0 {
+		t.Errorf("%d holds counted after all were released", n)
+	}
+}
+
+// A subscribed stream that decoded a large event (the initial one, or a
+// change of a Secret that grew after it was mounted) reconnects from it, so
+// it does not keep a decoder buffer of that size for its life.
+func TestLargeEventsDoNotStayInTheStream(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	const n = 24
+	var names []string
+	for i := range n {
+		name := fmt.Sprintf("m-%d", i)
+		f.putSecret(f.ns, name, map[string][]byte{"tiny": []byte("x")})
+		names = append(names, name)
+	}
+	f.grant(f.ns, "app", []string{"get", "watch"}, names...)
+	var c counter
+	var stops []func()
+	for _, name := range names {
+		stop, err := f.p.Watch(f.mount("app", "- secretName: "+name+"\n  key: tiny\n"), c.changed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stops = append(stops, stop)
+	}
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+	f.eventually("the streams", func() bool { return f.p.OpenWatches() == n })
+	base := heapInuse()
+	_, before := f.log.counts()
+	for _, name := range names {
+		f.putSecret(f.ns, name, map[string][]byte{"tiny": []byte("x"), "pad": bigData(1000 << 10)})
+	}
+	f.eventually("every change seen and the streams reconnected", func() bool {
+		_, watches := f.log.counts()
+		return c.get() >= n && watches-before >= n && f.p.OpenWatches() == n
+	})
+	var retained uint64
+	if now := heapInuse(); now > base {
+		retained = now - base
+	}
+	t.Logf("%d streams after a 1000 KiB change each: %.1f MiB retained", n, float64(retained)/(1<<20))
+	if retained > n*(256<<10) {
+		t.Errorf("%d subscribed streams retain %.1f MiB after one large change each", n, float64(retained)/(1<<20))
+	}
+}
+
+// A class naming more than maxSecretNames distinct Secrets is refused
+// before any request: each would be a watch on every node.
+func TestSecretNamesBounded(t *testing.T) {
+	f := newFixture(t)
+	f.serviceAccount(f.ns, "app")
+	var objects strings.Builder
+	for i := range maxSecretNames + 1 {
+		fmt.Fprintf(&objects, "- {secretName: o-%d, optional: true}\n", i)
+	}
+	_, err := f.p.Fetch(f.ctx(), f.request("app", objects.String()))
+	wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("more than %d allowed", maxSecretNames))
+	_, err = f.p.Watch(f.request("app", objects.String()), func() {})
+	wantCode(t, err, codes.InvalidArgument)
+	if gets, watches := f.log.counts(); gets+watches != 0 {
+		t.Errorf("%d requests for a class refused", gets+watches)
+	}
 }

@@ -57,6 +57,7 @@ import (
 	"google.golang.org/grpc/codes"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/provider"
@@ -64,9 +65,10 @@ import (
 
 // Provider implements provider.Provider and provider.Watcher.
 type Provider struct {
-	opts   Options
-	client *kubecore.Client
-	now    func() time.Time
+	opts    Options
+	client  *kubecore.Client
+	limiter flowcontrol.RateLimiter // Options.QPS and Burst, GETs and watches alike
+	now     func() time.Time
 
 	streams atomic.Int64 // open API watch streams
 
@@ -74,8 +76,9 @@ type Provider struct {
 	// the current state's events (prime.go), so fetches GET.
 	noInitialEvents atomic.Bool
 	// holdFor is how long a fetch keeps a watch it opened for its
-	// volume's Watch (prime.go).
+	// volume's Watch (prime.go); held counts those holds now.
 	holdFor time.Duration
+	held    atomic.Int64
 
 	mu      sync.Mutex
 	watches map[watchKey]*sharedWatch
@@ -94,13 +97,17 @@ func New(opts Options) (*Provider, error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, err
 	}
-	client, err := newClient(opts)
+	// One limit for every request of this process: client-go never
+	// limits watches, so opening one waits here (stream.go).
+	limiter := flowcontrol.NewTokenBucketRateLimiter(opts.QPS, opts.Burst)
+	client, err := newClient(opts, limiter)
 	if err != nil {
 		return nil, err
 	}
 	return &Provider{
 		opts:      opts,
 		client:    client,
+		limiter:   limiter,
 		now:       time.Now,
 		holdFor:   defaultHoldFor,
 		watches:   make(map[watchKey]*sharedWatch),

@@ -64,14 +64,14 @@ func (w *sharedWatch) run(ctx context.Context) {
 			}
 			wait = backoff // a stream that ends at once must not spin
 			backoff = min(2*backoff, maxBackoff)
-			if charge.failed() != nil && !w.hasVolume() {
+			if volume := w.retrying(); charge.failed() != nil && !volume {
 				// The Secret was over what the fetch that opened the
 				// watch could take, and no volume waits for changes:
 				// reading it again helps nobody (the fetch lets go at
-				// once). A volume that subscribes wakes it.
+				// once). A volume that subscribes (it sees the state
+				// set in the same hold of the lock) wakes it.
 				wait = -1
 			}
-			w.setState(stateRetrying)
 		case ctx.Err() != nil:
 			w.finishAttempt(stateRetrying, "")
 			return
@@ -131,6 +131,9 @@ func (w *sharedWatch) open(ctx context.Context, token string) (stream watch.Inte
 		send := true
 		opts.SendInitialEvents, opts.ResourceVersionMatch = &send, metav1.ResourceVersionMatchNotOlderThan
 	}
+	if err := w.p.limiter.Wait(ctx); err != nil {
+		return nil, charge, err
+	}
 	stream, err = w.p.client.Secrets(w.key.namespace).Watch(withToken(ctx, token), opts)
 	if initial && (apierrors.IsInvalid(err) || apierrors.IsBadRequest(err)) {
 		// An API server without streaming lists (before Kubernetes 1.32,
@@ -183,6 +186,8 @@ func (w *sharedWatch) consume(ctx context.Context, stream watch.Interface, log i
 			}
 			continue
 		case <-restartAt:
+			return streamRestart
+		case <-w.renew:
 			return streamRestart
 		case ev, ok = <-stream.ResultChan():
 		}
@@ -262,11 +267,14 @@ func (w *sharedWatch) setResumePoint(rv string) {
 
 func (w *sharedWatch) forgetResumePoint() { w.setResumePoint("") }
 
-func (w *sharedWatch) setState(s watchState) {
+// retrying records that the stream ended and says whether a volume, not
+// only fetches, subscribed.
+func (w *sharedWatch) retrying() (volume bool) {
 	w.mu.Lock()
-	w.state = s
+	defer w.mu.Unlock()
+	w.state = stateRetrying
 	w.announce()
-	w.mu.Unlock()
+	return len(w.subs) > w.holds
 }
 
 func codeOfStatus(err error) int32 {

@@ -44,6 +44,7 @@ type sharedWatch struct {
 	pod     provider.Pod
 	wake    chan struct{} // buffered(1): a fresher token arrived
 	restart chan struct{} // buffered(1): the open stream's token left
+	renew   chan struct{} // buffered(1): reconnect at once, to drop a large event's buffer (prime.go)
 	done    chan struct{} // closed when run returns
 	stop    context.CancelFunc
 
@@ -60,11 +61,13 @@ type sharedWatch struct {
 	inUse    string        // token of the open stream
 
 	// What the fetch that opened the watch reads instead of a GET (prime.go).
-	holds   int            // subscribers that are fetches' holds
-	listing bool           // the stream is sending its initial events
-	listed  bool           // they ended, and initial waits for the fetch
-	initial *corev1.Secret // the Secret they showed; nil when absent
-	charge  *streamCharge  // the opening fetch's, for the first stream
+	holds   int  // subscribers that are fetches' holds
+	listing bool // the stream is sending its initial events
+	listed  bool // they ended, and initial waits for the fetch
+	// largeInitial: an initial event was over keepBufferBelow.
+	largeInitial bool
+	initial      *corev1.Secret // the Secret they showed; nil when absent
+	charge       *streamCharge  // the opening fetch's, for the first stream
 }
 
 // Watch subscribes changed to every Secret the class names. The first
@@ -191,7 +194,7 @@ func (p *Provider) watchFor(key watchKey, pod provider.Pod, mountedRV string, mo
 	ctx, cancel := context.WithCancel(context.Background())
 	w = &sharedWatch{
 		p: p, key: key, pod: pod, stop: cancel,
-		wake: make(chan struct{}, 1), restart: make(chan struct{}, 1), done: make(chan struct{}),
+		wake: make(chan struct{}, 1), restart: make(chan struct{}, 1), renew: make(chan struct{}, 1), done: make(chan struct{}),
 		subs: map[uint64]*subscriber{}, news: make(chan struct{}),
 	}
 	if mountedKnown {
@@ -225,10 +228,7 @@ func (p *Provider) unsubscribe(w *sharedWatch, id uint64) {
 	// are still here: when its volume leaves (or the driver replaces it with
 	// a fresher token on republish), reconnect with a current token.
 	if !last && sub != nil && w.state == stateOpen && sub.token.Token == w.inUse && !w.hasToken(w.inUse) {
-		select {
-		case w.restart <- struct{}{}:
-		default:
-		}
+		w.askRestart()
 	}
 	w.mu.Unlock()
 	if last && p.watches[w.key] == w {
@@ -238,6 +238,14 @@ func (p *Provider) unsubscribe(w *sharedWatch, id uint64) {
 	if last {
 		w.stop()
 		<-w.done
+	}
+}
+
+// askRestart makes the open stream reconnect, after restartDelay.
+func (w *sharedWatch) askRestart() {
+	select {
+	case w.restart <- struct{}{}:
+	default:
 	}
 }
 
