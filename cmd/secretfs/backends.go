@@ -41,8 +41,9 @@ type backendFlags struct {
 	azurePEMChain      bool
 	azureMINamespaces  string
 
-	kubeAudience string
-	kubeQPS      float64
+	kubeAudience   string
+	kubeQPS        float64
+	kubeMaxWatches int
 
 	// enabled lists the built-in backends classes may use (-backends); nil:
 	// all of them (commands without the flag).
@@ -102,6 +103,8 @@ func (b *backendFlags) register(fs *flag.FlagSet) {
 		`azure: comma-separated namespaces whose classes may use the node's managed identity (useVMManagedIdentity), "*" for all; empty: none (the identity is the node's, not the pod's)`)
 	fs.StringVar(&b.kubeAudience, "kubernetes-audience", "", `kubernetes: audience of the CSIDriver tokenRequests item whose pod token reads Secrets ("" = the API server's own)`)
 	fs.Float64Var(&b.kubeQPS, "kubernetes-qps", 50, "kubernetes: requests per second to the API server for all pods together")
+	fs.IntVar(&b.kubeMaxWatches, "kubernetes-max-watches", kubernetes.DefaultMaxWatches,
+		"kubernetes: API watches of Secrets kept open for rotation, about 70 KiB each; past it new volumes rotate at their interval")
 }
 
 // builtins constructs the in-process backends by provider name.
@@ -139,6 +142,7 @@ func (b *backendFlags) kubernetes(cfg *rest.Config, log *slog.Logger) provider.P
 	}
 	opts.Audience, opts.Logger = b.kubeAudience, log
 	opts.QPS, opts.Burst = float32(b.kubeQPS), int(2*b.kubeQPS)
+	opts.MaxWatches = b.kubeMaxWatches
 	p, err := kubernetes.New(opts)
 	if err != nil {
 		return unconfigured{fmt.Sprintf("the kubernetes provider is not configured on this node: %v", err)}

@@ -27,6 +27,10 @@ const (
 	userAgent       = "secretfs-kubernetes-provider"
 )
 
+// DefaultMaxWatches is Options.MaxWatches when unset: about 35 MiB of the
+// driver's memory at most.
+const DefaultMaxWatches = 512
+
 // Options configure the Kubernetes backend. They carry where the API server
 // is and how to trust it, never a credential: every request is made with the
 // pod's own service-account token.
@@ -54,6 +58,11 @@ type Options struct {
 	// all pods together. Defaults 50 and 100.
 	QPS   float32
 	Burst int
+	// MaxWatches bounds the API watches this process keeps open (one per
+	// Secret or selector and service account in use, about 70 KiB of memory
+	// each). Past it a volume's Watch fails ResourceExhausted (the volume
+	// rotates at its interval) and a fetch GETs. Default 512.
+	MaxWatches int
 	// WrapTransport wraps the shared transport, for metrics or tests. It sees
 	// the Authorization header: it must not log it.
 	WrapTransport func(http.RoundTripper) http.RoundTripper
@@ -94,6 +103,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Burst <= 0 {
 		o.Burst = 100
+	}
+	if o.MaxWatches <= 0 {
+		o.MaxWatches = DefaultMaxWatches
 	}
 	return nil
 }

@@ -124,7 +124,7 @@ func (p *Provider) fromWatches(ctx context.Context, req *provider.Request, token
 func (p *Provider) openHeld(key watchKey, pod provider.Pod, token provider.Token, charge *streamCharge) (w *sharedWatch, release func()) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, refused := p.forbidden[key]; refused || p.watches[key] != nil || p.held.Load() >= maxHeld {
+	if _, refused := p.forbidden[key]; refused || p.watches[key] != nil || p.held.Load() >= maxHeld || len(p.watches) >= p.opts.MaxWatches {
 		return nil, nil
 	}
 	p.held.Add(1) // until remove drops the hold

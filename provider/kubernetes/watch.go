@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/secretfs/secretfs/provider"
@@ -143,6 +144,16 @@ func mountedVersion(versions []provider.ObjectVersion, id string) (string, bool)
 // spare refresh, never a missed change.
 func (p *Provider) subscribe(key watchKey, pod provider.Pod, token provider.Token, mountedRV string, mountedKnown bool, changed func()) (func(), error) {
 	p.mu.Lock()
+	if p.watches[key] == nil && len(p.watches) >= p.opts.MaxWatches {
+		p.mu.Unlock()
+		what := "Secret " + pod.Namespace + "/" + key.secret
+		if key.selector != "" {
+			what = "the Secrets of labelSelector " + quote(key.selector)
+		}
+		return nil, provider.Errorf(codes.ResourceExhausted,
+			"this node's driver keeps %d API watches of Secrets, the most it keeps (driver flag --kubernetes-max-watches, about 70 KiB of memory each): "+
+				"changes to %s reach this volume only at its rotation interval", p.opts.MaxWatches, what)
+	}
 	w, id, created := p.watchFor(key, pod, mountedRV, mountedKnown, &subscriber{changed: changed, token: token})
 	w.mu.Lock()
 	// The volume whose fetch opened the watch is here: its hold is done.

@@ -354,3 +354,58 @@ func TestVolumesLeavingTogetherDoNotReconnect(t *testing.T) {
 		t.Errorf("watch still open after the last volume left")
 	}
 }
+
+// The node keeps at most Options.MaxWatches API watches: past it a volume's
+// Watch fails ResourceExhausted naming the flag (the volume rotates at its
+// interval) and a fetch GETs; once a watch closes, the next volume gets one.
+func TestWatchesPerNodeBounded(t *testing.T) {
+	f := newFixture(t)
+	p, err := New(Options{Host: f.s.Host, CAData: f.s.CAData, WrapTransport: f.log.wrap, QPS: 1e6, Burst: 1e6, MaxWatches: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.holdFor = 50 * time.Millisecond
+	f.serviceAccount(f.ns, "app")
+	var names []string
+	for i := range 5 {
+		name := fmt.Sprintf("s-%d", i)
+		f.putSecret(f.ns, name, map[string][]byte{"k": []byte("v")})
+		names = append(names, name)
+	}
+	f.grant(f.ns, "app", []string{"get", "watch"}, names...)
+	mount := func(name string) *provider.Request {
+		req := f.request("app", "- secretName: "+name+"\n")
+		res, err := p.Fetch(f.ctx(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.CurrentVersions = res.Versions
+		return req
+	}
+	var stops []func()
+	for _, name := range names[:3] {
+		stop, err := p.Watch(mount(name), func() {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stops = append(stops, stop)
+	}
+	gets, _ := f.log.counts()
+	req := mount(names[3])
+	if after, _ := f.log.counts(); after != gets+1 {
+		t.Errorf("a fetch past the bound made %d GETs, want 1 (no watch)", after-gets)
+	}
+	_, err = p.Watch(req, func() {})
+	wantCode(t, err, codes.ResourceExhausted, "--kubernetes-max-watches", "Secret "+f.ns+"/s-3")
+	if p.OpenWatches() != 3 {
+		t.Errorf("%d watches open, want the bound, 3", p.OpenWatches())
+	}
+	stops[0]()
+	stop, err := p.Watch(req, func() {})
+	if err != nil {
+		t.Fatalf("after a watch closed: %v", err)
+	}
+	for _, s := range append(stops[1:], stop) {
+		s()
+	}
+}
