@@ -146,7 +146,7 @@ func (w *sharedWatch) take(ctx context.Context, token string) (s *corev1.Secret,
 		case w.state == stateOpen && w.listed && w.inUse == token:
 			s, w.initial, w.listed = w.initial, nil, false
 			if w.largeInitial {
-				w.renewStream() // the stream's buffer held what the fetch took
+				signal(w.renew) // the stream's buffer held what the fetch took
 			}
 			w.mu.Unlock()
 			return s, true
@@ -190,15 +190,7 @@ func (w *sharedWatch) keepInitial(s *corev1.Secret) {
 			w.setInitial(s)
 		}
 	case large:
-		w.renewStream()
-	}
-}
-
-// renewStream makes the stream reconnect at once. The caller holds w.mu.
-func (w *sharedWatch) renewStream() {
-	select {
-	case w.renew <- struct{}{}:
-	default:
+		signal(w.renew)
 	}
 }
 
@@ -212,7 +204,7 @@ func (w *sharedWatch) initialEventsEnded() {
 	if !w.listed {
 		w.setInitial(nil)
 		if w.largeInitial {
-			w.renewStream()
+			signal(w.renew)
 		}
 	}
 	w.announce()

@@ -115,7 +115,7 @@ func New(opts Options) (*Provider, error) {
 	}, nil
 }
 
-// fetchedSecret is the outcome of one GET.
+// fetchedSecret is the outcome of one GET, or of reading a watch (prime.go).
 type fetchedSecret struct {
 	secret *corev1.Secret // nil when not found
 	err    error

@@ -170,7 +170,7 @@ func (p *Provider) subscribe(key watchKey, pod provider.Pod, token provider.Toke
 	release := func() { p.unsubscribe(w, id) }
 	if state != stateOpen {
 		if state != stateConnecting {
-			w.poke() // this volume's token may be the fresher one that works
+			signal(w.wake) // this volume's token may be the fresher one that works
 		}
 		// Learn the outcome of an attempt made with this token or a fresher
 		// one, so a 403 is reported to this volume's driver.
@@ -239,7 +239,7 @@ func (p *Provider) unsubscribe(w *sharedWatch, id uint64) {
 	// are still here: when its volume leaves (or the driver replaces it with
 	// a fresher token on republish), reconnect with a current token.
 	if !last && sub != nil && w.state == stateOpen && sub.token.Token == w.inUse && !w.hasToken(w.inUse) {
-		w.askRestart()
+		signal(w.restart) // after restartDelay
 	}
 	w.mu.Unlock()
 	if last && p.watches[w.key] == w {
@@ -252,18 +252,11 @@ func (p *Provider) unsubscribe(w *sharedWatch, id uint64) {
 	}
 }
 
-// askRestart makes the open stream reconnect, after restartDelay.
-func (w *sharedWatch) askRestart() {
+// signal sends on ch (buffered 1: wake, restart, renew) unless a signal is
+// pending already.
+func signal(ch chan<- struct{}) {
 	select {
-	case w.restart <- struct{}{}:
-	default:
-	}
-}
-
-// poke makes a watch that waits for a token retry now.
-func (w *sharedWatch) poke() {
-	select {
-	case w.wake <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
