@@ -1,12 +1,17 @@
 // Package kubecore is the driver's client of the Kubernetes core/v1 API
 // group: Secrets (the kubernetes backend reads and watches them, the Secret
 // sync writes them) and Events. It is what client-go's generated
-// CoreV1Client does, built on the same generic client (gentype), with one
-// difference: its scheme holds only core/v1. The generated client's scheme
-// (k8s.io/client-go/kubernetes/scheme) registers every built-in API group,
-// and importing it puts all of them, their typed clients and the OpenAPI
-// models into the binary: about 13 MB of code and data, most of it paged in
-// at start-up by package initialisation, for two resources.
+// CoreV1Client does, sending the same requests through client-go's REST
+// client, with two differences. Its scheme holds only core/v1: the
+// generated client's scheme (k8s.io/client-go/kubernetes/scheme) registers
+// every built-in API group, and importing it puts all of them, their typed
+// clients and the OpenAPI models into the binary (about 13 MB of code and
+// data, most of it paged in at start-up by package initialisation). And it
+// does not use the generic client the generated ones are built on
+// (k8s.io/client-go/gentype): that package also holds the fake clients'
+// machinery (k8s.io/client-go/testing: object trackers, managed fields,
+// JSON and strategic merge patch, structured-merge-diff), which a driver on
+// every node would carry and page in for nothing (resource.go).
 package kubecore
 
 import (
@@ -21,9 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/gentype"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/record"
 )
 
 var (
@@ -90,8 +93,7 @@ func NewForConfigAndClient(cfg *rest.Config, httpClient *http.Client) (*Client, 
 
 // Secrets returns the Secrets of namespace.
 func (c *Client) Secrets(namespace string) SecretInterface {
-	return gentype.NewClient[*corev1.Secret]("secrets", c.rest, parameterCodec, namespace,
-		func() *corev1.Secret { return &corev1.Secret{} }, gentype.PrefersProtobuf[*corev1.Secret]())
+	return resource[*corev1.Secret]{c.rest, "secrets", namespace, true, func() *corev1.Secret { return &corev1.Secret{} }}
 }
 
 // ListSecrets lists the Secrets of namespace that opts selects, one page
@@ -99,32 +101,26 @@ func (c *Client) Secrets(namespace string) SecretInterface {
 // selectors use it; it is not part of SecretInterface, which the Secret
 // sync's fakes implement.
 func (c *Client) ListSecrets(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.SecretList, error) {
-	return gentype.NewClientWithList[*corev1.Secret, *corev1.SecretList]("secrets", c.rest, parameterCodec, namespace,
-		func() *corev1.Secret { return &corev1.Secret{} }, func() *corev1.SecretList { return &corev1.SecretList{} },
-		gentype.PrefersProtobuf[*corev1.Secret]()).List(ctx, opts)
+	list := &corev1.SecretList{}
+	err := resource[*corev1.Secret]{c.rest, "secrets", namespace, true, nil}.list(ctx, opts, list)
+	return list, err
 }
 
-// EventSink returns the sink an event recorder writes through: each Event
-// goes to its own namespace, as client-go's EventSinkImpl does it.
-func (c *Client) EventSink() record.EventSink {
-	return eventSink{c}
+// EventInterface is what the driver does with Events: it creates them and
+// patches the count of a repeated one. client-go's typed EventInterface
+// satisfies it.
+type EventInterface interface {
+	Create(ctx context.Context, event *corev1.Event, opts metav1.CreateOptions) (*corev1.Event, error)
+	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*corev1.Event, error)
 }
 
-type eventSink struct{ c *Client }
-
-func (s eventSink) events(namespace string) *gentype.Client[*corev1.Event] {
-	return gentype.NewClient[*corev1.Event]("events", s.c.rest, parameterCodec, namespace,
-		func() *corev1.Event { return &corev1.Event{} })
+// EventsGetter hands out an EventInterface per namespace.
+type EventsGetter interface {
+	Events(namespace string) EventInterface
 }
 
-func (s eventSink) Create(e *corev1.Event) (*corev1.Event, error) {
-	return s.events(e.Namespace).Create(context.Background(), e, metav1.CreateOptions{})
-}
-
-func (s eventSink) Update(e *corev1.Event) (*corev1.Event, error) {
-	return s.events(e.Namespace).Update(context.Background(), e, metav1.UpdateOptions{})
-}
-
-func (s eventSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
-	return s.events(e.Namespace).Patch(context.Background(), e.Name, types.StrategicMergePatchType, data, metav1.PatchOptions{})
+// Events returns the Events of namespace (JSON, as client-go's generated
+// client sends them: core/v1 Events do not prefer protobuf there).
+func (c *Client) Events(namespace string) EventInterface {
+	return resource[*corev1.Event]{c.rest, "events", namespace, false, func() *corev1.Event { return &corev1.Event{} }}
 }

@@ -5,7 +5,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/gentype"
 )
 
 // PodInterface is what the driver does with pods: the Secret sync reads a
@@ -23,6 +22,5 @@ type PodsGetter interface {
 
 // Pods returns the pods of namespace.
 func (c *Client) Pods(namespace string) PodInterface {
-	return gentype.NewClient[*corev1.Pod]("pods", c.rest, parameterCodec, namespace,
-		func() *corev1.Pod { return &corev1.Pod{} }, gentype.PrefersProtobuf[*corev1.Pod]())
+	return resource[*corev1.Pod]{c.rest, "pods", namespace, true, func() *corev1.Pod { return &corev1.Pod{} }}
 }
