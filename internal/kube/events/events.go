@@ -6,10 +6,10 @@
 // when optional objects were not found and left out, and a Warning when a
 // new pod was served cached content because the backend failed.
 //
-// Events go through client-go's EventBroadcaster: posting never blocks the
-// caller (a full queue drops the event), and its correlator aggregates
-// similar events and rate-limits each pod's events, so a broken backend
-// cannot flood the API server. Publish errors are not posted here: kubelet
+// Posting never blocks the caller (a full queue drops the event), and the
+// poster (post.go) aggregates similar events and rate-limits each pod's
+// events as client-go's event correlator does, so a broken backend cannot
+// flood the API server. Publish errors are not posted here: kubelet
 // already reports them on the pod as FailedMount.
 package events
 
@@ -20,10 +20,9 @@ import (
 
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
 
 	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/provider"
@@ -57,14 +56,13 @@ type Options struct {
 // Recorder posts events about pods. Its methods are safe for concurrent use
 // and never block on the API server.
 type Recorder struct {
-	broadcaster record.EventBroadcaster
-	recorder    record.EventRecorder
-	rotated     bool
+	poster  *poster
+	rotated bool
 }
 
 // New returns a Recorder that posts core/v1 Events through the API server
-// of cfg. It needs create and patch on events (patch: the correlator
-// updates the count of a repeated event instead of creating another one).
+// of cfg. It needs create and patch on events (patch: a repeated event's
+// count is updated instead of another one created).
 func New(cfg *rest.Config, opts Options) (*Recorder, error) {
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = rest.DefaultKubernetesUserAgent() + " secretfs-events"
@@ -72,17 +70,14 @@ func New(cfg *rest.Config, opts Options) (*Recorder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the events client: %w", err)
 	}
-	return newWithSink(client.EventSink(), opts), nil
+	return newWithAPI(client, clock.RealClock{}, opts), nil
 }
 
-// newWithSink returns a Recorder that writes to sink (an API client, or a
-// fake in tests).
-func newWithSink(sink record.EventSink, opts Options) *Recorder {
-	b := record.NewBroadcaster()
-	b.StartRecordingToSink(sink)
-	// Objects are passed as ObjectReferences, which need no scheme.
-	rec := b.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: opts.Component, Host: opts.Host})
-	return &Recorder{broadcaster: b, recorder: rec, rotated: opts.Rotated}
+// newWithAPI returns a Recorder that posts through api (the API server, or
+// a fake in tests) on clock's time.
+func newWithAPI(api kubecore.EventsGetter, c clock.PassiveClock, opts Options) *Recorder {
+	p := newPoster(api, corev1.EventSource{Component: opts.Component, Host: opts.Host}, c)
+	return &Recorder{poster: p, rotated: opts.Rotated}
 }
 
 // RefreshFailed posts a Warning SecretRefreshFailed event on pod: the
@@ -93,7 +88,7 @@ func (r *Recorder) RefreshFailed(pod provider.Pod, class string, err error) {
 	if !ok || err == nil {
 		return
 	}
-	r.recorder.Event(ref, corev1.EventTypeWarning, ReasonRefreshFailed, RefreshFailedMessage(class, err))
+	r.poster.enqueue(ref, corev1.EventTypeWarning, ReasonRefreshFailed, RefreshFailedMessage(class, err))
 }
 
 // Rotated posts a Normal SecretRotated event on pod when the Recorder was
@@ -103,7 +98,7 @@ func (r *Recorder) Rotated(pod provider.Pod, class string) {
 	if !ok || !r.rotated {
 		return
 	}
-	r.recorder.Event(ref, corev1.EventTypeNormal, ReasonRotated,
+	r.poster.enqueue(ref, corev1.EventTypeNormal, ReasonRotated,
 		clip(fmt.Sprintf("Refreshed the files of SecretProviderClass %q with new content", class)))
 }
 
@@ -114,7 +109,7 @@ func (r *Recorder) Omitted(pod provider.Pod, class string, objects []string) {
 	if !ok || len(objects) == 0 {
 		return
 	}
-	r.recorder.Event(ref, corev1.EventTypeNormal, ReasonOmitted, OmittedMessage(class, objects))
+	r.poster.enqueue(ref, corev1.EventTypeNormal, ReasonOmitted, OmittedMessage(class, objects))
 }
 
 // OmittedMessage is the message of a SecretObjectsOmitted event.
@@ -131,7 +126,7 @@ func (r *Recorder) ServedStale(pod provider.Pod, class string, age time.Duration
 	if !ok || err == nil {
 		return
 	}
-	r.recorder.Event(ref, corev1.EventTypeWarning, ReasonServedStale, ServedStaleMessage(class, age, err))
+	r.poster.enqueue(ref, corev1.EventTypeWarning, ReasonServedStale, ServedStaleMessage(class, age, err))
 }
 
 // ServedStaleMessage is the message of a SecretServedStale event.
@@ -152,7 +147,7 @@ func (r *Recorder) Warning(pod provider.Pod, reason, message string) {
 	if !ok {
 		return
 	}
-	r.recorder.Event(ref, corev1.EventTypeWarning, reason, clip(message))
+	r.poster.enqueue(ref, corev1.EventTypeWarning, reason, clip(message))
 }
 
 // Normal posts a Normal event with reason and message on pod (a hook's
@@ -163,12 +158,12 @@ func (r *Recorder) Normal(pod provider.Pod, reason, message string) {
 	if !ok {
 		return
 	}
-	r.recorder.Event(ref, corev1.EventTypeNormal, reason, clip(message))
+	r.poster.enqueue(ref, corev1.EventTypeNormal, reason, clip(message))
 }
 
 // Close stops posting; events still queued are dropped.
 func (r *Recorder) Close() {
-	r.broadcaster.Shutdown()
+	r.poster.close()
 }
 
 // RefreshFailedMessage is the message of a SecretRefreshFailed event.

@@ -1,7 +1,10 @@
 package events
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -9,33 +12,72 @@ import (
 	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 
+	"github.com/secretfs/secretfs/internal/kube/kubecore"
 	"github.com/secretfs/secretfs/provider"
 )
 
-// recordingSink is a record.EventSink that keeps what reaches the API.
+// recordingSink is an API that keeps the events that reach it: what was
+// created, and each patched event as it is after the patch.
 type recordingSink struct {
 	mu      sync.Mutex
 	created []*corev1.Event
 	patched []*corev1.Event
+	fail    func(verb string) error // if set, its error answers a request
 }
 
-func (s *recordingSink) Create(e *corev1.Event) (*corev1.Event, error) {
+func (s *recordingSink) Events(namespace string) kubecore.EventInterface {
+	return sinkNamespace{s, namespace}
+}
+
+type sinkNamespace struct {
+	s  *recordingSink
+	ns string
+}
+
+func (n sinkNamespace) Create(_ context.Context, e *corev1.Event, _ metav1.CreateOptions) (*corev1.Event, error) {
+	s := n.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if e.Namespace != n.ns {
+		return nil, fmt.Errorf("event of namespace %s created in %s", e.Namespace, n.ns)
+	}
+	if s.fail != nil {
+		if err := s.fail("create"); err != nil {
+			return nil, err
+		}
+	}
 	s.created = append(s.created, e.DeepCopy())
 	return e, nil
 }
 
-func (s *recordingSink) Update(e *corev1.Event) (*corev1.Event, error) {
-	return nil, fmt.Errorf("unexpected update of %s", e.Name)
-}
-
-func (s *recordingSink) Patch(e *corev1.Event, _ []byte) (*corev1.Event, error) {
+func (n sinkNamespace) Patch(_ context.Context, name string, pt types.PatchType, data []byte, _ metav1.PatchOptions, _ ...string) (*corev1.Event, error) {
+	s := n.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.patched = append(s.patched, e.DeepCopy())
-	return e, nil
+	if s.fail != nil {
+		if err := s.fail("patch"); err != nil {
+			return nil, err
+		}
+	}
+	if pt != types.MergePatchType {
+		return nil, fmt.Errorf("patch type %s", pt)
+	}
+	for _, c := range slices.Backward(append(slices.Clone(s.created), s.patched...)) {
+		if c.Name == name && c.Namespace == n.ns {
+			e := c.DeepCopy()
+			if err := json.Unmarshal(data, e); err != nil {
+				return nil, err
+			}
+			s.patched = append(s.patched, e)
+			return e, nil
+		}
+	}
+	return nil, apierrors.NewNotFound(corev1.Resource("events"), name)
 }
 
 func (s *recordingSink) counts() (created, patched int) {
@@ -63,7 +105,7 @@ var pod = provider.Pod{Namespace: "team-a", Name: "web-0", UID: "0f1e2d3c-aaaa-b
 
 func TestRefreshFailedEvent(t *testing.T) {
 	sink := &recordingSink{}
-	r := newWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
+	r := newWithAPI(sink, clock.RealClock{}, Options{Component: "csi.secretfs.dev", Host: "node-1"})
 	defer r.Close()
 
 	err := provider.PermissionDenied(`class "app" in namespace "team-a", provider "fake": service account "web" is denied`)
@@ -109,7 +151,7 @@ func TestRefreshFailedEvent(t *testing.T) {
 
 func TestRotatedEvent(t *testing.T) {
 	sink := &recordingSink{}
-	r := newWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1", Rotated: true})
+	r := newWithAPI(sink, clock.RealClock{}, Options{Component: "csi.secretfs.dev", Host: "node-1", Rotated: true})
 	defer r.Close()
 	r.Rotated(pod, "app")
 	waitCounts(t, sink, 1, 0)
@@ -145,7 +187,7 @@ func TestRefreshFailedMessage(t *testing.T) {
 
 func TestOmittedAndServedStaleEvents(t *testing.T) {
 	sink := &recordingSink{}
-	r := newWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
+	r := newWithAPI(sink, clock.RealClock{}, Options{Component: "csi.secretfs.dev", Host: "node-1"})
 	defer r.Close()
 	r.Omitted(pod, "app", nil) // nothing left out: no event
 	r.Omitted(pod, "app", []string{`objects[1] (objectName "tls")`})
@@ -163,7 +205,7 @@ func TestOmittedAndServedStaleEvents(t *testing.T) {
 
 func TestNormalEvent(t *testing.T) {
 	sink := &recordingSink{}
-	r := newWithSink(sink, Options{Component: "csi.secretfs.dev", Host: "node-1"})
+	r := newWithAPI(sink, clock.RealClock{}, Options{Component: "csi.secretfs.dev", Host: "node-1"})
 	defer r.Close()
 	r.Normal(provider.Pod{}, "SecretRestart", "no pod: not posted")
 	r.Normal(pod, "SecretRestart", strings.Repeat("x", 2*MaxMessage))

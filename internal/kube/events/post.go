@@ -1,0 +1,228 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/flowcontrol"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/lru"
+
+	"github.com/secretfs/secretfs/internal/kube/kubecore"
+)
+
+// The poster does what client-go's event broadcaster and correlator
+// (k8s.io/client-go/tools/record) do for the few events the driver posts,
+// with their numbers: a queue that drops when full, a spam filter per
+// object, aggregation of similar events and a count on repeats. It does not
+// use that package because the correlator patches with strategic merge
+// patch, which brings the OpenAPI models and their parsers into the binary:
+// about 2.4 MB, a megabyte of it resident on every node, for a handful of
+// events.
+const (
+	queueLength = 1000 // events waiting to be posted; more are dropped
+	cacheSize   = 4096 // objects, similar groups and posted events remembered
+	// spamBurst events per object, then one every 5 minutes.
+	spamBurst = 25
+	spamQPS   = 1. / 300.
+	// After aggregateMax different messages of one reason on one object
+	// within aggregateWindow, the rest go to one "combined" event.
+	aggregateMax    = 10
+	aggregateWindow = 10 * time.Minute
+	// tries and requestTimeout bound what posting one event may take.
+	tries          = 3
+	requestTimeout = 10 * time.Second
+	combinedPrefix = "(combined from similar events): "
+)
+
+// poster posts events from its queue, one at a time, in one goroutine: the
+// caches below are only touched there.
+type poster struct {
+	api    kubecore.EventsGetter
+	source corev1.EventSource
+	clock  clock.PassiveClock
+	retry  time.Duration // the first pause between tries; doubled after each
+	queue  chan *corev1.Event
+	stop   chan struct{}
+	done   chan struct{}
+	once   sync.Once
+
+	limits  *lru.Cache // object -> flowcontrol.PassiveRateLimiter
+	similar *lru.Cache // object, type, reason -> *similarGroup
+	posted  *lru.Cache // object, type, reason, message -> *postedEvent
+}
+
+type similarGroup struct {
+	since    time.Time
+	messages map[string]struct{} // at most aggregateMax
+}
+
+type postedEvent struct {
+	name  string
+	count int32
+}
+
+func newPoster(api kubecore.EventsGetter, source corev1.EventSource, c clock.PassiveClock) *poster {
+	p := &poster{
+		api: api, source: source, clock: c, retry: time.Second,
+		queue:   make(chan *corev1.Event, queueLength),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+		limits:  lru.New(cacheSize),
+		similar: lru.New(cacheSize),
+		posted:  lru.New(cacheSize),
+	}
+	go p.run()
+	return p
+}
+
+// enqueue queues an event of type on ref, never blocking: a full queue
+// drops it.
+func (p *poster) enqueue(ref *corev1.ObjectReference, eventType, reason, message string) {
+	now := metav1.NewTime(p.clock.Now())
+	e := &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      fmt.Sprintf("%v.%x", ref.Name, now.UnixNano()),
+			Namespace: ref.Namespace,
+		},
+		InvolvedObject:      *ref,
+		Reason:              reason,
+		Message:             message,
+		FirstTimestamp:      now,
+		LastTimestamp:       now,
+		Count:               1,
+		Type:                eventType,
+		Source:              p.source,
+		ReportingController: p.source.Component,
+		ReportingInstance:   p.source.Host,
+	}
+	select {
+	case p.queue <- e:
+	default:
+	}
+}
+
+// close stops the poster; queued events are dropped.
+func (p *poster) close() {
+	p.once.Do(func() { close(p.stop) })
+	<-p.done
+}
+
+func (p *poster) run() {
+	defer close(p.done)
+	for {
+		select {
+		case <-p.stop:
+			return
+		case e := <-p.queue:
+			p.post(e)
+		}
+	}
+}
+
+// post filters, aggregates and posts e, creating it or patching the count
+// of the same event posted before.
+func (p *poster) post(e *corev1.Event) {
+	o := e.InvolvedObject
+	object := fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%s", e.Source.Component, e.Source.Host, o.Kind, o.Namespace, o.Name, o.UID)
+	if !p.allow(object) {
+		return
+	}
+	group := object + "\x00" + e.Type + "\x00" + e.Reason
+	// The event's key: the same event again patches its count. A group's
+	// combined event is one, whatever its newest message.
+	key := group + "\x00" + e.Message
+	if p.aggregated(group, e.Message) {
+		e.Message = clip(combinedPrefix + e.Message)
+		key = group + "\x00combined"
+	}
+	if v, ok := p.posted.Get(key); ok {
+		prev := v.(*postedEvent)
+		count := prev.count + 1
+		patch, _ := json.Marshal(map[string]any{"count": count, "lastTimestamp": e.LastTimestamp, "message": e.Message})
+		err := p.try(func(ctx context.Context) error {
+			_, err := p.api.Events(e.Namespace).Patch(ctx, prev.name, types.MergePatchType, patch, metav1.PatchOptions{})
+			return err
+		})
+		if err == nil {
+			prev.count = count
+			return
+		}
+		if !apierrors.IsNotFound(err) {
+			return
+		}
+		p.posted.Remove(key) // expired on the API server (its event TTL): post it anew
+	}
+	err := p.try(func(ctx context.Context) error {
+		_, err := p.api.Events(e.Namespace).Create(ctx, e, metav1.CreateOptions{})
+		return err
+	})
+	if err == nil {
+		p.posted.Add(key, &postedEvent{name: e.Name, count: 1})
+	}
+}
+
+// allow is the spam filter: spamBurst events per object, then one every
+// 1/spamQPS seconds.
+func (p *poster) allow(object string) bool {
+	v, ok := p.limits.Get(object)
+	if !ok {
+		v = flowcontrol.NewTokenBucketPassiveRateLimiterWithClock(spamQPS, spamBurst, p.clock)
+		p.limits.Add(object, v)
+	}
+	return v.(flowcontrol.PassiveRateLimiter).TryAccept()
+}
+
+// aggregated reports whether an event of group with message goes to the
+// group's combined event: the group had aggregateMax different messages
+// within aggregateWindow.
+func (p *poster) aggregated(group, message string) bool {
+	now := p.clock.Now()
+	var g *similarGroup
+	if v, ok := p.similar.Get(group); ok {
+		g = v.(*similarGroup)
+	}
+	if g == nil || now.Sub(g.since) > aggregateWindow {
+		g = &similarGroup{since: now, messages: map[string]struct{}{}}
+		p.similar.Add(group, g)
+	}
+	if _, seen := g.messages[message]; !seen && len(g.messages) < aggregateMax {
+		g.messages[message] = struct{}{}
+		return false
+	}
+	return len(g.messages) >= aggregateMax
+}
+
+// try calls fn up to tries times, pausing between tries, until it
+// succeeds, fails for good (the API server refused the event) or the
+// poster stops.
+func (p *poster) try(fn func(ctx context.Context) error) error {
+	pause := p.retry
+	for i := 1; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		err := fn(ctx)
+		cancel()
+		if err == nil || i == tries || final(err) {
+			return err
+		}
+		select {
+		case <-p.stop:
+			return err
+		case <-time.After(pause):
+		}
+		pause *= 2
+	}
+}
+
+// final: trying again would get the same answer.
+func final(err error) bool {
+	return apierrors.IsNotFound(err) || apierrors.IsAlreadyExists(err) || apierrors.IsInvalid(err) ||
+		apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) || apierrors.IsUnauthorized(err)
+}
