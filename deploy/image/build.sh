@@ -23,7 +23,8 @@ trap 'rm -rf "$rootfs"' EXIT
 mkdir -p "$rootfs/bin" "$rootfs/tmp" "$rootfs/etc"
 chmod 1777 "$rootfs/tmp"
 version=$(git -C "$repo" describe --tags --always --dirty 2>/dev/null || echo dev)
-CGO_ENABLED=0 go build -C "$repo" -trimpath -ldflags "-s -w -X github.com/secretfs/secretfs/driver.Version=$version" -o "$rootfs/bin/secretfs" ./cmd/secretfs
+# -tags grpcnotrace: as the Makefile's TAGS (the reason is there).
+CGO_ENABLED=0 go build -C "$repo" -trimpath -tags grpcnotrace -ldflags "-s -w -X github.com/secretfs/secretfs/driver.Version=$version" -o "$rootfs/bin/secretfs" ./cmd/secretfs
 cp "$busybox" "$rootfs/bin/busybox"
 ln -s busybox "$rootfs/bin/mount"
 ln -s busybox "$rootfs/bin/umount"

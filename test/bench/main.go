@@ -211,8 +211,8 @@ func run(cfg config, instead func(ctx context.Context, bin, dir string) error) e
 }
 
 // build compiles ./cmd/secretfs of the module the harness is run in;
-// strip builds it as the image does (-ldflags '-s -w'), which changes the
-// binary's file-backed pages.
+// strip builds it as the image does (-ldflags '-s -w', -tags grpcnotrace),
+// which changes the binary's file-backed pages.
 func build(ctx context.Context, out string, strip bool) error {
 	gomod, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
 	if err != nil || strings.TrimSpace(string(gomod)) == "" || strings.TrimSpace(string(gomod)) == os.DevNull {
@@ -220,7 +220,7 @@ func build(ctx context.Context, out string, strip bool) error {
 	}
 	args := []string{"build", "-trimpath", "-o", out}
 	if strip {
-		args = append(args, "-ldflags", "-s -w")
+		args = append(args, "-ldflags", "-s -w", "-tags", "grpcnotrace")
 	}
 	cmd := exec.CommandContext(ctx, "go", append(args, "./cmd/secretfs")...)
 	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
