@@ -452,7 +452,8 @@ func driversCPU(t *testing.T) time.Duration {
 }
 
 // auditedRequests counts the audit log's requests in namespace ns by
-// "user verb resource" (the suite's audit policy logs reads of Secrets,
+// "user verb resource", with the status code when it is not a success
+// (the suite's audit policy logs reads of Secrets,
 // service-account token requests and the secrets-store resources).
 func auditedRequests(t *testing.T, path, ns string) map[string]int {
 	t.Helper()
@@ -475,7 +476,11 @@ func auditedRequests(t *testing.T, path, ns string) map[string]int {
 		if strings.HasPrefix(user, "system:node:") {
 			user = "system:node:*"
 		}
-		out[user+" "+ev.Verb+" "+res]++
+		key := user + " " + ev.Verb + " " + res
+		if ev.ResponseStatus != nil && ev.ResponseStatus.Code >= 300 {
+			key += fmt.Sprintf(" %d", ev.ResponseStatus.Code) // refused: kubelet or the driver retries
+		}
+		out[key]++
 	})
 	return out
 }
