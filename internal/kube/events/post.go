@@ -2,8 +2,10 @@ package events
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,7 +35,7 @@ const (
 	spamBurst = 25
 	spamQPS   = 1. / 300.
 	// After aggregateMax different messages of one reason on one object
-	// within aggregateWindow, the rest go to one "combined" event.
+	// within aggregateWindow, other messages go to one "combined" event.
 	aggregateMax    = 10
 	aggregateWindow = 10 * time.Minute
 	// tries and requestTimeout bound what posting one event may take.
@@ -54,6 +56,9 @@ type poster struct {
 	done   chan struct{}
 	once   sync.Once
 
+	// The caches' keys are digests (digest), so what they hold does not
+	// grow with the names and messages a tenant chooses: about 4 MiB when
+	// all are full (TestPosterMemoryDoesNotGrowWithMessages).
 	limits  *lru.Cache // object -> flowcontrol.PassiveRateLimiter
 	similar *lru.Cache // object, type, reason -> *similarGroup
 	posted  *lru.Cache // object, type, reason, message -> *postedEvent
@@ -61,7 +66,8 @@ type poster struct {
 
 type similarGroup struct {
 	since    time.Time
-	messages map[string]struct{} // at most aggregateMax
+	messages [aggregateMax][sha256.Size]byte // digests of the first n messages
+	n        int
 }
 
 type postedEvent struct {
@@ -131,17 +137,18 @@ func (p *poster) run() {
 // of the same event posted before.
 func (p *poster) post(e *corev1.Event) {
 	o := e.InvolvedObject
-	object := fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%s", e.Source.Component, e.Source.Host, o.Kind, o.Namespace, o.Name, o.UID)
+	object := digest(e.Source.Component, e.Source.Host, o.Kind, o.Namespace, o.Name, string(o.UID))
 	if !p.allow(object) {
 		return
 	}
-	group := object + "\x00" + e.Type + "\x00" + e.Reason
+	group := digest(string(object[:]), e.Type, e.Reason)
 	// The event's key: the same event again patches its count. A group's
 	// combined event is one, whatever its newest message.
-	key := group + "\x00" + e.Message
-	if p.aggregated(group, e.Message) {
+	message := digest(e.Message)
+	key := digest(string(group[:]), string(message[:]))
+	if p.aggregated(group, message) {
 		e.Message = clip(combinedPrefix + e.Message)
-		key = group + "\x00combined"
+		key = digest(string(group[:]), "combined")
 	}
 	if v, ok := p.posted.Get(key); ok {
 		prev := v.(*postedEvent)
@@ -171,7 +178,7 @@ func (p *poster) post(e *corev1.Event) {
 
 // allow is the spam filter: spamBurst events per object, then one every
 // 1/spamQPS seconds.
-func (p *poster) allow(object string) bool {
+func (p *poster) allow(object [sha256.Size]byte) bool {
 	v, ok := p.limits.Get(object)
 	if !ok {
 		v = flowcontrol.NewTokenBucketPassiveRateLimiterWithClock(spamQPS, spamBurst, p.clock)
@@ -181,23 +188,39 @@ func (p *poster) allow(object string) bool {
 }
 
 // aggregated reports whether an event of group with message goes to the
-// group's combined event: the group had aggregateMax different messages
-// within aggregateWindow.
-func (p *poster) aggregated(group, message string) bool {
+// group's combined event: the group had aggregateMax other messages within
+// aggregateWindow.
+func (p *poster) aggregated(group, message [sha256.Size]byte) bool {
 	now := p.clock.Now()
 	var g *similarGroup
 	if v, ok := p.similar.Get(group); ok {
 		g = v.(*similarGroup)
 	}
 	if g == nil || now.Sub(g.since) > aggregateWindow {
-		g = &similarGroup{since: now, messages: map[string]struct{}{}}
+		g = &similarGroup{since: now}
 		p.similar.Add(group, g)
 	}
-	if _, seen := g.messages[message]; !seen && len(g.messages) < aggregateMax {
-		g.messages[message] = struct{}{}
+	if slices.Contains(g.messages[:g.n], message) {
 		return false
 	}
-	return len(g.messages) >= aggregateMax
+	if g.n < aggregateMax {
+		g.messages[g.n] = message
+		g.n++
+		return false
+	}
+	return true
+}
+
+// digest is the cache key of fields: each field length-prefixed, so no two
+// lists of fields share one.
+func digest(fields ...string) [sha256.Size]byte {
+	h := sha256.New()
+	for _, f := range fields {
+		fmt.Fprintf(h, "%d:%s", len(f), f)
+	}
+	var d [sha256.Size]byte
+	h.Sum(d[:0])
+	return d
 }
 
 // try calls fn up to tries times, pausing between tries, until it

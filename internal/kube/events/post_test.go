@@ -1,8 +1,10 @@
 package events
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -10,7 +12,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	testclock "k8s.io/utils/clock/testing"
+
+	"github.com/secretfs/secretfs/internal/kube/kubecore"
 )
 
 func newTestRecorder(t *testing.T, sink *recordingSink) (*Recorder, *testclock.FakeClock) {
@@ -50,8 +57,9 @@ func TestEventsPerPodAreRateLimited(t *testing.T) {
 }
 
 // After aggregateMax different messages of one reason on a pod within ten
-// minutes, the rest go to one combined event whose count and message are
-// patched; after the window, messages post on their own again.
+// minutes, other messages go to one combined event whose count and message
+// are patched (the first ten's repeats count on their own events); after
+// the window, messages post on their own again.
 func TestSimilarEventsAreCombined(t *testing.T) {
 	sink := &recordingSink{}
 	r, clk := newTestRecorder(t, sink)
@@ -67,9 +75,12 @@ func TestSimilarEventsAreCombined(t *testing.T) {
 	if last.Name != combined.Name || last.Count != 3 || last.Message != combinedPrefix+fmt.Sprintf("attempt %d failed", aggregateMax+2) {
 		t.Errorf("combined event patched to %s count %d %q", last.Name, last.Count, last.Message)
 	}
-	// A message seen before the group filled also goes to the combined one.
+	// A message seen before the group filled counts on its own event.
 	r.Warning(pod, "Failed", "attempt 0 failed")
 	waitCounts(t, sink, aggregateMax+1, 3)
+	if p := sink.patched[2]; p.Name != sink.created[0].Name || p.Count != 2 || p.Message != "attempt 0 failed" {
+		t.Errorf("a repeat of the first message patched %s count %d %q, want %s count 2", p.Name, p.Count, p.Message, sink.created[0].Name)
+	}
 
 	clk.Step(aggregateWindow + time.Second)
 	r.Warning(pod, "Failed", "attempt 99 failed")
@@ -151,4 +162,54 @@ func TestPostingNeverBlocks(t *testing.T) {
 	close(stuck)
 	r.Close()
 	r.Close() // twice is fine
+}
+
+// countingAPI takes every event and keeps none.
+type countingAPI struct{ n atomic.Int64 }
+
+func (c *countingAPI) Events(string) kubecore.EventInterface { return c }
+
+func (c *countingAPI) Create(_ context.Context, e *corev1.Event, _ metav1.CreateOptions) (*corev1.Event, error) {
+	c.n.Add(1)
+	return e, nil
+}
+
+func (c *countingAPI) Patch(context.Context, string, types.PatchType, []byte, metav1.PatchOptions, ...string) (*corev1.Event, error) {
+	c.n.Add(1)
+	return nil, nil
+}
+
+// What the poster remembers does not grow with the messages: pods whose
+// refreshes fail with long messages that differ every time (a tenant
+// chooses the object names an error quotes) fill every cache, and the
+// caches hold digests. Keeping the messages themselves, as client-go's
+// correlator does, held 10 x 1 KiB per pod and reason: 44 MiB here.
+func TestPosterMemoryDoesNotGrowWithMessages(t *testing.T) {
+	api := &countingAPI{}
+	p := newPoster(api, corev1.EventSource{Component: "csi.secretfs.dev", Host: "node-1"}, clock.RealClock{})
+	defer p.close()
+	long := strings.Repeat("x", MaxMessage-20)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	pods := cacheSize
+	for i := range pods {
+		ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: "team-a",
+			Name: fmt.Sprintf("web-%d", i), UID: types.UID(fmt.Sprintf("uid-%d", i))}
+		for m := range aggregateMax + 1 {
+			p.post(&corev1.Event{InvolvedObject: *ref, Type: corev1.EventTypeWarning, Reason: "Failed",
+				Message: fmt.Sprintf("%d %s", m, long), ObjectMeta: metav1.ObjectMeta{Name: ref.Name + ".x", Namespace: "team-a"}})
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if n := api.n.Load(); n != int64(pods*(aggregateMax+1)) {
+		t.Fatalf("%d requests, want %d", n, pods*(aggregateMax+1))
+	}
+	t.Logf("%d pods x %d messages of %d bytes: caches hold %.1f MiB", pods, aggregateMax+1, len(long), float64(grown)/(1<<20))
+	if grown > 6<<20 {
+		t.Errorf("the caches hold %.1f MiB after %d pods' events, want at most 6 MiB", float64(grown)/(1<<20), pods)
+	}
+	runtime.KeepAlive(p)
 }
