@@ -131,12 +131,8 @@ func (r *Recorder) ServedStale(pod provider.Pod, class string, age time.Duration
 
 // ServedStaleMessage is the message of a SecretServedStale event.
 func ServedStaleMessage(class string, age time.Duration, err error) string {
-	msg := err.Error()
-	if st, ok := status.FromError(err); ok {
-		msg = st.Message()
-	}
 	return clip(fmt.Sprintf("The backend of SecretProviderClass %q failed, so the volume holds content this node fetched %s ago for the same service account and class (staleIfError): %s: %s",
-		class, age.Round(time.Second), provider.CodeOf(err), msg))
+		class, age.Round(time.Second), provider.CodeOf(err), errorMessage(err)))
 }
 
 // Warning posts a Warning event with reason and message on pod (for the
@@ -168,12 +164,18 @@ func (r *Recorder) Close() {
 
 // RefreshFailedMessage is the message of a SecretRefreshFailed event.
 func RefreshFailedMessage(class string, err error) string {
-	msg := err.Error()
-	if st, ok := status.FromError(err); ok {
-		msg = st.Message() // without the "rpc error: code = ..." prefix
-	}
 	return clip(fmt.Sprintf("Refreshing the files of SecretProviderClass %q failed; the volume keeps its last good content: %s: %s",
-		class, provider.CodeOf(err), msg))
+		class, provider.CodeOf(err), errorMessage(err)))
+}
+
+// errorMessage is err's message without the "rpc error: code = ..." prefix
+// of a gRPC status, cut to what an event can hold before it is formatted
+// into one (an error may be long; the caller is a refresh or a publish).
+func errorMessage(err error) string {
+	if st, ok := status.FromError(err); ok {
+		return clip(st.Message())
+	}
+	return clip(err.Error())
 }
 
 // podRef refers to pod; without a namespace and name there is nothing to

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/lru"
@@ -23,14 +25,19 @@ import (
 // The poster does what client-go's event broadcaster and correlator
 // (k8s.io/client-go/tools/record) do for the few events the driver posts,
 // with their numbers: a queue that drops when full, a spam filter per
-// object, aggregation of similar events and a count on repeats. It does not
+// object, aggregation of similar events and a count on repeats. Unlike
+// client-go's, its queue is fair between namespaces: each has a queue of its
+// own, at most perNamespace events, posted round-robin, and the spam filter
+// runs before an event is queued, so one tenant's pods can neither drop nor
+// delay the events of another namespace's pods. It does not
 // use that package because the correlator patches with strategic merge
 // patch, which brings the OpenAPI models and their parsers into the binary:
 // about 2.4 MB, a megabyte of it resident on every node, for a handful of
 // events.
 const (
-	queueLength = 1000 // events waiting to be posted; more are dropped
-	cacheSize   = 4096 // objects, similar groups and posted events remembered
+	queueLength  = 1000 // events waiting to be posted on the node; more are dropped
+	perNamespace = 100  // events waiting to be posted in one namespace
+	cacheSize    = 4096 // objects, similar groups and posted events remembered
 	// spamBurst events per object, then one every 5 minutes.
 	spamBurst = 25
 	spamQPS   = 1. / 300.
@@ -38,23 +45,29 @@ const (
 	// within aggregateWindow, other messages go to one "combined" event.
 	aggregateMax    = 10
 	aggregateWindow = 10 * time.Minute
-	// tries and requestTimeout bound what posting one event may take.
+	// tries and requestTimeout bound what posting one event may take;
+	// closing the poster ends a request at once.
 	tries          = 3
 	requestTimeout = 10 * time.Second
 	combinedPrefix = "(combined from similar events): "
 )
 
-// poster posts events from its queue, one at a time, in one goroutine: the
-// caches below are only touched there.
+// poster posts events from its queues, one at a time, in one goroutine.
 type poster struct {
 	api    kubecore.EventsGetter
 	source corev1.EventSource
 	clock  clock.PassiveClock
 	retry  time.Duration // the first pause between tries; doubled after each
-	queue  chan *corev1.Event
-	stop   chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc // on close: ends the request in flight
+	wake   chan struct{}      // an event was queued (capacity 1)
 	done   chan struct{}
-	once   sync.Once
+
+	mu     sync.Mutex
+	queues map[string][]queued // namespace -> its events, oldest first
+	turn   []string            // namespaces with queued events, whose turn is next first
+	length int                 // events in all queues
+	closed bool
 
 	// The caches' keys are digests (digest), so what they hold does not
 	// grow with the names and messages a tenant chooses: about 4 MiB when
@@ -75,12 +88,20 @@ type postedEvent struct {
 	count int32
 }
 
+// queued is an event waiting to be posted, with the digest of its object.
+type queued struct {
+	e      *corev1.Event
+	object [sha256.Size]byte
+}
+
 func newPoster(api kubecore.EventsGetter, source corev1.EventSource, c clock.PassiveClock) *poster {
+	ctx, cancel := context.WithCancel(context.Background())
 	p := &poster{
 		api: api, source: source, clock: c, retry: time.Second,
-		queue:   make(chan *corev1.Event, queueLength),
-		stop:    make(chan struct{}),
+		ctx: ctx, cancel: cancel,
+		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
+		queues:  map[string][]queued{},
 		limits:  lru.New(cacheSize),
 		similar: lru.New(cacheSize),
 		posted:  lru.New(cacheSize),
@@ -89,13 +110,18 @@ func newPoster(api kubecore.EventsGetter, source corev1.EventSource, c clock.Pas
 	return p
 }
 
-// enqueue queues an event of type on ref, never blocking: a full queue
-// drops it.
+// enqueue queues an event of type on ref, never blocking. It is dropped
+// when the object is past its spam filter, its namespace's queue or the
+// node's queue is full, or the poster is closed.
 func (p *poster) enqueue(ref *corev1.ObjectReference, eventType, reason, message string) {
+	object := digest(p.source.Component, p.source.Host, ref.Kind, ref.Namespace, ref.Name, string(ref.UID))
+	if !p.allow(object) {
+		return
+	}
 	now := metav1.NewTime(p.clock.Now())
 	e := &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      fmt.Sprintf("%v.%x", ref.Name, now.UnixNano()),
+			Name:      eventName(ref.Name, now.Time),
 			Namespace: ref.Namespace,
 		},
 		InvolvedObject:      *ref,
@@ -109,38 +135,86 @@ func (p *poster) enqueue(ref *corev1.ObjectReference, eventType, reason, message
 		ReportingController: p.source.Component,
 		ReportingInstance:   p.source.Host,
 	}
+	p.mu.Lock()
+	q := p.queues[ref.Namespace]
+	if p.closed || p.length >= queueLength || len(q) >= perNamespace {
+		p.mu.Unlock()
+		return
+	}
+	if len(q) == 0 {
+		p.turn = append(p.turn, ref.Namespace)
+	}
+	p.queues[ref.Namespace] = append(q, queued{e, object})
+	p.length++
+	p.mu.Unlock()
 	select {
-	case p.queue <- e:
+	case p.wake <- struct{}{}:
 	default:
 	}
 }
 
-// close stops the poster; queued events are dropped.
+// eventName is client-go's: the object's name and the time in hex, with
+// the name cut so the whole stays a valid name (253 bytes).
+func eventName(object string, t time.Time) string {
+	suffix := fmt.Sprintf(".%x", t.UnixNano())
+	if max := validation.DNS1123SubdomainMaxLength - len(suffix); len(object) > max {
+		object = strings.TrimRight(object[:max], ".-")
+	}
+	return object + suffix
+}
+
+// next takes the oldest event of the namespace whose turn it is, and moves
+// that namespace to the end of the turns.
+func (p *poster) next() (queued, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.turn) == 0 || p.closed {
+		return queued{}, false
+	}
+	ns := p.turn[0]
+	q := p.queues[ns]
+	e := q[0]
+	q[0] = queued{}
+	p.turn = p.turn[1:]
+	if q = q[1:]; len(q) == 0 {
+		delete(p.queues, ns)
+	} else {
+		p.queues[ns] = q
+		p.turn = append(p.turn, ns)
+	}
+	p.length--
+	return e, true
+}
+
+// close stops the poster: a request in flight ends, queued events are
+// dropped and later ones are not queued.
 func (p *poster) close() {
-	p.once.Do(func() { close(p.stop) })
+	p.mu.Lock()
+	p.closed = true
+	p.queues, p.turn, p.length = nil, nil, 0
+	p.mu.Unlock()
+	p.cancel()
 	<-p.done
 }
 
 func (p *poster) run() {
 	defer close(p.done)
 	for {
+		if q, ok := p.next(); ok {
+			p.post(q.e, q.object)
+			continue
+		}
 		select {
-		case <-p.stop:
+		case <-p.ctx.Done():
 			return
-		case e := <-p.queue:
-			p.post(e)
+		case <-p.wake:
 		}
 	}
 }
 
-// post filters, aggregates and posts e, creating it or patching the count
-// of the same event posted before.
-func (p *poster) post(e *corev1.Event) {
-	o := e.InvolvedObject
-	object := digest(e.Source.Component, e.Source.Host, o.Kind, o.Namespace, o.Name, string(o.UID))
-	if !p.allow(object) {
-		return
-	}
+// post aggregates and posts e, about object, creating it or patching the
+// count of the same event posted before.
+func (p *poster) post(e *corev1.Event, object [sha256.Size]byte) {
 	group := digest(string(object[:]), e.Type, e.Reason)
 	// The event's key: the same event again patches its count. A group's
 	// combined event is one, whatever its newest message.
@@ -229,14 +303,14 @@ func digest(fields ...string) [sha256.Size]byte {
 func (p *poster) try(fn func(ctx context.Context) error) error {
 	pause := p.retry
 	for i := 1; ; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, requestTimeout)
 		err := fn(ctx)
 		cancel()
 		if err == nil || i == tries || final(err) {
 			return err
 		}
 		select {
-		case <-p.stop:
+		case <-p.ctx.Done():
 			return err
 		case <-time.After(pause):
 		}

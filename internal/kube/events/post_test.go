@@ -156,8 +156,11 @@ func TestPostingNeverBlocks(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("posting %d events took %v", 3*queueLength, d)
 	}
-	if n := len(r.poster.queue); n != queueLength {
-		t.Errorf("queue holds %d events, want %d (the rest dropped)", n, queueLength)
+	r.poster.mu.Lock()
+	n := r.poster.length
+	r.poster.mu.Unlock()
+	if n != perNamespace {
+		t.Errorf("queue holds %d events, want %d, the namespace's (the rest dropped)", n, perNamespace)
 	}
 	close(stuck)
 	r.Close()
@@ -198,7 +201,7 @@ func TestPosterMemoryDoesNotGrowWithMessages(t *testing.T) {
 			Name: fmt.Sprintf("web-%d", i), UID: types.UID(fmt.Sprintf("uid-%d", i))}
 		for m := range aggregateMax + 1 {
 			p.post(&corev1.Event{InvolvedObject: *ref, Type: corev1.EventTypeWarning, Reason: "Failed",
-				Message: fmt.Sprintf("%d %s", m, long), ObjectMeta: metav1.ObjectMeta{Name: ref.Name + ".x", Namespace: "team-a"}})
+				Message: fmt.Sprintf("%d %s", m, long), ObjectMeta: metav1.ObjectMeta{Name: ref.Name + ".x", Namespace: "team-a"}}, digest(ref.Name))
 		}
 	}
 	runtime.GC()
