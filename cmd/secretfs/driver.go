@@ -67,7 +67,7 @@ func (f *driverFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.minRotation, "min-rotation-interval", driver.DefaultMinRotationInterval, "lowest rotation interval a class may set for itself (secretfs.dev/rotationInterval); lower values are raised to it")
 	fs.DurationVar(&f.maxRotation, "max-rotation-interval", driver.DefaultMaxRotationInterval, "highest rotation interval a class may set for itself; higher values are lowered to it")
 	fs.DurationVar(&f.maxStale, "max-stale-if-error", driver.DefaultMaxStaleIfError, "oldest node-cache content a class's secretfs.dev/staleIfError may give a new pod when its backend is down (0: never)")
-	fs.StringVar(&f.healthAddr, "health-addr", defaultHealthAddr, "address for /healthz (empty: off); loopback, for the exec probe `secretfs probe`")
+	fs.StringVar(&f.healthAddr, "health-addr", defaultHealthAddr, "address for /healthz (empty: off); the manifests set the pod's own IP for kubelet's HTTP probes")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9809", "address for /metrics (empty: off); the manifests set the pod's own IP, so a scraper reaches it and nothing else listens")
 	fs.StringVar(&f.regDir, "registration-dir", "", "kubelet plugin registration directory to register in (empty: rely on node-driver-registrar)")
 	fs.StringVar(&f.pprofAddr, "pprof-addr", "", "serve Go's pprof profiles (/debug/pprof/) here: a unix socket (unix:///path) or a loopback host:port; empty: off")

@@ -16,7 +16,7 @@ Usage:
   secretfs run [flags] -- CMD  run a command with a SecretProviderClass's files only it can see (local agent)
   secretfs credentials [flags]  serve a SecretProviderClass's files to systemd units (LoadCredential=)
   secretfs provider [flags]   serve a built-in backend over the provider protocol
-  secretfs probe    [flags]   check the driver's /healthz (exec probe)
+  secretfs probe    [flags]   check the driver's /healthz
   secretfs status   [flags]   show the volumes the driver on this node has mounted (never secret values)
   secretfs refresh  [flags]   refresh one class's or one pod's volumes on this node now
   secretfs version            print the version

@@ -8,16 +8,15 @@ import (
 	"time"
 )
 
-// defaultHealthAddr keeps /healthz off every interface but loopback: the
-// DaemonSet's probes exec "secretfs probe" inside the container, which
-// reaches the container's own loopback, so nothing listens on the node's or
-// the pod's address for it.
+// defaultHealthAddr keeps /healthz off every interface but loopback unless
+// the operator names an address: the manifests set the pod's own IP for
+// kubelet's HTTP probes. `secretfs probe` checks it from the same host (a
+// local agent under systemd, or by hand).
 const defaultHealthAddr = "127.0.0.1:9808"
 
-// runProbe asks the driver's /healthz and exits 0 when it answers 200: the
-// exec liveness and readiness probe of the DaemonSet.
+// runProbe asks the driver's /healthz and exits 0 when it answers 200.
 func runProbe(args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("probe", "Check the driver's /healthz (an exec probe for kubelet): exit 0 when healthy, 1 otherwise.", stdout)
+	fs := newFlagSet("probe", "Check the driver's /healthz: exit 0 when healthy, 1 otherwise.", stdout)
 	addr := fs.String("addr", defaultHealthAddr, "the driver's -health-addr")
 	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the answer")
 	if code, ok := parse(fs, args, stderr); !ok {

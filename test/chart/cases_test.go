@@ -15,7 +15,7 @@ func checkDefault(t *testing.T, r *rendered) {
 	wantArgs(t, d, map[string]string{
 		"--registration-dir":                  "/var/lib/kubelet/plugins_registry",
 		"--provider-dir":                      "/var/run/secrets-store-csi-providers,/etc/kubernetes/secrets-store-csi-providers",
-		"--health-addr":                       "127.0.0.1:9808",
+		"--health-addr":                       "$(POD_IP):9808",
 		"--metrics-addr":                      "$(POD_IP):9809",
 		"--backends":                          "azure,kubernetes",
 		"--azure-managed-identity-namespaces": "",
@@ -87,7 +87,7 @@ func checkHostNetwork(t *testing.T, r *rendered) {
 	if !spec.HostNetwork || spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
 		t.Errorf("hostNetwork %v dnsPolicy %q", spec.HostNetwork, spec.DNSPolicy)
 	}
-	wantArgs(t, d, map[string]string{"--health-addr": "127.0.0.1:19808", "--metrics-addr": "127.0.0.1:19809",
+	wantArgs(t, d, map[string]string{"--health-addr": "$(POD_IP):19808", "--metrics-addr": "127.0.0.1:19809",
 		"--provider-dir": "/var/run/secrets-store-csi-providers"})
 	if d.Image != "registry.example/secretfs@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" {
 		t.Errorf("image %q, want the digest", d.Image)
@@ -104,7 +104,7 @@ func checkFull(t *testing.T, r *rendered) {
 	wantArgs(t, d, map[string]string{
 		"--driver-name":                       "csi.example.org",
 		"--provider-dir":                      "/opt/providers,/etc/providers",
-		"--health-addr":                       "127.0.0.1:19808",
+		"--health-addr":                       "$(POD_IP):19808",
 		"--metrics-addr":                      "$(POD_IP):19809",
 		"--backends":                          "azure,kubernetes,fake",
 		"--azure-managed-identity-namespaces": "infra,monitoring",

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -272,15 +273,18 @@ func checkInvariants(t *testing.T, r *rendered) {
 	if driver.SecurityContext == nil || driver.SecurityContext.Privileged == nil || !*driver.SecurityContext.Privileged {
 		t.Error("driver container is not privileged: it cannot mount into pods' directories")
 	}
-	// /healthz is on loopback only: the probes exec "secretfs probe" in the
-	// container, at the address the driver listens on.
-	health, _ := arg(driver, "--health-addr")
-	if !strings.HasPrefix(health, "127.0.0.1:") {
-		t.Errorf("--health-addr=%s is not on loopback", health)
+	// /healthz is on the pod's own address, for kubelet's HTTP probes (an
+	// exec probe starts a process in the container every few seconds).
+	i := slices.IndexFunc(driver.Ports, func(p corev1.ContainerPort) bool { return p.Name == "healthz" })
+	if i < 0 {
+		t.Fatalf("driver ports %+v lack healthz", driver.Ports)
+	}
+	if health, _ := arg(driver, "--health-addr"); health != fmt.Sprintf("$(POD_IP):%d", driver.Ports[i].ContainerPort) {
+		t.Errorf("--health-addr=%s, want $(POD_IP):%d (the pod's own address, never every interface)", health, driver.Ports[i].ContainerPort)
 	}
 	for name, p := range map[string]*corev1.Probe{"liveness": driver.LivenessProbe, "readiness": driver.ReadinessProbe} {
-		if p == nil || p.Exec == nil || strings.Join(p.Exec.Command, " ") != "/bin/secretfs probe --addr="+health {
-			t.Errorf("driver %s probe %+v, want exec /bin/secretfs probe --addr=%s", name, p, health)
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != "healthz" || p.Exec != nil {
+			t.Errorf("driver %s probe %+v, want httpGet /healthz on port healthz", name, p)
 		}
 	}
 	if driver.Resources.Limits.Memory().IsZero() {

@@ -34,7 +34,7 @@ func TestSSCDValuesFile(t *testing.T) {
 		"--provider-max-message-size": "4194304",
 		"--provider-health-interval":  "0", // providerHealthCheck: false
 		"--metrics-addr":              "$(POD_IP):8095",
-		"--health-addr":               "127.0.0.1:9808",
+		"--health-addr":               "$(POD_IP):9808",
 		"--provider-dir":              "/var/run/secrets-store-csi-providers,/etc/kubernetes/secrets-store-csi-providers",
 		"--kubelet-dir":               "/var/lib/kubelet",
 	})

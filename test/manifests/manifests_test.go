@@ -144,19 +144,29 @@ func TestDaemonSet(t *testing.T) {
 	if driver.SecurityContext == nil || driver.SecurityContext.Privileged == nil || !*driver.SecurityContext.Privileged {
 		t.Error("driver container is not privileged: it cannot mount into pods' directories")
 	}
-	// /healthz is on loopback only, so kubelet cannot reach it over the
-	// network: the probes exec "secretfs probe" in the container.
+	// /healthz is on the pod's own address, for kubelet's HTTP probes (an
+	// exec probe starts a process in the container every few seconds).
 	for name, p := range map[string]*corev1.Probe{"liveness": driver.LivenessProbe, "readiness": driver.ReadinessProbe} {
-		if p == nil || p.Exec == nil || strings.Join(p.Exec.Command, " ") != "/bin/secretfs probe --addr=$(HEALTH_ADDR)" {
-			t.Errorf("driver %s probe %+v, want exec /bin/secretfs probe --addr=$(HEALTH_ADDR)", name, p)
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != "healthz" || p.Exec != nil {
+			t.Errorf("driver %s probe %+v, want httpGet /healthz on port healthz", name, p)
 		}
 	}
-	env := map[string]corev1.EnvVar{}
-	for _, e := range driver.Env {
-		env[e.Name] = e
+	if !slices.ContainsFunc(driver.Ports, func(p corev1.ContainerPort) bool { return p.Name == "healthz" && p.ContainerPort == 9808 }) {
+		t.Errorf("driver ports %+v lack healthz 9808", driver.Ports)
 	}
-	if v := env["HEALTH_ADDR"].Value; !strings.HasPrefix(v, "127.0.0.1:") {
-		t.Errorf("HEALTH_ADDR %q is not on loopback", v)
+	env := map[string]corev1.EnvVar{}
+	podIP := -1
+	for i, e := range driver.Env {
+		env[e.Name] = e
+		if e.Name == "POD_IP" {
+			podIP = i
+		}
+	}
+	if v := env["HEALTH_ADDR"].Value; v != "$(POD_IP):9808" {
+		t.Errorf("HEALTH_ADDR %q, want $(POD_IP):9808 (the pod's own address, never every interface)", v)
+	}
+	if i := slices.IndexFunc(driver.Env, func(e corev1.EnvVar) bool { return e.Name == "HEALTH_ADDR" }); podIP < 0 || i < podIP {
+		t.Errorf("HEALTH_ADDR (env %d) does not follow POD_IP (env %d): $(POD_IP) would not expand", i, podIP)
 	}
 	if v := env["METRICS_ADDR"].Value; v != "$(POD_IP):9809" || env["POD_IP"].ValueFrom == nil || env["POD_IP"].ValueFrom.FieldRef.FieldPath != "status.podIP" {
 		t.Errorf("METRICS_ADDR %q must be the pod's own IP ($(POD_IP) from status.podIP), never every interface", v)
