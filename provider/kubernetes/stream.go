@@ -274,7 +274,7 @@ func (w *sharedWatch) retrying() (volume bool) {
 	defer w.mu.Unlock()
 	w.state = stateRetrying
 	w.announce()
-	return len(w.subs) > w.holds
+	return w.volumeSubscribed()
 }
 
 func codeOfStatus(err error) int32 {

@@ -300,8 +300,12 @@ func (w *sharedWatch) freshestToken() string {
 func (w *sharedWatch) hasVolume() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.subs) > w.holds
+	return w.volumeSubscribed()
 }
+
+// volumeSubscribed is hasVolume for a caller that holds w.mu: every
+// subscriber that is not a fetch's hold is a volume's.
+func (w *sharedWatch) volumeSubscribed() bool { return len(w.subs) > w.holds }
 
 // hasToken says whether a subscriber still uses token. The caller holds w.mu.
 func (w *sharedWatch) hasToken(token string) bool {

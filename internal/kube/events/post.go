@@ -29,11 +29,10 @@ import (
 // client-go's, its queue is fair between namespaces: each has a queue of its
 // own, at most perNamespace events, posted round-robin, and the spam filter
 // runs before an event is queued, so one tenant's pods can neither drop nor
-// delay the events of another namespace's pods. It does not
-// use that package because the correlator patches with strategic merge
-// patch, which brings the OpenAPI models and their parsers into the binary:
-// about 2.4 MB, a megabyte of it resident on every node, for a handful of
-// events.
+// delay the events of another namespace's pods. It does not use that
+// package because the correlator patches with strategic merge patch, which
+// brings the OpenAPI models and their parsers into the binary: about 2.4 MB,
+// a megabyte of it resident on every node, for a handful of events.
 const (
 	queueLength  = 1000 // events waiting to be posted on the node; more are dropped
 	perNamespace = 100  // events waiting to be posted in one namespace

@@ -92,7 +92,9 @@ func NewForConfigAndClient(cfg *rest.Config, httpClient *http.Client) (*Client, 
 }
 
 // Secrets returns the Secrets of namespace.
-func (c *Client) Secrets(namespace string) SecretInterface {
+func (c *Client) Secrets(namespace string) SecretInterface { return c.secrets(namespace) }
+
+func (c *Client) secrets(namespace string) resource[*corev1.Secret] {
 	return resource[*corev1.Secret]{c.rest, "secrets", namespace, true, func() *corev1.Secret { return &corev1.Secret{} }}
 }
 
@@ -102,7 +104,7 @@ func (c *Client) Secrets(namespace string) SecretInterface {
 // sync's fakes implement.
 func (c *Client) ListSecrets(ctx context.Context, namespace string, opts metav1.ListOptions) (*corev1.SecretList, error) {
 	list := &corev1.SecretList{}
-	err := resource[*corev1.Secret]{c.rest, "secrets", namespace, true, nil}.list(ctx, opts, list)
+	err := c.secrets(namespace).list(ctx, opts, list)
 	return list, err
 }
 
