@@ -96,6 +96,7 @@ func parseDriverFlags(args []string, stdout, stderr io.Writer) (f driverFlags, c
 	fs := newFlagSet(driverCmd, "Run the CSI node plugin: serve CSI Identity and Node on a unix socket.", stdout)
 	f.register(fs)
 	code, ok = parse(fs, args, stderr)
+	fs.Visit(func(fl *flag.Flag) { f.limits.maxProcsSet = f.limits.maxProcsSet || fl.Name == "max-procs" })
 	return f, code, ok
 }
 
@@ -143,6 +144,9 @@ func runDriver(f driverFlags, stderr io.Writer) int {
 			return fail(2, "%v", err)
 		}
 		defer pprofLn.Close()
+	}
+	if err := f.limits.setProcs(log); err != nil {
+		return fail(2, "%v", err)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

@@ -30,6 +30,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"driver", "--log-format", "xml", "--class-dir", "."}, "-log-format must be text or json"},
 		{[]string{"driver", "--node-id", "", "--class-dir", "."}, "-node-id is required"},
 		{[]string{"driver", "extra"}, `unexpected argument "extra"`},
+		{[]string{"driver", "--class-dir", ".", "--max-procs", "-1"}, "-max-procs must be 0 or more, not -1"},
 		{[]string{"driver", "--events=maybe"}, `invalid boolean value "maybe" for -events`},
 		{[]string{"refresh", "--class", "app"}, "give -namespace and exactly one of -class and -pod"},
 		{[]string{"refresh", "--namespace", "shop", "--class", "app", "--pod", "web"}, "exactly one of -class and -pod"},
@@ -158,7 +159,7 @@ func TestMountNotRoot(t *testing.T) {
 func TestDriverBadKubeconfig(t *testing.T) {
 	var stderr bytes.Buffer
 	missing := filepath.Join(t.TempDir(), "missing.kubeconfig")
-	code := run([]string{"driver", "--class-dir", t.TempDir(), "--kubeconfig", missing, "--health-addr", "", "--metrics-addr", ""}, io.Discard, &stderr)
+	code := run([]string{"driver", "--class-dir", t.TempDir(), "--kubeconfig", missing, "--health-addr", "", "--metrics-addr", "", "--max-procs", "0"}, io.Discard, &stderr)
 	if code != 1 || !strings.Contains(stderr.String(), "missing.kubeconfig") {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
