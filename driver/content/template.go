@@ -37,6 +37,10 @@ const (
 	// outFunc ends the pipeline of every action that prints, and charges
 	// the bytes fmt will format the value into before it does.
 	outFunc = "_secretfs_out"
+	// rangeFunc ends the pipeline of every range, and charges what
+	// text/template does before the first iteration: a range over a map
+	// copies and sorts its keys, however early the body breaks.
+	rangeFunc = "_secretfs_range"
 )
 
 // Template is one templated file of a class.
@@ -214,6 +218,8 @@ func (in *instrumenter) body(tree *parse.Tree, list *parse.ListNode, depth int) 
 			if err = in.body(tree, n.List, depth+1); err == nil {
 				err = in.body(tree, n.ElseList, depth+1)
 			}
+			id := parse.NewIdentifier(rangeFunc).SetTree(tree).SetPos(n.Pos)
+			n.Pipe.Cmds = append(n.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: n.Pos, Args: []parse.Node{id}})
 			n.List = in.withStep(tree, n.List, n.Pos)
 		case *parse.IfNode:
 			if err = in.body(tree, n.List, depth+1); err == nil {

@@ -2,6 +2,7 @@ package content
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/secretfs/secretfs/driver/budget"
 	"strings"
@@ -159,4 +160,29 @@ func FuzzTemplate(f *testing.F) {
 			t.Fatalf("%d steps taken, more than %d", w.StepsTaken(), maxSteps)
 		}
 	})
+}
+
+// A range over a map copies and sorts its keys before the first iteration,
+// however soon the body breaks: that is charged up front (11 steps a key
+// for 1,024 keys), so a tenant's template cannot sort the volume's file
+// names over and over for a few steps each. Before, 2,000 sorts of 1,024
+// names took 9,000 steps, and a million of them (12 s of CPU) fit in
+// --max-steps.
+func TestRangeOverMapChargesItsSort(t *testing.T) {
+	data := map[string]string{}
+	for i := range 1024 {
+		data[fmt.Sprintf("o%04d", i)] = "v"
+	}
+	_, err := render(t, "{{ range 2000 }}{{ range $ }}{{ break }}{{ end }}{{ end }}", data, shippedVolume)
+	if provider.CodeOf(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "steps (driver flag --max-steps)") {
+		t.Fatalf("%v, want ResourceExhausted naming --max-steps", err)
+	}
+	// Nine sorts fit in the default steps.
+	if _, err := render(t, "{{ range 8 }}{{ range $ }}{{ break }}{{ end }}{{ end }}", data, shippedVolume); err != nil {
+		t.Fatal(err)
+	}
+	// Ranging over an integer costs nothing before its first iteration.
+	if out, err := render(t, "{{ range 1000000000 }}{{ break }}{{ end }}", data, shippedVolume); err != nil || len(out) != 0 {
+		t.Errorf("%q, %v", out, err)
+	}
 }

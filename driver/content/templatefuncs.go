@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
 	"text/template"
+	"unsafe"
 
 	"github.com/secretfs/secretfs/driver/budget"
 )
@@ -240,6 +242,7 @@ func funcs(w *budget.Work) template.FuncMap {
 		"call": func(any, ...any) (any, error) {
 			return nil, errors.New("call is not available in secretfs templates")
 		},
+		rangeFunc: func(v any) (any, error) { return v, chargeRange(w, v) },
 		outFunc: func(v any) (any, error) {
 			n, ok := printed(v)
 			if !ok {
@@ -362,4 +365,20 @@ func cmpOrdered[T int64 | uint64 | float64](a, b T) int {
 		return 1
 	}
 	return 0
+}
+
+// chargeRange charges what ranging over v costs before the first
+// iteration: for a map, text/template copies its n keys (a reflect.Value
+// each) and sorts them, n·log2(n) comparisons; slices, arrays and integers
+// cost nothing up front (each iteration charges its body's steps).
+func chargeRange(w *budget.Work, v any) error {
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Map {
+		return nil
+	}
+	n := rv.Len()
+	if err := w.Step(int64(n) * int64(1+bits.Len(uint(n)))); err != nil {
+		return err
+	}
+	return w.Charge(int64(n) * int64(unsafe.Sizeof(reflect.Value{})))
 }
