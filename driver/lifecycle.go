@@ -108,7 +108,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	}
 
 	// 4.
-	work := d.budget.Work(ctx, v.id, d.limits.MaxBytes, int64(d.limits.MaxSteps))
+	work := d.budget.Work(ctx, v.id, v.pod.Namespace, d.limits.MaxBytes, int64(d.limits.MaxSteps))
 	defer work.Done()
 	req.Flight = d.flights.Flight() // held until the answers are wiped (deferred below)
 	defer req.Flight.Done()

@@ -17,6 +17,7 @@ package budget
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -27,7 +28,8 @@ import (
 // Flag is the driver flag that sets the budget; errors name it.
 const Flag = "--node-budget"
 
-// Budget counts the bytes the node's volumes hold. Safe for concurrent use.
+// Budget counts the bytes the node's volumes hold, and takes the turns of
+// their computations over tenant input (Work.Turn). Safe for concurrent use.
 type Budget struct {
 	limit int64
 
@@ -35,6 +37,8 @@ type Budget struct {
 	used    int64
 	held    map[string]int64 // by volume id
 	observe func(used int64) // see Observe
+
+	turns *turns // of the computations over tenant input
 }
 
 // Observe has f told the bytes in use after every change, under the
@@ -58,7 +62,7 @@ func (b *Budget) changedLocked() {
 
 // New returns a budget of limit bytes.
 func New(limit int64) *Budget {
-	return &Budget{limit: limit, held: map[string]int64{}}
+	return &Budget{limit: limit, held: map[string]int64{}, turns: newTurns(runtime.GOMAXPROCS(0))}
 }
 
 // Limit returns the budget in bytes.

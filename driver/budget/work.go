@@ -43,18 +43,36 @@ type Work struct {
 	ctx      context.Context
 	node     *Budget
 	key      string
+	tenant   string
 	bytes    int64 // charged
 	maxBytes int64
 	steps    int64 // left
 	maxSteps int64
 }
 
-// Work starts the budget of one computation for volume id: at most
-// maxBytes bytes and maxSteps steps, until ctx ends. A nil Budget counts
-// against the per-volume limits only. Call Done when the computation's
-// allocations are no longer held.
-func (b *Budget) Work(ctx context.Context, id string, maxBytes, maxSteps int64) *Work {
-	return &Work{ctx: ctx, node: b, key: id + "\x00work", maxBytes: maxBytes, steps: maxSteps, maxSteps: maxSteps}
+// Work starts the budget of one computation for volume id of tenant (its
+// namespace): at most maxBytes bytes and maxSteps steps, until ctx ends.
+// A nil Budget counts against the per-volume limits only. Call Done when
+// the computation's allocations are no longer held.
+func (b *Budget) Work(ctx context.Context, id, tenant string, maxBytes, maxSteps int64) *Work {
+	return &Work{ctx: ctx, node: b, key: id + "\x00work", tenant: tenant, maxBytes: maxBytes, steps: maxSteps, maxSteps: maxSteps}
+}
+
+// Turn waits until the computation may run on the node, in turn with the
+// other tenants' (see turns), and returns what ends its turn. Wrap each
+// stretch of computation in one turn, and never wait for anything else
+// during it. A nil Budget gives the turn at once.
+func (w *Work) Turn() (end func(), err error) {
+	if w.node == nil || w.node.turns == nil {
+		return func() {}, nil
+	}
+	if err := w.alive(); err != nil {
+		return nil, err
+	}
+	if err := w.node.turns.enter(w.ctx, w.tenant); err != nil {
+		return nil, err
+	}
+	return w.node.turns.leave, nil
 }
 
 // Charge counts n more bytes before they are allocated. Over the volume's

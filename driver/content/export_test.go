@@ -9,7 +9,7 @@ import (
 // work is a budget of limit bytes and the default steps, with no node
 // budget behind it.
 func work(limit int64) *budget.Work {
-	return (*budget.Budget)(nil).Work(context.Background(), "test", limit, budget.DefaultMaxSteps)
+	return (*budget.Budget)(nil).Work(context.Background(), "test", "team-a", limit, budget.DefaultMaxSteps)
 }
 
 // charged is what w, a budget of limit bytes, has charged.

@@ -84,7 +84,13 @@ func extract(o *object, res *provider.Result, w *budget.Work) error {
 		return provider.InvalidArgument("keyPath needs the object to be exactly one file; the provider returned %d", len(res.Files))
 	}
 	f := &res.Files[0]
+	end, err := w.Turn()
+	if err != nil {
+		wipe(res)
+		return err
+	}
 	v, err := o.keyPath.Extract(f.Contents, w)
+	end()
 	if err != nil {
 		wipe(res)
 		return provider.Errorf(provider.CodeOf(err), "keyPath %s: %s", o.keyPath, err.Error())

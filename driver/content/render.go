@@ -44,6 +44,12 @@ func (p *Plan) Render(res *provider.Result, w *budget.Work, defaultMode os.FileM
 	if len(p.templates) == 0 {
 		return out, nil
 	}
+	// The templates run in the volume's turn among the node's computations.
+	end, err := w.Turn()
+	if err != nil {
+		return nil, err
+	}
+	defer end()
 	// The template reads the objects in place (no copies of secrets that
 	// could not be wiped); nothing writes them while it runs.
 	data := make(map[string]string, len(res.Files))

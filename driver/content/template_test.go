@@ -141,7 +141,7 @@ func FuzzTemplate(f *testing.F) {
 		}
 		tp := &Template{Path: "f", t: tt, steps: steps}
 		const limit, maxSteps = 1 << 16, 10000
-		w := (*budget.Budget)(nil).Work(context.Background(), "f", limit, maxSteps)
+		w := (*budget.Budget)(nil).Work(context.Background(), "f", "team-a", limit, maxSteps)
 		var out []byte
 		n := allocated(func() { out, err = tp.render(map[string]string{"a": "1", "b-c": "two"}, w) })
 		if err == nil && len(out) > limit {

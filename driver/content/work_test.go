@@ -96,7 +96,7 @@ func TestTemplateStopsWithItsContext(t *testing.T) {
 		}, codes.Canceled},
 	} {
 		ctx, cancel := c.ctx()
-		w := (*budget.Budget)(nil).Work(ctx, "v", shippedVolume, 1<<62)
+		w := (*budget.Budget)(nil).Work(ctx, "v", "team-a", shippedVolume, 1<<62)
 		start := time.Now()
 		_, err := tp.render(nil, w)
 		cancel()
