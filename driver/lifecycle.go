@@ -73,7 +73,9 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	if err != nil {
 		return false, err
 	}
-	plan, err := content.ForClass(cls)
+	work := d.budget.Work(ctx, v.id, v.pod.Namespace, d.limits.MaxBytes, int64(d.limits.MaxSteps))
+	defer work.Done()
+	plan, err := content.ForClass(cls, work)
 	if err != nil {
 		return false, err
 	}
@@ -108,8 +110,6 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	}
 
 	// 4.
-	work := d.budget.Work(ctx, v.id, v.pod.Namespace, d.limits.MaxBytes, int64(d.limits.MaxSteps))
-	defer work.Done()
 	req.Flight = d.flights.Flight() // held until the answers are wiped (deferred below)
 	defer req.Flight.Done()
 	res, fetched, err := d.fetch(ctx, v, p, req, d.shareable(settings, external, v.provider), settings, plan, work)

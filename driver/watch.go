@@ -111,7 +111,9 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
 		var plan *content.Plan
 		if err == nil {
-			plan, err = content.ForClass(cls)
+			work := d.budget.Work(ctx, v.id, v.pod.Namespace, d.limits.MaxBytes, int64(d.limits.MaxSteps))
+			plan, err = content.ForClass(cls, work)
+			work.Done()
 		}
 		if err != nil {
 			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())

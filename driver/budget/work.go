@@ -61,9 +61,9 @@ func (b *Budget) Work(ctx context.Context, id, tenant string, maxBytes, maxSteps
 // Turn waits until the computation may run on the node, in turn with the
 // other tenants' (see turns), and returns what ends its turn. Wrap each
 // stretch of computation in one turn, and never wait for anything else
-// during it. A nil Budget gives the turn at once.
+// during it. A nil Work or Budget gives the turn at once.
 func (w *Work) Turn() (end func(), err error) {
-	if w.node == nil || w.node.turns == nil {
+	if w == nil || w.node == nil || w.node.turns == nil {
 		return func() {}, nil
 	}
 	if err := w.alive(); err != nil {

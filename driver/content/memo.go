@@ -1,6 +1,10 @@
 package content
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/secretfs/secretfs/driver/budget"
+)
 
 // Parsed templates are kept by their source text, so that a class's
 // templates are parsed once, not on every publish: class sources hand out a
@@ -35,10 +39,17 @@ func (m *templateMemo) lookup(src string) ([]*Template, bool) {
 	return ts, ok
 }
 
-func (m *templateMemo) get(src string) ([]*Template, error) {
+// get returns the parsed templates of src, parsing them in w's turn among
+// the node's computations if no volume did before.
+func (m *templateMemo) get(src string, w *budget.Work) ([]*Template, error) {
 	if ts, ok := m.lookup(src); ok {
 		return ts, nil
 	}
+	end, err := w.Turn()
+	if err != nil {
+		return nil, err
+	}
+	defer end()
 	m.parse.Lock()
 	defer m.parse.Unlock()
 	if ts, ok := m.lookup(src); ok { // parsed while this one waited

@@ -35,6 +35,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -53,6 +54,11 @@ const (
 	FieldOptional = "optional"
 	FieldKeyPath  = "keyPath"
 )
+
+// maxSpecialObjects bounds the objects of a class that set FieldOptional or
+// FieldKeyPath: each is fetched on its own, a backend call (and, for the
+// node, the encoding and parse of its parameters) at every fetch.
+const maxSpecialObjects = 64
 
 // objectParams are the parameters that list objects, in the order looked for.
 var objectParams = []string{"objects", "secrets"}
@@ -84,8 +90,8 @@ func (o *object) special() bool { return o.optional || o.keyPath != nil }
 
 // ForClass reads cls's content settings (Parse); nil for a class without
 // any. Its errors name the class.
-func ForClass(cls *class.Class) (*Plan, error) {
-	p, err := Parse(cls.Parameters)
+func ForClass(cls *class.Class, w *budget.Work) (*Plan, error) {
+	p, err := Parse(cls.Parameters, w)
 	if err != nil {
 		return nil, provider.Errorf(provider.CodeOf(err), "SecretProviderClass %q in namespace %q: %s", cls.Name, cls.Namespace, err.Error())
 	}
@@ -94,8 +100,10 @@ func ForClass(cls *class.Class) (*Plan, error) {
 
 // Parse reads a class's parameters. A class that uses none of this package
 // gets a nil Plan (every method of which is fine to call): its parameters
-// go to the provider as they are, and nothing is allocated.
-func Parse(params map[string]string) (*Plan, error) {
+// go to the provider as they are, and nothing is allocated. Templates not
+// parsed before are parsed in w's turn among the node's computations (a
+// nil w: at once).
+func Parse(params map[string]string, w *budget.Work) (*Plan, error) {
 	own := false
 	for k := range params {
 		if strings.HasPrefix(k, Prefix) {
@@ -109,7 +117,7 @@ func Parse(params map[string]string) (*Plan, error) {
 	p := &Plan{params: params}
 	if own {
 		p.params, p.copied = maps.Clone(params), true
-		if err := p.parseOwn(params); err != nil {
+		if err := p.parseOwn(params, w); err != nil {
 			return nil, err
 		}
 	}
@@ -122,7 +130,7 @@ func Parse(params map[string]string) (*Plan, error) {
 	return p, nil
 }
 
-func (p *Plan) parseOwn(params map[string]string) error {
+func (p *Plan) parseOwn(params map[string]string, w *budget.Work) error {
 	keys := make([]string, 0, len(params))
 	for k := range params {
 		if strings.HasPrefix(k, Prefix) {
@@ -136,7 +144,7 @@ func (p *Plan) parseOwn(params map[string]string) error {
 		var err error
 		switch k {
 		case ParamTemplates:
-			p.templates, err = memo.get(v)
+			p.templates, err = memo.get(v, w)
 		case ParamHideObjects:
 			p.hideObjects, err = strconv.ParseBool(strings.TrimSpace(v))
 			if err != nil {
@@ -150,7 +158,11 @@ func (p *Plan) parseOwn(params map[string]string) error {
 				clip(k), ParamTemplates, ParamHideObjects, strings.Join(class.SettingParams, ", "))
 		}
 		if err != nil {
-			return provider.InvalidArgument("class parameter %s: %v", k, err)
+			code := codes.InvalidArgument
+			if c := provider.CodeOf(err); c == codes.DeadlineExceeded || c == codes.Canceled {
+				code = c // waited for its turn past the request
+			}
+			return provider.Errorf(code, "class parameter %s: %v", k, err)
 		}
 	}
 	if p.hideObjects && len(p.templates) == 0 {
@@ -185,6 +197,15 @@ func parseTemplates(v string) ([]*Template, error) {
 	}
 	if len(specs) > maxTemplates {
 		return nil, fmt.Errorf("declares %d files; at most %d", len(specs), maxTemplates)
+	}
+	// YAML aliases repeat a template without repeating its text: what is
+	// parsed is the decoded source, held to the same bound.
+	total := 0
+	for _, s := range specs {
+		total += len(s.Template)
+	}
+	if total > maxTemplateSource {
+		return nil, fmt.Errorf("holds %d bytes of template source (YAML aliases count at each use); the templates of a class are at most %d", total, maxTemplateSource)
 	}
 	seen := map[string]bool{}
 	out := make([]*Template, 0, len(specs))
@@ -245,16 +266,22 @@ func (p *Plan) parseObjects() error {
 			return nil
 		}
 		objs := make([]object, len(items))
-		special := false
+		special := 0
 		for i, item := range items {
 			o, err := takeFields(name, i, item)
 			if err != nil {
 				return err
 			}
 			objs[i] = o
-			special = special || o.special()
+			if o.special() {
+				special++
+			}
 		}
-		if !special {
+		if special > maxSpecialObjects {
+			return provider.InvalidArgument("parameter %s: %d objects set %s or %s, at most %d may: each is a backend call of its own at every fetch",
+				name, special, FieldOptional, FieldKeyPath, maxSpecialObjects)
+		}
+		if special == 0 {
 			return nil
 		}
 		if !p.copied {

@@ -2,13 +2,17 @@ package content
 
 import (
 	"context"
+	"fmt"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	yaml "go.yaml.in/yaml/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/driver/class"
 	"github.com/secretfs/secretfs/provider"
 )
@@ -16,7 +20,7 @@ import (
 // A class that uses nothing of this package reaches the provider unchanged.
 func TestParsePlainClass(t *testing.T) {
 	params := map[string]string{"keyvaultName": "kv", "objects": "array:\n  - |\n    objectName: optional-thing\n"}
-	p, err := Parse(params)
+	p, err := Parse(params, nil)
 	if err != nil || p != nil {
 		t.Fatalf("a plain class has a plan: %v %v", p, err)
 	}
@@ -38,7 +42,7 @@ func TestParseStripsOwnParameters(t *testing.T) {
 		class.ParamNodeCache:        "false",
 		"csi.storage.k8s.io/x":      "kept",
 	}
-	p, err := Parse(params)
+	p, err := Parse(params, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +67,7 @@ func TestParseStripsOwnParameters(t *testing.T) {
 // The Azure spelling (array of YAML documents) stays the Azure spelling.
 func TestParseAzureSpelling(t *testing.T) {
 	params := map[string]string{"objects": "array:\n  - |\n    objectName: a\n    objectType: secret\n    optional: true\n  - |\n    objectName: b\n"}
-	p, err := Parse(params)
+	p, err := Parse(params, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,11 +101,11 @@ func TestParseErrors(t *testing.T) {
 		{"objects": "- {objectType: secret, objectTags: {a: b}, optional: false, keyPath: x}\n"},
 	}
 	for _, params := range cases {
-		if _, err := Parse(params); provider.CodeOf(err) != codes.InvalidArgument {
+		if _, err := Parse(params, nil); provider.CodeOf(err) != codes.InvalidArgument {
 			t.Errorf("Parse(%v): %v, want InvalidArgument", params, err)
 		}
 	}
-	_, err := Parse(map[string]string{ParamTemplates: "- path: app.env\n  template: \"a\\n{{ .x \"\n"})
+	_, err := Parse(map[string]string{ParamTemplates: "- path: app.env\n  template: \"a\\n{{ .x \"\n"}, nil)
 	if err == nil || !strings.Contains(err.Error(), `"app.env"`) || !strings.Contains(err.Error(), "line 2") {
 		t.Errorf("template parse error does not name template and line: %v", err)
 	}
@@ -146,7 +150,7 @@ func (b *backend) fetch(_ context.Context, req *provider.Request) (*provider.Res
 
 func fetchAndRender(t *testing.T, params map[string]string, b *backend) (*Output, error) {
 	t.Helper()
-	p, err := Parse(params)
+	p, err := Parse(params, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,11 +248,11 @@ func TestRenderHideObjects(t *testing.T) {
 // One class's parsed templates serve concurrent volumes.
 func TestRenderConcurrent(t *testing.T) {
 	params := map[string]string{"objects": "- objectName: a\n", ParamTemplates: "- path: t\n  template: \"{{ range 3 }}{{ $.a | base64 }}{{ end }}\"\n"}
-	p1, err := Parse(params)
+	p1, err := Parse(params, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p2, _ := Parse(params)
+	p2, _ := Parse(params, nil)
 	if p1.templates[0] != p2.templates[0] {
 		t.Error("the same templates were parsed twice")
 	}
@@ -273,7 +277,65 @@ func TestRenderConcurrent(t *testing.T) {
 // A class without any of this package's settings costs no allocation.
 func TestParsePlainAllocates(t *testing.T) {
 	params := map[string]string{"keyvaultName": "kv", "objects": "array:\n  - |\n    objectName: a\n"}
-	if n := testing.AllocsPerRun(100, func() { Parse(params) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { Parse(params, nil) }); n != 0 {
 		t.Errorf("Parse of a plain class: %v allocations", n)
+	}
+}
+
+// YAML aliases repeat a template without repeating its text; the decoded
+// source is held to the 64 KiB of a class (before, 63 KiB of YAML decoded
+// to 3.8 MiB of source, whose parse took 336 MiB and 2 s of CPU).
+func TestTemplateAliasesCountAtEachUse(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("- path: a0\n  template: &x '" + strings.Repeat("{{1}}", 60<<10/5) + "'\n")
+	b.WriteString("- path: a1\n  template: *x\n")
+	_, err := Parse(map[string]string{ParamTemplates: b.String()}, nil)
+	if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "YAML aliases count at each use") {
+		t.Fatalf("%v, want InvalidArgument counting the aliased source", err)
+	}
+	// Aliases within the bound are fine.
+	if _, err := Parse(map[string]string{ParamTemplates: "- path: a\n  template: &x '{{ .x }}'\n- path: b\n  template: *x\n"}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A parse of templates no volume parsed before is a computation over tenant
+// input: it waits for its turn on the node like a render.
+func TestTemplateParseTakesATurn(t *testing.T) {
+	b := budget.New(1 << 20)
+	holder := b.Work(context.Background(), "v0", "team-a", 1<<20, 1000)
+	for range runtime.GOMAXPROCS(0) {
+		end, err := holder.Turn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer end()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	src := "- path: turn\n  template: '{{ .x }} " + t.Name() + "'\n"
+	_, err := Parse(map[string]string{ParamTemplates: src}, b.Work(ctx, "v1", "team-b", 1<<20, 1000))
+	if provider.CodeOf(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "waiting to compute") {
+		t.Fatalf("%v, want DeadlineExceeded while every turn is taken", err)
+	}
+}
+
+// Each optional or key-path object is a backend call of its own at every
+// fetch: a class may have at most 64 of them (before, 1,100 optional
+// objects cost 80 ms of CPU a publish).
+func TestSpecialObjectsBounded(t *testing.T) {
+	objects := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			fmt.Fprintf(&b, "- {objectName: o%d, optional: true}\n", i)
+		}
+		return b.String()
+	}
+	if _, err := Parse(map[string]string{"objects": objects(64)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Parse(map[string]string{"objects": objects(65)}, nil)
+	if provider.CodeOf(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "65 objects set optional or keyPath, at most 64") {
+		t.Fatalf("%v, want InvalidArgument naming the bound", err)
 	}
 }

@@ -194,7 +194,7 @@ func TestTemplateMemoIsBoundedInTreeBytes(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	for i := range 40 {
 		src := "- path: f\n  template: '" + strings.Repeat("{{1}}", 12000) + strings.Repeat("x", i) + "'\n"
-		if _, err := memo.get(src); err != nil {
+		if _, err := memo.get(src, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -213,7 +213,7 @@ func TestTemplateMemoAfterManyClasses(t *testing.T) {
 	runtime.ReadMemStats(&a)
 	for i := range 256 {
 		src := "- path: f" + strconv.Itoa(i) + "\n  template: |\n    " + strings.Repeat("{{.}}", 3000) + "\n"
-		if _, err := memo.get(src); err != nil {
+		if _, err := memo.get(src, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -50,6 +50,16 @@ func TestTenantComputationInShippedMemoryLimit(t *testing.T) {
 	writeFile(t, filepath.Join(classDir, "alias.yaml"), tenantClass("alias", "      - {objectName: doc, value: unused, keyPath: list}\n", ""))
 	// A class parameter of dense YAML within the API server's object limit.
 	writeFile(t, filepath.Join(classDir, "dense.yaml"), tenantClass("dense", "      ["+strings.Repeat("a,", 700<<10)+"a]\n", ""))
+	// One template of 60 KiB, anchored, and 63 more files aliasing it: 63
+	// KiB of YAML that decodes to 3.8 MiB of template source (before, its
+	// parse took 336 MiB and OOM-killed the driver).
+	var aliased strings.Builder
+	aliased.WriteString("      - path: a0\n        template: &x '" + strings.Repeat("{{1}}", 60<<10/5) + "'\n")
+	for i := 1; i < 64; i++ {
+		fmt.Fprintf(&aliased, "      - path: a%d\n        template: *x\n", i)
+	}
+	writeFile(t, filepath.Join(classDir, "tmplalias.yaml"), tenantClass("tmplalias", "      - {objectName: x, value: v}\n",
+		"    secretfs.dev/templates: |\n"+aliased.String()))
 	writeFile(t, filepath.Join(classDir, "slow.yaml"), tenantClass("slow", "      - {objectName: x, value: v}\n", "    latency: 10m\n"))
 
 	csiSock := filepath.Join(dir, "csi.sock")
@@ -61,10 +71,11 @@ func TestTenantComputationInShippedMemoryLimit(t *testing.T) {
 	defer cancel()
 
 	for class, want := range map[string]codes.Code{
-		"print":   codes.ResourceExhausted,
-		"compare": codes.ResourceExhausted,
-		"alias":   codes.ResourceExhausted,
-		"dense":   codes.ResourceExhausted,
+		"print":     codes.ResourceExhausted,
+		"compare":   codes.ResourceExhausted,
+		"alias":     codes.ResourceExhausted,
+		"dense":     codes.ResourceExhausted,
+		"tmplalias": codes.InvalidArgument,
 	} {
 		for i := range 3 { // kubelet retries
 			start := time.Now()
