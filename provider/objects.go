@@ -125,6 +125,9 @@ func objectList(root *yaml.Node) (*yaml.Node, error) {
 		if len(doc.Content) != 2 || doc.Content[0].Value != "array" || doc.Content[1].Kind != yaml.SequenceNode {
 			return nil, InvalidArgument("parameter objects must be a list of objects, or a map with the single key `array` listing YAML documents")
 		}
+		if _, err := ArrayItemsNodes("objects", doc.Content[1].Content); err != nil {
+			return nil, err
+		}
 		list := &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq"}
 		for i, item := range doc.Content[1].Content {
 			if item.Kind != yaml.ScalarNode {

@@ -1,6 +1,9 @@
 package provider
 
 import (
+	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -79,5 +82,37 @@ func TestDecodeObjectsIntoPointers(t *testing.T) {
 	}
 	if err := DecodeObjects("- objectNam: a\n", &got); CodeOf(err) != codes.InvalidArgument {
 		t.Fatalf("unknown field through pointers: %v", err)
+	}
+}
+
+// arrayBomb is an objects parameter in the array form whose 32 strings
+// each hold 8,000 values: 850 values outside, 256,000 inside (\x2c turns
+// into a comma only when the string is parsed).
+func arrayBomb() string {
+	var b strings.Builder
+	b.WriteString("array:\n  - \"objectName:\\x20x\\noptional:\\x20true\"\n")
+	for i := range 32 {
+		fmt.Fprintf(&b, "  - \"{objectName:\\x20o%d\\x2cvalue:\\x20[a%s]}\"\n", i, strings.Repeat("\\x2ca", 8000))
+	}
+	return b.String()
+}
+
+// The YAML documents of the array form are bounded together, before any is
+// parsed, as the whole parameter is (before, each passed alone and one
+// fetch parsed 256,000 values: 414 MiB).
+func TestDecodeObjectsBoundsArrayItemsTogether(t *testing.T) {
+	var objs []struct {
+		ObjectName string `yaml:"objectName"`
+	}
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	err := DecodeObjects(arrayBomb(), &objs)
+	runtime.ReadMemStats(&m1)
+	if CodeOf(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "its array items hold more than the 32768 YAML values") {
+		t.Fatalf("%v, want ResourceExhausted naming the bound", err)
+	}
+	// The outer document's parse only (its 1.2 MiB of text).
+	if n := m1.TotalAlloc - m0.TotalAlloc; n > 32<<20 {
+		t.Errorf("refusing it allocated %d bytes", n)
 	}
 }

@@ -121,7 +121,7 @@ func Parse(params map[string]string, w *budget.Work) (*Plan, error) {
 			return nil, err
 		}
 	}
-	if err := p.parseObjects(); err != nil {
+	if err := p.parseObjects(w); err != nil {
 		return nil, err
 	}
 	if !own && p.objects == nil {
@@ -245,7 +245,7 @@ func yamlError(err error) string {
 
 // parseObjects takes optional and keyPath out of the objects parameter.
 // Parameters stay untouched unless some object uses them.
-func (p *Plan) parseObjects() error {
+func (p *Plan) parseObjects(w *budget.Work) error {
 	for _, name := range objectParams {
 		src, ok := p.params[name]
 		if !ok {
@@ -254,6 +254,22 @@ func (p *Plan) parseObjects() error {
 		if !strings.Contains(src, FieldOptional) && !strings.Contains(src, FieldKeyPath) {
 			return nil // nothing of ours in it
 		}
+		// The parse, and those of the items of the array form, are
+		// computations over tenant input: charged (nodes, the re-encoded
+		// parameter) and run in the volume's turn.
+		if w != nil {
+			if err := w.Step(int64(provider.YAMLNodes(src))); err != nil {
+				return err
+			}
+			if err := w.Charge(int64(provider.YAMLNodes(src))*provider.YAMLNodeBytes + 2*int64(len(src))); err != nil {
+				return err
+			}
+		}
+		end, err := w.Turn()
+		if err != nil {
+			return err
+		}
+		defer end()
 		root, err := provider.ParseParam(name, src)
 		if err != nil {
 			if provider.CodeOf(err) == codes.ResourceExhausted {
@@ -261,9 +277,9 @@ func (p *Plan) parseObjects() error {
 			}
 			return nil // the provider reports its own parameter
 		}
-		items, array, ok := objectItems(name, root)
-		if !ok {
-			return nil
+		items, array, ok, err := objectItems(name, root, w)
+		if err != nil || !ok {
+			return err
 		}
 		objs := make([]object, len(items))
 		special := 0
@@ -307,32 +323,43 @@ func mayHaveFields(params map[string]string) bool {
 
 // objectItems returns the object maps of either spelling (see
 // provider.DecodeObjects) and whether it was the `array:` one.
-func objectItems(name string, root *yaml.Node) ([]*yaml.Node, bool, bool) {
+func objectItems(name string, root *yaml.Node, w *budget.Work) (items []*yaml.Node, array, ok bool, err error) {
 	doc := root
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		doc = doc.Content[0]
 	}
 	switch doc.Kind {
 	case yaml.SequenceNode:
-		return doc.Content, false, true
+		return doc.Content, false, true, nil
 	case yaml.MappingNode:
 		if len(doc.Content) != 2 || doc.Content[0].Value != "array" || doc.Content[1].Kind != yaml.SequenceNode {
-			return nil, false, false
+			return nil, false, false, nil
 		}
-		var items []*yaml.Node
+		n, err := provider.ArrayItemsNodes(name, doc.Content[1].Content)
+		if err != nil {
+			return nil, false, false, err
+		}
+		if w != nil {
+			if err := w.Step(int64(n)); err != nil {
+				return nil, false, false, err
+			}
+			if err := w.Charge(int64(n) * provider.YAMLNodeBytes); err != nil {
+				return nil, false, false, err
+			}
+		}
 		for _, s := range doc.Content[1].Content {
 			if s.Kind != yaml.ScalarNode {
-				return nil, false, false
+				return nil, false, false, nil
 			}
 			obj, err := provider.ParseParam(name, s.Value)
 			if err != nil || len(obj.Content) != 1 || obj.Content[0].Kind != yaml.MappingNode {
-				return nil, false, false
+				return nil, false, false, nil
 			}
 			items = append(items, obj.Content[0])
 		}
-		return items, true, true
+		return items, true, true, nil
 	}
-	return nil, false, false
+	return nil, false, false, nil
 }
 
 // takeFields removes optional and keyPath from one object map.
