@@ -88,6 +88,9 @@ func (d nsDir) read(objectName string, budget *provider.Budget) (data []byte, ok
 	if err := budget.File(st.Size); err != nil {
 		return nil, false, err
 	}
+	if err := budget.Wire(st.Size); err != nil { // the node's bound of answers in flight
+		return nil, false, err
+	}
 	data, err = io.ReadAll(io.LimitReader(f, st.Size+1))
 	if err != nil {
 		return nil, false, provider.Unavailable("fake backend: cannot read data file %s/%s: %v", d.ns, objectName, err)

@@ -157,7 +157,8 @@ func (st *classState) allow(now time.Time, limit float64) bool {
 
 // read resolves every object: the data file if present, else the literal
 // value, else the generated one. Each file is charged to the request's
-// budget before its content is allocated.
+// budget before its content is allocated, and, as a backend's answer, to
+// the node's bound of answers in flight (provider.Budget.Wire).
 func (f *Fake) read(req *provider.Request, objs []object) (*provider.Result, error) {
 	ns := req.Pod.Namespace
 	dir, err := openNamespace(f.dataDir, ns)
@@ -194,9 +195,15 @@ func (f *Fake) read(req *provider.Request, objs []object) (*provider.Result, err
 			if err := budget.File(int64(len(o.value))); err != nil {
 				return fail(err)
 			}
+			if err := budget.Wire(int64(len(o.value))); err != nil {
+				return fail(err)
+			}
 			data = append([]byte(nil), o.value...) // the caller may wipe it
 		case o.gen > 0:
 			if err := budget.File(int64(o.gen)); err != nil {
+				return fail(err)
+			}
+			if err := budget.Wire(int64(o.gen)); err != nil {
 				return fail(err)
 			}
 			data = generate(ns, o.name, o.version, o.seed, o.gen)
