@@ -303,14 +303,7 @@ func TestTemplateAliasesCountAtEachUse(t *testing.T) {
 // input: it waits for its turn on the node like a render.
 func TestTemplateParseTakesATurn(t *testing.T) {
 	b := budget.New(1 << 20)
-	holder := b.Work(context.Background(), "v0", "team-a", 1<<20, 1000)
-	for range runtime.GOMAXPROCS(0) {
-		end, err := holder.Turn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer end()
-	}
+	takeEveryTurn(t, b)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	src := "- path: turn\n  template: '{{ .x }} " + t.Name() + "'\n"
@@ -379,18 +372,24 @@ func TestObjectsParseChargedAndInTurn(t *testing.T) {
 
 	// In turn: with every turn taken, the parse waits until the request ends.
 	node := budget.New(64 << 20)
-	holder := node.Work(context.Background(), "v0", "team-a", 1<<20, 1000)
-	for range runtime.GOMAXPROCS(0) {
-		end, err := holder.Turn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer end()
-	}
+	takeEveryTurn(t, node)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	small := map[string]string{"objects": "- {objectName: x, optional: true}\n"}
 	if _, err := Parse(small, node.Work(ctx, "v1", "team-b", 1<<20, 1000)); provider.CodeOf(err) != codes.DeadlineExceeded {
 		t.Fatalf("%v, want DeadlineExceeded while every turn is taken", err)
+	}
+}
+
+// takeEveryTurn holds every turn of b's node until the test ends.
+func takeEveryTurn(t *testing.T, b *budget.Budget) {
+	t.Helper()
+	holder := b.Work(context.Background(), "v0", "team-a", 1<<20, 1000)
+	for range runtime.GOMAXPROCS(0) {
+		end, err := holder.Turn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(end)
 	}
 }
