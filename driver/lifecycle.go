@@ -112,6 +112,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	// 4.
 	req.Flight = d.flights.Flight() // held until the answers are wiped (deferred below)
 	defer req.Flight.Done()
+	req.Turn = work.Turn // the backend decodes the class's parameters in the volume's turn
 	res, fetched, err := d.fetch(ctx, v, p, req, d.shareable(settings, external, v.provider), settings, plan, work)
 	if err != nil {
 		return false, err

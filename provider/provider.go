@@ -65,6 +65,20 @@ type Request struct {
 	// fetches' answers (InFlight): Budget.Wire charges it too. The caller
 	// that set it calls its Done.
 	Flight *Flight
+	// Turn, when set, waits for the volume's turn among the node's
+	// computations over tenant input and returns what ends it. A backend
+	// decodes the class's parameters in a turn (TakeTurn), and never waits
+	// for anything else during it.
+	Turn func() (end func(), err error)
+}
+
+// TakeTurn takes r's turn for a computation over the class's parameters;
+// without a Turn it returns at once.
+func (r *Request) TakeTurn() (end func(), err error) {
+	if r == nil || r.Turn == nil {
+		return func() {}, nil
+	}
+	return r.Turn()
 }
 
 // File is one file of a volume. Path is relative and slash-separated; the

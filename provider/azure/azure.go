@@ -96,7 +96,12 @@ func (p *Provider) Fetch(ctx context.Context, req *provider.Request) (*provider.
 	if err := p.client(); err != nil {
 		return nil, provider.Errorf(codes.Internal, "azure provider is misconfigured: %v", err)
 	}
+	end, err := req.TakeTurn()
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := parseConfig(req.Parameters, req.Secrets, req.DefaultMode)
+	end()
 	if err != nil {
 		return nil, err
 	}

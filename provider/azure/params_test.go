@@ -1,6 +1,7 @@
 package azure
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"strings"
@@ -241,4 +242,17 @@ func FuzzParseChallenge(f *testing.F) {
 			t.Fatalf("%q parsed as %v, want %v", header, got, want)
 		}
 	})
+}
+
+// The class's parameters are decoded in the volume's turn among the node's
+// computations (Request.Turn); a turn that cannot be had fails the fetch
+// with its error before Key Vault is asked.
+func TestFetchDecodesInTurn(t *testing.T) {
+	e := newTestEnv(t, nil)
+	req := e.spRequest("array:\n  - |\n    objectName: db\n    objectType: secret\n")
+	turns := 0
+	req.Turn = func() (func(), error) { turns++; return nil, provider.Errorf(codes.DeadlineExceeded, "no turn") }
+	if _, err := e.p.Fetch(context.Background(), req); provider.CodeOf(err) != codes.DeadlineExceeded || turns != 1 {
+		t.Errorf("%v after %d turns, want the turn's error after 1", err, turns)
+	}
 }

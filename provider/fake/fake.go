@@ -74,7 +74,12 @@ func (f *Fake) Fetch(ctx context.Context, req *provider.Request) (*provider.Resu
 	if !dnsLabel(ns) {
 		return nil, provider.InvalidArgument("fake backend: pod namespace %q is not a valid namespace name", provider.Clip(ns, 64))
 	}
+	end, err := req.TakeTurn()
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := parseConfig(req.Parameters, f.parseObjects)
+	end()
 	if err != nil {
 		return nil, err
 	}

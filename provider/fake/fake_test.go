@@ -571,3 +571,23 @@ func BenchmarkFetch5Parallel(b *testing.B) {
 		}
 	})
 }
+
+// The class's parameters are decoded in the volume's turn among the node's
+// computations (Request.Turn), taken once per fetch and ended before the
+// backend is read; a turn that cannot be had fails the fetch with its error.
+func TestFetchDecodesInTurn(t *testing.T) {
+	f := New(Options{})
+	req := request(objects("- {objectName: a, value: x}\n"))
+	turns, ended := 0, 0
+	req.Turn = func() (func(), error) { turns++; return func() { ended++ }, nil }
+	if _, err := f.Fetch(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if turns != 1 || ended != 1 {
+		t.Errorf("%d turns taken, %d ended; want 1 and 1", turns, ended)
+	}
+	req.Turn = func() (func(), error) { return nil, provider.Errorf(codes.DeadlineExceeded, "no turn") }
+	if _, err := f.Fetch(context.Background(), req); provider.CodeOf(err) != codes.DeadlineExceeded {
+		t.Errorf("%v, want the turn's error", err)
+	}
+}

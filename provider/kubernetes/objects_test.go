@@ -1,6 +1,10 @@
 package kubernetes
 
 import (
+	"context"
+	"encoding/pem"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -178,4 +182,26 @@ func FuzzParseObjects(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The class's parameters are decoded in the volume's turn among the node's
+// computations (Request.Turn); a turn that cannot be had fails the fetch
+// with its error before the API server is asked.
+func TestFetchDecodesInTurn(t *testing.T) {
+	api := httptest.NewTLSServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		t.Errorf("the API server was asked %s before the turn", r.URL.Path)
+	}))
+	defer api.Close()
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw})
+	p, err := New(Options{Host: api.URL, CAData: ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &provider.Request{Pod: provider.Pod{Namespace: "team-a", Name: "web", ServiceAccount: "app"},
+		Parameters: map[string]string{"objects": "- {secretName: db, path: db}\n"}}
+	turns := 0
+	req.Turn = func() (func(), error) { turns++; return nil, provider.Errorf(codes.DeadlineExceeded, "no turn") }
+	if _, err := p.Fetch(context.Background(), req); provider.CodeOf(err) != codes.DeadlineExceeded || turns != 1 {
+		t.Errorf("%v after %d turns, want the turn's error after 1", err, turns)
+	}
 }
