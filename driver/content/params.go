@@ -257,13 +257,8 @@ func (p *Plan) parseObjects(w *budget.Work) error {
 		// The parse, and those of the items of the array form, are
 		// computations over tenant input: charged (nodes, the re-encoded
 		// parameter) and run in the volume's turn.
-		if w != nil {
-			if err := w.Step(int64(provider.YAMLNodes(src))); err != nil {
-				return err
-			}
-			if err := w.Charge(int64(provider.YAMLNodes(src))*provider.YAMLNodeBytes + 2*int64(len(src))); err != nil {
-				return err
-			}
+		if err := chargeParse(w, provider.YAMLNodes(src), 2*len(src)); err != nil {
+			return err
 		}
 		end, err := w.Turn()
 		if err != nil {
@@ -321,6 +316,19 @@ func mayHaveFields(params map[string]string) bool {
 	return false
 }
 
+// chargeParse charges w, before a parse of YAML that can make nodes nodes,
+// a step and provider.YAMLNodeBytes a node, and text bytes more for what
+// the parse and its caller copy; a nil w (tests) charges nothing.
+func chargeParse(w *budget.Work, nodes, text int) error {
+	if w == nil {
+		return nil
+	}
+	if err := w.Step(int64(nodes)); err != nil {
+		return err
+	}
+	return w.Charge(int64(nodes)*provider.YAMLNodeBytes + int64(text))
+}
+
 // objectItems returns the object maps of either spelling (see
 // provider.DecodeObjects) and whether it was the `array:` one.
 func objectItems(name string, root *yaml.Node, w *budget.Work) (items []*yaml.Node, array, ok bool, err error) {
@@ -339,13 +347,8 @@ func objectItems(name string, root *yaml.Node, w *budget.Work) (items []*yaml.No
 		if err != nil {
 			return nil, false, false, err
 		}
-		if w != nil {
-			if err := w.Step(int64(n)); err != nil {
-				return nil, false, false, err
-			}
-			if err := w.Charge(int64(n) * provider.YAMLNodeBytes); err != nil {
-				return nil, false, false, err
-			}
+		if err := chargeParse(w, n, 0); err != nil {
+			return nil, false, false, err
 		}
 		for _, s := range doc.Content[1].Content {
 			if s.Kind != yaml.ScalarNode {
