@@ -85,10 +85,7 @@ func (d nsDir) read(objectName string, budget *provider.Budget) (data []byte, ok
 	if st.Size > maxDataFile {
 		return nil, false, provider.Errorf(codes.FailedPrecondition, "fake backend: data file %s/%s is larger than %d bytes", d.ns, objectName, maxDataFile)
 	}
-	if err := budget.File(st.Size); err != nil {
-		return nil, false, err
-	}
-	if err := budget.Wire(st.Size); err != nil { // the node's bound of answers in flight
+	if err := chargeAnswer(budget, st.Size); err != nil {
 		return nil, false, err
 	}
 	data, err = io.ReadAll(io.LimitReader(f, st.Size+1))

@@ -197,18 +197,12 @@ func (f *Fake) read(req *provider.Request, objs []object) (*provider.Result, err
 			return fail(err)
 		case ok:
 		case o.hasVal:
-			if err := budget.File(int64(len(o.value))); err != nil {
-				return fail(err)
-			}
-			if err := budget.Wire(int64(len(o.value))); err != nil {
+			if err := chargeAnswer(budget, int64(len(o.value))); err != nil {
 				return fail(err)
 			}
 			data = append([]byte(nil), o.value...) // the caller may wipe it
 		case o.gen > 0:
-			if err := budget.File(int64(o.gen)); err != nil {
-				return fail(err)
-			}
-			if err := budget.Wire(int64(o.gen)); err != nil {
+			if err := chargeAnswer(budget, int64(o.gen)); err != nil {
 				return fail(err)
 			}
 			data = generate(ns, o.name, o.version, o.seed, o.gen)
@@ -290,4 +284,14 @@ func generate(ns, name, version, seed string, n int) []byte {
 		}
 	}
 	return out
+}
+
+// chargeAnswer charges one file of n bytes the fake answers with: to the
+// volume's content and, as a backend's answer on the wire, to its wire
+// allowance and the node's bound of answers in flight.
+func chargeAnswer(b *provider.Budget, n int64) error {
+	if err := b.File(n); err != nil {
+		return err
+	}
+	return b.Wire(n)
 }
