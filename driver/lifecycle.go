@@ -73,7 +73,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	if err != nil {
 		return false, err
 	}
-	work := d.budget.Work(ctx, v.id, v.pod.Namespace, d.limits.MaxBytes, int64(d.limits.MaxSteps))
+	work := d.work(ctx, v)
 	defer work.Done()
 	plan, err := content.ForClass(cls, work)
 	if err != nil {

@@ -8,11 +8,13 @@
 package driver
 
 import (
+	"context"
 	"os"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/secretfs/secretfs/driver/atomicwriter"
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -26,6 +28,13 @@ type volumeLimits struct {
 	MaxSteps int
 	// MaxBytes caps the content of one volume in tmpfs bytes.
 	MaxBytes int64
+}
+
+// work starts the budget of v's computation over its class and values:
+// the per-volume caps, the node budget, and turns taken as v's namespace.
+// Call its Done when the computation's allocations are released.
+func (d *Driver) work(ctx context.Context, v *volume) *budget.Work {
+	return d.budget.Work(ctx, v.id, v.pod.Namespace, d.limits.MaxBytes, int64(d.limits.MaxSteps))
 }
 
 // Inodes is the nr_inodes= cap of a volume's tmpfs: two generations (old

@@ -111,7 +111,7 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
 		var plan *content.Plan
 		if err == nil {
-			work := d.budget.Work(ctx, v.id, v.pod.Namespace, d.limits.MaxBytes, int64(d.limits.MaxSteps))
+			work := d.work(ctx, v)
 			plan, err = content.ForClass(cls, work)
 			work.Done()
 		}
