@@ -104,6 +104,11 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 	if !ok {
 		return
 	}
+	// The provider decodes the class's parameters to know what to watch: a
+	// computation over tenant input, in the volume's turn (the request's
+	// own Turn belongs to the call that fetched, which may have ended).
+	work := d.work(ctx, v)
+	defer work.Done()
 	req := v.req
 	if req.Parameters == nil {
 		// Recovered volume that was not refreshed yet: the watch needs the
@@ -111,9 +116,7 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		cls, err := d.classes.Get(ctx, v.pod.Namespace, v.class)
 		var plan *content.Plan
 		if err == nil {
-			work := d.work(ctx, v)
 			plan, err = content.ForClass(cls, work)
-			work.Done()
 		}
 		if err != nil {
 			d.log.Warn("cannot start provider watch", "volume_id", v.id, "err", err.Error())
@@ -123,6 +126,7 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		req = withClass(req, plan.Parameters(cls.Parameters), v.versions)
 		v.req = req
 	}
+	req.Turn = work.Turn
 	w, err := startProviderWatch(wp, v.provider, req, d.rotation.Debounce, func() {
 		// The cached answer predates the change: the refresh this kicks
 		// (and any other volume's fetch) must go to the backend.

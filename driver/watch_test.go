@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/secretfs/secretfs/driver/budget"
 	"github.com/secretfs/secretfs/provider"
 )
 
@@ -46,6 +48,12 @@ type testWatch struct {
 }
 
 func (w *watchProvider) Watch(req *provider.Request, changed func()) (func(), error) {
+	// The parameters are decoded in the volume's turn, as every backend does.
+	end, err := req.TakeTurn()
+	if err != nil {
+		return nil, err
+	}
+	end()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	tw := &testWatch{token: req.Tokens["api"].Token, changed: changed}
@@ -68,6 +76,53 @@ func (w *watchProvider) snapshot() []testWatch {
 		out[i] = *tw
 	}
 	return out
+}
+
+// A watch started at a republish that did not fetch decodes the class's
+// parameters in the volume's turn too (before, its request had no turn and
+// the kubernetes backend parsed the objects outside turns).
+func TestWatchStartsInTurn(t *testing.T) {
+	var wp *watchProvider
+	node := budget.New(64 << 20)
+	e := newEnv(t, func(c *Config) {
+		withWatchProvider(&wp)(c)
+		c.Budget = node
+	})
+	target := e.target("vol")
+	req := publishReq("vol-1", target, "app", "team-a")
+	req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"t1","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	// Every turn taken: the republish with new tokens (rotation not due, so
+	// no fetch) cannot start its watch before the request ends.
+	holder := node.Work(context.Background(), "v0", "team-b", 1<<20, 1000)
+	var ends []func()
+	for range runtime.GOMAXPROCS(0) {
+		end, err := holder.Turn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ends = append(ends, end)
+	}
+	req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"t2","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := e.d.NodePublishVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(e.d.metrics.Watches.WithLabelValues("failed")); got != 1 {
+		t.Fatalf("%v watches failed, want 1: the watch waits for a turn that does not come", got)
+	}
+	for _, end := range ends {
+		end()
+	}
+	if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if ws := wp.snapshot(); len(ws) != 2 || ws[1].token != "t2" {
+		t.Fatalf("watches after the turns were free: %+v", ws)
+	}
 }
 
 func TestWatcher(t *testing.T) {

@@ -11,8 +11,8 @@ import (
 	"github.com/secretfs/secretfs/provider"
 )
 
-// turns lets at most slots computations over tenant input (key paths,
-// templates) run at once on the node, and gives a free slot to the tenants
+// turns lets at most slots computations over tenant input (a backend's
+// decoding of the class's parameters, key paths, templates) run at once on the node, and gives a free slot to the tenants
 // waiting in turn, oldest waiter of each first. A computation is bounded
 // (--max-steps: about a tenth of a CPU-second at the default), but nothing
 // bounds how many run at once: without turns, a tenant's hundred volumes
@@ -71,7 +71,7 @@ func (t *turns) enter(ctx context.Context, tenant string) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return provider.Errorf(codes.Canceled, "waiting to compute the volume's content was cancelled: the volume is being unpublished or the driver is stopping")
 	}
-	return provider.Errorf(codes.DeadlineExceeded, "waiting to compute the volume's content ran past the request's deadline: this node is computing other volumes' key paths and templates (at most %d at once)", t.slots)
+	return provider.Errorf(codes.DeadlineExceeded, "waiting to compute the volume's content ran past the request's deadline: this node is busy with other volumes' computations over their classes (parameters, key paths, templates; at most %d at once)", t.slots)
 }
 
 // leave gives the slot to the next tenant waiting, or frees it.

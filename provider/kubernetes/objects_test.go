@@ -185,7 +185,8 @@ func FuzzParseObjects(f *testing.F) {
 }
 
 // The class's parameters are decoded in the volume's turn among the node's
-// computations (Request.Turn); a turn that cannot be had fails the fetch
+// computations (Request.Turn), by a fetch and by a watch (before, Watch
+// parsed the objects outside turns); a turn that cannot be had fails the call
 // with its error before the API server is asked.
 func TestFetchDecodesInTurn(t *testing.T) {
 	api := httptest.NewTLSServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
@@ -203,5 +204,10 @@ func TestFetchDecodesInTurn(t *testing.T) {
 	req.Turn = func() (func(), error) { turns++; return nil, provider.Errorf(codes.DeadlineExceeded, "no turn") }
 	if _, err := p.Fetch(context.Background(), req); provider.CodeOf(err) != codes.DeadlineExceeded || turns != 1 {
 		t.Errorf("%v after %d turns, want the turn's error after 1", err, turns)
+	}
+	// A watch decodes the same parameters: in a turn too.
+	turns = 0
+	if _, err := p.Watch(req, func() {}); provider.CodeOf(err) != codes.DeadlineExceeded || turns != 1 {
+		t.Errorf("watch: %v after %d turns, want the turn's error after 1", err, turns)
 	}
 }

@@ -85,7 +85,12 @@ func (p *Provider) Watch(req *provider.Request, changed func()) (func(), error) 
 	if req.Pod.Namespace == "" {
 		return nil, provider.InvalidArgument("the pod's namespace is unknown: the CSIDriver csi.secretfs.dev needs podInfoOnMount: true")
 	}
+	end, err := req.TakeTurn()
+	if err != nil {
+		return nil, err
+	}
 	specs, err := parseObjects(req.Parameters["objects"], req.DefaultMode)
+	end()
 	if err != nil {
 		return nil, err
 	}
