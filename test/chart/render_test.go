@@ -282,10 +282,22 @@ func checkInvariants(t *testing.T, r *rendered) {
 	if health, _ := arg(driver, "--health-addr"); health != fmt.Sprintf("$(POD_IP):%d", driver.Ports[i].ContainerPort) {
 		t.Errorf("--health-addr=%s, want $(POD_IP):%d (the pod's own address, never every interface)", health, driver.Ports[i].ContainerPort)
 	}
-	for name, p := range map[string]*corev1.Probe{"liveness": driver.LivenessProbe, "readiness": driver.ReadinessProbe} {
+	for name, p := range map[string]*corev1.Probe{"startup": driver.StartupProbe, "liveness": driver.LivenessProbe} {
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != "healthz" || p.Exec != nil {
 			t.Errorf("driver %s probe %+v, want httpGet /healthz on port healthz", name, p)
 		}
+	}
+	// Once started, the driver answers the liveness probe alone: /healthz
+	// never turns unready again until shutdown, so a readiness probe would
+	// be a connection every few seconds that learns nothing.
+	if driver.ReadinessProbe != nil {
+		t.Errorf("driver readiness probe %+v: the startup probe marks it Ready", driver.ReadinessProbe)
+	}
+	if p := driver.LivenessProbe; p != nil && 60/p.PeriodSeconds > 3 {
+		t.Errorf("driver liveness probe every %d s: %d requests a minute, want at most 3", p.PeriodSeconds, 60/p.PeriodSeconds)
+	}
+	if p := driver.StartupProbe; p != nil && p.PeriodSeconds*p.FailureThreshold < 120 {
+		t.Errorf("driver startup probe gives recovery %d s, want at least 120", p.PeriodSeconds*p.FailureThreshold)
 	}
 	if driver.Resources.Limits.Memory().IsZero() {
 		t.Error("driver has no memory limit")
