@@ -21,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/secretfs/secretfs/test/manifests"
 )
 
 // rendered is what one `helm template` produced, decoded strictly.
@@ -282,22 +284,8 @@ func checkInvariants(t *testing.T, r *rendered) {
 	if health, _ := arg(driver, "--health-addr"); health != fmt.Sprintf("$(POD_IP):%d", driver.Ports[i].ContainerPort) {
 		t.Errorf("--health-addr=%s, want $(POD_IP):%d (the pod's own address, never every interface)", health, driver.Ports[i].ContainerPort)
 	}
-	for name, p := range map[string]*corev1.Probe{"startup": driver.StartupProbe, "liveness": driver.LivenessProbe} {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != "healthz" || p.Exec != nil {
-			t.Errorf("driver %s probe %+v, want httpGet /healthz on port healthz", name, p)
-		}
-	}
-	// Once started, the driver answers the liveness probe alone: /healthz
-	// never turns unready again until shutdown, so a readiness probe would
-	// be a connection every few seconds that learns nothing.
-	if driver.ReadinessProbe != nil {
-		t.Errorf("driver readiness probe %+v: the startup probe marks it Ready", driver.ReadinessProbe)
-	}
-	if p := driver.LivenessProbe; p != nil && 60/p.PeriodSeconds > 3 {
-		t.Errorf("driver liveness probe every %d s: %d requests a minute, want at most 3", p.PeriodSeconds, 60/p.PeriodSeconds)
-	}
-	if p := driver.StartupProbe; p != nil && p.PeriodSeconds*p.FailureThreshold < 120 {
-		t.Errorf("driver startup probe gives recovery %d s, want at least 120", p.PeriodSeconds*p.FailureThreshold)
+	for _, p := range manifests.DriverProbeProblems(driver) {
+		t.Error(p)
 	}
 	if driver.Resources.Limits.Memory().IsZero() {
 		t.Error("driver has no memory limit")

@@ -146,22 +146,8 @@ func TestDaemonSet(t *testing.T) {
 	}
 	// /healthz is on the pod's own address, for kubelet's HTTP probes (an
 	// exec probe starts a process in the container every few seconds).
-	for name, p := range map[string]*corev1.Probe{"startup": driver.StartupProbe, "liveness": driver.LivenessProbe} {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != "healthz" || p.Exec != nil {
-			t.Errorf("driver %s probe %+v, want httpGet /healthz on port healthz", name, p)
-		}
-	}
-	// Once started, the driver answers the liveness probe alone: /healthz
-	// never turns unready again until shutdown, so a readiness probe would
-	// be a connection every few seconds that learns nothing.
-	if driver.ReadinessProbe != nil {
-		t.Errorf("driver readiness probe %+v: the startup probe marks it Ready", driver.ReadinessProbe)
-	}
-	if p := driver.LivenessProbe; p != nil && 60/p.PeriodSeconds > 3 {
-		t.Errorf("driver liveness probe every %d s: %d requests a minute, want at most 3", p.PeriodSeconds, 60/p.PeriodSeconds)
-	}
-	if p := driver.StartupProbe; p != nil && p.PeriodSeconds*p.FailureThreshold < 120 {
-		t.Errorf("driver startup probe gives recovery %d s, want at least 120", p.PeriodSeconds*p.FailureThreshold)
+	for _, p := range DriverProbeProblems(driver) {
+		t.Error(p)
 	}
 	if !slices.ContainsFunc(driver.Ports, func(p corev1.ContainerPort) bool { return p.Name == "healthz" && p.ContainerPort == 9808 }) {
 		t.Errorf("driver ports %+v lack healthz 9808", driver.Ports)
