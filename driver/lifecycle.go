@@ -149,7 +149,7 @@ func (d *Driver) apply(ctx context.Context, v *volume, base *provider.Request) (
 	case v.holds.Load() == 0:
 		v.untold = "" // every hook is done with the last change
 	}
-	v.req, v.lastFetch, v.versions = req, fetched, res.Versions
+	v.req, v.lastFetch, v.versions = kept(req), fetched, res.Versions
 	v.files, v.bytes = len(set.files), 0
 	for _, f := range set.files {
 		v.bytes += int64(len(f.Data))

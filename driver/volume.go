@@ -69,6 +69,16 @@ type volume struct {
 	watch *providerWatch
 }
 
+// kept is the copy of a fetch's request that a volume keeps for its next
+// refresh and its watch: without the call's turn and flight, which hold the
+// call's context and with it, for a CSI call, its connection's gRPC state
+// (about 8 KiB a volume) long after the call ended.
+func kept(req *provider.Request) *provider.Request {
+	k := *req
+	k.Turn, k.Flight = nil, nil
+	return &k
+}
+
 // recover rebuilds the volume table from the secretfs tmpfs mounts of this
 // mount namespace. Tokens are not recovered: kubelet sends them again with
 // the next republish.

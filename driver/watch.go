@@ -126,8 +126,9 @@ func (d *Driver) startWatch(ctx context.Context, v *volume) {
 		req = withClass(req, plan.Parameters(cls.Parameters), v.versions)
 		v.req = req
 	}
-	req.Turn = work.Turn
-	w, err := startProviderWatch(wp, v.provider, req, d.rotation.Debounce, func() {
+	inTurn := *req // v keeps req without this call's turn
+	inTurn.Turn = work.Turn
+	w, err := startProviderWatch(wp, v.provider, &inTurn, d.rotation.Debounce, func() {
 		// The cached answer predates the change: the refresh this kicks
 		// (and any other volume's fetch) must go to the backend.
 		if d.cache != nil {

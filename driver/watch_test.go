@@ -195,3 +195,29 @@ func TestWatcher(t *testing.T) {
 		t.Fatalf("watches started %v", got)
 	}
 }
+
+// A volume keeps its last request for refreshes and its watch, but not the
+// call's turn and flight: they hold the call's context, and through it the
+// gRPC state of a connection kubelet closed long ago (about 8 KiB for each
+// mounted volume).
+func TestVolumeKeepsNoCallState(t *testing.T) {
+	var wp *watchProvider
+	e := newEnv(t, withWatchProvider(&wp))
+	req := publishReq("vol-1", e.target("vol"), "app", "team-a")
+	for _, token := range []string{"t1", "t2"} { // the second starts a new watch
+		req.VolumeContext[provider.AttrTokens] = `{"api":{"token":"` + token + `","expirationTimestamp":"2030-01-01T00:00:00Z"}}`
+		if _, err := e.node.NodePublishVolume(context.Background(), req); err != nil {
+			t.Fatal(err)
+		}
+		v := e.d.volume("vol-1")
+		if v == nil || v.req == nil {
+			t.Fatal("no volume or no kept request after publish")
+		}
+		if v.req.Turn != nil || v.req.Flight != nil {
+			t.Errorf("token %s: the volume keeps the call's turn (%v) or flight (%v)", token, v.req.Turn != nil, v.req.Flight != nil)
+		}
+	}
+	if ws := wp.snapshot(); len(ws) != 2 {
+		t.Fatalf("%d watches, want 2", len(ws))
+	}
+}
