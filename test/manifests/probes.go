@@ -24,11 +24,27 @@ func DriverProbeProblems(driver *corev1.Container) []string {
 	if driver.ReadinessProbe != nil {
 		problems = append(problems, fmt.Sprintf("driver readiness probe %+v: the startup probe marks it Ready", driver.ReadinessProbe))
 	}
-	if p := driver.LivenessProbe; p != nil && 60/p.PeriodSeconds > 3 {
-		problems = append(problems, fmt.Sprintf("driver liveness probe every %d s: %d requests a minute, want at most 3", p.PeriodSeconds, 60/p.PeriodSeconds))
+	if p := driver.LivenessProbe; p != nil && 60/period(p) > 3 {
+		problems = append(problems, fmt.Sprintf("driver liveness probe every %d s: %d requests a minute, want at most 3", period(p), 60/period(p)))
 	}
-	if p := driver.StartupProbe; p != nil && p.PeriodSeconds*p.FailureThreshold < 120 {
-		problems = append(problems, fmt.Sprintf("driver startup probe gives recovery %d s, want at least 120", p.PeriodSeconds*p.FailureThreshold))
+	if p := driver.StartupProbe; p != nil && period(p)*failures(p) < 120 {
+		problems = append(problems, fmt.Sprintf("driver startup probe gives recovery %d s, want at least 120", period(p)*failures(p)))
 	}
 	return problems
+}
+
+// period and failures are what kubelet uses for a probe: the field, or
+// Kubernetes' default where it is left out (10 s, 3 failures).
+func period(p *corev1.Probe) int32 {
+	if p.PeriodSeconds == 0 {
+		return 10
+	}
+	return p.PeriodSeconds
+}
+
+func failures(p *corev1.Probe) int32 {
+	if p.FailureThreshold == 0 {
+		return 3
+	}
+	return p.FailureThreshold
 }
